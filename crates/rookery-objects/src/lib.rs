@@ -1,0 +1,27 @@
+//! Built-in Rookery object classes, reproducing the workloads of our users: a counter, a
+//! sliding-window rate limiter and a chat room.
+
+mod chat_room;
+mod counter;
+mod rate_limiter;
+
+pub use chat_room::ChatRoom;
+pub use counter::Counter;
+pub use rate_limiter::RateLimiter;
+
+use rookery::Classes;
+
+/// Every built-in class under its class name.
+pub fn builtin_classes() -> Classes {
+    Classes::new()
+        .with::<Counter>("Counter")
+        .with::<RateLimiter>("RateLimiter")
+        .with::<ChatRoom>("ChatRoom")
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

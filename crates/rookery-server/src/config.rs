@@ -1,0 +1,474 @@
+//! `rookery.toml`: bindings and migrations shaped after `wrangler.toml`, plus Rookery's own
+//! `[server]` settings and `[[routes]]`.
+//!
+//! Every error names the file, the line and the problem.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rookery::{Durability, HostOptions, Migration, RuntimeOptions, StorageLimits};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The demo app's configuration, used when no file is given.
+pub const DEMO_CONFIG: &str = include_str!("../../../examples/demo.toml");
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: String,
+    /// The line, counted from 1 (0 when the problem has no single place).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from (a path, or `<built-in demo>`).
+    pub source: String,
+    /// The text it was read from, for locating later errors.
+    pub text: String,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[[durable_objects.bindings]]`.
+    pub bindings: Vec<Binding>,
+    /// `[[migrations]]`, in order.
+    pub migrations: Vec<MigrationConfig>,
+    /// `[[routes]]`, in order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: where to listen, where to keep data, and the runtime's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for all data.
+    pub data_dir: PathBuf,
+    /// A header that carries the client's IP (set by a trusted proxy); else the peer address.
+    pub client_ip_header: Option<String>,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// `strict` (survives power loss) or `relaxed` (survives a process crash).
+    pub durability: Durability,
+    /// Events that may wait for one object before it answers 503.
+    pub mailbox_capacity: usize,
+    /// Wall-time limit of one turn, in milliseconds.
+    pub turn_timeout_ms: u64,
+    /// Idle time before an object is evicted, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Largest key in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value in bytes.
+    pub max_value_bytes: usize,
+    /// Most keys per batch call.
+    pub max_batch_keys: usize,
+    /// Largest database of one object, in bytes.
+    pub max_object_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let host = HostOptions::default();
+        let storage = StorageLimits::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data_dir: PathBuf::from("./rookery-data"),
+            client_ip_header: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            durability: Durability::Strict,
+            mailbox_capacity: host.mailbox_capacity,
+            turn_timeout_ms: millis(host.turn_timeout),
+            idle_timeout_ms: millis(host.idle_timeout),
+            max_key_bytes: storage.max_key_bytes,
+            max_value_bytes: storage.max_value_bytes,
+            max_batch_keys: storage.max_batch_keys,
+            max_object_bytes: storage.max_object_bytes,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ServerConfig {
+    /// The runtime options these settings describe.
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            host: HostOptions {
+                mailbox_capacity: self.mailbox_capacity,
+                turn_timeout: Duration::from_millis(self.turn_timeout_ms),
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            },
+            storage: StorageLimits {
+                max_key_bytes: self.max_key_bytes,
+                max_value_bytes: self.max_value_bytes,
+                max_batch_keys: self.max_batch_keys,
+                max_object_bytes: self.max_object_bytes,
+            },
+            durability: self.durability,
+        }
+    }
+}
+
+/// A binding: the name objects and routes use for a class's namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// The binding name, e.g. `COUNTER`.
+    pub name: Spanned<String>,
+    /// The class, e.g. `Counter`.
+    pub class_name: Spanned<String>,
+}
+
+/// A class rename in a migration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rename {
+    /// The old class name.
+    pub from: String,
+    /// The new class name.
+    pub to: String,
+}
+
+/// `[[migrations]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// The migration's unique tag.
+    pub tag: Spanned<String>,
+    /// Classes to create.
+    #[serde(default)]
+    pub new_sqlite_classes: Vec<String>,
+    /// Classes to create (wrangler's key for KV-backed classes; all Rookery classes use SQLite).
+    #[serde(default)]
+    pub new_classes: Vec<String>,
+    /// Classes to rename.
+    #[serde(default)]
+    pub renamed_classes: Vec<Rename>,
+    /// Classes to delete with all their data.
+    #[serde(default)]
+    pub deleted_classes: Vec<String>,
+}
+
+impl MigrationConfig {
+    /// The migration as the runtime takes it.
+    pub fn to_migration(&self) -> Migration {
+        Migration {
+            tag: self.tag.get_ref().clone(),
+            new_classes: self
+                .new_sqlite_classes
+                .iter()
+                .chain(&self.new_classes)
+                .cloned()
+                .collect(),
+            renamed_classes: self
+                .renamed_classes
+                .iter()
+                .map(|r| (r.from.clone(), r.to.clone()))
+                .collect(),
+            deleted_classes: self.deleted_classes.clone(),
+        }
+    }
+}
+
+/// A rate limit applied to a route, keyed by client IP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Binding of the rate-limiter class.
+    pub binding: Spanned<String>,
+    /// Requests allowed per window.
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+    /// The window in milliseconds.
+    #[serde(default = "default_window")]
+    pub window_ms: u64,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+fn default_window() -> u64 {
+    60_000
+}
+
+/// `[[routes]]`: a path pattern that leads to an object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path pattern, matched as a prefix: `/counter/:name` matches `/counter/a` and
+    /// `/counter/a/increment`.
+    pub path: Spanned<String>,
+    /// Methods the route accepts; all when absent.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// The binding whose object receives the request; without one, the route only applies its
+    /// rate limit and answers `{"ok":true}`.
+    #[serde(default)]
+    pub binding: Option<Spanned<String>>,
+    /// Path parameter whose value names the object (`id_from_name`).
+    #[serde(default)]
+    pub name_from: Option<String>,
+    /// Path parameter whose value is the object's hex id (`id_from_string`).
+    #[serde(default)]
+    pub id_from: Option<String>,
+    /// What replaces the matched prefix in the path the object sees.
+    #[serde(default = "default_rewrite")]
+    pub rewrite: String,
+    /// A rate limit checked before the route is served.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+fn default_rewrite() -> String {
+    "/".to_string()
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    durable_objects: DurableObjects,
+    #[serde(default)]
+    migrations: Vec<MigrationConfig>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+    /// Keys of `wrangler.toml` that Rookery does not use (name, main, compatibility_date, ...).
+    #[serde(flatten)]
+    other: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DurableObjects {
+    #[serde(default)]
+    bindings: Vec<Binding>,
+}
+
+impl Config {
+    /// Reads and checks the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// The built-in demo app's configuration.
+    pub fn demo() -> Self {
+        // The demo configuration is part of the binary and checked by the tests.
+        match Self::parse("<built-in demo>", DEMO_CONFIG) {
+            Ok(config) => config,
+            Err(e) => unreachable!("the built-in demo configuration is invalid: {e}"),
+        }
+    }
+
+    /// Parses and checks configuration `text` read from `source`.
+    pub fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: source.to_string(),
+            line: e.span().map_or(0, |s| line_of(text, s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        for key in raw.other.keys() {
+            tracing::warn!(file = source, key = %key, "ignoring a configuration key Rookery does not use");
+        }
+        let config = Config {
+            source: source.to_string(),
+            text: text.to_string(),
+            server: raw.server,
+            bindings: raw.durable_objects.bindings,
+            migrations: raw.migrations,
+            routes: raw.routes,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// An error at byte offset `at` of the text.
+    pub fn error_at(&self, at: usize, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            line: line_of(&self.text, at),
+            message: message.into(),
+        }
+    }
+
+    /// An error with no single place in the text.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            line: 0,
+            message: message.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let mut bindings = HashSet::new();
+        for b in &self.bindings {
+            if !bindings.insert(b.name.get_ref().as_str()) {
+                return Err(self.error_at(
+                    b.name.span().start,
+                    format!("binding {:?} is declared twice", b.name.get_ref()),
+                ));
+            }
+        }
+        let mut tags = HashSet::new();
+        for m in &self.migrations {
+            if !tags.insert(m.tag.get_ref().as_str()) {
+                return Err(self.error_at(
+                    m.tag.span().start,
+                    format!("migration tag {:?} is used twice", m.tag.get_ref()),
+                ));
+            }
+        }
+        let known = |b: &Spanned<String>| -> Result<(), ConfigError> {
+            if bindings.contains(b.get_ref().as_str()) {
+                Ok(())
+            } else {
+                Err(self.error_at(
+                    b.span().start,
+                    format!("no binding named {:?} in [durable_objects]", b.get_ref()),
+                ))
+            }
+        };
+        for r in &self.routes {
+            let at = r.path.span().start;
+            if !r.path.get_ref().starts_with('/') {
+                return Err(self.error_at(at, "a route path must start with '/'"));
+            }
+            if !r.rewrite.starts_with('/') {
+                return Err(self.error_at(at, "a route's rewrite must start with '/'"));
+            }
+            if let Some(b) = &r.binding {
+                known(b)?;
+                match (&r.name_from, &r.id_from) {
+                    (Some(_), Some(_)) => {
+                        return Err(
+                            self.error_at(at, "a route takes name_from or id_from, not both")
+                        );
+                    }
+                    (None, None) => {
+                        return Err(self.error_at(
+                            at,
+                            "a route with a binding needs name_from or id_from to pick the object",
+                        ));
+                    }
+                    (Some(p), None) | (None, Some(p)) => {
+                        let params = crate::routes::params_of(r.path.get_ref());
+                        if !params.iter().any(|q| q == p) {
+                            return Err(self.error_at(
+                                at,
+                                format!("the path has no parameter {p:?} (it has {params:?})"),
+                            ));
+                        }
+                    }
+                }
+            } else if r.rate_limit.is_none() {
+                return Err(self.error_at(at, "a route needs a binding, a rate_limit, or both"));
+            }
+            if let Some(rl) = &r.rate_limit {
+                known(&rl.binding)?;
+                if rl.limit == 0 || rl.window_ms == 0 {
+                    return Err(self.error_at(
+                        rl.binding.span().start,
+                        "a rate limit needs limit and window_ms above zero",
+                    ));
+                }
+            }
+            if let Some(methods) = &r.methods {
+                for m in methods {
+                    if http::Method::from_bytes(m.as_bytes()).is_err() {
+                        return Err(self.error_at(at, format!("{m:?} is not an HTTP method")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_parses() {
+        let c = Config::demo();
+        assert_eq!(c.bindings.len(), 3);
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8787)));
+    }
+
+    #[test]
+    fn syntax_errors_name_file_and_line() {
+        let e = Config::parse(
+            "x.toml",
+            "[server]\nlisten = \"127.0.0.1:1\"\nmailbox_capacity = \"many\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("x.toml", 3), "{e}");
+        assert!(e.to_string().starts_with("x.toml:3: "), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_in_sections_are_errors() {
+        let e = Config::parse("x.toml", "[server]\n\nlisten_on = \"a\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn routes_must_name_known_bindings_and_parameters() {
+        let base = "[[durable_objects.bindings]]\nname = \"C\"\nclass_name = \"Counter\"\n";
+        let e = Config::parse(
+            "x.toml",
+            &format!(
+                "{base}[[routes]]\npath = \"/c/:name\"\nbinding = \"D\"\nname_from = \"name\"\n"
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("\"D\""), "{e}");
+        let e = Config::parse(
+            "x.toml",
+            &format!(
+                "{base}[[routes]]\npath = \"/c/:name\"\nbinding = \"C\"\nname_from = \"nom\"\n"
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.message.contains("nom"), "{e}");
+    }
+
+    #[test]
+    fn wrangler_keys_are_accepted() {
+        let c = Config::parse(
+            "wrangler.toml",
+            "name = \"durable-app\"\nmain = \"src/index.ts\"\n[durable_objects]\nbindings = [{ name = \"COUNTER\", class_name = \"Counter\" }]\n[[migrations]]\ntag = \"v1\"\nnew_classes = [\"Counter\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.migrations[0].to_migration().new_classes, vec!["Counter"]);
+    }
+}

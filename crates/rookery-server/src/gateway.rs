@@ -1,0 +1,263 @@
+//! The HTTP gateway: matches a request to a route, applies the route's rate limit, picks the
+//! object, and forwards the request through a stub.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use rookery::{Error, Request, Response};
+
+use crate::routes::{Matched, Pick, RateLimit, Routes};
+
+/// The header that carries the request id on every response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+
+/// Everything the gateway needs per request.
+pub(crate) struct Gateway {
+    pub(crate) routes: Routes,
+    pub(crate) client_ip_header: Option<HeaderName>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) request_ids: RequestIds,
+}
+
+/// Makes request ids: a per-process random prefix and a counter.
+pub(crate) struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub(crate) fn new() -> Self {
+        let mut prefix = [0u8; 4];
+        // Without randomness the ids are still unique within the process.
+        let _ = getrandom::fill(&mut prefix);
+        Self {
+            prefix: u32::from_le_bytes(prefix),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The client's id when it sent a usable one, else a fresh one.
+    fn for_request(&self, headers: &http::HeaderMap) -> HeaderValue {
+        if let Some(v) = headers.get(&REQUEST_ID)
+            && (1..=128).contains(&v.len())
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+        {
+            return v.clone();
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:08x}-{n:x}", self.prefix);
+        HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+/// Handles every request that reaches the server.
+pub(crate) async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let request_id = gw.request_ids.for_request(req.headers());
+    let logged = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
+    let mut response = gw.serve(peer, req).await;
+    if let Some((method, path)) = logged {
+        tracing::debug!(
+            request_id = ?request_id,
+            %method,
+            path,
+            status = response.status().as_u16(),
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+}
+
+/// A JSON error response.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> axum::response::Response {
+    into_axum(Response::error(status, message))
+}
+
+fn failure(e: &Error) -> axum::response::Response {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "request failed");
+    }
+    error_response(status, &e.to_string())
+}
+
+fn into_axum(resp: Response) -> axum::response::Response {
+    let (status, headers, body) = resp.into_parts();
+    let mut out = axum::response::Response::new(Body::from(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+impl Gateway {
+    async fn serve(
+        &self,
+        peer: SocketAddr,
+        req: axum::extract::Request,
+    ) -> axum::response::Response {
+        let Some(matched) = self.routes.find(req.uri().path()) else {
+            return error_response(StatusCode::NOT_FOUND, "Not found");
+        };
+        let route = matched.route;
+        if let Some(methods) = &route.methods
+            && !methods.contains(req.method())
+        {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+        }
+        let object = match self.pick(&matched) {
+            Ok(object) => object,
+            Err(e) => return failure(&e),
+        };
+        let remaining = match &route.rate_limit {
+            None => None,
+            Some(rl) => match self.check_rate(rl, self.client_ip(&req, peer)).await {
+                Ok(Some(remaining)) => Some(remaining),
+                Ok(None) => return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited"),
+                Err(e) => return failure(&e),
+            },
+        };
+        let mut response = match object {
+            None => into_axum(Response::json_bytes(Bytes::from_static(b"{\"ok\":true}"))),
+            Some((stub, path)) => match self.forward(stub, path, req).await {
+                Ok(resp) => into_axum(resp),
+                Err(e) => failure(&e),
+            },
+        };
+        if let Some(remaining) = remaining {
+            response
+                .headers_mut()
+                .insert(RATE_LIMIT_REMAINING, HeaderValue::from(remaining));
+        }
+        response
+    }
+
+    /// The stub and object path a matched route leads to, if it leads to an object.
+    fn pick(&self, m: &Matched<'_, '_>) -> rookery::Result<Option<(rookery::Stub, String)>> {
+        let Some(target) = &m.route.target else {
+            return Ok(None);
+        };
+        let ns = &target.namespace;
+        let id = match &target.pick {
+            Pick::Name(param) => {
+                let raw = m.params.get(param).unwrap_or("");
+                let name = percent_decode(raw)
+                    .ok_or_else(|| Error::bad_request("the object name is not valid UTF-8"))?;
+                ns.id_from_name(&name)
+            }
+            Pick::Id(param) => ns.id_from_string(m.params.get(param).unwrap_or(""))?,
+        };
+        Ok(Some((ns.get(id), m.object_path())))
+    }
+
+    fn client_ip(&self, req: &axum::extract::Request, peer: SocketAddr) -> IpAddr {
+        self.client_ip_header
+            .as_ref()
+            .and_then(|h| req.headers().get(h))
+            .and_then(|v| v.to_str().ok())
+            // Proxies append: the first address is the client's.
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(peer.ip())
+    }
+
+    /// Asks the client's limiter object; `Some(remaining)` if the request may pass.
+    async fn check_rate(&self, rl: &RateLimit, ip: IpAddr) -> rookery::Result<Option<u64>> {
+        #[derive(serde::Deserialize)]
+        struct Verdict {
+            allowed: bool,
+            remaining: u64,
+        }
+        let stub = rl.namespace.get_by_name(&ip.to_string());
+        let resp = stub.fetch(Request::get(&rl.uri)?).await?;
+        let verdict: Verdict = resp
+            .json_body()
+            .map_err(|e| Error::msg(format!("the rate limiter answered {}: {e}", resp.status())))?;
+        Ok(verdict.allowed.then_some(verdict.remaining))
+    }
+
+    async fn forward(
+        &self,
+        stub: rookery::Stub,
+        path: String,
+        req: axum::extract::Request,
+    ) -> rookery::Result<Response> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(Error::LimitExceeded(format!(
+                    "the request body is over {} bytes",
+                    self.max_body_bytes
+                )));
+            }
+            Err(e) => {
+                return Err(Error::bad_request(format!(
+                    "cannot read the request body: {e}"
+                )));
+            }
+        };
+        let uri = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let uri = uri
+            .parse()
+            .map_err(|e| Error::bad_request(format!("invalid path: {e}")))?;
+        let req = Request::from_parts(parts.method, uri, parts.headers, body);
+        stub.fetch(req).await
+    }
+}
+
+/// Decodes `%XX` escapes; `None` if the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%e2%9c%93").as_deref(), Some("✓"));
+        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! The `rookery` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rookery::Durability;
+use rookery_server::{Config, Server};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "rookery",
+    version,
+    about = "A self-hosted Durable Objects runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the objects and routes of a configuration (the built-in demo app by default).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (rookery.toml); without it, the built-in demo app.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding the configuration.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory, overriding the configuration.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Header carrying the client IP (e.g. CF-Connecting-IP), overriding the configuration.
+    #[arg(long)]
+    client_ip_header: Option<String>,
+    /// `strict` (survives power loss) or `relaxed` (survives a process crash).
+    #[arg(long, value_parser = parse_durability)]
+    durability: Option<Durability>,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "strict" => Ok(Durability::Strict),
+        "relaxed" => Ok(Durability::Relaxed),
+        _ => Err(format!("{s:?} is not a durability; use strict or relaxed")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::demo(),
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.server.data_dir = dir;
+    }
+    if let Some(header) = args.client_ip_header {
+        config.server.client_ip_header = Some(header);
+    }
+    if let Some(durability) = args.durability {
+        config.server.durability = durability;
+    }
+    raise_open_file_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::new(&config, rookery_objects::builtin_classes())?;
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            config = %config.source,
+            data_dir = %config.server.data_dir.display(),
+            durability = ?config.server.durability,
+            "serving"
+        );
+        // Tests and scripts read this line to find the port.
+        println!("rookery listening on http://{addr}");
+        server.serve(listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+/// Every live object holds a few files open; allow as many as the system lets us.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("cannot raise the open-file limit");
+            }
+        }
+    }
+}

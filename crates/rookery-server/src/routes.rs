@@ -1,0 +1,185 @@
+//! The route table: path patterns from `[[routes]]`, compiled into a radix-tree router.
+//!
+//! A pattern matches as a prefix: `/counter/:name` matches `/counter/a` and `/counter/a/x/y`;
+//! the object sees the route's `rewrite` followed by the rest (`/x/y`).
+
+use http::Method;
+use rookery::{Namespace, Runtime};
+
+use crate::config::{Config, ConfigError, RouteConfig};
+
+/// Name of the catch-all parameter holding the rest of the path.
+const REST: &str = "rookery_rest";
+
+/// How a route picks its object from the path.
+#[derive(Debug, Clone)]
+pub(crate) enum Pick {
+    /// `id_from_name` of this parameter's value.
+    Name(String),
+    /// `id_from_string` of this parameter's value.
+    Id(String),
+}
+
+/// The object a route leads to.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) namespace: Namespace,
+    pub(crate) pick: Pick,
+}
+
+/// A rate limit checked before a route is served.
+#[derive(Debug, Clone)]
+pub(crate) struct RateLimit {
+    pub(crate) namespace: Namespace,
+    /// The request the limiter object receives.
+    pub(crate) uri: String,
+}
+
+/// One compiled route.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) methods: Option<Vec<Method>>,
+    pub(crate) target: Option<Target>,
+    pub(crate) rewrite: String,
+    pub(crate) rate_limit: Option<RateLimit>,
+}
+
+/// A request path matched to a route.
+pub(crate) struct Matched<'r, 'p> {
+    pub(crate) route: &'r Route,
+    pub(crate) params: matchit::Params<'r, 'p>,
+}
+
+impl Matched<'_, '_> {
+    /// The path the object sees: the rewrite followed by the unmatched rest.
+    pub(crate) fn object_path(&self) -> String {
+        let rest = self.params.get(REST).unwrap_or("");
+        let base = self.route.rewrite.trim_end_matches('/');
+        if rest.is_empty() {
+            if base.is_empty() {
+                "/".to_string()
+            } else {
+                base.to_string()
+            }
+        } else {
+            format!("{base}/{rest}")
+        }
+    }
+}
+
+/// All routes of a configuration.
+pub(crate) struct Routes {
+    router: matchit::Router<usize>,
+    routes: Vec<Route>,
+}
+
+/// The parameter names of a route pattern.
+pub(crate) fn params_of(pattern: &str) -> Vec<String> {
+    pattern
+        .split('/')
+        .filter_map(|seg| {
+            seg.strip_prefix(':')
+                .or_else(|| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The pattern in the router's syntax: `:name` segments become `{name}`.
+fn router_pattern(pattern: &str) -> String {
+    let trimmed = pattern.trim_end_matches('/');
+    trimmed
+        .split('/')
+        .map(|seg| match seg.strip_prefix(':') {
+            Some(name) => format!("{{{name}}}"),
+            None => seg.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl Routes {
+    /// Compiles the routes of `config` against the bindings of `runtime`.
+    pub(crate) fn build(config: &Config, runtime: &Runtime) -> Result<Self, ConfigError> {
+        let mut router = matchit::Router::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, rc) in config.routes.iter().enumerate() {
+            let at = rc.path.span().start;
+            let route = compile(config, rc, runtime)?;
+            let base = router_pattern(rc.path.get_ref());
+            let exact = if base.is_empty() {
+                "/".to_string()
+            } else {
+                base.clone()
+            };
+            for pattern in [exact, format!("{base}/{{*{REST}}}")] {
+                router.insert(pattern.clone(), i).map_err(|e| {
+                    config.error_at(at, format!("route {:?}: {e}", rc.path.get_ref()))
+                })?;
+            }
+            routes.push(route);
+        }
+        Ok(Self { router, routes })
+    }
+
+    /// The route for `path`, if any.
+    pub(crate) fn find<'r, 'p>(&'r self, path: &'p str) -> Option<Matched<'r, 'p>> {
+        let m = self.router.at(path).ok()?;
+        Some(Matched {
+            route: &self.routes[*m.value],
+            params: m.params,
+        })
+    }
+}
+
+fn compile(config: &Config, rc: &RouteConfig, runtime: &Runtime) -> Result<Route, ConfigError> {
+    let namespace = |b: &toml::Spanned<String>| {
+        runtime
+            .namespace(b.get_ref())
+            .map_err(|e| config.error_at(b.span().start, e.to_string()))
+    };
+    let target = match &rc.binding {
+        Some(b) => Some(Target {
+            namespace: namespace(b)?,
+            pick: match (&rc.name_from, &rc.id_from) {
+                (Some(p), _) => Pick::Name(p.clone()),
+                (None, Some(p)) => Pick::Id(p.clone()),
+                (None, None) => {
+                    return Err(config.error_at(b.span().start, "no name_from or id_from"));
+                }
+            },
+        }),
+        None => None,
+    };
+    let rate_limit = match &rc.rate_limit {
+        Some(rl) => Some(RateLimit {
+            namespace: namespace(&rl.binding)?,
+            uri: format!("/?limit={}&window={}", rl.limit, rl.window_ms),
+        }),
+        None => None,
+    };
+    let methods = rc.methods.as_ref().map(|ms| {
+        ms.iter()
+            .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+            .collect()
+    });
+    Ok(Route {
+        methods,
+        target,
+        rewrite: rc.rewrite.clone(),
+        rate_limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_convert_to_router_syntax() {
+        assert_eq!(router_pattern("/counter/:name"), "/counter/{name}");
+        assert_eq!(router_pattern("/api/"), "/api");
+        assert_eq!(router_pattern("/"), "");
+        assert_eq!(params_of("/a/:x/{y}/z"), vec!["x", "y"]);
+    }
+}

@@ -1,0 +1,109 @@
+//! The error type of the runtime and of object handlers.
+
+use http::StatusCode;
+
+/// Result with Rookery's [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the runtime or in an object's handler.
+///
+/// Each variant maps to an HTTP status (see [`Error::status`]) so the gateway can answer a
+/// client without guessing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A string that is not an object id of the namespace it was given to.
+    #[error("invalid object id: {0}")]
+    InvalidId(&'static str),
+    /// A binding name that the configuration does not declare.
+    #[error("no durable object binding named {0:?}")]
+    UnknownBinding(String),
+    /// The object's mailbox is full.
+    #[error("object is overloaded: too many pending events")]
+    Overloaded,
+    /// A call that would wait on an object already waiting further up the same call chain.
+    #[error("call cycle: {0} is already handling a call further up this chain")]
+    CallCycle(String),
+    /// The object's turn failed (handler error, panic or time limit); its writes were rolled back.
+    #[error("{message}")]
+    ObjectFailed {
+        /// Status to answer with.
+        status: StatusCode,
+        /// What failed.
+        message: String,
+    },
+    /// Input that the handler or runtime refuses; maps to 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A storage limit was exceeded (key, value, batch or object size).
+    #[error("storage limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// A write could not be made durable; outputs that depended on it are discarded.
+    #[error("commit failed: {0}")]
+    Durability(String),
+    /// The runtime is shutting down and takes no new events.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+    /// The embedded database failed.
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A value could not be encoded or decoded as JSON.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A file system operation failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A configuration problem found at start-up.
+    #[error("{0}")]
+    Config(String),
+    /// A binding that cannot be served.
+    #[error("binding {binding:?}: {message}")]
+    Binding {
+        /// The binding's name.
+        binding: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A migration that cannot be applied; nothing of it was applied.
+    #[error("migration {tag:?}: {message}")]
+    Migration {
+        /// The migration's tag.
+        tag: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Any other failure, described by its message.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// An error carrying only a message; maps to 500.
+    pub fn msg(message: impl std::fmt::Display) -> Self {
+        Error::Other(message.to_string())
+    }
+
+    /// A client error carrying a message; maps to 400.
+    pub fn bad_request(message: impl std::fmt::Display) -> Self {
+        Error::BadRequest(message.to_string())
+    }
+
+    /// The HTTP status that answers a client who caused or met this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidId(_) | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::UnknownBinding(_) => StatusCode::NOT_FOUND,
+            Error::Overloaded | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::CallCycle(_) => StatusCode::LOOP_DETECTED,
+            Error::ObjectFailed { status, .. } => *status,
+            Error::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Durability(_)
+            | Error::Sqlite(_)
+            | Error::Json(_)
+            | Error::Io(_)
+            | Error::Config(_)
+            | Error::Migration { .. }
+            | Error::Binding { .. }
+            | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}

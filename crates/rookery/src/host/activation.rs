@@ -1,0 +1,205 @@
+//! One activation of an object: the task that owns its instance and storage and runs its turns.
+
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use http::StatusCode;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::turn::{self, TurnContext};
+use super::{Event, ObjectKey, TurnOutput};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::object::{DurableObject, Env, ObjectCore, ObjectState};
+use crate::runtime::{NamespaceInfo, RuntimeInner};
+use crate::storage::{OutputGate, Storage};
+
+/// Everything an activation needs to know about its object.
+pub(crate) struct Activation {
+    pub(crate) rt: Arc<RuntimeInner>,
+    pub(crate) ns: Arc<NamespaceInfo>,
+    pub(crate) id: ObjectId,
+    pub(crate) key: ObjectKey,
+    pub(crate) generation: u64,
+}
+
+/// Starts activations of one class; the class's type is erased behind it.
+pub(crate) trait ClassFactory: Send + Sync + 'static {
+    /// Spawns the task of `activation`, which drains `mailbox`.
+    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Event>);
+}
+
+/// The factory of class `C`.
+pub(crate) struct Factory<C>(PhantomData<fn() -> C>);
+
+impl<C> Factory<C> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<C: DurableObject> ClassFactory for Factory<C> {
+    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Event>) {
+        let span = tracing::debug_span!(
+            "object",
+            class = %activation.ns.class_name,
+            id = %activation.id,
+        );
+        tokio::spawn(run::<C>(activation, mailbox).instrument(span));
+    }
+}
+
+/// Decrements the host's count of live activations when the task ends, however it ends.
+struct LiveGuard(Arc<RuntimeInner>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.host.live.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Activation {
+    fn open_state(&self) -> Result<ObjectState> {
+        let path = self.ns.object_path(&self.id)?;
+        let storage = Storage::open(
+            &path,
+            self.rt.storage.clone(),
+            self.ns.class_name.clone(),
+            self.id.clone(),
+        )?;
+        Ok(ObjectState::new(ObjectCore {
+            id: self.id.clone(),
+            class: self.ns.class_name.clone(),
+            storage,
+        }))
+    }
+}
+
+async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Event>) {
+    let _live = LiveGuard(act.rt.clone());
+    tracing::debug!("activated");
+    let mut state = match act.open_state() {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the object's storage");
+            act.rt.host.forget(&act.key, act.generation);
+            mailbox.close();
+            let message = format!("the object's storage cannot be opened: {e}");
+            while let Some(event) = mailbox.recv().await {
+                reject(event, &message);
+            }
+            return;
+        }
+    };
+    let env = Env::new(act.rt.clone());
+    let options = act.rt.options.host;
+    let mut instance: Option<C> = None;
+    loop {
+        let event = match tokio::time::timeout(options.idle_timeout, mailbox.recv()).await {
+            Ok(Some(event)) => event,
+            // The host dropped the mailbox: shutting down, the queue is worked off.
+            Ok(None) => break,
+            Err(_idle) => {
+                if act.rt.host.evict(&act.key, act.generation, &mailbox) {
+                    tracing::debug!("evicted after idling");
+                    break;
+                }
+                continue;
+            }
+        };
+        if state.storage().failed() {
+            // A commit could not be made durable: start over from what the disk has.
+            tracing::warn!("resetting the object after a failed commit");
+            instance = None;
+            match act.open_state() {
+                Ok(fresh) => close(std::mem::replace(&mut state, fresh)),
+                Err(e) => {
+                    reject(
+                        event,
+                        &format!("the object's storage cannot be reopened: {e}"),
+                    );
+                    continue;
+                }
+            }
+        }
+        let object = match &mut instance {
+            Some(object) => object,
+            None => {
+                let (s, e) = (state.clone(), env.clone());
+                match std::panic::catch_unwind(AssertUnwindSafe(|| C::new(s, e))) {
+                    Ok(object) => instance.insert(object),
+                    Err(panic) => {
+                        let message = format!(
+                            "the object panicked while starting: {}",
+                            turn::panic_message(&*panic)
+                        );
+                        reject(event, &message);
+                        continue;
+                    }
+                }
+            }
+        };
+        let ctx = |chain: &[ObjectKey]| TurnContext {
+            chain: chain.iter().copied().chain([act.key]).collect(),
+            caller: state.clone(),
+        };
+        match event {
+            Event::Fetch { req, chain, reply } => {
+                let result = turn::run(object.fetch(req), ctx(&chain), options.turn_timeout).await;
+                let (result, gate) = finish(&state, result);
+                if result.is_err() {
+                    instance = None;
+                }
+                // The caller may have given up waiting; the turn stands either way.
+                let _ = reply.send(TurnOutput { result, gate });
+            }
+        }
+    }
+    drop(instance);
+    // Close only when everything committed is durable, so no gate waits on a closed database.
+    if let Err(e) = state.storage().settled().wait().await {
+        tracing::error!(error = %e, "closing with writes that are not durable");
+    }
+    close(state);
+    tracing::debug!("closed");
+}
+
+/// Commits or rolls back the turn that produced `result`; returns the turn's final result and
+/// the gate its outputs must pass.
+fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result<T>, OutputGate) {
+    let storage = state.storage();
+    match storage.finish_turn(result.is_ok()) {
+        Ok(gate) => (result, gate),
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed; the turn is rolled back");
+            (Err(e), storage.settled())
+        }
+    }
+}
+
+/// Answers an event that cannot be handled.
+fn reject(event: Event, message: &str) {
+    let error = Error::ObjectFailed {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: message.to_string(),
+    };
+    match event {
+        Event::Fetch { reply, .. } => {
+            let _ = reply.send(TurnOutput {
+                result: Err(error),
+                gate: OutputGate::open(),
+            });
+        }
+    }
+}
+
+/// Closes the object's database if no one else holds its state.
+fn close(state: ObjectState) {
+    if let Some(core) = state.into_core()
+        && let Err(e) = core.storage.close()
+    {
+        tracing::warn!(error = %e, "closing the object's database");
+    }
+}

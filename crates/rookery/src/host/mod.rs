@@ -1,0 +1,205 @@
+//! The host: the registry of live objects, their mailboxes, activation and eviction.
+//!
+//! Every live object is one tokio task that owns the instance and drains a bounded mailbox, one
+//! event (turn) at a time. The registry maps object keys to mailboxes. A sender enqueues while
+//! holding its registry shard, and an idle activation leaves the registry only under the same
+//! shard lock and only with an empty mailbox, so an event is never lost to an activation that is
+//! going away, and a second activation of the same object never runs beside the first.
+
+pub(crate) mod activation;
+mod placement;
+pub(crate) mod turn;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use placement::{LocalPlacement, Location, Placement};
+
+use crate::error::{Error, Result};
+use crate::id::{ID_BYTES, ObjectId};
+use crate::request::Request;
+use crate::response::Response;
+use crate::runtime::{NamespaceInfo, RuntimeInner};
+use crate::storage::OutputGate;
+use activation::Activation;
+use turn::CallChain;
+
+/// Identifies an object within a runtime: its namespace and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ObjectKey {
+    pub(crate) ns: u32,
+    pub(crate) id: [u8; ID_BYTES],
+}
+
+/// An event for an object; each one is handled as one turn.
+pub(crate) enum Event {
+    /// An HTTP request, from the gateway or another object.
+    Fetch {
+        req: Request,
+        chain: CallChain,
+        reply: oneshot::Sender<TurnOutput<Response>>,
+    },
+}
+
+/// A turn's result and the gate it must pass before anyone may see it.
+pub(crate) struct TurnOutput<T> {
+    pub(crate) result: Result<T>,
+    pub(crate) gate: OutputGate,
+}
+
+/// How the host runs objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostOptions {
+    /// Events that may wait in one object's mailbox before it answers "overloaded".
+    pub mailbox_capacity: usize,
+    /// Wall-time limit of one turn.
+    pub turn_timeout: Duration,
+    /// How long an object stays in memory without events.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: 1000,
+            turn_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(70),
+        }
+    }
+}
+
+struct Slot {
+    mailbox: mpsc::Sender<Event>,
+    generation: u64,
+}
+
+/// The registry of live objects.
+pub(crate) struct Host {
+    objects: DashMap<ObjectKey, Slot>,
+    generations: AtomicU64,
+    closing: AtomicBool,
+    /// Number of activations whose task has not finished.
+    live: watch::Sender<usize>,
+    activations: AtomicU64,
+}
+
+impl Host {
+    pub(crate) fn new() -> Self {
+        Self {
+            objects: DashMap::new(),
+            generations: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            live: watch::Sender::new(0),
+            activations: AtomicU64::new(0),
+        }
+    }
+
+    /// Objects that have a live activation now.
+    pub(crate) fn live_objects(&self) -> usize {
+        *self.live.borrow()
+    }
+
+    /// Activations started since the host began.
+    pub(crate) fn activations(&self) -> u64 {
+        self.activations.load(Ordering::Relaxed)
+    }
+
+    /// Delivers `event` to object `id` of namespace `ns`, activating it if needed.
+    pub(crate) fn dispatch(
+        rt: &Arc<RuntimeInner>,
+        ns: &Arc<NamespaceInfo>,
+        id: &ObjectId,
+        mut event: Event,
+    ) -> Result<()> {
+        let host = &rt.host;
+        let key = ObjectKey {
+            ns: ns.idx,
+            id: *id.as_bytes(),
+        };
+        if let Location::Remote(node) = rt.placement.locate(&ns.class_name, id) {
+            return Err(Error::msg(format!(
+                "object {id} is owned by node {node}; this node does not forward yet"
+            )));
+        }
+        // A mailbox can be found closed only if its activation died unexpectedly; then the slot
+        // is cleared and the event goes to a new activation.
+        for _ in 0..3 {
+            if host.closing.load(Ordering::Acquire) {
+                return Err(Error::ShuttingDown);
+            }
+            if let Some(slot) = host.objects.get(&key) {
+                match slot.mailbox.try_send(event) {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::Overloaded),
+                    Err(mpsc::error::TrySendError::Closed(e)) => {
+                        event = e;
+                        drop(slot);
+                        host.objects
+                            .remove_if(&key, |_, slot| slot.mailbox.is_closed());
+                        continue;
+                    }
+                }
+            }
+            let slot = host.objects.entry(key).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(rt.options.host.mailbox_capacity.max(1));
+                let generation = host.generations.fetch_add(1, Ordering::Relaxed);
+                host.activations.fetch_add(1, Ordering::Relaxed);
+                host.live.send_modify(|n| *n += 1);
+                let activation = Activation {
+                    rt: rt.clone(),
+                    ns: ns.clone(),
+                    id: id.clone(),
+                    key,
+                    generation,
+                };
+                ns.class.start(activation, rx);
+                Slot {
+                    mailbox: tx,
+                    generation,
+                }
+            });
+            match slot.mailbox.try_send(event) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::Overloaded),
+                Err(mpsc::error::TrySendError::Closed(e)) => {
+                    event = e;
+                    drop(slot);
+                    host.objects
+                        .remove_if(&key, |_, slot| slot.mailbox.is_closed());
+                }
+            }
+        }
+        Err(Error::msg("the object could not be activated"))
+    }
+
+    /// Removes an idle activation's slot, if its mailbox is still empty.
+    fn evict(&self, key: &ObjectKey, generation: u64, mailbox: &mpsc::Receiver<Event>) -> bool {
+        self.objects
+            .remove_if(key, |_, slot| {
+                slot.generation == generation && mailbox.is_empty()
+            })
+            .is_some()
+    }
+
+    /// Removes a failed activation's slot.
+    fn forget(&self, key: &ObjectKey, generation: u64) {
+        self.objects
+            .remove_if(key, |_, slot| slot.generation == generation);
+    }
+
+    /// Stops taking events, lets every activation finish what it has queued, and waits for them
+    /// to close their storage (at most `wait`).
+    pub(crate) async fn shutdown(&self, wait: Duration) -> bool {
+        self.closing.store(true, Ordering::Release);
+        // Dropping the slots closes the mailboxes; each activation works off its queue and ends.
+        self.objects.clear();
+        let mut live = self.live.subscribe();
+        tokio::time::timeout(wait, live.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+    }
+}

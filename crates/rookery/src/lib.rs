@@ -1,0 +1,58 @@
+//! Rookery: a self-hosted Durable Objects runtime.
+//!
+//! A *durable object* is a named, single-threaded piece of state with its own transactional
+//! storage. Implement [`DurableObject`] for a type, register it in a [`Runtime`] under a class
+//! name, bind the class, and reach its objects through [`Namespace`] and [`Stub`].
+//!
+//! ```no_run
+//! use rookery::prelude::*;
+//!
+//! struct Counter { state: ObjectState }
+//!
+//! impl DurableObject for Counter {
+//!     fn new(state: ObjectState, _env: Env) -> Self { Self { state } }
+//!
+//!     async fn fetch(&mut self, _req: Request) -> Result<Response> {
+//!         let storage = self.state.storage();
+//!         let value = storage.get::<i64>("value")?.unwrap_or(0) + 1;
+//!         storage.put("value", &value)?; // durable before the response leaves
+//!         Response::json(&serde_json::json!({ "value": value }))
+//!     }
+//! }
+//! ```
+
+mod catalog;
+mod error;
+mod host;
+mod id;
+mod object;
+mod request;
+mod response;
+mod runtime;
+mod storage;
+mod stub;
+
+pub use catalog::Migration;
+pub use error::{Error, Result};
+pub use host::{HostOptions, LocalPlacement, Location, Placement};
+pub use id::{IdMinter, ObjectId};
+pub use object::{DurableObject, Env, ObjectState};
+pub use request::Request;
+pub use response::Response;
+pub use runtime::{Classes, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
+pub use storage::{
+    CommitLog, CommitRecord, Durability, ListOptions, LocalCommitLog, OutputGate, Storage,
+    StorageLimits,
+};
+pub use stub::{Namespace, Stub};
+
+pub use bytes::Bytes;
+pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+/// The names most objects need.
+pub mod prelude {
+    pub use crate::{
+        DurableObject, Env, Error, ListOptions, Method, Namespace, ObjectId, ObjectState, Request,
+        Response, Result, StatusCode, Storage, Stub,
+    };
+}

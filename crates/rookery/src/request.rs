@@ -1,0 +1,175 @@
+//! The HTTP request an object's `fetch` receives.
+
+use std::str::FromStr;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// A request delivered to an object: method, path and query as the object sees them, headers and
+/// a fully received body.
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Request {
+    /// A request with `method` for `uri` (a path with an optional query, e.g. `/increment?amount=2`).
+    pub fn new(method: Method, uri: &str) -> Result<Self> {
+        let uri: Uri = uri
+            .parse()
+            .map_err(|e| Error::bad_request(format!("invalid request URI {uri:?}: {e}")))?;
+        Ok(Self::from_parts(
+            method,
+            uri,
+            HeaderMap::new(),
+            Bytes::new(),
+        ))
+    }
+
+    /// A GET request for `uri`.
+    pub fn get(uri: &str) -> Result<Self> {
+        Self::new(Method::GET, uri)
+    }
+
+    /// A POST request for `uri`.
+    pub fn post(uri: &str) -> Result<Self> {
+        Self::new(Method::POST, uri)
+    }
+
+    /// A request assembled from its parts.
+    pub fn from_parts(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Self {
+        Self {
+            method,
+            uri,
+            headers,
+            body,
+        }
+    }
+
+    /// This request with `body` as its body.
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// This request with a JSON body and the matching content type.
+    pub fn with_json<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Result<Self> {
+        self.body = Bytes::from(serde_json::to_vec(value)?);
+        self.headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(self)
+    }
+
+    /// This request with one more header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The full URI as the object sees it.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The path, always starting with `/`.
+    pub fn path(&self) -> &str {
+        match self.uri.path() {
+            "" => "/",
+            path => path,
+        }
+    }
+
+    /// The raw query string, if any.
+    pub fn query_string(&self) -> Option<&str> {
+        self.uri.query()
+    }
+
+    /// The raw (still percent-encoded) value of query parameter `name`, if present.
+    pub fn query_raw(&self, name: &str) -> Option<&str> {
+        self.uri.query()?.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then_some(value)
+        })
+    }
+
+    /// Query parameter `name` parsed as `T`; `Ok(None)` when absent, a 400 error when malformed.
+    pub fn query<T: FromStr>(&self, name: &str) -> Result<Option<T>> {
+        match self.query_raw(name) {
+            None => Ok(None),
+            Some(raw) => raw
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::bad_request(format!("invalid query parameter {name:?}"))),
+        }
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// A header's value as text, if present and valid.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+
+    /// The body bytes.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The body decoded as JSON; malformed JSON is a 400 error.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
+    }
+
+    /// Whether this request asks for a WebSocket upgrade.
+    pub fn is_websocket_upgrade(&self) -> bool {
+        self.headers
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_parse_or_fail_clearly() {
+        let req = Request::post("/increment?amount=5&x=&flag").unwrap();
+        assert_eq!(req.path(), "/increment");
+        assert_eq!(req.query::<i64>("amount").unwrap(), Some(5));
+        assert_eq!(req.query::<i64>("missing").unwrap(), None);
+        assert_eq!(req.query_raw("x"), Some(""));
+        assert_eq!(req.query_raw("flag"), Some(""));
+        assert!(matches!(req.query::<i64>("x"), Err(Error::BadRequest(_))));
+        let bad = Request::post("/increment?amount=1.5").unwrap();
+        assert!(matches!(
+            bad.query::<i64>("amount"),
+            Err(Error::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request() {
+        let req = Request::post("/").unwrap().with_body("{not json");
+        let err = req.json::<serde_json::Value>().unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+    }
+}

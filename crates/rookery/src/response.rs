@@ -1,0 +1,100 @@
+//! The HTTP response an object's `fetch` returns.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::error::Result;
+
+/// A complete response: status, headers and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Response {
+    /// A response with `status`, no headers and `body`.
+    pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            headers: HeaderMap::new(),
+            body: body.into(),
+        }
+    }
+
+    /// A 200 response with `value` encoded as JSON.
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self> {
+        Ok(Self::json_bytes(serde_json::to_vec(value)?))
+    }
+
+    /// A 200 response whose body is already-encoded JSON.
+    pub fn json_bytes(body: impl Into<Bytes>) -> Self {
+        Self::new(StatusCode::OK, body).with_header(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+    }
+
+    /// A 200 plain-text response.
+    pub fn text(body: impl Into<String>) -> Self {
+        Self::new(StatusCode::OK, body.into()).with_header(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )
+    }
+
+    /// A JSON error response: `{"error": message}` with `status`.
+    pub fn error(status: StatusCode, message: &str) -> Self {
+        let body = serde_json::json!({ "error": message }).to_string();
+        Self::json_bytes(body).with_status(status)
+    }
+
+    /// A 404 JSON response.
+    pub fn not_found() -> Self {
+        Self::error(StatusCode::NOT_FOUND, "Not found")
+    }
+
+    /// This response with another status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// This response with one more header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The headers, for changing.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+
+    /// The body bytes.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The body decoded as JSON.
+    pub fn json_body<T: DeserializeOwned>(&self) -> Result<T> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    /// Splits the response into status, headers and body.
+    pub fn into_parts(self) -> (StatusCode, HeaderMap, Bytes) {
+        (self.status, self.headers, self.body)
+    }
+}

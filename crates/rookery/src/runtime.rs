@@ -1,0 +1,328 @@
+//! The runtime: classes, bindings and the data directory brought together, ready to host objects.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::{Catalog, Migration};
+use crate::error::{Error, Result};
+use crate::host::activation::{ClassFactory, Factory};
+use crate::host::{Host, HostOptions, LocalPlacement, Placement};
+use crate::id::{IdMinter, ObjectId};
+use crate::object::DurableObject;
+use crate::storage::{
+    CommitLog, Durability, LocalCommitLog, StorageContext, StorageLimits, Syncer,
+};
+use crate::stub::Namespace;
+
+/// Everything about how a runtime runs its objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Mailboxes, turn time limit and eviction.
+    pub host: HostOptions,
+    /// Storage limits.
+    pub storage: StorageLimits,
+    /// What a commit survives before its outputs are released.
+    pub durability: Durability,
+}
+
+/// The object classes a runtime can host, by class name.
+#[derive(Clone, Default)]
+pub struct Classes {
+    map: HashMap<String, Arc<dyn ClassFactory>>,
+}
+
+impl fmt::Debug for Classes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.map.keys()).finish()
+    }
+}
+
+impl Classes {
+    /// No classes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// These classes and `C` under `name`.
+    pub fn with<C: DurableObject>(mut self, name: &str) -> Self {
+        self.add::<C>(name);
+        self
+    }
+
+    /// Adds `C` under `name`, replacing any class of that name.
+    pub fn add<C: DurableObject>(&mut self, name: &str) {
+        self.map
+            .insert(name.to_string(), Arc::new(Factory::<C>::new()));
+    }
+
+    /// Adds every class of `other`.
+    pub fn extend(&mut self, other: Classes) {
+        self.map.extend(other.map);
+    }
+
+    /// Whether a class called `name` is known.
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// The known class names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.map.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// Assembles a [`Runtime`].
+pub struct RuntimeBuilder {
+    data_dir: PathBuf,
+    classes: Classes,
+    bindings: Vec<(String, String)>,
+    migrations: Vec<Migration>,
+    options: RuntimeOptions,
+    commit_log: Arc<dyn CommitLog>,
+    placement: Arc<dyn Placement>,
+}
+
+impl RuntimeBuilder {
+    /// Hosts class `C` under `name`.
+    pub fn class<C: DurableObject>(mut self, name: &str) -> Self {
+        self.classes.add::<C>(name);
+        self
+    }
+
+    /// Hosts all of `classes`.
+    pub fn classes(mut self, classes: Classes) -> Self {
+        self.classes.extend(classes);
+        self
+    }
+
+    /// Makes the namespace of `class_name` reachable as `binding`.
+    pub fn binding(mut self, binding: &str, class_name: &str) -> Self {
+        self.bindings
+            .push((binding.to_string(), class_name.to_string()));
+        self
+    }
+
+    /// Adds a migration; migrations apply in the order they were added.
+    pub fn migration(mut self, migration: Migration) -> Self {
+        self.migrations.push(migration);
+        self
+    }
+
+    /// Sets the runtime's options.
+    pub fn options(mut self, options: RuntimeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Uses `log` as the commit log instead of the local one.
+    pub fn commit_log(mut self, log: Arc<dyn CommitLog>) -> Self {
+        self.commit_log = log;
+        self
+    }
+
+    /// Uses `placement` instead of hosting every object locally.
+    pub fn placement(mut self, placement: Arc<dyn Placement>) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Opens the data directory, applies pending migrations and checks every binding.
+    pub fn build(self) -> Result<Runtime> {
+        fs::create_dir_all(&self.data_dir)?;
+        let mut catalog = Catalog::open(&self.data_dir)?;
+        catalog.migrate(&self.migrations)?;
+        catalog.sweep()?;
+        let records = catalog.classes()?;
+        let mut namespaces: HashMap<String, Arc<NamespaceInfo>> = HashMap::new();
+        let mut bindings = HashMap::new();
+        for (binding, class_name) in &self.bindings {
+            let ns = match namespaces.get(class_name) {
+                Some(ns) => ns.clone(),
+                None => {
+                    let record = records
+                        .iter()
+                        .find(|r| &r.name == class_name)
+                        .ok_or_else(|| {
+                            Error::Binding {
+                                binding: binding.clone(),
+                                message: format!("class {class_name:?} does not exist; a migration must create it (new_sqlite_classes = [{class_name:?}])"),
+                            }
+                        })?;
+                    let class = self
+                        .classes
+                        .map
+                        .get(class_name)
+                        .ok_or_else(|| Error::Binding {
+                            binding: binding.clone(),
+                            message: format!(
+                                "class {class_name:?} is not known to this server (known: {})",
+                                self.classes.names().join(", ")
+                            ),
+                        })?;
+                    let ns = Arc::new(NamespaceInfo {
+                        idx: u32::try_from(namespaces.len())
+                            .map_err(|_| Error::Config("too many classes".into()))?,
+                        class_name: Arc::from(class_name.as_str()),
+                        dir: record.dir.clone(),
+                        minter: record.minter.clone(),
+                        class: class.clone(),
+                    });
+                    namespaces.insert(class_name.clone(), ns.clone());
+                    ns
+                }
+            };
+            if bindings.insert(binding.clone(), ns).is_some() {
+                return Err(Error::Binding {
+                    binding: binding.clone(),
+                    message: "declared twice".into(),
+                });
+            }
+        }
+        let storage = Arc::new(StorageContext {
+            limits: self.options.storage,
+            durability: self.options.durability,
+            syncer: Syncer::start()?,
+            commit_log: self.commit_log,
+        });
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                host: Host::new(),
+                bindings,
+                storage,
+                options: self.options,
+                placement: self.placement,
+                data_dir: self.data_dir,
+            }),
+        })
+    }
+}
+
+/// A running set of durable object classes over one data directory.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+/// Counters that show what the runtime is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Objects with a live activation.
+    pub live_objects: usize,
+    /// Activations started so far.
+    pub activations: u64,
+    /// Rounds of the group-commit syncer so far.
+    pub sync_rounds: u64,
+    /// File and directory syncs issued so far.
+    pub file_syncs: u64,
+}
+
+impl Runtime {
+    /// A builder for a runtime keeping its data in `data_dir`.
+    pub fn builder(data_dir: impl AsRef<Path>) -> RuntimeBuilder {
+        RuntimeBuilder {
+            data_dir: data_dir.as_ref().to_path_buf(),
+            classes: Classes::new(),
+            bindings: Vec::new(),
+            migrations: Vec::new(),
+            options: RuntimeOptions::default(),
+            commit_log: Arc::new(LocalCommitLog),
+            placement: Arc::new(LocalPlacement),
+        }
+    }
+
+    /// The namespace bound under `binding`.
+    pub fn namespace(&self, binding: &str) -> Result<Namespace> {
+        RuntimeInner::namespace(&self.inner, binding)
+    }
+
+    /// The binding names, sorted.
+    pub fn bindings(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.inner.bindings.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The options the runtime runs with.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.inner.options
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// What the runtime is doing now.
+    pub fn stats(&self) -> RuntimeStats {
+        let (sync_rounds, file_syncs) = self.inner.storage.syncer.counts();
+        RuntimeStats {
+            live_objects: self.inner.host.live_objects(),
+            activations: self.inner.host.activations(),
+            sync_rounds,
+            file_syncs,
+        }
+    }
+
+    /// Stops taking events, finishes the queued ones, makes every commit durable and closes
+    /// every object's database. Returns whether everything closed in time.
+    pub async fn shutdown(&self) -> bool {
+        let wait = self.inner.options.host.turn_timeout + Duration::from_secs(5);
+        let closed = self.inner.host.shutdown(wait).await;
+        let storage = self.inner.storage.clone();
+        // Joining the sync thread blocks; it has at most one round left.
+        let stopped = tokio::task::spawn_blocking(move || storage.syncer.stop()).await;
+        closed && stopped.is_ok()
+    }
+}
+
+/// The shared core of a runtime.
+pub(crate) struct RuntimeInner {
+    pub(crate) host: Host,
+    pub(crate) bindings: HashMap<String, Arc<NamespaceInfo>>,
+    pub(crate) storage: Arc<StorageContext>,
+    pub(crate) options: RuntimeOptions,
+    pub(crate) placement: Arc<dyn Placement>,
+    pub(crate) data_dir: PathBuf,
+}
+
+impl RuntimeInner {
+    pub(crate) fn namespace(rt: &Arc<Self>, binding: &str) -> Result<Namespace> {
+        let ns = rt
+            .bindings
+            .get(binding)
+            .ok_or_else(|| Error::UnknownBinding(binding.to_string()))?;
+        Ok(Namespace::new(rt.clone(), ns.clone()))
+    }
+}
+
+/// One class as hosted by a runtime.
+pub(crate) struct NamespaceInfo {
+    pub(crate) idx: u32,
+    pub(crate) class_name: Arc<str>,
+    pub(crate) dir: PathBuf,
+    pub(crate) minter: IdMinter,
+    pub(crate) class: Arc<dyn ClassFactory>,
+}
+
+impl NamespaceInfo {
+    /// The database path of object `id`, creating its directory if needed.
+    pub(crate) fn object_path(&self, id: &ObjectId) -> Result<PathBuf> {
+        let hex = id.to_hex();
+        // 256 subdirectories keep directories small with many objects.
+        let dir = self.dir.join(&hex[..2]);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir)?;
+            // New directory entries must be durable before any object inside them is.
+            for d in [&self.dir, self.dir.parent().unwrap_or(&self.dir)] {
+                fs::File::open(d)?.sync_all()?;
+            }
+        }
+        Ok(dir.join(format!("{hex}.sqlite")))
+    }
+}

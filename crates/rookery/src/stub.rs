@@ -1,0 +1,132 @@
+//! Namespaces and stubs: how the gateway and objects address and call objects.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::host::turn;
+use crate::host::{Event, Host, ObjectKey};
+use crate::id::ObjectId;
+use crate::request::Request;
+use crate::response::Response;
+use crate::runtime::{NamespaceInfo, RuntimeInner};
+
+/// All objects of one class, as reached through a binding.
+#[derive(Clone)]
+pub struct Namespace {
+    rt: Arc<RuntimeInner>,
+    ns: Arc<NamespaceInfo>,
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("class", &self.ns.class_name)
+            .finish()
+    }
+}
+
+impl Namespace {
+    pub(crate) fn new(rt: Arc<RuntimeInner>, ns: Arc<NamespaceInfo>) -> Self {
+        Self { rt, ns }
+    }
+
+    /// The class of this namespace's objects.
+    pub fn class_name(&self) -> &str {
+        &self.ns.class_name
+    }
+
+    /// The id of the object called `name`: always the same for the same name.
+    pub fn id_from_name(&self, name: &str) -> ObjectId {
+        self.ns.minter.id_from_name(name)
+    }
+
+    /// A new, random object id.
+    pub fn new_unique_id(&self) -> Result<ObjectId> {
+        self.ns.minter.new_unique_id()
+    }
+
+    /// Parses an id written as 64 hex characters; refuses ids this namespace did not mint.
+    pub fn id_from_string(&self, hex: &str) -> Result<ObjectId> {
+        self.ns.minter.id_from_string(hex)
+    }
+
+    /// A stub for object `id`.
+    pub fn get(&self, id: ObjectId) -> Stub {
+        Stub {
+            rt: self.rt.clone(),
+            ns: self.ns.clone(),
+            id,
+        }
+    }
+
+    /// A stub for the object called `name`.
+    pub fn get_by_name(&self, name: &str) -> Stub {
+        self.get(self.id_from_name(name))
+    }
+}
+
+/// A handle for calling one object.
+#[derive(Clone)]
+pub struct Stub {
+    rt: Arc<RuntimeInner>,
+    ns: Arc<NamespaceInfo>,
+    id: ObjectId,
+}
+
+impl std::fmt::Debug for Stub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stub")
+            .field("class", &self.ns.class_name)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Stub {
+    /// The id of the object this stub calls.
+    pub fn id(&self) -> &ObjectId {
+        &self.id
+    }
+
+    /// Sends `req` to the object and returns its response once the writes behind it are durable.
+    ///
+    /// Called inside a turn, the call first waits until the calling object's committed writes
+    /// are durable (the output gate), and fails at once if the callee is already waiting further
+    /// up the call chain, since that call could never be served.
+    pub async fn fetch(&self, req: Request) -> Result<Response> {
+        let key = ObjectKey {
+            ns: self.ns.idx,
+            id: *self.id.as_bytes(),
+        };
+        let chain = match turn::current() {
+            Some(ctx) => {
+                if ctx.chain.contains(&key) {
+                    return Err(Error::CallCycle(format!(
+                        "{} {}",
+                        self.ns.class_name,
+                        self.id
+                            .name()
+                            .map_or_else(|| self.id.to_hex(), str::to_string)
+                    )));
+                }
+                ctx.caller.storage().settled().wait().await?;
+                ctx.chain
+            }
+            None => Arc::from([]),
+        };
+        let (reply, answer) = oneshot::channel();
+        Host::dispatch(
+            &self.rt,
+            &self.ns,
+            &self.id,
+            Event::Fetch { req, chain, reply },
+        )?;
+        let output = answer
+            .await
+            .map_err(|_| Error::msg("the object stopped before answering"))?;
+        output.gate.wait().await?;
+        output.result
+    }
+}
