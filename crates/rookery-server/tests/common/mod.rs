@@ -1,0 +1,282 @@
+//! Shared test support: servers on ephemeral ports (in-process or as a child process) and a
+//! probe object class whose handlers misbehave on request.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use rookery::prelude::*;
+use rookery::{Classes, Runtime};
+use rookery_server::{Config, Server};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, oneshot};
+
+/// How long any condition in a test may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub runtime: Runtime,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts `config_text` (with its data_dir replaced by `data_dir`) and the probe class.
+    pub async fn start(config_text: &str, data_dir: &Path) -> Self {
+        let mut config = Config::parse("test.toml", config_text).expect("valid test config");
+        config.server.data_dir = data_dir.to_path_buf();
+        let classes = rookery_objects::builtin_classes().with::<Probe>("Probe");
+        Self::start_with(&config, classes).await
+    }
+
+    /// Starts `config` with `classes`.
+    pub async fn start_with(config: &Config, classes: Classes) -> Self {
+        let server = Server::new(config, classes).expect("server starts");
+        let runtime = server.runtime().clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server runs");
+        });
+        Self {
+            addr,
+            runtime,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Shuts the server down gracefully and waits until its storage is closed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("server stops in time")
+                .expect("server task");
+        }
+    }
+}
+
+/// The `rookery` binary running as a child process.
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts `rookery serve` on an ephemeral port with `data_dir` and `extra` arguments.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rookery"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("rookery starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("rookery listening on http://") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(PATIENCE)
+            .expect("the server announces its address");
+        Self { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Stops the process with SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "clean exit after SIGTERM: {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not stop in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Waits until `cond` holds, checking every few milliseconds, at most `PATIENCE`.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
+/// A configuration with the demo's classes plus the probe class under `PROBE`.
+pub const PROBE_CONFIG: &str = r#"
+[server]
+mailbox_capacity = 4
+
+[durable_objects]
+bindings = [
+  { name = "PROBE", class_name = "Probe" },
+  { name = "COUNTER", class_name = "Counter" },
+]
+
+[[migrations]]
+tag = "v1"
+new_sqlite_classes = ["Probe", "Counter"]
+
+[[routes]]
+path = "/probe/:name"
+binding = "PROBE"
+name_from = "name"
+
+[[routes]]
+path = "/probe-id/:id"
+binding = "PROBE"
+id_from = "id"
+
+[[routes]]
+path = "/counter/:name"
+binding = "COUNTER"
+name_from = "name"
+"#;
+
+/// Per-object-name gates that `/wait` blocks on, and counts of turns that reached them.
+static GATES: LazyLock<Mutex<HashMap<String, Gate>>> = LazyLock::new(Default::default);
+
+/// A probe's gate: permits to pass `/wait`, and how many turns reached it.
+pub type Gate = (Arc<Semaphore>, Arc<AtomicU64>);
+
+/// The gate and entry counter of the probe called `name`.
+pub fn gate(name: &str) -> Gate {
+    GATES
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_insert_with(|| (Arc::new(Semaphore::new(0)), Arc::new(AtomicU64::new(0))))
+        .clone()
+}
+
+/// Counts instances ever built, so tests can see an instance being replaced.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+/// A test object that stores, fails, panics, waits and calls other objects on request.
+pub struct Probe {
+    state: ObjectState,
+    env: Env,
+    instance: u64,
+}
+
+impl DurableObject for Probe {
+    fn new(state: ObjectState, env: Env) -> Self {
+        Self {
+            state,
+            env,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    async fn fetch(&mut self, req: Request) -> Result<Response> {
+        let storage = self.state.storage();
+        let key = req.query_raw("key").unwrap_or("k").to_string();
+        match req.path() {
+            "/get" => Response::json(&json!({ "value": storage.get::<Value>(&key)? })),
+            "/put" => {
+                storage.put(&key, &req.query_raw("value").unwrap_or(""))?;
+                Response::json(&json!({ "ok": true }))
+            }
+            "/put-then-fail" => {
+                storage.put(&key, &req.query_raw("value").unwrap_or(""))?;
+                Err(Error::msg("deliberate failure after a write"))
+            }
+            "/put-then-panic" => {
+                storage.put(&key, &req.query_raw("value").unwrap_or(""))?;
+                panic!("deliberate panic after a write");
+            }
+            "/json" => {
+                let body: Value = req.json()?;
+                Response::json(&json!({ "echo": body }))
+            }
+            "/instance" => Response::json(&json!({ "instance": self.instance })),
+            "/wait" => {
+                let name = self.state.id().name().unwrap_or("").to_string();
+                let (sem, entered) = gate(&name);
+                entered.fetch_add(1, Ordering::SeqCst);
+                sem.acquire().await.map_err(Error::msg)?.forget();
+                Response::json(&json!({ "waited": true }))
+            }
+            "/call" => {
+                // Calls the probe named `target`, asking it to call `then` (if given).
+                let target = req.query_raw("target").unwrap_or("");
+                let uri = match req.query_raw("then") {
+                    Some(then) => format!("/call?target={then}"),
+                    None => "/get".to_string(),
+                };
+                let resp = self
+                    .env
+                    .namespace("PROBE")?
+                    .get_by_name(target)
+                    .fetch(Request::post(&uri)?)
+                    .await?;
+                Ok(resp)
+            }
+            "/whoami" => Response::json(&json!({
+                "id": self.state.id().to_hex(),
+                "name": self.state.id().name(),
+            })),
+            _ => Ok(Response::not_found()),
+        }
+    }
+}

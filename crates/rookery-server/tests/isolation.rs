@@ -1,0 +1,384 @@
+//! Turn atomicity and isolation: failing, panicking, overloaded and cyclic objects.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{PROBE_CONFIG, TestServer, client, gate, wait_until};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_turn_leaves_storage_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let c = client();
+    let r = c
+        .post(server.url("/probe/p/put?key=a&value=before"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let instance = |r: Value| r["instance"].as_u64().unwrap();
+    let first = instance(
+        c.get(server.url("/probe/p/instance"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+
+    let r = c
+        .post(server.url("/probe/p/put-then-fail?key=a&value=after"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate failure"),
+        "{body}"
+    );
+    let r: Value = c
+        .get(server.url("/probe/p/get?key=a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({"value": "before"}),
+        "the failed turn's write is rolled back"
+    );
+    let second = instance(
+        c.get(server.url("/probe/p/instance"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_ne!(first, second, "the failed instance was dropped and rebuilt");
+
+    let r = c
+        .post(server.url("/probe/p/put-then-panic?key=a&value=panicked"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("panicked"),
+        "{body}"
+    );
+    let r: Value = c
+        .get(server.url("/probe/p/get?key=a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({"value": "before"}),
+        "the panicked turn's write is rolled back"
+    );
+
+    // Bad JSON is the handler's 400, and also rolls nothing forward.
+    let r = c
+        .post(server.url("/probe/p/json"))
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid JSON"),
+        "{body}"
+    );
+    let r = c
+        .post(server.url("/probe/p/json"))
+        .body("[1,2]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"echo": [1, 2]}));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_object_does_not_disturb_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let c = client();
+    // Two streams side by side (each within the mailbox bound of PROBE_CONFIG).
+    let panics = async {
+        for _ in 0..20 {
+            let r = c
+                .post(server.url("/probe/bad/put-then-panic"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 500);
+        }
+    };
+    let counts = async {
+        for _ in 0..20 {
+            let r = c
+                .post(server.url("/counter/good/increment"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    tokio::join!(panics, counts);
+    let r: Value = c
+        .get(server.url("/counter/good"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"value": 20}));
+    // The panicking object itself serves the next request with a fresh instance.
+    let r = c.get(server.url("/probe/bad/get")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    // PROBE_CONFIG sets mailbox_capacity = 4.
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let c = client();
+    let (release, entered) = gate("busy");
+    let first = tokio::spawn(c.get(server.url("/probe/busy/wait")).send());
+    wait_until("the first request holds the object", || {
+        entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Four more fit in the mailbox, three are refused.
+    let more: Vec<_> = (0..7)
+        .map(|_| tokio::spawn(c.get(server.url("/probe/busy/wait")).send()))
+        .collect();
+    // Queued requests cannot finish while the gate is shut, so the first three to finish are
+    // the refused ones.
+    wait_until("three requests are refused", || {
+        more.iter().filter(|t| t.is_finished()).count() == 3
+    })
+    .await;
+    // Another object is unaffected meanwhile.
+    let r = c
+        .post(server.url("/counter/other/increment"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    release.add_permits(5);
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    let mut statuses = Vec::new();
+    for task in more {
+        let r = task.await.unwrap().unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 503 {
+            let body: Value = r.json().await.unwrap();
+            assert!(
+                body["error"].as_str().unwrap().contains("overloaded"),
+                "{body}"
+            );
+        }
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 503, 503, 503],
+        "mailbox of 4 plus the running turn"
+    );
+    assert_eq!(entered.load(Ordering::SeqCst), 5);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cycle_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    // A → B works.
+    let r = client()
+        .post(server.url("/probe/a/call?target=b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"value": null}));
+    // A → B → A is refused at once instead of waiting for the turn time limit.
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let r = quick
+        .post(server.url("/probe/a/call?target=b&then=a"))
+        .send()
+        .await
+        .expect("an answer within a second");
+    assert_eq!(r.status(), 508);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("call cycle"),
+        "{body}"
+    );
+    // A → A as well.
+    let r = quick
+        .post(server.url("/probe/a/call?target=a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 508);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_address_objects_and_forged_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let c = client();
+    let ns = server.runtime.namespace("PROBE").unwrap();
+    let id = ns.id_from_name("named").to_hex();
+    // By name and by id it is the same object.
+    c.post(server.url("/probe/named/put?key=x&value=1"))
+        .send()
+        .await
+        .unwrap();
+    let r: Value = c
+        .get(server.url(&format!("/probe-id/{id}/get?key=x")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"value": "1"}));
+    let r: Value = c
+        .get(server.url(&format!("/probe-id/{id}/whoami")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["id"], json!(id));
+    let r: Value = c
+        .get(server.url("/probe/named/whoami"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({"id": id, "name": "named"}),
+        "an id minted from a name remembers it"
+    );
+
+    let mut forged = id.clone().into_bytes();
+    forged[10] = if forged[10] == b'a' { b'b' } else { b'a' };
+    let forged = String::from_utf8(forged).unwrap();
+    let foreign = server
+        .runtime
+        .namespace("COUNTER")
+        .unwrap()
+        .id_from_name("named")
+        .to_hex();
+    for bad in [forged.as_str(), foreign.as_str(), "abc", &id.to_uppercase()] {
+        let r = c
+            .get(server.url(&format!("/probe-id/{bad}/get")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("invalid object id"),
+            "{body}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PROBE_CONFIG.replace(
+        "mailbox_capacity = 4",
+        "mailbox_capacity = 4\nmax_body_bytes = 1024",
+    );
+    let server = TestServer::start(&config, dir.path()).await;
+    let c = client();
+    let r = c
+        .post(server.url("/probe/p/json"))
+        .body(vec![b' '; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = c
+        .post(server.url("/probe/p/json"))
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_objects_are_evicted_and_come_back_with_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PROBE_CONFIG.replace(
+        "mailbox_capacity = 4",
+        "mailbox_capacity = 4\nidle_timeout_ms = 50",
+    );
+    let server = TestServer::start(&config, dir.path()).await;
+    let c = client();
+    c.post(server.url("/counter/e/increment?amount=7"))
+        .send()
+        .await
+        .unwrap();
+    let rt = server.runtime.clone();
+    wait_until("the idle counter is evicted", || {
+        rt.stats().live_objects == 0
+    })
+    .await;
+    let before = server.runtime.stats().activations;
+    let r: Value = c
+        .get(server.url("/counter/e"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"value": 7}));
+    assert_eq!(
+        server.runtime.stats().activations,
+        before + 1,
+        "a new activation served it"
+    );
+    server.stop().await;
+}
