@@ -245,6 +245,11 @@ impl DurableObject for Probe {
                 storage.put(&key, &req.query_raw("value").unwrap_or(""))?;
                 panic!("deliberate panic after a write");
             }
+            "/put-then-hang" => {
+                storage.put(&key, &req.query_raw("value").unwrap_or(""))?;
+                std::future::pending::<()>().await;
+                unreachable!("a pending future never completes")
+            }
             "/json" => {
                 let body: Value = req.json()?;
                 Response::json(&json!({ "echo": body }))
