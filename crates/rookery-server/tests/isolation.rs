@@ -386,15 +386,35 @@ async fn idle_objects_are_evicted_and_come_back_with_their_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_over_its_time_limit_is_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
-    let config = PROBE_CONFIG.replace("mailbox_capacity = 4", "mailbox_capacity = 4\nturn_timeout_ms = 200");
+    let config = PROBE_CONFIG.replace(
+        "mailbox_capacity = 4",
+        "mailbox_capacity = 4\nturn_timeout_ms = 200",
+    );
     let server = TestServer::start(&config, dir.path()).await;
     let c = client();
-    c.post(server.url("/probe/slow/put?key=a&value=before")).send().await.unwrap();
-    let r = c.post(server.url("/probe/slow/put-then-hang?key=a&value=after")).send().await.unwrap();
+    c.post(server.url("/probe/slow/put?key=a&value=before"))
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .post(server.url("/probe/slow/put-then-hang?key=a&value=after"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("time limit"), "{body}");
-    let r: Value = c.get(server.url("/probe/slow/get?key=a")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("time limit"),
+        "{body}"
+    );
+    let r: Value = c
+        .get(server.url("/probe/slow/get?key=a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r, json!({"value": "before"}));
     server.stop().await;
 }

@@ -39,7 +39,9 @@ pub(crate) struct ClassRecord {
 /// The catalog database.
 pub(crate) struct Catalog {
     conn: Connection,
-    objects_dir: PathBuf,
+    /// Where object databases live (unused in memory).
+    pub(crate) objects_dir: PathBuf,
+    in_memory: bool,
 }
 
 impl Catalog {
@@ -48,10 +50,18 @@ impl Catalog {
         let objects_dir = data_dir.join("objects");
         fs::create_dir_all(&objects_dir)?;
         let conn = Connection::open(data_dir.join("rookery.sqlite"))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        Self::init(conn, objects_dir, false)
+    }
+
+    /// A catalog that lives in memory only.
+    pub(crate) fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?, std::env::temp_dir(), true)
+    }
+
+    fn init(conn: Connection, objects_dir: PathBuf, in_memory: bool) -> Result<Self> {
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS classes (
+            "CREATE TABLE IF NOT EXISTS classes (
                  uid TEXT PRIMARY KEY,
                  name TEXT NOT NULL UNIQUE,
                  secret BLOB NOT NULL,
@@ -63,7 +73,11 @@ impl Catalog {
                  applied_at INTEGER NOT NULL
              );",
         )?;
-        Ok(Self { conn, objects_dir })
+        Ok(Self {
+            conn,
+            objects_dir,
+            in_memory,
+        })
     }
 
     /// Applies the migrations of `migrations` not yet applied, in order. The already applied ones
@@ -96,8 +110,10 @@ impl Catalog {
         let mut done = Vec::new();
         for (position, m) in migrations.iter().enumerate().skip(applied.len()) {
             let doomed = self.apply(position, m)?;
-            for dir in doomed {
-                remove_dir(&dir);
+            if !self.in_memory {
+                for dir in doomed {
+                    remove_dir(&dir);
+                }
             }
             tracing::info!(tag = %m.tag, "applied migration");
             done.push(m.tag.clone());
@@ -186,6 +202,9 @@ impl Catalog {
 
     /// Removes object directories that belong to no class (left by an interrupted delete).
     pub(crate) fn sweep(&self) -> Result<()> {
+        if self.in_memory {
+            return Ok(());
+        }
         let known: HashSet<PathBuf> = self.classes()?.into_iter().map(|c| c.dir).collect();
         for entry in fs::read_dir(&self.objects_dir)? {
             let path = entry?.path();

@@ -37,6 +37,9 @@ pub enum Error {
     /// A storage limit was exceeded (key, value, batch or object size).
     #[error("storage limit exceeded: {0}")]
     LimitExceeded(String),
+    /// The object's SQL was refused before it ran.
+    #[error("SQL refused: {0}")]
+    SqlRefused(String),
     /// A write could not be made durable; outputs that depended on it are discarded.
     #[error("commit failed: {0}")]
     Durability(String),
@@ -97,6 +100,7 @@ impl Error {
             Error::ObjectFailed { status, .. } => *status,
             Error::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Durability(_)
+            | Error::SqlRefused(_)
             | Error::Sqlite(_)
             | Error::Json(_)
             | Error::Io(_)

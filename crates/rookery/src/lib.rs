@@ -31,6 +31,7 @@ mod response;
 mod runtime;
 mod storage;
 mod stub;
+pub mod testing;
 
 pub use catalog::Migration;
 pub use error::{Error, Result};
@@ -41,8 +42,8 @@ pub use request::Request;
 pub use response::Response;
 pub use runtime::{Classes, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
 pub use storage::{
-    CommitLog, CommitRecord, Durability, ListOptions, LocalCommitLog, OutputGate, Storage,
-    StorageLimits,
+    ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, ListOptions, LocalCommitLog,
+    OutputGate, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
 };
 pub use stub::{Namespace, Stub};
 
@@ -53,6 +54,6 @@ pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub mod prelude {
     pub use crate::{
         DurableObject, Env, Error, ListOptions, Method, Namespace, ObjectId, ObjectState, Request,
-        Response, Result, StatusCode, Storage, Stub,
+        Response, Result, SqlValue, StatusCode, Storage, Stub,
     };
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::catalog::{Catalog, Migration};
@@ -14,7 +15,8 @@ use crate::host::{Host, HostOptions, LocalPlacement, Placement};
 use crate::id::{IdMinter, ObjectId};
 use crate::object::DurableObject;
 use crate::storage::{
-    CommitLog, Durability, LocalCommitLog, StorageContext, StorageLimits, Syncer,
+    CommitLog, Durability, LocalCommitLog, Location, StorageContext, StorageLimits, SyncHook,
+    Syncer,
 };
 use crate::stub::Namespace;
 
@@ -79,13 +81,15 @@ impl Classes {
 
 /// Assembles a [`Runtime`].
 pub struct RuntimeBuilder {
-    data_dir: PathBuf,
+    /// `None` keeps everything in memory.
+    data_dir: Option<PathBuf>,
     classes: Classes,
     bindings: Vec<(String, String)>,
     migrations: Vec<Migration>,
     options: RuntimeOptions,
     commit_log: Arc<dyn CommitLog>,
     placement: Arc<dyn Placement>,
+    sync_hook: Option<SyncHook>,
 }
 
 impl RuntimeBuilder {
@@ -132,10 +136,22 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Runs `hook` at the start of every sync round; an error fails the round's commits.
+    /// For tests that simulate a slow or failing disk.
+    pub fn sync_hook(mut self, hook: SyncHook) -> Self {
+        self.sync_hook = Some(hook);
+        self
+    }
+
     /// Opens the data directory, applies pending migrations and checks every binding.
     pub fn build(self) -> Result<Runtime> {
-        fs::create_dir_all(&self.data_dir)?;
-        let mut catalog = Catalog::open(&self.data_dir)?;
+        let mut catalog = match &self.data_dir {
+            Some(dir) => {
+                fs::create_dir_all(dir)?;
+                Catalog::open(dir)?
+            }
+            None => Catalog::in_memory()?,
+        };
         catalog.migrate(&self.migrations)?;
         catalog.sweep()?;
         let records = catalog.classes()?;
@@ -169,7 +185,7 @@ impl RuntimeBuilder {
                         idx: u32::try_from(namespaces.len())
                             .map_err(|_| Error::Config("too many classes".into()))?,
                         class_name: Arc::from(class_name.as_str()),
-                        dir: record.dir.clone(),
+                        dir: self.data_dir.as_ref().map(|_| record.dir.clone()),
                         minter: record.minter.clone(),
                         class: class.clone(),
                     });
@@ -187,8 +203,9 @@ impl RuntimeBuilder {
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
             durability: self.options.durability,
-            syncer: Syncer::start()?,
+            syncer: Syncer::start(&catalog.objects_dir, self.sync_hook)?,
             commit_log: self.commit_log,
+            commits: AtomicU64::new(0),
         });
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
@@ -216,6 +233,8 @@ pub struct RuntimeStats {
     pub live_objects: usize,
     /// Activations started so far.
     pub activations: u64,
+    /// Turns that committed writes so far.
+    pub commits: u64,
     /// Rounds of the group-commit syncer so far.
     pub sync_rounds: u64,
     /// File and directory syncs issued so far.
@@ -225,14 +244,25 @@ pub struct RuntimeStats {
 impl Runtime {
     /// A builder for a runtime keeping its data in `data_dir`.
     pub fn builder(data_dir: impl AsRef<Path>) -> RuntimeBuilder {
+        Self::builder_at(Some(data_dir.as_ref().to_path_buf()))
+    }
+
+    /// A builder for a runtime that keeps everything in memory, for tests: nothing survives
+    /// the runtime, and idle objects are never evicted (that would lose their state).
+    pub fn builder_in_memory() -> RuntimeBuilder {
+        Self::builder_at(None)
+    }
+
+    fn builder_at(data_dir: Option<PathBuf>) -> RuntimeBuilder {
         RuntimeBuilder {
-            data_dir: data_dir.as_ref().to_path_buf(),
+            data_dir,
             classes: Classes::new(),
             bindings: Vec::new(),
             migrations: Vec::new(),
             options: RuntimeOptions::default(),
             commit_log: Arc::new(LocalCommitLog),
             placement: Arc::new(LocalPlacement),
+            sync_hook: None,
         }
     }
 
@@ -253,9 +283,9 @@ impl Runtime {
         &self.inner.options
     }
 
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.inner.data_dir
+    /// The data directory; `None` when the runtime keeps everything in memory.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.inner.data_dir.as_deref()
     }
 
     /// What the runtime is doing now.
@@ -264,6 +294,7 @@ impl Runtime {
         RuntimeStats {
             live_objects: self.inner.host.live_objects(),
             activations: self.inner.host.activations(),
+            commits: self.inner.storage.commits.load(Ordering::Relaxed),
             sync_rounds,
             file_syncs,
         }
@@ -288,7 +319,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) storage: Arc<StorageContext>,
     pub(crate) options: RuntimeOptions,
     pub(crate) placement: Arc<dyn Placement>,
-    pub(crate) data_dir: PathBuf,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 impl RuntimeInner {
@@ -305,24 +336,28 @@ impl RuntimeInner {
 pub(crate) struct NamespaceInfo {
     pub(crate) idx: u32,
     pub(crate) class_name: Arc<str>,
-    pub(crate) dir: PathBuf,
+    /// Where the class's object databases live; `None` in memory.
+    pub(crate) dir: Option<PathBuf>,
     pub(crate) minter: IdMinter,
     pub(crate) class: Arc<dyn ClassFactory>,
 }
 
 impl NamespaceInfo {
-    /// The database path of object `id`, creating its directory if needed.
-    pub(crate) fn object_path(&self, id: &ObjectId) -> Result<PathBuf> {
+    /// Where object `id`'s database lives, creating its directory if needed.
+    pub(crate) fn object_location(&self, id: &ObjectId) -> Result<Location> {
+        let Some(root) = &self.dir else {
+            return Ok(Location::Memory);
+        };
         let hex = id.to_hex();
         // 256 subdirectories keep directories small with many objects.
-        let dir = self.dir.join(&hex[..2]);
+        let dir = root.join(&hex[..2]);
         if !dir.is_dir() {
             fs::create_dir_all(&dir)?;
             // New directory entries must be durable before any object inside them is.
-            for d in [&self.dir, self.dir.parent().unwrap_or(&self.dir)] {
+            for d in [root.as_path(), root.parent().unwrap_or(root)] {
                 fs::File::open(d)?.sync_all()?;
             }
         }
-        Ok(dir.join(format!("{hex}.sqlite")))
+        Ok(Location::File(dir.join(format!("{hex}.sqlite"))))
     }
 }

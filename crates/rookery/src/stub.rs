@@ -6,8 +6,9 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::host::turn;
-use crate::host::{Event, Host, ObjectKey};
+use crate::host::{Event, Host, ObjectKey, RunJob};
 use crate::id::ObjectId;
+use crate::object::ObjectState;
 use crate::request::Request;
 use crate::response::Response;
 use crate::runtime::{NamespaceInfo, RuntimeInner};
@@ -128,5 +129,28 @@ impl Stub {
             .map_err(|_| Error::msg("the object stopped before answering"))?;
         output.gate.wait().await?;
         output.result
+    }
+}
+
+impl Stub {
+    /// Runs `job` as a turn against the object's state (storage), serial with its other events,
+    /// committed if it returns `Ok`. The next event builds a fresh instance from storage.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&ObjectState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let job: RunJob =
+            Box::new(move |state| job(state).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>));
+        Host::dispatch(&self.rt, &self.ns, &self.id, Event::Run { job, reply })?;
+        let output = answer
+            .await
+            .map_err(|_| Error::msg("the object stopped before answering"))?;
+        output.gate.wait().await?;
+        let value = output.result?;
+        value
+            .downcast::<T>()
+            .map(|v| *v)
+            .map_err(|_| Error::msg("a job's result has the wrong type"))
     }
 }

@@ -62,9 +62,9 @@ impl Drop for LiveGuard {
 
 impl Activation {
     fn open_state(&self) -> Result<ObjectState> {
-        let path = self.ns.object_path(&self.id)?;
+        let location = self.ns.object_location(&self.id)?;
         let storage = Storage::open(
-            &path,
+            &location,
             self.rt.storage.clone(),
             self.ns.class_name.clone(),
             self.id.clone(),
@@ -102,7 +102,8 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
             Err(_idle) => {
-                if act.rt.host.evict(&act.key, act.generation, &mailbox) {
+                // An object kept in memory only would lose its state: it stays.
+                if act.ns.dir.is_some() && act.rt.host.evict(&act.key, act.generation, &mailbox) {
                     tracing::debug!("evicted after idling");
                     break;
                 }
@@ -123,6 +124,19 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                     continue;
                 }
             }
+        }
+        if let Event::Run { job, reply } = event {
+            // The job may change what the instance caches: the next event builds a fresh one.
+            instance = None;
+            let ctx = TurnContext {
+                chain: Arc::from([act.key]),
+                caller: state.clone(),
+            };
+            let run = async { job(&state) };
+            let result = turn::run(run, ctx, options.turn_timeout).await;
+            let (result, gate) = finish(&state, result);
+            let _ = reply.send(TurnOutput { result, gate });
+            continue;
         }
         let object = match &mut instance {
             Some(object) => object,
@@ -155,6 +169,8 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                 // The caller may have given up waiting; the turn stands either way.
                 let _ = reply.send(TurnOutput { result, gate });
             }
+            // Handled above.
+            Event::Run { .. } => {}
         }
     }
     drop(instance);
@@ -187,6 +203,12 @@ fn reject(event: Event, message: &str) {
     };
     match event {
         Event::Fetch { reply, .. } => {
+            let _ = reply.send(TurnOutput {
+                result: Err(error),
+                gate: OutputGate::open(),
+            });
+        }
+        Event::Run { reply, .. } => {
             let _ = reply.send(TurnOutput {
                 result: Err(error),
                 gate: OutputGate::open(),

@@ -10,6 +10,7 @@ pub(crate) mod activation;
 mod placement;
 pub(crate) mod turn;
 
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use placement::{LocalPlacement, Location, Placement};
 
 use crate::error::{Error, Result};
 use crate::id::{ID_BYTES, ObjectId};
+use crate::object::ObjectState;
 use crate::request::Request;
 use crate::response::Response;
 use crate::runtime::{NamespaceInfo, RuntimeInner};
@@ -36,6 +38,8 @@ pub(crate) struct ObjectKey {
 }
 
 /// An event for an object; each one is handled as one turn.
+// Requests are the common event: keeping them inline saves an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Event {
     /// An HTTP request, from the gateway or another object.
     Fetch {
@@ -43,7 +47,15 @@ pub(crate) enum Event {
         chain: CallChain,
         reply: oneshot::Sender<TurnOutput<Response>>,
     },
+    /// A closure run as a turn against the object's state, without its instance (tests, tools).
+    Run {
+        job: RunJob,
+        reply: oneshot::Sender<TurnOutput<Box<dyn Any + Send>>>,
+    },
 }
+
+/// Work for [`Event::Run`].
+pub(crate) type RunJob = Box<dyn FnOnce(&ObjectState) -> Result<Box<dyn Any + Send>> + Send>;
 
 /// A turn's result and the gate it must pass before anyone may see it.
 pub(crate) struct TurnOutput<T> {

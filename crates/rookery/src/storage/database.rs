@@ -6,58 +6,115 @@
 //! a commit writes the WAL without waiting for the disk, SQLite itself syncs the WAL before every
 //! checkpoint (so a checkpoint never makes the database depend on an un-synced WAL), and the
 //! durability pipeline (`durability.rs`) makes each commit durable before its outputs leave.
+//!
+//! The object's own SQL runs under an authorizer (`policy.rs`) that keeps it away from the
+//! runtime's tables and from transaction control, attachments and durability settings.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
+use super::policy::Policy;
 use crate::error::{Error, Result};
 
 /// Page size used for new databases; also the unit of the size limit.
-const PAGE_SIZE: u64 = 4096;
+pub(crate) const PAGE_SIZE: u64 = 4096;
+
+/// Where an object's database lives.
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
+    /// A file (WAL mode, durable).
+    File(PathBuf),
+    /// Memory only, gone when the runtime stops (for tests).
+    Memory,
+}
 
 /// An open object database and the state of the current turn's transaction.
 pub(crate) struct Database {
-    conn: Connection,
-    path: PathBuf,
+    pub(crate) conn: Connection,
+    location: Location,
     in_txn: bool,
     dirty: bool,
+    /// Depth of nested `transaction` savepoints.
+    pub(crate) savepoints: u32,
+    /// Whether the statements being prepared are the object's own SQL.
+    user_sql: Arc<AtomicBool>,
+    policy: Arc<Policy>,
 }
 
 impl Database {
-    /// Opens (creating if needed) the database at `path`, limited to `max_bytes` of pages.
-    pub(crate) fn open(path: &Path, max_bytes: u64) -> Result<Self> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)?;
-        // Another connection can only exist for a moment, while an evicted activation closes
-        // and a new one opens; wait for it rather than fail.
-        conn.busy_timeout(Duration::from_secs(5))?;
+    /// Opens (creating if needed) the database at `location`, limited to `max_bytes` of pages.
+    pub(crate) fn open(location: &Location, max_bytes: u64) -> Result<Self> {
+        let conn = match location {
+            Location::File(path) => {
+                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let conn = Connection::open_with_flags(path, flags)?;
+                // Another connection can only exist for a moment, while an evicted activation
+                // closes and a new one opens; wait for it rather than fail.
+                conn.busy_timeout(Duration::from_secs(5))?;
+                conn.execute_batch(&format!(
+                    "PRAGMA page_size = {PAGE_SIZE};
+                     PRAGMA journal_mode = WAL;
+                     PRAGMA synchronous = NORMAL;"
+                ))?;
+                conn
+            }
+            Location::Memory => Connection::open_in_memory()?,
+        };
+        // Refuse writes to the schema table and other ways to corrupt the file from SQL.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         conn.execute_batch(&format!(
-            "PRAGMA page_size = {PAGE_SIZE};
-             PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA max_page_count = {};
+            "PRAGMA max_page_count = {};
              CREATE TABLE IF NOT EXISTS _rookery_kv (
                  key BLOB PRIMARY KEY,
                  value BLOB NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS _rookery_meta (
+                 key TEXT PRIMARY KEY,
+                 value ANY
              ) WITHOUT ROWID;",
             (max_bytes / PAGE_SIZE).max(16)
         ))?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self {
+        let mut db = Self {
             conn,
-            path: path.to_path_buf(),
+            location: location.clone(),
             in_txn: false,
             dirty: false,
-        })
+            savepoints: 0,
+            user_sql: Arc::new(AtomicBool::new(false)),
+            policy: Arc::new(Policy::default()),
+        };
+        db.install_authorizer()?;
+        Ok(db)
     }
 
-    /// The path of the database file.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    fn install_authorizer(&mut self) -> Result<()> {
+        let user_sql = self.user_sql.clone();
+        let policy = self.policy.clone();
+        self.conn
+            .authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+                if user_sql.load(Ordering::Relaxed) {
+                    policy.judge(&ctx)
+                } else {
+                    rusqlite::hooks::Authorization::Allow
+                }
+            }))?;
+        Ok(())
+    }
+
+    /// The file of the database, if it has one.
+    pub(crate) fn path(&self) -> Option<&Path> {
+        match &self.location {
+            Location::File(path) => Some(path),
+            Location::Memory => None,
+        }
     }
 
     /// The connection, inside the turn's transaction (opened now if needed).
@@ -65,6 +122,12 @@ impl Database {
         if !self.in_txn {
             self.conn.execute_batch("BEGIN")?;
             self.in_txn = true;
+        } else if self.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back after an error (e.g. a full disk).
+            // Going on would run later writes outside any transaction.
+            return Err(Error::msg(
+                "the turn's transaction was aborted by an earlier storage error",
+            ));
         }
         Ok(&self.conn)
     }
@@ -75,16 +138,41 @@ impl Database {
         self.txn()
     }
 
+    /// Runs `f` with the object's own SQL judged by the policy; maps refusals to clear errors.
+    pub(crate) fn as_user<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.dirty = true;
+        self.txn()?;
+        self.policy.clear();
+        self.user_sql.store(true, Ordering::Relaxed);
+        let result = f(&self.conn);
+        self.user_sql.store(false, Ordering::Relaxed);
+        result.map_err(|e| match self.policy.take_refusal() {
+            Some(why) => Error::SqlRefused(why),
+            None => map_sqlite(e),
+        })
+    }
+
     /// Commits the turn's transaction; returns whether it wrote anything.
     pub(crate) fn commit(&mut self) -> Result<bool> {
         if !self.in_txn {
             return Ok(false);
+        }
+        if self.conn.is_autocommit() {
+            self.in_txn = false;
+            self.dirty = false;
+            return Err(Error::msg(
+                "the turn's transaction was aborted by an earlier storage error",
+            ));
         }
         let wrote = self.dirty;
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
                 self.in_txn = false;
                 self.dirty = false;
+                self.savepoints = 0;
                 Ok(wrote)
             }
             Err(e) => {
@@ -97,13 +185,14 @@ impl Database {
     /// Rolls the turn's transaction back, leaving storage as it was before the turn.
     pub(crate) fn rollback(&mut self) {
         if self.in_txn {
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-                // SQLite rolls back by itself after some errors; a failing ROLLBACK then only
-                // says there was nothing left to roll back.
-                tracing::debug!(error = %e, "rollback");
+            if !self.conn.is_autocommit()
+                && let Err(e) = self.conn.execute_batch("ROLLBACK")
+            {
+                tracing::warn!(error = %e, "rollback failed");
             }
             self.in_txn = false;
             self.dirty = false;
+            self.savepoints = 0;
         }
     }
 

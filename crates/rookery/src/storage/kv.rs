@@ -3,6 +3,7 @@
 //! Keys live in `_rookery_kv` as BLOBs so that SQLite compares them with `memcmp`, which is the
 //! order of their UTF-8 bytes, and so that range bounds need not be valid UTF-8 themselves.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use rusqlite::{OptionalExtension, params};
@@ -185,6 +186,50 @@ impl Storage {
         Ok(stmt
             .query_row([key.as_bytes()], |row| row.get::<_, Vec<u8>>(0))
             .optional()?)
+    }
+
+    /// The values under `keys` (at most the batch limit); missing keys are absent from the map.
+    pub fn get_many<T: DeserializeOwned, S: AsRef<str>>(
+        &self,
+        keys: &[S],
+    ) -> Result<BTreeMap<String, T>> {
+        self.check_batch(keys.len())?;
+        for key in keys {
+            self.check_key(key.as_ref())?;
+        }
+        let mut turn = self.lock();
+        let conn = turn.db.txn()?;
+        let mut stmt = conn.prepare_cached("SELECT value FROM _rookery_kv WHERE key = ?1")?;
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let key = key.as_ref();
+            if let Some(bytes) = stmt
+                .query_row([key.as_bytes()], |row| row.get::<_, Vec<u8>>(0))
+                .optional()?
+            {
+                out.insert(key.to_string(), serde_json::from_slice(&bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores every `(key, value)` of `entries` (at most the batch limit), all or none.
+    pub fn put_many<K: AsRef<str>, T: Serialize>(&self, entries: &[(K, T)]) -> Result<()> {
+        self.check_batch(entries.len())?;
+        let mut encoded = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            self.check_key(key.as_ref())?;
+            encoded.push((key.as_ref(), self.encode(value)?));
+        }
+        let mut turn = self.lock();
+        let conn = turn.db.txn_for_write()?;
+        let mut stmt =
+            conn.prepare_cached("INSERT OR REPLACE INTO _rookery_kv (key, value) VALUES (?1, ?2)")?;
+        for (key, bytes) in encoded {
+            stmt.execute(params![key.as_bytes(), bytes])
+                .map_err(map_sqlite)?;
+        }
+        Ok(())
     }
 
     /// Stores `value` under `key`.

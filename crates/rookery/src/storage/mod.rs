@@ -1,18 +1,23 @@
-//! Transactional storage of one object: a KV API over its own SQLite database, committed at the
-//! end of every turn and made durable before the turn's outputs are released.
+//! Transactional storage of one object: a KV API and a SQL API over its own SQLite database,
+//! committed at the end of every turn and made durable before the turn's outputs are released.
 
 mod commit_log;
 mod database;
 mod durability;
 mod kv;
+mod policy;
+mod sql;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use commit_log::{CommitLog, CommitRecord, LocalCommitLog};
-pub use durability::{Durability, OutputGate};
+pub use durability::{Durability, OutputGate, SyncHook};
 pub use kv::ListOptions;
+pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
+pub(crate) use database::Location;
 pub(crate) use durability::Syncer;
 
 use database::Database;
@@ -51,6 +56,8 @@ pub(crate) struct StorageContext {
     pub(crate) durability: Durability,
     pub(crate) syncer: Syncer,
     pub(crate) commit_log: Arc<dyn CommitLog>,
+    /// Commits that wrote something, over all objects.
+    pub(crate) commits: AtomicU64,
 }
 
 /// An object's storage. Reads see the turn's own writes; the writes commit together when the
@@ -61,6 +68,7 @@ pub struct Storage {
     ctx: Arc<StorageContext>,
     class: Arc<str>,
     id: ObjectId,
+    in_memory: bool,
 }
 
 /// The database and the commit sequence, guarded together.
@@ -71,16 +79,18 @@ struct Turn {
 }
 
 impl Storage {
-    /// Opens the storage of object `id` of `class` at `path`.
+    /// Opens the storage of object `id` of `class` at `location`.
     pub(crate) fn open(
-        path: &Path,
+        location: &Location,
         ctx: Arc<StorageContext>,
         class: Arc<str>,
         id: ObjectId,
     ) -> Result<Self> {
-        let db = Database::open(path, ctx.limits.max_object_bytes)?;
+        let db = Database::open(location, ctx.limits.max_object_bytes)?;
+        let sync = ObjectSync::new(db.path().unwrap_or(Path::new("")));
         Ok(Self {
-            sync: ObjectSync::new(db.path()),
+            in_memory: db.path().is_none(),
+            sync,
             db: Mutex::new(Turn { db, seq: 0 }),
             ctx,
             class,
@@ -98,6 +108,64 @@ impl Storage {
         &self.ctx.limits
     }
 
+    /// Commits the writes of the turn so far and waits until they are durable.
+    ///
+    /// Writes made after `sync` belong to the rest of the turn: if the turn then fails, only
+    /// they are rolled back.
+    pub async fn sync(&self) -> Result<()> {
+        self.finish_turn(true)?.wait().await
+    }
+
+    /// Runs `f` as a nested transaction: its writes are kept if it returns `Ok` and undone if it
+    /// returns `Err` (the error is passed on). It nests inside the turn and inside other
+    /// transactions; the turn's own failure still undoes everything.
+    pub fn transaction<T>(&self, f: impl FnOnce(&Storage) -> Result<T>) -> Result<T> {
+        let name = {
+            let mut turn = self.lock();
+            turn.db.txn_for_write()?;
+            turn.db.savepoints += 1;
+            let name = format!("rookery_txn_{}", turn.db.savepoints);
+            turn.db.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+            name
+        };
+        let result = f(self);
+        let mut turn = self.lock();
+        turn.db.savepoints = turn.db.savepoints.saturating_sub(1);
+        let end = if result.is_ok() {
+            format!("RELEASE {name}")
+        } else {
+            format!("ROLLBACK TO {name}; RELEASE {name}")
+        };
+        turn.db.conn.execute_batch(&end)?;
+        result
+    }
+
+    /// Deletes every key, every table of the object's own SQL and the alarm.
+    pub fn delete_all(&self) -> Result<()> {
+        let mut turn = self.lock();
+        let conn = turn.db.txn_for_write()?;
+        conn.execute("DELETE FROM _rookery_kv", [])?;
+        conn.execute("DELETE FROM _rookery_meta WHERE key = 'alarm'", [])?;
+        let objects: Vec<(String, String)> = conn
+            .prepare(
+                "SELECT type, name FROM sqlite_schema
+                 WHERE type IN ('table', 'view', 'trigger')
+                   AND name NOT LIKE '\\_rookery\\_%' ESCAPE '\\'
+                   AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+                 ORDER BY type = 'table'",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (kind, name) in objects {
+            let quoted = name.replace('"', "\"\"");
+            conn.execute_batch(&format!(
+                "DROP {} IF EXISTS \"{quoted}\"",
+                kind.to_uppercase()
+            ))?;
+        }
+        Ok(())
+    }
+
     /// Ends the current turn: commits its writes if `commit`, otherwise rolls them back.
     /// Returns the gate that the turn's outputs must pass.
     pub(crate) fn finish_turn(&self, commit: bool) -> Result<OutputGate> {
@@ -112,17 +180,37 @@ impl Storage {
         turn.seq += 1;
         let seq = turn.seq;
         drop(turn);
+        self.ctx.commits.fetch_add(1, Ordering::Relaxed);
         self.sync.committed(seq);
-        match self.ctx.durability {
-            Durability::Strict => self.ctx.syncer.request(&self.sync),
-            Durability::Relaxed => self.sync.mark_durable(seq),
-        }
+        let local = self.in_memory || self.ctx.durability == Durability::Relaxed;
         let ack = self.ctx.commit_log.append(&CommitRecord {
             class: &self.class,
             object: &self.id,
             seq,
         });
-        Ok(self.sync.gate(seq).with_log(ack))
+        match ack {
+            None => self.sync.mark(seq, local, true),
+            Some(ack) => {
+                if local {
+                    self.sync.mark(seq, true, false);
+                }
+                let sync = self.sync.clone();
+                tokio::spawn(async move {
+                    match ack.await {
+                        Ok(Ok(())) => sync.mark(seq, false, true),
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, seq, "the commit log refused a commit");
+                            sync.fail();
+                        }
+                        Err(_) => sync.fail(),
+                    }
+                });
+            }
+        }
+        if !local {
+            self.ctx.syncer.request(&self.sync);
+        }
+        Ok(self.sync.gate(seq))
     }
 
     /// A gate that opens when everything committed so far is durable.
@@ -140,5 +228,14 @@ impl Storage {
     pub(crate) fn close(self) -> Result<()> {
         let turn = self.db.into_inner().unwrap_or_else(|e| e.into_inner());
         turn.db.close()
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("class", &self.class)
+            .field("id", &self.id)
+            .finish()
     }
 }

@@ -1,0 +1,114 @@
+//! A harness for testing object classes in-process, without a server.
+//!
+//! ```
+//! use rookery::prelude::*;
+//! use rookery::testing::TestHarness;
+//!
+//! struct Greeter { state: ObjectState }
+//!
+//! impl DurableObject for Greeter {
+//!     fn new(state: ObjectState, _env: Env) -> Self { Self { state } }
+//!     async fn fetch(&mut self, req: Request) -> Result<Response> {
+//!         let name = req.query_raw("name").unwrap_or("world").to_string();
+//!         self.state.storage().put("last", &name)?;
+//!         Ok(Response::text(format!("hello {name}")))
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let harness = TestHarness::new::<Greeter>().unwrap();
+//! let resp = harness.fetch("g1", Request::get("/?name=ada").unwrap()).await.unwrap();
+//! assert_eq!(resp.body().as_ref(), b"hello ada");
+//! // Read the object's storage directly, as a turn of its own.
+//! let last: Option<String> = harness
+//!     .run("g1", |state| state.storage().get("last"))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(last.as_deref(), Some("ada"));
+//! # });
+//! ```
+
+use std::path::Path;
+
+use crate::catalog::Migration;
+use crate::error::Result;
+use crate::object::{DurableObject, ObjectState};
+use crate::request::Request;
+use crate::response::Response;
+use crate::runtime::{Runtime, RuntimeBuilder};
+use crate::stub::Namespace;
+
+/// The binding and class name under which the harness hosts the class under test.
+pub const BINDING: &str = "TEST";
+
+/// Runs one object class in-process: send its objects requests, read and change their storage.
+pub struct TestHarness {
+    runtime: Runtime,
+    binding: String,
+}
+
+impl TestHarness {
+    /// A harness for class `C` with all state in memory.
+    pub fn new<C: DurableObject>() -> Result<Self> {
+        Self::from_builder::<C>(Runtime::builder_in_memory())
+    }
+
+    /// A harness for class `C` keeping its state in `data_dir` (durable, like a server).
+    pub fn with_data_dir<C: DurableObject>(data_dir: impl AsRef<Path>) -> Result<Self> {
+        Self::from_builder::<C>(Runtime::builder(data_dir))
+    }
+
+    /// A harness for class `C` from a builder that may carry other classes and options; `C` is
+    /// added as class and binding `TEST`.
+    pub fn from_builder<C: DurableObject>(builder: RuntimeBuilder) -> Result<Self> {
+        let runtime = builder
+            .class::<C>(BINDING)
+            .binding(BINDING, BINDING)
+            .migration(Migration {
+                tag: "rookery-test-harness".into(),
+                new_classes: vec![BINDING.into()],
+                ..Migration::default()
+            })
+            .build()?;
+        Ok(Self::from_runtime(runtime, BINDING))
+    }
+
+    /// A harness over an existing runtime, sending to the objects of `binding`.
+    pub fn from_runtime(runtime: Runtime, binding: &str) -> Self {
+        Self {
+            runtime,
+            binding: binding.to_string(),
+        }
+    }
+
+    /// The runtime behind the harness.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The namespace of the class under test.
+    pub fn namespace(&self) -> Result<Namespace> {
+        self.runtime.namespace(&self.binding)
+    }
+
+    /// Sends `req` to the object called `name`, as the gateway would.
+    pub async fn fetch(&self, name: &str, req: Request) -> Result<Response> {
+        self.namespace()?.get_by_name(name).fetch(req).await
+    }
+
+    /// Runs `job` as a turn of the object called `name` with its state: reads see its storage,
+    /// writes commit if `job` returns `Ok`. The next event meets a fresh instance built from
+    /// storage, so instances that cache storage see the job's writes.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        name: &str,
+        job: impl FnOnce(&ObjectState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.namespace()?.get_by_name(name).run(job).await
+    }
+
+    /// Stops the runtime, closing every object's storage.
+    pub async fn shutdown(self) -> bool {
+        self.runtime.shutdown().await
+    }
+}
