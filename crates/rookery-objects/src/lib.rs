@@ -1,12 +1,14 @@
 //! Built-in Rookery object classes, reproducing the workloads of our users: a counter, a
-//! sliding-window rate limiter and a chat room.
+//! sliding-window rate limiter, a chat room and a JSON key-value store.
 
 mod chat_room;
 mod counter;
+mod kv_store;
 mod rate_limiter;
 
 pub use chat_room::ChatRoom;
 pub use counter::Counter;
+pub use kv_store::KvStore;
 pub use rate_limiter::RateLimiter;
 
 use rookery::Classes;
@@ -17,6 +19,7 @@ pub fn builtin_classes() -> Classes {
         .with::<Counter>("Counter")
         .with::<RateLimiter>("RateLimiter")
         .with::<ChatRoom>("ChatRoom")
+        .with::<KvStore>("KvStore")
 }
 
 /// Milliseconds since the Unix epoch.

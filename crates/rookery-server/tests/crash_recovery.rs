@@ -99,3 +99,157 @@ async fn acknowledged_increments_survive_kill_9() {
         server.terminate();
     }
 }
+
+const KV_CONFIG: &str = r#"
+[durable_objects]
+bindings = [{ name = "KV", class_name = "KvStore" }]
+
+[[migrations]]
+tag = "v1"
+new_sqlite_classes = ["KvStore"]
+
+[[routes]]
+path = "/kv/:name"
+binding = "KV"
+name_from = "name"
+"#;
+
+/// Every object database under `data_dir`.
+fn object_databases(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![data_dir.join("objects")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "sqlite") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A small deterministic generator for kill moments, seeded per run and printed on failure.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kills_lose_no_acknowledged_turn_and_tear_none() {
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("kv.toml");
+    std::fs::write(&config, KV_CONFIG).unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let initial_seed = seed;
+    // Per writer: the highest value acknowledged, and the highest sent, over all rounds.
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    for round in 0..20 {
+        let server = ChildServer::start(&data, &["--config", &config]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (acked, sent, stop, progress) =
+                    (acked.clone(), sent.clone(), stop.clone(), progress.clone());
+                let url = server.url(&format!("/kv/writer-{w}"));
+                tokio::spawn(async move {
+                    let c = client();
+                    while !stop.load(Ordering::SeqCst) {
+                        // One turn writes three keys, each with the same new value.
+                        let v = sent[w].load(Ordering::SeqCst) + 1;
+                        sent[w].store(v, Ordering::SeqCst);
+                        let body = serde_json::json!({ "put": { "a": v, "b": v, "c": v } });
+                        let Ok(r) = c.post(&url).json(&body).send().await else {
+                            break;
+                        };
+                        // Only a complete 200 response counts as acknowledged.
+                        if r.status() != 200 || r.bytes().await.is_err() {
+                            break;
+                        }
+                        acked[w].store(v, Ordering::SeqCst);
+                        progress.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        // Kill after a random number of acknowledged turns in this round.
+        let target = 5 + xorshift(&mut seed) % 150;
+        wait_until("writes are acknowledged", || {
+            progress.load(Ordering::SeqCst) >= target
+        })
+        .await;
+        server.kill9();
+        stop.store(true, Ordering::SeqCst);
+        for w in workers {
+            w.await.unwrap();
+        }
+        for db in object_databases(&data) {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let check: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(
+                check,
+                "ok",
+                "round {round} (seed {initial_seed}): {}",
+                db.display()
+            );
+        }
+        let server = ChildServer::start(&data, &["--config", &config]);
+        let c = client();
+        for w in 0..WRITERS {
+            let r: Value = c
+                .get(server.url(&format!("/kv/writer-{w}?prefix=")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let values: Vec<u64> = r["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["value"].as_u64().unwrap())
+                .collect();
+            let (a, s) = (
+                acked[w].load(Ordering::SeqCst),
+                sent[w].load(Ordering::SeqCst),
+            );
+            if a == 0 && values.is_empty() {
+                continue;
+            }
+            assert_eq!(
+                values.len(),
+                3,
+                "round {round} (seed {initial_seed}) writer {w}: {r}"
+            );
+            assert!(
+                values.iter().all(|v| *v == values[0]),
+                "round {round} (seed {initial_seed}) writer {w}: half a turn is visible: {values:?}"
+            );
+            assert!(
+                values[0] >= a && values[0] <= s,
+                "round {round} (seed {initial_seed}) writer {w}: found {} with {a} acknowledged and {s} sent",
+                values[0]
+            );
+            // The next round continues from what survived.
+            sent[w].store(values[0], Ordering::SeqCst);
+            acked[w].store(values[0], Ordering::SeqCst);
+        }
+        server.terminate();
+    }
+}
