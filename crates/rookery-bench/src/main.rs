@@ -1,1 +1,166 @@
-fn main() {}
+//! `rookery-bench`: load generator and benchmark scenarios for a running Rookery server.
+//!
+//! Each scenario subcommand prints one JSON line: its settings, its figures and a correctness
+//! verdict; it exits with status 1 when the verdict fails. `run` starts the server itself for
+//! every scenario and writes a Markdown report.
+
+mod http;
+mod machine;
+mod report;
+mod runner;
+mod scenarios;
+mod server;
+mod stats;
+mod sys;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::http::Target;
+use crate::runner::{RunArgs, shell_join};
+use crate::scenarios::Outcome;
+use crate::scenarios::cold_start::{ColdStartArgs, cold_start};
+use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
+use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
+use crate::scenarios::ws_idle::{WsIdleArgs, ws_idle};
+
+#[derive(Parser)]
+#[command(
+    name = "rookery-bench",
+    version,
+    about = "Load generator and benchmark scenarios for Rookery"
+)]
+struct Cli {
+    /// Tokio worker threads of the load generator; 1 runs a current-thread runtime.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a scenario sends its load.
+#[derive(clap::Args)]
+struct Server {
+    /// Base URL of the server under test.
+    #[arg(long, default_value = "http://127.0.0.1:8787")]
+    url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N increments of one counter over C connections; checks the counter reads N.
+    CounterOne {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: CounterOneArgs,
+    },
+    /// N increments over K counters (request i to counter i % K); checks every counter.
+    CounterMany {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: CounterManyArgs,
+    },
+    /// One increment each on K counters never used before, one at a time.
+    ColdStart {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: ColdStartArgs,
+    },
+    /// M chat clients in one room; one sends R messages; latency until all have each one.
+    WsFanout {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: WsFanoutArgs,
+    },
+    /// Holds M WebSockets open over R rooms and reports the server's memory per socket.
+    WsIdle {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: WsIdleArgs,
+    },
+    /// Starts the server for every scenario at fixed sizes and writes the Markdown report
+    /// (exits 0 once the report is written, whatever the verdicts).
+    Run(RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Thousands of sockets need thousands of descriptors; the WebSocket scenarios check again
+    // and cap their client count to what is left.
+    if let Err(e) = sys::raise_nofile_limit() {
+        eprintln!("rookery-bench: warning: {e:#}");
+    }
+    let runtime = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads)
+            .enable_all()
+            .build()
+    };
+    let result = runtime
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(dispatch(cli)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rookery-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A human description of the load generator's runtime, for the report.
+fn runtime_description(threads: usize) -> String {
+    if threads <= 1 {
+        "rookery-bench on a tokio current-thread runtime, same machine as the server".into()
+    } else {
+        format!(
+            "rookery-bench on a tokio runtime with {threads} workers, same machine as the server"
+        )
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let outcome = match cli.command {
+        Command::CounterOne { server, args } => counter_one(&target(&server).await?, &args).await,
+        Command::CounterMany { server, args } => counter_many(&target(&server).await?, &args).await,
+        Command::ColdStart { server, args } => cold_start(&target(&server).await?, &args).await,
+        Command::WsFanout { server, args } => ws_fanout(&target(&server).await?, &args).await,
+        Command::WsIdle { server, args } => ws_idle(&target(&server).await?, &args).await,
+        Command::Run(args) => {
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            let run_command = format!(
+                "target/release/rookery-bench {}",
+                shell_join(argv.iter().map(String::as_str))
+            );
+            runner::run(&args, &runtime_description(cli.threads), run_command).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    print_outcome(&outcome)?;
+    Ok(if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn target(server: &Server) -> anyhow::Result<Target> {
+    Target::resolve(&server.url).await
+}
+
+/// Prints the outcome as one JSON line.
+fn print_outcome(outcome: &Outcome) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(outcome)?);
+    Ok(())
+}

@@ -31,6 +31,7 @@ pub struct Migration {
 /// A class that exists on this node.
 #[derive(Debug, Clone)]
 pub(crate) struct ClassRecord {
+    pub(crate) uid: String,
     pub(crate) name: String,
     pub(crate) dir: PathBuf,
     pub(crate) minter: IdMinter,
@@ -193,6 +194,7 @@ impl Catalog {
             })?;
             classes.push(ClassRecord {
                 dir: self.objects_dir.join(&uid),
+                uid,
                 name,
                 minter: IdMinter::new(secret),
             });

@@ -28,6 +28,19 @@ pub struct ObjectId {
 }
 
 impl ObjectId {
+    /// An id from its bytes, already verified (e.g. read back from the node's own index).
+    pub(crate) fn from_verified_bytes(bytes: [u8; ID_BYTES]) -> Self {
+        Self { bytes, name: None }
+    }
+
+    /// This id, remembering `name` as the name it was minted from.
+    pub(crate) fn with_name(&self, name: &str) -> Self {
+        Self {
+            bytes: self.bytes,
+            name: Some(Arc::from(name)),
+        }
+    }
+
     /// The raw 32 bytes of the id.
     pub fn as_bytes(&self) -> &[u8; ID_BYTES] {
         &self.bytes

@@ -21,6 +21,7 @@
 //! }
 //! ```
 
+mod alarm;
 mod catalog;
 mod error;
 mod host;
@@ -33,6 +34,9 @@ mod storage;
 mod stub;
 pub mod testing;
 
+pub use alarm::{
+    AlarmInfo, AlarmOutcome, AlarmStats, Clock, MAX_RETRIES, ManualClock, SystemClock, backoff_ms,
+};
 pub use catalog::Migration;
 pub use error::{Error, Result};
 pub use host::{HostOptions, LocalPlacement, Location, Placement};
@@ -53,7 +57,7 @@ pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 /// The names most objects need.
 pub mod prelude {
     pub use crate::{
-        DurableObject, Env, Error, ListOptions, Method, Namespace, ObjectId, ObjectState, Request,
-        Response, Result, SqlValue, StatusCode, Storage, Stub,
+        AlarmInfo, DurableObject, Env, Error, ListOptions, Method, Namespace, ObjectId,
+        ObjectState, Request, Response, Result, SqlValue, StatusCode, Storage, Stub,
     };
 }

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::alarm::AlarmInfo;
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::request::Request;
@@ -24,6 +25,15 @@ pub trait DurableObject: Sized + Send + 'static {
 
     /// Handles an HTTP request addressed to this object.
     fn fetch(&mut self, req: Request) -> impl Future<Output = Result<Response>> + Send;
+
+    /// Handles the object's alarm, set with `storage.set_alarm`. Runs as a turn like any other;
+    /// the alarm is cleared when the turn starts (set it again from here to repeat). If this
+    /// returns `Err`, panics or times out, the alarm is retried with exponential backoff (2 s,
+    /// doubling, at most 6 retries) unless this handler set or deleted the alarm itself.
+    fn alarm(&mut self, info: AlarmInfo) -> impl Future<Output = Result<()>> + Send {
+        let _ = info;
+        async { Ok(()) }
+    }
 }
 
 /// The runtime's handle on one object: its id and its storage.
@@ -53,6 +63,11 @@ impl ObjectState {
     /// The class this object belongs to.
     pub fn class(&self) -> &str {
         &self.core.class
+    }
+
+    /// Now, in milliseconds since the Unix epoch, by the runtime's clock (which tests can move).
+    pub fn now_ms(&self) -> i64 {
+        self.core.storage.clock().now_ms()
     }
 
     /// This object's transactional storage.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::alarm::{AlarmIndex, AlarmStats, Clock, Scheduler, SystemClock, scan_objects};
 use crate::catalog::{Catalog, Migration};
 use crate::error::{Error, Result};
 use crate::host::activation::{ClassFactory, Factory};
@@ -90,6 +91,7 @@ pub struct RuntimeBuilder {
     commit_log: Arc<dyn CommitLog>,
     placement: Arc<dyn Placement>,
     sync_hook: Option<SyncHook>,
+    clock: Arc<dyn Clock>,
 }
 
 impl RuntimeBuilder {
@@ -143,6 +145,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Runs alarms by `clock` instead of the system clock (tests move a [`crate::ManualClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Opens the data directory, applies pending migrations and checks every binding.
     pub fn build(self) -> Result<Runtime> {
         let mut catalog = match &self.data_dir {
@@ -154,45 +162,40 @@ impl RuntimeBuilder {
         };
         catalog.migrate(&self.migrations)?;
         catalog.sweep()?;
-        let records = catalog.classes()?;
+        // Every class that exists here and that this server can run is hosted, bound or not,
+        // so that its alarms fire.
         let mut namespaces: HashMap<String, Arc<NamespaceInfo>> = HashMap::new();
+        for record in catalog.classes()? {
+            let Some(class) = self.classes.map.get(&record.name) else {
+                continue;
+            };
+            let ns = Arc::new(NamespaceInfo {
+                idx: u32::try_from(namespaces.len())
+                    .map_err(|_| Error::Config("too many classes".into()))?,
+                uid: Arc::from(record.uid.as_str()),
+                class_name: Arc::from(record.name.as_str()),
+                dir: self.data_dir.as_ref().map(|_| record.dir.clone()),
+                minter: record.minter.clone(),
+                class: class.clone(),
+            });
+            namespaces.insert(record.name.clone(), ns);
+        }
         let mut bindings = HashMap::new();
         for (binding, class_name) in &self.bindings {
-            let ns = match namespaces.get(class_name) {
-                Some(ns) => ns.clone(),
-                None => {
-                    let record = records
-                        .iter()
-                        .find(|r| &r.name == class_name)
-                        .ok_or_else(|| {
-                            Error::Binding {
-                                binding: binding.clone(),
-                                message: format!("class {class_name:?} does not exist; a migration must create it (new_sqlite_classes = [{class_name:?}])"),
-                            }
-                        })?;
-                    let class = self
-                        .classes
-                        .map
-                        .get(class_name)
-                        .ok_or_else(|| Error::Binding {
-                            binding: binding.clone(),
-                            message: format!(
-                                "class {class_name:?} is not known to this server (known: {})",
-                                self.classes.names().join(", ")
-                            ),
-                        })?;
-                    let ns = Arc::new(NamespaceInfo {
-                        idx: u32::try_from(namespaces.len())
-                            .map_err(|_| Error::Config("too many classes".into()))?,
-                        class_name: Arc::from(class_name.as_str()),
-                        dir: self.data_dir.as_ref().map(|_| record.dir.clone()),
-                        minter: record.minter.clone(),
-                        class: class.clone(),
-                    });
-                    namespaces.insert(class_name.clone(), ns.clone());
-                    ns
+            let ns = namespaces.get(class_name).cloned().ok_or_else(|| {
+                let message = if self.classes.contains(class_name) {
+                    format!("class {class_name:?} does not exist; a migration must create it (new_sqlite_classes = [{class_name:?}])")
+                } else {
+                    format!(
+                        "class {class_name:?} is not known to this server (known: {})",
+                        self.classes.names().join(", ")
+                    )
+                };
+                Error::Binding {
+                    binding: binding.clone(),
+                    message,
                 }
-            };
+            })?;
             if bindings.insert(binding.clone(), ns).is_some() {
                 return Err(Error::Binding {
                     binding: binding.clone(),
@@ -200,23 +203,49 @@ impl RuntimeBuilder {
                 });
             }
         }
+        let index_path = self.data_dir.as_ref().map(|d| d.join("alarms.sqlite"));
+        let fresh_index = index_path.as_ref().is_some_and(|p| !p.exists());
+        let alarms = AlarmIndex::open(index_path.as_deref(), self.options.durability)?;
+        if fresh_index {
+            // A data directory without its index (first start, or the index was removed):
+            // rebuild it from the objects' own records.
+            let found = scan_objects(&catalog.objects_dir)?;
+            if !found.is_empty() {
+                tracing::info!(
+                    alarms = found.len(),
+                    "rebuilt the alarm index from the objects"
+                );
+            }
+            alarms.replace_all(&found)?;
+        }
+        let hosted: Vec<Arc<str>> = namespaces.values().map(|ns| ns.uid.clone()).collect();
+        alarms.set_hosted(&hosted)?;
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
             durability: self.options.durability,
             syncer: Syncer::start(&catalog.objects_dir, self.sync_hook)?,
             commit_log: self.commit_log,
             commits: AtomicU64::new(0),
+            alarms,
+            clock: self.clock,
         });
-        Ok(Runtime {
-            inner: Arc::new(RuntimeInner {
-                host: Host::new(),
-                bindings,
-                storage,
-                options: self.options,
-                placement: self.placement,
-                data_dir: self.data_dir,
-            }),
-        })
+        let inner = Arc::new(RuntimeInner {
+            host: Host::new(),
+            by_uid: namespaces
+                .values()
+                .map(|ns| (ns.uid.clone(), ns.clone()))
+                .collect(),
+            bindings,
+            storage,
+            options: self.options,
+            placement: self.placement,
+            data_dir: self.data_dir,
+            scheduler: Scheduler::new(),
+        });
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("a runtime must be built inside a tokio runtime".into()))?;
+        Scheduler::start(&inner, &handle);
+        Ok(Runtime { inner })
     }
 }
 
@@ -263,6 +292,7 @@ impl Runtime {
             commit_log: Arc::new(LocalCommitLog),
             placement: Arc::new(LocalPlacement),
             sync_hook: None,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -300,9 +330,34 @@ impl Runtime {
         }
     }
 
+    /// What the alarm machinery is doing now.
+    pub fn alarm_stats(&self) -> AlarmStats {
+        self.inner.scheduler.stats(&self.inner.storage.alarms)
+    }
+
+    /// Rebuilds the node's alarm index from every object's own alarm record (reading each
+    /// object database once); returns how many alarms it found. Safe while serving: alarms
+    /// set meanwhile are indexed again by their turns.
+    pub async fn rebuild_alarm_index(&self) -> Result<usize> {
+        let Some(dir) = self.inner.data_dir.clone() else {
+            return Ok(0);
+        };
+        let found = tokio::task::spawn_blocking(move || scan_objects(&dir.join("objects")))
+            .await
+            .map_err(|e| Error::msg(format!("the index rebuild failed: {e}")))??;
+        self.inner.storage.alarms.replace_all(&found)?;
+        Ok(found.len())
+    }
+
+    /// The clock alarms run by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.storage.clock
+    }
+
     /// Stops taking events, finishes the queued ones, makes every commit durable and closes
     /// every object's database. Returns whether everything closed in time.
     pub async fn shutdown(&self) -> bool {
+        self.inner.scheduler.stop().await;
         let wait = self.inner.options.host.turn_timeout + Duration::from_secs(5);
         let closed = self.inner.host.shutdown(wait).await;
         let storage = self.inner.storage.clone();
@@ -315,6 +370,9 @@ impl Runtime {
 /// The shared core of a runtime.
 pub(crate) struct RuntimeInner {
     pub(crate) host: Host,
+    /// Hosted classes by their stable uid.
+    pub(crate) by_uid: HashMap<Arc<str>, Arc<NamespaceInfo>>,
+    pub(crate) scheduler: Scheduler,
     pub(crate) bindings: HashMap<String, Arc<NamespaceInfo>>,
     pub(crate) storage: Arc<StorageContext>,
     pub(crate) options: RuntimeOptions,
@@ -335,6 +393,8 @@ impl RuntimeInner {
 /// One class as hosted by a runtime.
 pub(crate) struct NamespaceInfo {
     pub(crate) idx: u32,
+    /// The class's stable uid (kept across renames).
+    pub(crate) uid: Arc<str>,
     pub(crate) class_name: Arc<str>,
     /// Where the class's object databases live; `None` in memory.
     pub(crate) dir: Option<PathBuf>,

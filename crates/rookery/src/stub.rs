@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::alarm::{AlarmKey, AlarmOutcome};
 use crate::error::{Error, Result};
 use crate::host::turn;
 use crate::host::{Event, Host, ObjectKey, RunJob};
@@ -152,5 +153,24 @@ impl Stub {
             .downcast::<T>()
             .map(|v| *v)
             .map_err(|_| Error::msg("a job's result has the wrong type"))
+    }
+}
+
+impl Stub {
+    /// Delivers the object's alarm event now; with `force`, a set alarm fires whatever its time.
+    pub(crate) async fn alarm(&self, force: bool) -> Result<AlarmOutcome> {
+        let (reply, answer) = oneshot::channel();
+        Host::dispatch(&self.rt, &self.ns, &self.id, Event::Alarm { force, reply })?;
+        answer
+            .await
+            .map_err(|_| Error::msg("the alarm event failed; the alarm stays scheduled"))
+    }
+
+    /// The time the node's alarm index holds for this object (may be earlier than its record).
+    pub(crate) fn indexed_alarm(&self) -> Result<Option<i64>> {
+        self.rt.storage.alarms.get(&AlarmKey {
+            class_uid: self.ns.uid.clone(),
+            id: *self.id.as_bytes(),
+        })
     }
 }

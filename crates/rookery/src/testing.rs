@@ -29,7 +29,10 @@
 //! ```
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::alarm::{AlarmOutcome, ManualClock, system_now_ms};
 use crate::catalog::Migration;
 use crate::error::Result;
 use crate::object::{DurableObject, ObjectState};
@@ -41,21 +44,35 @@ use crate::stub::Namespace;
 /// The binding and class name under which the harness hosts the class under test.
 pub const BINDING: &str = "TEST";
 
-/// Runs one object class in-process: send its objects requests, read and change their storage.
+/// Runs one object class in-process: send its objects requests, read and change their storage,
+/// move the clock and fire alarms.
+///
+/// The harnesses made by [`TestHarness::new`] and [`TestHarness::with_data_dir`] run on a
+/// [`ManualClock`] that starts at the current time and moves only when the test says so, so
+/// alarms fire exactly when the test advances past them.
 pub struct TestHarness {
     runtime: Runtime,
     binding: String,
+    clock: Option<Arc<ManualClock>>,
 }
 
 impl TestHarness {
-    /// A harness for class `C` with all state in memory.
+    /// A harness for class `C` with all state in memory and a manual clock.
     pub fn new<C: DurableObject>() -> Result<Self> {
-        Self::from_builder::<C>(Runtime::builder_in_memory())
+        Self::with_manual_clock::<C>(Runtime::builder_in_memory())
     }
 
-    /// A harness for class `C` keeping its state in `data_dir` (durable, like a server).
+    /// A harness for class `C` keeping its state in `data_dir` (durable, like a server), with a
+    /// manual clock.
     pub fn with_data_dir<C: DurableObject>(data_dir: impl AsRef<Path>) -> Result<Self> {
-        Self::from_builder::<C>(Runtime::builder(data_dir))
+        Self::with_manual_clock::<C>(Runtime::builder(data_dir))
+    }
+
+    fn with_manual_clock<C: DurableObject>(builder: RuntimeBuilder) -> Result<Self> {
+        let clock = Arc::new(ManualClock::new(system_now_ms()));
+        let mut harness = Self::from_builder::<C>(builder.clock(clock.clone()))?;
+        harness.clock = Some(clock);
+        Ok(harness)
     }
 
     /// A harness for class `C` from a builder that may carry other classes and options; `C` is
@@ -78,7 +95,33 @@ impl TestHarness {
         Self {
             runtime,
             binding: binding.to_string(),
+            clock: None,
         }
+    }
+
+    /// The manual clock, if the harness runs on one.
+    pub fn clock(&self) -> Option<&ManualClock> {
+        self.clock.as_deref()
+    }
+
+    /// Moves the manual clock forward by `by`; due alarms then fire. Does nothing with the
+    /// system clock.
+    pub fn advance(&self, by: Duration) {
+        if let Some(clock) = &self.clock {
+            clock.advance(i64::try_from(by.as_millis()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Fires the alarm of the object called `name` now, whatever time it is set for, and waits
+    /// for the handler; `NotDue` if no alarm is set.
+    pub async fn fire_alarm(&self, name: &str) -> Result<AlarmOutcome> {
+        self.namespace()?.get_by_name(name).alarm(true).await
+    }
+
+    /// The alarm time the node's index holds for the object called `name`. It is never later
+    /// than the object's own record, and equals it once the object's commits are durable.
+    pub fn indexed_alarm(&self, name: &str) -> Result<Option<i64>> {
+        self.namespace()?.get_by_name(name).indexed_alarm()
     }
 
     /// The runtime behind the harness.

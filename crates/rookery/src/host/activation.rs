@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::turn::{self, TurnContext};
 use super::{Event, ObjectKey, TurnOutput};
+use crate::alarm::AlarmKey;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::object::{DurableObject, Env, ObjectCore, ObjectState};
@@ -67,10 +68,18 @@ impl Activation {
             &location,
             self.rt.storage.clone(),
             self.ns.class_name.clone(),
+            AlarmKey {
+                class_uid: self.ns.uid.clone(),
+                id: *self.id.as_bytes(),
+            },
             self.id.clone(),
         )?;
+        let id = match storage.remember_name(self.id.name())? {
+            Some(name) if self.id.name().is_none() => self.id.with_name(&name),
+            _ => self.id.clone(),
+        };
         Ok(ObjectState::new(ObjectCore {
-            id: self.id.clone(),
+            id,
             class: self.ns.class_name.clone(),
             storage,
         }))
@@ -125,6 +134,21 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                 }
             }
         }
+        if let Event::Alarm { force, reply } = event {
+            let outcome =
+                super::alarm_turn::run::<C>(&act, &state, &env, &mut instance, force).await;
+            match outcome {
+                Ok(outcome) => {
+                    let _ = reply.send(outcome);
+                }
+                Err(e) => {
+                    // The record is untouched: the index still holds the alarm, so it comes back.
+                    tracing::error!(error = %e, "alarm event failed");
+                    instance = None;
+                }
+            }
+            continue;
+        }
         if let Event::Run { job, reply } = event {
             // The job may change what the instance caches: the next event builds a fresh one.
             instance = None;
@@ -134,7 +158,7 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
             };
             let run = async { job(&state) };
             let result = turn::run(run, ctx, options.turn_timeout).await;
-            let (result, gate) = finish(&state, result);
+            let (result, gate) = finish(&state, result).await;
             let _ = reply.send(TurnOutput { result, gate });
             continue;
         }
@@ -162,7 +186,7 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
         match event {
             Event::Fetch { req, chain, reply } => {
                 let result = turn::run(object.fetch(req), ctx(&chain), options.turn_timeout).await;
-                let (result, gate) = finish(&state, result);
+                let (result, gate) = finish(&state, result).await;
                 if result.is_err() {
                     instance = None;
                 }
@@ -170,7 +194,7 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                 let _ = reply.send(TurnOutput { result, gate });
             }
             // Handled above.
-            Event::Run { .. } => {}
+            Event::Run { .. } | Event::Alarm { .. } => {}
         }
     }
     drop(instance);
@@ -184,9 +208,9 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
 
 /// Commits or rolls back the turn that produced `result`; returns the turn's final result and
 /// the gate its outputs must pass.
-fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result<T>, OutputGate) {
+async fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result<T>, OutputGate) {
     let storage = state.storage();
-    match storage.finish_turn(result.is_ok()) {
+    match storage.finish_turn(result.is_ok()).await {
         Ok(gate) => (result, gate),
         Err(e) => {
             tracing::error!(error = %e, "commit failed; the turn is rolled back");
@@ -214,6 +238,8 @@ fn reject(event: Event, message: &str) {
                 gate: OutputGate::open(),
             });
         }
+        // Dropping the reply tells the scheduler; the alarm stays indexed and comes back.
+        Event::Alarm { .. } => {}
     }
 }
 

@@ -7,6 +7,7 @@
 //! going away, and a second activation of the same object never runs beside the first.
 
 pub(crate) mod activation;
+mod alarm_turn;
 mod placement;
 pub(crate) mod turn;
 
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use placement::{LocalPlacement, Location, Placement};
 
+use crate::alarm::AlarmOutcome;
 use crate::error::{Error, Result};
 use crate::id::{ID_BYTES, ObjectId};
 use crate::object::ObjectState;
@@ -46,6 +48,11 @@ pub(crate) enum Event {
         req: Request,
         chain: CallChain,
         reply: oneshot::Sender<TurnOutput<Response>>,
+    },
+    /// The object's alarm may be due; `force` fires a set alarm whatever its time (tests).
+    Alarm {
+        force: bool,
+        reply: oneshot::Sender<AlarmOutcome>,
     },
     /// A closure run as a turn against the object's state, without its instance (tests, tools).
     Run {

@@ -342,6 +342,11 @@ impl OutputGate {
         Self { durable: None }
     }
 
+    /// Whether there is nothing to wait for.
+    pub fn is_open(&self) -> bool {
+        self.durable.is_none()
+    }
+
     /// Waits until the outputs may be released; an error means they must be discarded.
     pub async fn wait(self) -> Result<()> {
         if let Some((mut rx, seq)) = self.durable {

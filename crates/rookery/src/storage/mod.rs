@@ -1,6 +1,7 @@
 //! Transactional storage of one object: a KV API and a SQL API over its own SQLite database,
 //! committed at the end of every turn and made durable before the turn's outputs are released.
 
+mod alarm;
 mod commit_log;
 mod database;
 mod durability;
@@ -18,10 +19,12 @@ pub use kv::ListOptions;
 pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
 pub(crate) use database::Location;
-pub(crate) use durability::Syncer;
+pub(crate) use durability::{ObjectSync, Syncer};
 
 use database::Database;
-use durability::ObjectSync;
+
+use crate::alarm::{AlarmIndex, AlarmKey, Clock};
+use rusqlite::OptionalExtension;
 
 use crate::error::Result;
 use crate::id::ObjectId;
@@ -58,6 +61,19 @@ pub(crate) struct StorageContext {
     pub(crate) commit_log: Arc<dyn CommitLog>,
     /// Commits that wrote something, over all objects.
     pub(crate) commits: AtomicU64,
+    /// The node's index of alarm times.
+    pub(crate) alarms: AlarmIndex,
+    /// The clock alarms run by.
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// How a turn changed the object's alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AlarmChange {
+    /// Set for this time (ms since the epoch).
+    Set(i64),
+    /// Deleted.
+    Deleted,
 }
 
 /// An object's storage. Reads see the turn's own writes; the writes commit together when the
@@ -68,6 +84,7 @@ pub struct Storage {
     ctx: Arc<StorageContext>,
     class: Arc<str>,
     id: ObjectId,
+    alarm_key: AlarmKey,
     in_memory: bool,
 }
 
@@ -76,6 +93,10 @@ struct Turn {
     db: Database,
     /// Sequence number of the last commit that wrote something.
     seq: u64,
+    /// The last alarm change of the current turn.
+    alarm: Option<AlarmChange>,
+    /// Whether object code (not the runtime) changed the alarm in the current turn.
+    alarm_by_handler: bool,
 }
 
 impl Storage {
@@ -84,6 +105,7 @@ impl Storage {
         location: &Location,
         ctx: Arc<StorageContext>,
         class: Arc<str>,
+        alarm_key: AlarmKey,
         id: ObjectId,
     ) -> Result<Self> {
         let db = Database::open(location, ctx.limits.max_object_bytes)?;
@@ -91,16 +113,43 @@ impl Storage {
         Ok(Self {
             in_memory: db.path().is_none(),
             sync,
-            db: Mutex::new(Turn { db, seq: 0 }),
+            db: Mutex::new(Turn {
+                db,
+                seq: 0,
+                alarm: None,
+                alarm_by_handler: false,
+            }),
             ctx,
             class,
             id,
+            alarm_key,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Turn> {
         // A panic inside a storage call leaves the turn to be rolled back; the data is intact.
         self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The name the object was first addressed by, as recorded in its database; records
+    /// `name` if none is recorded yet. Objects woken by id alone (alarms) learn their name here.
+    pub(crate) fn remember_name(&self, name: Option<&str>) -> Result<Option<String>> {
+        let turn = self.lock();
+        let conn = &turn.db.conn;
+        let stored: Option<String> = conn
+            .prepare_cached("SELECT value FROM _rookery_meta WHERE key = 'name'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        if let (None, Some(name)) = (&stored, name) {
+            conn.prepare_cached("INSERT INTO _rookery_meta (key, value) VALUES ('name', ?1)")?
+                .execute([name])?;
+        }
+        Ok(stored)
+    }
+
+    /// The runtime's clock.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.ctx.clock
     }
 
     /// The limits that apply to this storage.
@@ -113,7 +162,7 @@ impl Storage {
     /// Writes made after `sync` belong to the rest of the turn: if the turn then fails, only
     /// they are rolled back.
     pub async fn sync(&self) -> Result<()> {
-        self.finish_turn(true)?.wait().await
+        self.finish_turn(true).await?.wait().await
     }
 
     /// Runs `f` as a nested transaction: its writes are kept if it returns `Ok` and undone if it
@@ -145,7 +194,13 @@ impl Storage {
         let mut turn = self.lock();
         let conn = turn.db.txn_for_write()?;
         conn.execute("DELETE FROM _rookery_kv", [])?;
-        conn.execute("DELETE FROM _rookery_meta WHERE key = 'alarm'", [])?;
+        conn.execute(
+            "DELETE FROM _rookery_meta WHERE key IN ('alarm', 'alarm_retries')",
+            [],
+        )?;
+        turn.alarm = Some(AlarmChange::Deleted);
+        turn.alarm_by_handler = true;
+        let conn = turn.db.txn_for_write()?;
         let objects: Vec<(String, String)> = conn
             .prepare(
                 "SELECT type, name FROM sqlite_schema
@@ -168,12 +223,31 @@ impl Storage {
 
     /// Ends the current turn: commits its writes if `commit`, otherwise rolls them back.
     /// Returns the gate that the turn's outputs must pass.
-    pub(crate) fn finish_turn(&self, commit: bool) -> Result<OutputGate> {
-        let mut turn = self.lock();
-        if !commit {
-            turn.db.rollback();
-            return Ok(self.sync.gate(turn.seq));
+    pub(crate) async fn finish_turn(&self, commit: bool) -> Result<OutputGate> {
+        let change = {
+            let mut turn = self.lock();
+            let change = turn.alarm.take();
+            turn.alarm_by_handler = false;
+            if !commit {
+                turn.db.rollback();
+                return Ok(self.sync.gate(turn.seq));
+            }
+            change
+        };
+        let version = change.map(|_| self.ctx.alarms.next_version());
+        if let (Some(AlarmChange::Set(at)), Some(version)) = (change, version) {
+            // The index must know of the alarm before the commit can reach the disk.
+            let lowered = self
+                .ctx
+                .alarms
+                .lower(&self.alarm_key, at, version, &self.ctx.syncer)
+                .await;
+            if let Err(e) = lowered {
+                self.lock().db.rollback();
+                return Err(e);
+            }
         }
+        let mut turn = self.lock();
         if !turn.db.commit()? {
             return Ok(self.sync.gate(turn.seq));
         }
@@ -210,7 +284,41 @@ impl Storage {
         if !local {
             self.ctx.syncer.request(&self.sync);
         }
+        if let (Some(change), Some(version)) = (change, version) {
+            let at = match change {
+                AlarmChange::Set(at) => Some(at),
+                AlarmChange::Deleted => None,
+            };
+            self.index_alarm_when_durable(self.sync.gate(seq), at, version);
+        }
         Ok(self.sync.gate(seq))
+    }
+
+    /// Once `gate` opens, sets the index entry to exactly `at` (or removes it).
+    pub(crate) fn index_alarm_when_durable(&self, gate: OutputGate, at: Option<i64>, version: u64) {
+        let ctx = self.ctx.clone();
+        let key = self.alarm_key.clone();
+        let set = move || {
+            if let Err(e) = ctx.alarms.set_exact(&key, at, version) {
+                tracing::error!(error = %e, "updating the alarm index");
+            }
+        };
+        if gate.is_open() {
+            set();
+        } else {
+            tokio::spawn(async move {
+                // A failed commit leaves the index earlier than the truth, which is safe.
+                if gate.wait().await.is_ok() {
+                    set();
+                }
+            });
+        }
+    }
+
+    /// Corrects the index entry to what the object's record says, once what was read is durable.
+    pub(crate) fn reindex_alarm(&self, at: Option<i64>) {
+        let version = self.ctx.alarms.next_version();
+        self.index_alarm_when_durable(self.settled(), at, version);
     }
 
     /// A gate that opens when everything committed so far is durable.

@@ -1,0 +1,377 @@
+//! `rookery-bench run`: every scenario at fixed sizes, each against a freshly started server,
+//! then the Markdown report.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::http::Target;
+use crate::machine::{Machine, commit, utc_now};
+use crate::report::{Meta, Section, render};
+use crate::scenarios::Outcome;
+use crate::scenarios::cold_start::{ColdStartArgs, cold_start};
+use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
+use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
+use crate::scenarios::ws_idle::{WsIdleArgs, ws_idle};
+use crate::server::{Exit, ServerProcess};
+
+/// The scenario names `--only` accepts.
+pub const SCENARIOS: &[&str] = &[
+    "counter-one",
+    "counter-many",
+    "cold-start",
+    "ws-fanout",
+    "ws-idle",
+];
+
+/// The server's durability setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every acknowledged write survives power loss.
+    Strict,
+    /// Acknowledged writes survive a process crash.
+    Relaxed,
+}
+
+impl Durability {
+    /// The name `rookery serve --durability` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Strict => "strict",
+            Durability::Relaxed => "relaxed",
+        }
+    }
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The server binary (built beforehand: `cargo build --release -p rookery-server`).
+    #[arg(long, default_value = "target/release/rookery")]
+    pub server: PathBuf,
+    /// Durability settings to run, comma-separated (e.g. `strict,relaxed`).
+    #[arg(long, value_delimiter = ',', default_value = "strict")]
+    pub durability: Vec<Durability>,
+    /// Write the report here instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Sizes about ten times smaller, for a smoke run.
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only these scenarios, comma-separated (counter-one, counter-many, cold-start,
+    /// ws-fanout, ws-idle).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+/// One scenario at its size.
+#[derive(Debug, Clone)]
+pub enum Planned {
+    /// `counter-one`.
+    CounterOne(CounterOneArgs),
+    /// `counter-many`.
+    CounterMany(CounterManyArgs),
+    /// `cold-start`.
+    ColdStart(ColdStartArgs),
+    /// `ws-fanout`.
+    WsFanout(WsFanoutArgs),
+    /// `ws-idle`; the server pid is filled in at run time.
+    WsIdle(WsIdleArgs),
+}
+
+impl Planned {
+    /// The scenario's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Planned::CounterOne(_) => "counter-one",
+            Planned::CounterMany(_) => "counter-many",
+            Planned::ColdStart(_) => "cold-start",
+            Planned::WsFanout(_) => "ws-fanout",
+            Planned::WsIdle(_) => "ws-idle",
+        }
+    }
+
+    /// The subcommand arguments that run this scenario on its own against `url`.
+    pub fn command(&self, url: &str) -> String {
+        format!("{} --url {url} {}", self.name(), self.sizes())
+    }
+
+    /// The size flags of this scenario.
+    fn sizes(&self) -> String {
+        match self {
+            Planned::CounterOne(a) => format!("--conns {} --requests {}", a.conns, a.requests),
+            Planned::CounterMany(a) => format!(
+                "--objects {} --requests {} --conns {}",
+                a.objects, a.requests, a.conns
+            ),
+            Planned::ColdStart(a) => format!("--objects {}", a.objects),
+            Planned::WsFanout(a) => format!("--clients {} --messages {}", a.clients, a.messages),
+            // `$!` is the server started in the background just before.
+            Planned::WsIdle(a) => format!("--clients {} --rooms {} --pid $!", a.clients, a.rooms),
+        }
+    }
+
+    /// An outcome carrying only this scenario's settings, for failures before it could run.
+    fn stub(&self) -> Outcome {
+        match self {
+            Planned::CounterOne(a) => Outcome::new(self.name(), a),
+            Planned::CounterMany(a) => Outcome::new(self.name(), a),
+            Planned::ColdStart(a) => Outcome::new(self.name(), a),
+            Planned::WsFanout(a) => Outcome::new(self.name(), a),
+            Planned::WsIdle(a) => Outcome::new(self.name(), a),
+        }
+    }
+
+    /// Runs the scenario against `target`, served by process `pid`.
+    async fn run(&self, target: &Target, pid: u32) -> Outcome {
+        match self {
+            Planned::CounterOne(a) => counter_one(target, a).await,
+            Planned::CounterMany(a) => counter_many(target, a).await,
+            Planned::ColdStart(a) => cold_start(target, a).await,
+            Planned::WsFanout(a) => ws_fanout(target, a).await,
+            Planned::WsIdle(a) => {
+                let mut a = a.clone();
+                a.pid = Some(pid);
+                ws_idle(target, &a).await
+            }
+        }
+    }
+}
+
+/// The scenario list at full size, or about ten times smaller with `quick`, keeping only the
+/// names in `only` (all when empty).
+pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
+    for name in only {
+        if !SCENARIOS.contains(&name.as_str()) {
+            bail!("unknown scenario {name:?}; known: {}", SCENARIOS.join(", "));
+        }
+    }
+    let scale = if quick { 10 } else { 1 };
+    let all = vec![
+        Planned::CounterOne(CounterOneArgs {
+            conns: 32,
+            requests: 50_000 / scale,
+            name: None,
+        }),
+        Planned::CounterMany(CounterManyArgs {
+            objects: 1_000 / scale,
+            requests: 50_000 / scale,
+            conns: 32,
+        }),
+        Planned::ColdStart(ColdStartArgs {
+            objects: 2_000 / scale,
+        }),
+        Planned::WsFanout(WsFanoutArgs {
+            clients: 1_000 / scale,
+            messages: 100 / scale as u32,
+            room: None,
+        }),
+        Planned::WsFanout(WsFanoutArgs {
+            clients: 10_000 / scale,
+            messages: 20 / scale as u32,
+            room: None,
+        }),
+        Planned::WsIdle(WsIdleArgs {
+            clients: 10_000 / scale,
+            // About 100 clients per room, as in a busy chat service.
+            rooms: 100 / scale,
+            pid: None,
+        }),
+    ];
+    Ok(all
+        .into_iter()
+        .filter(|p| only.is_empty() || only.iter().any(|n| n == p.name()))
+        .collect())
+}
+
+/// Runs the plan for every durability setting and writes the report.
+pub async fn run(args: &RunArgs, load_generator: &str, run_command: String) -> anyhow::Result<()> {
+    if !args.server.is_file() {
+        bail!(
+            "{} not found: build it first with `cargo build --release -p rookery-server`, or \
+             pass --server",
+            args.server.display()
+        );
+    }
+    let planned = plan(args.quick, &args.only)?;
+    let total = planned.len() * args.durability.len();
+    let mut sections = Vec::new();
+    let mut done = 0;
+    for &durability in &args.durability {
+        let mut outcomes = Vec::with_capacity(planned.len());
+        for p in &planned {
+            done += 1;
+            eprintln!(
+                "[{done}/{total}] {} {} (durability {})",
+                p.name(),
+                p.sizes(),
+                durability.as_str()
+            );
+            let outcome = run_one(args, durability, p).await;
+            // Progress on stderr; the report (or stdout) gets the table.
+            eprintln!(
+                "{}",
+                serde_json::to_string(&outcome).unwrap_or_else(|e| e.to_string())
+            );
+            outcomes.push(outcome);
+        }
+        sections.push(Section {
+            durability: durability.as_str().to_owned(),
+            outcomes,
+        });
+    }
+    let meta = Meta {
+        machine: Machine::detect(),
+        commit: commit(),
+        date: utc_now(),
+        load_generator: load_generator.to_owned(),
+        run_command,
+        scenario_commands: planned
+            .iter()
+            .map(|p| {
+                format!(
+                    "target/release/rookery-bench {}",
+                    p.command("http://127.0.0.1:8787")
+                )
+            })
+            .collect(),
+    };
+    let report = render(&meta, &sections);
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, report).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{report}"),
+    }
+    let failed = sections
+        .iter()
+        .flat_map(|s| &s.outcomes)
+        .filter(|o| !o.ok)
+        .count();
+    eprintln!("{} of {total} scenarios passed", total - failed);
+    Ok(())
+}
+
+/// One scenario on a fresh server; the server's fate is part of the verdict.
+async fn run_one(args: &RunArgs, durability: Durability, p: &Planned) -> Outcome {
+    let server = match ServerProcess::start(&args.server, durability.as_str()).await {
+        Ok(s) => s,
+        Err(e) => return p.stub().failed(format!("server did not start: {e:#}")),
+    };
+    let outcome = match Target::resolve(&server.url).await {
+        Ok(target) => p.run(&target, server.pid).await,
+        Err(e) => p.stub().failed(format!("{e:#}")),
+    };
+    match server.stop().await {
+        Exit::Clean => outcome,
+        // A crash during the run fails the scenario whatever the client saw.
+        Exit::DiedEarly(how) => {
+            let detail = format!("{}; the server {how} during the scenario", outcome.detail);
+            outcome.failed(detail)
+        }
+        Exit::Unclean(how) => {
+            let mut outcome = outcome;
+            outcome.detail = format!("{}; note: {how}", outcome.detail);
+            outcome
+        }
+    }
+}
+
+/// `args` joined into a shell command line, quoting what the shell would split or expand.
+pub fn shell_join<'a>(args: impl IntoIterator<Item = &'a str>) -> String {
+    args.into_iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                a.to_owned()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_plan_has_every_scenario_at_its_size() {
+        let p = plan(false, &[]).unwrap();
+        let names: Vec<_> = p.iter().map(Planned::name).collect();
+        assert_eq!(
+            names,
+            [
+                "counter-one",
+                "counter-many",
+                "cold-start",
+                "ws-fanout",
+                "ws-fanout",
+                "ws-idle"
+            ]
+        );
+        assert_eq!(
+            p[0].command("U"),
+            "counter-one --url U --conns 32 --requests 50000"
+        );
+        assert_eq!(
+            p[1].command("U"),
+            "counter-many --url U --objects 1000 --requests 50000 --conns 32"
+        );
+        assert_eq!(p[2].command("U"), "cold-start --url U --objects 2000");
+        assert_eq!(
+            p[3].command("U"),
+            "ws-fanout --url U --clients 1000 --messages 100"
+        );
+        assert_eq!(
+            p[4].command("U"),
+            "ws-fanout --url U --clients 10000 --messages 20"
+        );
+        assert_eq!(
+            p[5].command("U"),
+            "ws-idle --url U --clients 10000 --rooms 100 --pid $!"
+        );
+    }
+
+    #[test]
+    fn quick_plan_is_ten_times_smaller_and_filtered() {
+        let only = vec!["counter-one".to_owned(), "ws-fanout".to_owned()];
+        let p = plan(true, &only).unwrap();
+        let commands: Vec<_> = p.iter().map(|p| p.command("U")).collect();
+        assert_eq!(
+            commands,
+            [
+                "counter-one --url U --conns 32 --requests 5000",
+                "ws-fanout --url U --clients 100 --messages 10",
+                "ws-fanout --url U --clients 1000 --messages 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_scenarios_are_refused() {
+        let err = plan(false, &["counter-two".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("unknown scenario \"counter-two\""));
+    }
+
+    #[test]
+    fn shell_join_quotes_only_when_needed() {
+        assert_eq!(
+            shell_join([
+                "run",
+                "--only",
+                "counter-one,cold-start",
+                "--out",
+                "docs/B.md"
+            ]),
+            "run --only counter-one,cold-start --out docs/B.md"
+        );
+        assert_eq!(shell_join(["a b", "it's", ""]), "'a b' 'it'\\''s' ''");
+    }
+}

@@ -1,0 +1,451 @@
+//! `counter-one` and `counter-many`: increments over many keep-alive connections, then a check
+//! that every acknowledged increment is in the counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hyper::{Method, StatusCode, Uri};
+use serde::Serialize;
+
+use super::{Outcome, Verdict, truncate, unique_prefix};
+use crate::http::{Conn, Target, path_uri, read_counter};
+use crate::stats::{Samples, per_second};
+
+/// Settings of `counter-one`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct CounterOneArgs {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 32)]
+    pub conns: usize,
+    /// Total increments.
+    #[arg(long, default_value_t = 50_000)]
+    pub requests: u64,
+    /// Counter name (default: a fresh random one, which starts at 0; a reused one is checked
+    /// against its value before the run).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Settings of `counter-many`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct CounterManyArgs {
+    /// Number of counters; request i goes to counter i % objects.
+    #[arg(long, default_value_t = 1_000)]
+    pub objects: u64,
+    /// Total increments.
+    #[arg(long, default_value_t = 50_000)]
+    pub requests: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 32)]
+    pub conns: usize,
+}
+
+/// How the answers of a load run went.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Answered 200.
+    pub ok: u64,
+    /// Answered with another status.
+    pub bad_status: u64,
+    /// Got no answer (connection error or timeout).
+    pub failed: u64,
+    /// The first non-200 answer or failure, for the detail.
+    pub first_error: Option<String>,
+}
+
+impl Tally {
+    fn note(&mut self, error: impl FnOnce() -> String) {
+        if self.first_error.is_none() {
+            self.first_error = Some(error());
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.bad_status += other.bad_status;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// Requests that got no 200, as verdict problems.
+    fn problems(&self, expected: u64) -> Vec<String> {
+        let mut problems = Vec::new();
+        let first = self.first_error.as_deref().unwrap_or("?");
+        if self.bad_status > 0 {
+            problems.push(format!(
+                "{} answers were not 200 (first: {first})",
+                self.bad_status
+            ));
+        }
+        if self.failed > 0 {
+            problems.push(format!(
+                "{} requests got no answer (first: {first})",
+                self.failed
+            ));
+        }
+        let answered = self.ok + self.bad_status + self.failed;
+        if answered < expected {
+            problems.push(format!(
+                "only {answered} of {expected} requests were sent (connections lost)"
+            ));
+        }
+        problems
+    }
+}
+
+/// What [`drive`] measured.
+struct Load {
+    samples: Samples,
+    tally: Tally,
+    elapsed: Duration,
+}
+
+/// Sends `requests` POSTs over `conns` connections, request i to `paths[i % paths.len()]`.
+///
+/// Connections are opened before the clock starts so throughput measures requests, not TCP
+/// handshakes. Requests are handed out from a shared ticket counter so a slow connection does
+/// not leave the others idle at the end.
+async fn drive(
+    target: &Target,
+    conns: usize,
+    requests: u64,
+    paths: Vec<Uri>,
+) -> anyhow::Result<Load> {
+    anyhow::ensure!(conns > 0, "--conns must be at least 1");
+    anyhow::ensure!(!paths.is_empty(), "no objects to send to");
+    let mut opened = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        opened.push(Conn::open(target).await?);
+    }
+    let paths = Arc::new(paths);
+    let tickets = Arc::new(AtomicU64::new(0));
+    let per_conn = usize::try_from(requests / conns as u64 + 1).unwrap_or(usize::MAX);
+    let start = Instant::now();
+    let mut workers = Vec::with_capacity(conns);
+    for conn in opened {
+        let target = target.clone();
+        let paths = Arc::clone(&paths);
+        let tickets = Arc::clone(&tickets);
+        workers.push(tokio::spawn(async move {
+            worker(conn, &target, &paths, &tickets, requests, per_conn).await
+        }));
+    }
+    let mut samples = Samples::with_capacity(usize::try_from(requests).unwrap_or(0));
+    let mut tally = Tally::default();
+    for w in workers {
+        let (s, t) = w.await.context("a load worker panicked")?;
+        samples.merge(s);
+        tally.merge(t);
+    }
+    Ok(Load {
+        samples,
+        tally,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// One connection's loop: take a ticket, send, record; reconnect once after a failure.
+async fn worker(
+    mut conn: Conn,
+    target: &Target,
+    paths: &[Uri],
+    tickets: &AtomicU64,
+    requests: u64,
+    capacity: usize,
+) -> (Samples, Tally) {
+    let mut samples = Samples::with_capacity(capacity);
+    let mut tally = Tally::default();
+    let objects = paths.len() as u64;
+    loop {
+        let i = tickets.fetch_add(1, Ordering::Relaxed);
+        if i >= requests {
+            break;
+        }
+        // A Uri clone shares its bytes: no allocation per request.
+        let uri = paths[(i % objects) as usize].clone();
+        let sent = Instant::now();
+        match conn.send(Method::POST, uri).await {
+            Ok((status, body)) => {
+                samples.record(sent.elapsed());
+                if status == StatusCode::OK {
+                    tally.ok += 1;
+                } else {
+                    tally.bad_status += 1;
+                    tally.note(|| {
+                        format!(
+                            "{status} {}",
+                            truncate(&String::from_utf8_lossy(&body), 120)
+                        )
+                    });
+                }
+            }
+            Err(e) => {
+                tally.failed += 1;
+                tally.note(|| format!("{e:#}"));
+                match Conn::open(target).await {
+                    Ok(fresh) => conn = fresh,
+                    Err(e) => {
+                        tally.note(|| format!("reconnecting: {e:#}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    (samples, tally)
+}
+
+/// Adds the load figures every counter scenario reports.
+fn load_figures(outcome: &mut Outcome, load: &Load) {
+    outcome
+        .figure(
+            "throughput",
+            per_second(load.samples.len() as u64, load.elapsed),
+        )
+        .figure("throughput_unit", "req/s")
+        .figure("latency", load.samples.clone().summarize())
+        .figure("errors", load.tally.bad_status + load.tally.failed)
+        .figure("elapsed_ms", load.elapsed.as_millis() as u64);
+}
+
+/// Runs `counter-one`.
+pub async fn counter_one(target: &Target, args: &CounterOneArgs) -> Outcome {
+    let name = args.name.clone().unwrap_or_else(|| unique_prefix("one"));
+    let mut settings = args.clone();
+    settings.name = Some(name.clone());
+    let outcome = Outcome::new("counter-one", &settings);
+    match counter_one_inner(target, args, &name, outcome.clone()).await {
+        Ok(done) => done,
+        Err(e) => outcome.failed(format!("{e:#}")),
+    }
+}
+
+async fn counter_one_inner(
+    target: &Target,
+    args: &CounterOneArgs,
+    name: &str,
+    mut outcome: Outcome,
+) -> anyhow::Result<Outcome> {
+    let path = path_uri(format!("/counter/{name}/increment"))?;
+    // A fresh name starts at 0; a reused `--name` starts wherever earlier runs left it.
+    let start = read_counter(&mut Conn::open(target).await?, name).await?;
+    let load = drive(target, args.conns, args.requests, vec![path]).await?;
+    load_figures(&mut outcome, &load);
+    let mut conn = Conn::open(target).await?;
+    let value = read_counter(&mut conn, name).await;
+    let verdict = one_verdict(args.requests, start, &load.tally, value);
+    Ok(outcome.verdict(verdict))
+}
+
+/// `counter-one` passes when all `increments` answered 200 and the counter, which read `start`
+/// before the run, reads exactly `start + increments` afterwards (more would mean a replayed
+/// write, fewer a lost one).
+pub fn one_verdict(
+    increments: u64,
+    start: i64,
+    tally: &Tally,
+    value: anyhow::Result<i64>,
+) -> Verdict {
+    let mut problems = tally.problems(increments);
+    let expected = i128::from(start) + i128::from(increments);
+    match value {
+        Ok(v) if i128::from(v) == expected => {}
+        Ok(v) => problems.push(format!(
+            "the counter reads {v}, expected {expected} ({start} before the run + {increments})"
+        )),
+        Err(e) => problems.push(format!("cannot read the counter: {e:#}")),
+    }
+    let from = if start == 0 {
+        String::new()
+    } else {
+        format!(" (from {start})")
+    };
+    Verdict::from_problems(
+        problems,
+        format!("all {increments} increments answered 200 and the counter reads {expected}{from}"),
+    )
+}
+
+/// Runs `counter-many`.
+pub async fn counter_many(target: &Target, args: &CounterManyArgs) -> Outcome {
+    let outcome = Outcome::new("counter-many", args);
+    match counter_many_inner(target, args, outcome.clone()).await {
+        Ok(done) => done,
+        Err(e) => outcome.failed(format!("{e:#}")),
+    }
+}
+
+async fn counter_many_inner(
+    target: &Target,
+    args: &CounterManyArgs,
+    mut outcome: Outcome,
+) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(args.objects > 0, "--objects must be at least 1");
+    let prefix = unique_prefix("many");
+    outcome
+        .settings
+        .insert("prefix".into(), prefix.clone().into());
+    let names: Vec<String> = (0..args.objects).map(|k| format!("{prefix}-{k}")).collect();
+    let paths = names
+        .iter()
+        .map(|n| path_uri(format!("/counter/{n}/increment")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let load = drive(target, args.conns, args.requests, paths).await?;
+    load_figures(&mut outcome, &load);
+    let mut conn = Conn::open(target).await?;
+    let mut values = Vec::with_capacity(names.len());
+    for name in &names {
+        values.push(read_counter(&mut conn, name).await);
+    }
+    let verdict = many_verdict(args.requests, &load.tally, &values);
+    Ok(outcome.verdict(verdict))
+}
+
+/// How many of `requests` increments counter `k` of `objects` receives when request i goes to
+/// counter i % objects.
+pub fn expected_count(k: u64, objects: u64, requests: u64) -> u64 {
+    requests / objects + u64::from(k < requests % objects)
+}
+
+/// `counter-many` passes when every increment answered 200, every counter holds exactly its
+/// share and so the sum is `requests`.
+pub fn many_verdict(requests: u64, tally: &Tally, values: &[anyhow::Result<i64>]) -> Verdict {
+    let mut problems = tally.problems(requests);
+    let objects = values.len() as u64;
+    let mut sum: i128 = 0;
+    let mut wrong = 0u64;
+    let mut unreadable = 0u64;
+    let mut first_wrong = None;
+    for (k, value) in values.iter().enumerate() {
+        let expected = expected_count(k as u64, objects, requests);
+        match value {
+            Ok(v) => {
+                sum += i128::from(*v);
+                if i128::from(*v) != i128::from(expected) {
+                    wrong += 1;
+                    first_wrong.get_or_insert_with(|| {
+                        format!("counter {k} reads {v}, expected {expected}")
+                    });
+                }
+            }
+            Err(e) => {
+                unreadable += 1;
+                first_wrong.get_or_insert_with(|| format!("counter {k}: {e:#}"));
+            }
+        }
+    }
+    if sum != i128::from(requests) {
+        problems.push(format!("the counters sum to {sum}, expected {requests}"));
+    }
+    if wrong + unreadable > 0 {
+        problems.push(format!(
+            "{wrong} counters hold a wrong value and {unreadable} could not be read (first: {})",
+            first_wrong.unwrap_or_default()
+        ));
+    }
+    Verdict::from_problems(
+        problems,
+        format!(
+            "all {requests} increments answered 200; each of the {objects} counters holds its \
+             share and they sum to {requests}"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(ok: u64) -> Tally {
+        Tally {
+            ok,
+            ..Tally::default()
+        }
+    }
+
+    #[test]
+    fn expected_counts_cover_every_request() {
+        assert_eq!(expected_count(0, 3, 10), 4);
+        assert_eq!(expected_count(1, 3, 10), 3);
+        assert_eq!(expected_count(2, 3, 10), 3);
+        let total: u64 = (0..7).map(|k| expected_count(k, 7, 1000)).sum();
+        assert_eq!(total, 1000);
+        // Fewer requests than objects: the first ones get one each.
+        assert_eq!(expected_count(4, 10, 5), 1);
+        assert_eq!(expected_count(5, 10, 5), 0);
+    }
+
+    #[test]
+    fn one_verdict_passes_only_on_exact_value() {
+        let v = one_verdict(100, 0, &clean(100), Ok(100));
+        assert!(v.ok);
+        assert_eq!(
+            v.detail,
+            "all 100 increments answered 200 and the counter reads 100"
+        );
+        let lost = one_verdict(100, 0, &clean(100), Ok(99));
+        assert!(!lost.ok);
+        assert!(
+            lost.detail.contains("reads 99, expected 100"),
+            "{}",
+            lost.detail
+        );
+        // Too many is as wrong as too few: a replayed write.
+        assert!(!one_verdict(100, 0, &clean(100), Ok(101)).ok);
+        assert!(!one_verdict(100, 0, &clean(100), Err(anyhow::anyhow!("boom"))).ok);
+    }
+
+    #[test]
+    fn one_verdict_counts_from_the_starting_value() {
+        let v = one_verdict(10, 10, &clean(10), Ok(20));
+        assert!(v.ok, "{}", v.detail);
+        assert!(v.detail.contains("reads 20 (from 10)"), "{}", v.detail);
+        assert!(!one_verdict(10, 10, &clean(10), Ok(10)).ok);
+    }
+
+    #[test]
+    fn one_verdict_fails_on_non_200_even_with_right_value() {
+        let tally = Tally {
+            ok: 99,
+            bad_status: 1,
+            failed: 0,
+            first_error: Some("503 Service Unavailable".into()),
+        };
+        let v = one_verdict(100, 0, &tally, Ok(100));
+        assert!(!v.ok);
+        assert!(v.detail.contains("1 answers were not 200"), "{}", v.detail);
+        assert!(v.detail.contains("503"), "{}", v.detail);
+    }
+
+    #[test]
+    fn one_verdict_notices_unsent_requests() {
+        let v = one_verdict(100, 0, &clean(90), Ok(90));
+        assert!(!v.ok);
+        assert!(v.detail.contains("only 90 of 100"), "{}", v.detail);
+    }
+
+    #[test]
+    fn many_verdict_checks_each_counter_and_the_sum() {
+        let good: Vec<anyhow::Result<i64>> = vec![Ok(4), Ok(3), Ok(3)];
+        assert!(many_verdict(10, &clean(10), &good).ok);
+        // Same sum, wrong distribution: still a failure.
+        let shuffled: Vec<anyhow::Result<i64>> = vec![Ok(3), Ok(4), Ok(3)];
+        let v = many_verdict(10, &clean(10), &shuffled);
+        assert!(!v.ok);
+        assert!(
+            v.detail.contains("2 counters hold a wrong value"),
+            "{}",
+            v.detail
+        );
+        assert!(!v.detail.contains("sum to"), "{}", v.detail);
+        let lost: Vec<anyhow::Result<i64>> = vec![Ok(4), Ok(2), Ok(3)];
+        let v = many_verdict(10, &clean(10), &lost);
+        assert!(v.detail.contains("sum to 9, expected 10"), "{}", v.detail);
+        let unreadable: Vec<anyhow::Result<i64>> = vec![Ok(4), Err(anyhow::anyhow!("x")), Ok(3)];
+        assert!(!many_verdict(10, &clean(10), &unreadable).ok);
+    }
+}

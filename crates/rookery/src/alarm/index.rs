@@ -1,0 +1,293 @@
+//! The node's index of alarm times: `alarms.sqlite` in the data directory.
+//!
+//! One row per object with an alarm: `(class uid, object id) → (at, version)`, with an index on
+//! `at`. Every operation is one B-tree lookup or range scan: O(log n), and the scheduler only
+//! ever holds a bounded batch of rows in memory however many alarms are scheduled.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::Notify;
+
+use crate::error::Result;
+use crate::id::ID_BYTES;
+use crate::storage::{Durability, ObjectSync, Syncer};
+
+/// Identifies an object across restarts and class renames: its class's uid and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct AlarmKey {
+    pub(crate) class_uid: Arc<str>,
+    pub(crate) id: [u8; ID_BYTES],
+}
+
+/// The index database.
+pub(crate) struct AlarmIndex {
+    conn: Mutex<Connection>,
+    /// Durability bookkeeping of the index's own WAL (`None` in memory).
+    sync: Option<Arc<ObjectSync>>,
+    durability: Durability,
+    /// Sequence of the index's own writes, for its durability gate.
+    seq: AtomicU64,
+    /// Versions order the updates of one object's entry.
+    versions: AtomicU64,
+    /// Signalled when an entry becomes earlier than the scheduler's next wake-up.
+    pub(crate) changed: Arc<Notify>,
+    /// When the scheduler plans to look next (ms since the epoch).
+    pub(crate) wake_at: AtomicI64,
+}
+
+impl AlarmIndex {
+    /// Opens the index at `path`, or in memory when `path` is `None`.
+    pub(crate) fn open(path: Option<&Path>, durability: Durability) -> Result<Self> {
+        let conn = match path {
+            Some(path) => {
+                let conn = Connection::open(path)?;
+                conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+                conn
+            }
+            None => Connection::open_in_memory()?,
+        };
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS alarms (
+                 class TEXT NOT NULL,
+                 id BLOB NOT NULL,
+                 at INTEGER NOT NULL,
+                 version INTEGER NOT NULL,
+                 PRIMARY KEY (class, id)
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS alarms_by_time ON alarms (at);",
+        )?;
+        let top: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM alarms", [], |r| {
+            r.get(0)
+        })?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            sync: path.map(ObjectSync::new),
+            durability,
+            seq: AtomicU64::new(0),
+            versions: AtomicU64::new(u64::try_from(top).unwrap_or(0)),
+            changed: Arc::new(Notify::new()),
+            wake_at: AtomicI64::new(i64::MAX),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the scheduler if `at` is earlier than it plans to look.
+    fn poke_if_earlier(&self, at: i64) {
+        if at < self.wake_at.load(Ordering::Acquire) {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A version newer than every version handed out so far.
+    pub(crate) fn next_version(&self) -> u64 {
+        self.versions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Makes the entry of `key` no later than `at`, and waits until that is durable.
+    pub(crate) async fn lower(
+        &self,
+        key: &AlarmKey,
+        at: i64,
+        version: u64,
+        syncer: &Syncer,
+    ) -> Result<()> {
+        let seq = {
+            let conn = self.lock();
+            conn.prepare_cached(
+                "INSERT INTO alarms (class, id, at, version) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET at = min(at, excluded.at),
+                                           version = max(version, excluded.version)",
+            )?
+            .execute(params![&*key.class_uid, &key.id[..], at, version as i64])?;
+            self.seq.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        self.poke_if_earlier(at);
+        if let (Some(sync), Durability::Strict) = (&self.sync, self.durability) {
+            sync.committed(seq);
+            // The index is node-local: no commit log acknowledges it.
+            sync.mark(seq, false, true);
+            syncer.request(sync);
+            sync.gate(seq).wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the entry of `key` to exactly `at` (or removes it for `None`), unless a newer
+    /// version has touched it.
+    pub(crate) fn set_exact(&self, key: &AlarmKey, at: Option<i64>, version: u64) -> Result<()> {
+        let conn = self.lock();
+        match at {
+            Some(at) => conn
+                .prepare_cached(
+                    "INSERT INTO alarms (class, id, at, version) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET at = excluded.at, version = excluded.version
+                     WHERE version <= excluded.version",
+                )?
+                .execute(params![&*key.class_uid, &key.id[..], at, version as i64])?,
+            None => conn
+                .prepare_cached(
+                    "DELETE FROM alarms WHERE class = ?1 AND id = ?2 AND version <= ?3",
+                )?
+                .execute(params![&*key.class_uid, &key.id[..], version as i64])?,
+        };
+        if let Some(at) = at {
+            self.poke_if_earlier(at);
+        }
+        Ok(())
+    }
+
+    /// Restricts [`AlarmIndex::earliest`] to the classes this server hosts; alarms of other
+    /// classes wait for a server that hosts them.
+    pub(crate) fn set_hosted(&self, classes: &[Arc<str>]) -> Result<()> {
+        let conn = self.lock();
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS hosted (class TEXT PRIMARY KEY) WITHOUT ROWID;
+             DELETE FROM temp.hosted;",
+        )?;
+        let mut stmt = conn.prepare("INSERT OR IGNORE INTO temp.hosted (class) VALUES (?1)")?;
+        for class in classes {
+            stmt.execute([&**class])?;
+        }
+        Ok(())
+    }
+
+    /// The earliest `limit` entries of hosted classes, earliest first.
+    pub(crate) fn earliest(&self, limit: usize) -> Result<Vec<(AlarmKey, i64)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT class, id, at FROM alarms
+             WHERE class IN (SELECT class FROM temp.hosted)
+             ORDER BY at LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (class, id, at) = row?;
+            if let Ok(id) = <[u8; ID_BYTES]>::try_from(id.as_slice()) {
+                out.push((
+                    AlarmKey {
+                        class_uid: Arc::from(class),
+                        id,
+                    },
+                    at,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest time in the index.
+    pub(crate) fn next_at(&self) -> Result<Option<i64>> {
+        let conn = self.lock();
+        Ok(conn.query_row("SELECT min(at) FROM alarms", [], |r| r.get(0))?)
+    }
+
+    /// The entry of `key`, if any.
+    pub(crate) fn get(&self, key: &AlarmKey) -> Result<Option<i64>> {
+        let conn = self.lock();
+        Ok(conn
+            .prepare_cached("SELECT at FROM alarms WHERE class = ?1 AND id = ?2")?
+            .query_row(params![&*key.class_uid, &key.id[..]], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> Result<u64> {
+        let conn = self.lock();
+        let n: i64 = conn.query_row("SELECT count(*) FROM alarms", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Replaces every entry with `entries` (a rebuild from the objects' own records).
+    pub(crate) fn replace_all(&self, entries: &[(AlarmKey, i64)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM alarms", [])?;
+        {
+            let mut stmt =
+                tx.prepare("INSERT INTO alarms (class, id, at, version) VALUES (?1, ?2, ?3, 0)")?;
+            for (key, at) in entries {
+                stmt.execute(params![&*key.class_uid, &key.id[..], at])?;
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        self.changed.notify_one();
+        Ok(())
+    }
+}
+
+/// Reads every object's own alarm record under `objects_dir` (`<class uid>/<xx>/<id>.sqlite`),
+/// for rebuilding the index. Opens each database read-only.
+pub(crate) fn scan_objects(objects_dir: &Path) -> Result<Vec<(AlarmKey, i64)>> {
+    let mut found = Vec::new();
+    for class in std::fs::read_dir(objects_dir)? {
+        let class = class?;
+        let Some(uid) = class.file_name().to_str().map(Arc::<str>::from) else {
+            continue;
+        };
+        if !class.path().is_dir() {
+            continue;
+        }
+        for shard in std::fs::read_dir(class.path())? {
+            let shard = shard?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(&shard)? {
+                let path = file?.path();
+                let Some(stem) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".sqlite"))
+                else {
+                    continue;
+                };
+                let mut id = [0u8; ID_BYTES];
+                if hex::decode_to_slice(stem, &mut id).is_err() {
+                    continue;
+                }
+                let conn =
+                    Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                let at: Option<i64> = conn
+                    .query_row(
+                        "SELECT value FROM _rookery_meta WHERE key = 'alarm'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .or_else(|e| match e {
+                        // A database from before alarms existed has no meta table.
+                        rusqlite::Error::SqliteFailure(_, Some(ref m))
+                            if m.contains("no such table") =>
+                        {
+                            Ok(None)
+                        }
+                        e => Err(e),
+                    })?;
+                if let Some(at) = at {
+                    found.push((
+                        AlarmKey {
+                            class_uid: uid.clone(),
+                            id,
+                        },
+                        at,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,209 @@
+//! The scheduler: wakes at the earliest indexed alarm time and delivers due alarms to their
+//! objects, with bounded concurrency.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{AlarmIndex, AlarmKey, AlarmStats};
+use crate::host::{Event, Host};
+use crate::id::ObjectId;
+use crate::runtime::RuntimeInner;
+
+/// Alarm events in flight at once; a burst of due alarms is worked off this many at a time.
+const CONCURRENCY: usize = 256;
+/// How long to wait before trying an object again that could not take its alarm.
+const REDELIVER_AFTER: Duration = Duration::from_millis(100);
+
+/// What the handling of one alarm event came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmOutcome {
+    /// Nothing was due (early wake-up, or already handled): the index was corrected.
+    NotDue,
+    /// The handler succeeded.
+    Succeeded,
+    /// The handler failed and a retry is scheduled.
+    Retrying,
+    /// The handler failed its last retry; the alarm is deleted.
+    GivenUp,
+    /// The handler failed but had set or deleted the alarm itself: no retry.
+    FailedAfterChange,
+}
+
+/// The scheduler's state, part of the runtime.
+pub(crate) struct Scheduler {
+    stopping: AtomicBool,
+    /// Objects with an alarm event in flight (at most `CONCURRENCY`).
+    in_flight: Mutex<HashSet<AlarmKey>>,
+    permits: Arc<Semaphore>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    delivered: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    given_up: AtomicU64,
+}
+
+impl Scheduler {
+    pub(crate) fn new() -> Self {
+        Self {
+            stopping: AtomicBool::new(false),
+            in_flight: Mutex::new(HashSet::new()),
+            permits: Arc::new(Semaphore::new(CONCURRENCY)),
+            task: Mutex::new(None),
+            delivered: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            given_up: AtomicU64::new(0),
+        }
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, HashSet<AlarmKey>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the scheduler task of `rt`.
+    pub(crate) fn start(rt: &Arc<RuntimeInner>, handle: &tokio::runtime::Handle) {
+        let task = handle.spawn(run(Arc::downgrade(rt)));
+        *rt.scheduler.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    /// Records what an alarm event came to.
+    pub(crate) fn record(&self, outcome: AlarmOutcome) {
+        let counter = match outcome {
+            AlarmOutcome::Succeeded => &self.succeeded,
+            AlarmOutcome::Retrying | AlarmOutcome::FailedAfterChange => &self.retried,
+            AlarmOutcome::GivenUp => &self.given_up,
+            AlarmOutcome::NotDue => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops delivering alarms and waits for the events in flight.
+    pub(crate) async fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        // Every in-flight delivery holds a permit.
+        let _ = self.permits.acquire_many(CONCURRENCY as u32).await;
+    }
+
+    /// Counters, with the index's size and earliest time.
+    pub(crate) fn stats(&self, index: &AlarmIndex) -> AlarmStats {
+        AlarmStats {
+            scheduled: index.len().unwrap_or(0),
+            next_ms: index.next_at().ok().flatten(),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            given_up: self.given_up.load(Ordering::Relaxed),
+            in_flight: self.in_flight().len() as u64,
+        }
+    }
+}
+
+async fn run(rt: Weak<RuntimeInner>) {
+    loop {
+        let Some(inner) = rt.upgrade() else { return };
+        let sched = &inner.scheduler;
+        if sched.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let index = &inner.storage.alarms;
+        let changed = index.changed.clone();
+        let wake = changed.notified();
+        tokio::pin!(wake);
+        // Register for pokes before reading the index, so none is missed: any change after
+        // this point that is earlier than the planned wake-up notifies.
+        wake.as_mut().enable();
+        index.wake_at.store(i64::MAX, Ordering::Release);
+        let clock = inner.storage.clock.clone();
+        let now = clock.now_ms();
+        let busy = sched.in_flight().len();
+        let next = match inner.storage.alarms.earliest(busy + CONCURRENCY) {
+            Ok(entries) => dispatch_due(&inner, entries, now),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the alarm index");
+                Some(now + 1_000)
+            }
+        };
+        inner
+            .storage
+            .alarms
+            .wake_at
+            .store(next.unwrap_or(i64::MAX), Ordering::Release);
+        // Do not keep the runtime alive while waiting.
+        drop(inner);
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = &mut wake => {}
+                    () = clock.sleep_until(at) => {}
+                }
+            }
+            None => wake.await,
+        }
+    }
+}
+
+/// Starts delivery of the due entries among `entries` (earliest first); returns when to look
+/// again, or `None` to wait for a poke.
+fn dispatch_due(rt: &Arc<RuntimeInner>, entries: Vec<(AlarmKey, i64)>, now: i64) -> Option<i64> {
+    let sched = &rt.scheduler;
+    for (key, at) in entries {
+        if sched.in_flight().contains(&key) {
+            continue;
+        }
+        if at > now {
+            return Some(at);
+        }
+        let Ok(permit) = sched.permits.clone().try_acquire_owned() else {
+            // All slots busy: a finishing delivery pokes the scheduler.
+            return None;
+        };
+        sched.in_flight().insert(key.clone());
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            deliver(&rt, &key).await;
+            rt.scheduler.in_flight().remove(&key);
+            drop(permit);
+            rt.storage.alarms.changed.notify_one();
+        });
+    }
+    None
+}
+
+/// Delivers one alarm event and waits until the object has handled it.
+async fn deliver(rt: &Arc<RuntimeInner>, key: &AlarmKey) {
+    let Some(ns) = rt.by_uid.get(&key.class_uid) else {
+        return;
+    };
+    let id = ObjectId::from_verified_bytes(key.id);
+    let (reply, done) = oneshot::channel();
+    rt.scheduler.delivered.fetch_add(1, Ordering::Relaxed);
+    match Host::dispatch(
+        rt,
+        ns,
+        &id,
+        Event::Alarm {
+            force: false,
+            reply,
+        },
+    ) {
+        Ok(()) => {
+            if let Ok(outcome) = done.await {
+                rt.scheduler.record(outcome);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(class = %ns.class_name, %id, error = %e, "alarm not delivered; will retry");
+            tokio::time::sleep(REDELIVER_AFTER).await;
+        }
+    }
+}
