@@ -6,7 +6,12 @@
 //! | `PUT /KEY` with a JSON body | stores it |
 //! | `DELETE /KEY` | `{"deleted": bool}` |
 //! | `GET /?prefix=&start=&start_after=&end=&limit=&reverse=` | `{"entries": [{"key", "value"}]}` |
-//! | `POST /` with `{"put": {KEY: VALUE}, "delete": [KEY]}` | applies all of it in one turn |
+//! | `POST /` with `{"put": {KEY: VALUE}, "delete": [KEY], "ttl_ms": N}` | applies all of it in one turn |
+//!
+//! `PUT /KEY?ttl_ms=N` (or `ttl_ms` in a batch) makes the keys expire N ms later: the object's
+//! alarm deletes them, within milliseconds of their time and also after a restart. Until the
+//! alarm has run, an expired key can still be read. Writing a key again without `ttl_ms`
+//! makes it permanent.
 
 use rookery::prelude::*;
 use serde_json::{Value, json};
@@ -23,7 +28,12 @@ struct Batch {
     put: serde_json::Map<String, Value>,
     #[serde(default)]
     delete: Vec<String>,
+    #[serde(default)]
+    ttl_ms: Option<i64>,
 }
+
+/// Expired keys deleted per alarm run; more wait for the next run, right after.
+const EXPIRE_BATCH: i64 = 1_000;
 
 /// Decodes `%XX` escapes of a key taken from the path.
 fn decode(raw: &str) -> Result<String> {
@@ -51,6 +61,38 @@ fn decode(raw: &str) -> Result<String> {
 }
 
 impl KvStore {
+    fn ensure_expiry_table(&self) -> Result<()> {
+        self.state.storage().sql().exec(
+            "CREATE TABLE IF NOT EXISTS kv_expiry (key TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS kv_expiry_at ON kv_expiry (at);",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    /// Records when `key` expires (`None`: never) and makes sure the alarm is early enough.
+    fn set_expiry(&self, key: &str, ttl_ms: Option<i64>) -> Result<()> {
+        let sql = self.state.storage().sql();
+        match ttl_ms {
+            None => {
+                sql.exec("DELETE FROM kv_expiry WHERE key = ?", &[key.into()])?;
+            }
+            Some(ttl) if ttl > 0 => {
+                let at = self.state.now_ms().saturating_add(ttl);
+                sql.exec(
+                    "INSERT OR REPLACE INTO kv_expiry (key, at) VALUES (?, ?)",
+                    &[key.into(), at.into()],
+                )?;
+                let storage = self.state.storage();
+                if storage.get_alarm()?.is_none_or(|current| current > at) {
+                    storage.set_alarm(at)?;
+                }
+            }
+            Some(_) => return Err(Error::bad_request("ttl_ms must be positive")),
+        }
+        Ok(())
+    }
+
     fn list(&self, req: &Request) -> Result<Response> {
         let text = |name: &str| req.query_raw(name).map(decode).transpose();
         let options = ListOptions {
@@ -76,9 +118,15 @@ impl KvStore {
         for chunk in puts.chunks(storage.limits().max_batch_keys) {
             storage.put_many(chunk)?;
         }
+        for key in batch.put.keys() {
+            self.set_expiry(key, batch.ttl_ms)?;
+        }
         let mut deleted = 0;
         for chunk in batch.delete.chunks(storage.limits().max_batch_keys) {
             deleted += storage.delete_many(chunk)?;
+        }
+        for key in &batch.delete {
+            self.set_expiry(key, None)?;
         }
         Response::json(&json!({ "ok": true, "put": puts.len(), "deleted": deleted }))
     }
@@ -90,6 +138,9 @@ impl DurableObject for KvStore {
     }
 
     async fn fetch(&mut self, req: Request) -> Result<Response> {
+        if *req.method() != Method::GET {
+            self.ensure_expiry_table()?;
+        }
         let path = req.path();
         if path == "/" {
             return match *req.method() {
@@ -111,13 +162,51 @@ impl DurableObject for KvStore {
             Method::PUT => {
                 let value: Value = req.json()?;
                 storage.put(&key, &value)?;
+                self.set_expiry(&key, req.query("ttl_ms")?)?;
                 Response::json(&json!({ "ok": true }))
             }
-            Method::DELETE => Response::json(&json!({ "deleted": storage.delete(&key)? })),
+            Method::DELETE => {
+                let deleted = storage.delete(&key)?;
+                self.set_expiry(&key, None)?;
+                Response::json(&json!({ "deleted": deleted }))
+            }
             _ => Ok(Response::error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method not allowed",
             )),
+        }
+    }
+
+    async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
+        self.expire()
+    }
+}
+
+impl KvStore {
+    /// Deletes the keys whose time has come and sets the alarm for the next.
+    fn expire(&self) -> Result<()> {
+        self.ensure_expiry_table()?;
+        let storage = self.state.storage();
+        let sql = storage.sql();
+        let now = self.state.now_ms();
+        let due = sql.exec(
+            "SELECT key FROM kv_expiry WHERE at <= ? ORDER BY at LIMIT ?",
+            &[now.into(), EXPIRE_BATCH.into()],
+        )?;
+        let keys: Vec<String> = due.rows().map(|r| r.get(0)).collect::<Result<_>>()?;
+        for chunk in keys.chunks(storage.limits().max_batch_keys) {
+            storage.delete_many(chunk)?;
+        }
+        for key in &keys {
+            sql.exec(
+                "DELETE FROM kv_expiry WHERE key = ?",
+                &[key.as_str().into()],
+            )?;
+        }
+        let next = sql.exec("SELECT min(at) FROM kv_expiry", &[])?;
+        match next.one()?.get::<Option<i64>>(0)? {
+            Some(at) => storage.set_alarm(at),
+            None => Ok(()),
         }
     }
 }

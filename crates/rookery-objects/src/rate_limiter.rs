@@ -3,24 +3,29 @@
 //!
 //! Every admitted request is stored under `req:<seq>`, where `seq` is strictly increasing (the
 //! time in microseconds, or one more than the last), so requests within the same millisecond
-//! never share a key and never slip past the limit.
+//! never share a key and never slip past the limit. Requests only add entries; the object's
+//! alarm removes the expired ones, at most once a second.
 
 use std::collections::VecDeque;
 
 use rookery::prelude::*;
 use serde_json::json;
 
-use crate::now_ms;
-
 /// Most requests per window one limiter accepts as a limit; bounds its memory.
 const MAX_LIMIT: usize = 100_000;
+/// Cleanup runs no more often than this.
+const MIN_CLEANUP_INTERVAL_MS: i64 = 1_000;
 const PREFIX: &str = "req:";
 
 /// One client's request log.
 pub struct RateLimiter {
     state: ObjectState,
-    /// Admitted requests as (sequence, time in ms), oldest first; loaded on the first request.
-    log: Option<VecDeque<(u64, u64)>>,
+    /// Admitted requests as (sequence, time in ms), oldest first; loaded on the first event.
+    log: Option<VecDeque<(u64, i64)>>,
+    /// The window the last request asked for, kept for the cleanup alarm.
+    window: Option<i64>,
+    /// Whether a cleanup alarm is known to be set.
+    alarm_set: bool,
 }
 
 fn key(seq: u64) -> String {
@@ -28,12 +33,10 @@ fn key(seq: u64) -> String {
 }
 
 impl RateLimiter {
-    fn load(&mut self) -> Result<&mut VecDeque<(u64, u64)>> {
+    fn load(&mut self) -> Result<()> {
         if self.log.is_none() {
-            let entries = self
-                .state
-                .storage()
-                .list::<u64>(&ListOptions::new().prefix(PREFIX))?;
+            let storage = self.state.storage();
+            let entries = storage.list::<i64>(&ListOptions::new().prefix(PREFIX))?;
             let mut log = VecDeque::with_capacity(entries.len());
             for (key, at) in entries {
                 let seq = key[PREFIX.len()..]
@@ -42,40 +45,62 @@ impl RateLimiter {
                 log.push_back((seq, at));
             }
             self.log = Some(log);
+            self.window = storage.get("window")?;
+            self.alarm_set = storage.get_alarm()?.is_some();
         }
-        Ok(self.log.get_or_insert_default())
+        Ok(())
+    }
+
+    /// Makes sure a cleanup alarm is set for when the oldest entry expires.
+    fn arm(&mut self, now: i64) -> Result<()> {
+        let (Some(log), Some(window)) = (&self.log, self.window) else {
+            return Ok(());
+        };
+        if self.alarm_set {
+            return Ok(());
+        }
+        if let Some(&(_, oldest)) = log.front() {
+            let at = (oldest + window).max(now + MIN_CLEANUP_INTERVAL_MS);
+            self.state.storage().set_alarm(at)?;
+            self.alarm_set = true;
+        }
+        Ok(())
     }
 }
 
 impl DurableObject for RateLimiter {
     fn new(state: ObjectState, _env: Env) -> Self {
-        Self { state, log: None }
+        Self {
+            state,
+            log: None,
+            window: None,
+            alarm_set: false,
+        }
     }
 
     async fn fetch(&mut self, req: Request) -> Result<Response> {
         let limit: usize = req.query("limit")?.unwrap_or(100);
-        let window: u64 = req.query("window")?.unwrap_or(60_000);
-        if limit == 0 || limit > MAX_LIMIT || window == 0 {
+        let window: i64 = req.query("window")?.unwrap_or(60_000);
+        if limit == 0 || limit > MAX_LIMIT || window <= 0 {
             return Ok(Response::error(
                 StatusCode::BAD_REQUEST,
                 &format!("limit must be 1 to {MAX_LIMIT} and window at least 1 ms"),
             ));
         }
-        let now = now_ms();
-        let window_start = now.saturating_sub(window);
-        let state = self.state.clone();
-        let storage = state.storage();
-        let log = self.load()?;
-        let mut expired = Vec::new();
-        while let Some(&(seq, at)) = log.front() {
-            if at >= window_start && log.len() <= limit {
-                break;
-            }
-            expired.push(key(seq));
-            log.pop_front();
+        self.load()?;
+        if self.window != Some(window) {
+            self.state.storage().put("window", &window)?;
+            self.window = Some(window);
         }
-        for batch in expired.chunks(storage.limits().max_batch_keys) {
-            storage.delete_many(batch)?;
+        let now = self.state.now_ms();
+        let window_start = now - window;
+        let log = self.log.get_or_insert_default();
+        // Expired entries leave the in-memory log now and storage at the next cleanup.
+        while log
+            .front()
+            .is_some_and(|&(_, at)| at < window_start || log.len() > limit)
+        {
+            log.pop_front();
         }
         let reset = log.front().map_or(now, |&(_, at)| at + window);
         if log.len() >= limit {
@@ -86,15 +111,96 @@ impl DurableObject for RateLimiter {
             }))?
             .with_status(StatusCode::TOO_MANY_REQUESTS));
         }
-        let seq = log
-            .back()
-            .map_or(now * 1000, |&(last, _)| (now * 1000).max(last + 1));
-        storage.put(&key(seq), &now)?;
+        let micros = u64::try_from(now).unwrap_or(0) * 1000;
+        let seq = log.back().map_or(micros, |&(last, _)| micros.max(last + 1));
+        self.state.storage().put(&key(seq), &now)?;
         log.push_back((seq, now));
+        let remaining = limit - log.len();
+        self.arm(now)?;
         Response::json(&json!({
             "allowed": true,
-            "remaining": limit - log.len(),
+            "remaining": remaining,
             "reset": reset,
         }))
+    }
+
+    async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
+        self.load()?;
+        self.alarm_set = false;
+        let now = self.state.now_ms();
+        let Some(window) = self.window else {
+            return Ok(());
+        };
+        // Keys sort by time: everything before the window's first key has expired.
+        let cutoff = key(u64::try_from(now - window).unwrap_or(0) * 1000);
+        let storage = self.state.storage();
+        loop {
+            let expired = storage.list_raw(
+                &ListOptions::new()
+                    .prefix(PREFIX)
+                    .end(cutoff.clone())
+                    .limit(storage.limits().max_batch_keys),
+            )?;
+            if expired.is_empty() {
+                break;
+            }
+            let keys: Vec<&str> = expired.iter().map(|(k, _)| k.as_str()).collect();
+            storage.delete_many(&keys)?;
+        }
+        if let Some(log) = &mut self.log {
+            while log.front().is_some_and(|&(_, at)| at < now - window) {
+                log.pop_front();
+            }
+        }
+        self.arm(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rookery::testing::TestHarness;
+    use std::time::Duration;
+
+    async fn check(h: &TestHarness) -> (u16, serde_json::Value) {
+        let r = h
+            .fetch("ip", Request::get("/?limit=3&window=10000").unwrap())
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json_body().unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_window_slides_and_the_alarm_cleans_up() {
+        let h = TestHarness::new::<RateLimiter>().unwrap();
+        for remaining in [2, 1, 0] {
+            let (status, body) = check(&h).await;
+            assert_eq!((status, body["remaining"].as_u64()), (200, Some(remaining)));
+        }
+        assert_eq!(check(&h).await.0, 429);
+        async fn stored(h: &TestHarness) -> usize {
+            h.run("ip", |s| {
+                s.storage()
+                    .list_raw(&ListOptions::new().prefix(PREFIX))
+                    .map(|l| l.len())
+            })
+            .await
+            .unwrap()
+        }
+        assert_eq!(stored(&h).await, 3);
+        // After the window, requests pass again and the alarm removes the old entries.
+        h.advance(Duration::from_millis(10_001));
+        assert_eq!(check(&h).await.0, 200);
+        // The alarm came due with the clock: wait (bounded) for the cleanup.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while stored(&h).await != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the old entries were never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let alarm = h.run("ip", |s| s.storage().get_alarm()).await.unwrap();
+        assert!(alarm.is_some(), "the next cleanup is scheduled");
     }
 }

@@ -19,9 +19,13 @@ use crate::routes::{Matched, Pick, RateLimit, Routes};
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
+/// Where the runtime's counters are served (JSON), ahead of the configured routes.
+pub const STATS_PATH: &str = "/_rookery/stats";
+
 /// Everything the gateway needs per request.
 pub(crate) struct Gateway {
     pub(crate) routes: Routes,
+    pub(crate) runtime: rookery::Runtime,
     pub(crate) client_ip_header: Option<HeaderName>,
     pub(crate) max_body_bytes: usize,
     pub(crate) request_ids: RequestIds,
@@ -110,6 +114,9 @@ impl Gateway {
         peer: SocketAddr,
         req: axum::extract::Request,
     ) -> axum::response::Response {
+        if req.uri().path() == STATS_PATH && req.method() == http::Method::GET {
+            return self.stats();
+        }
         let Some(matched) = self.routes.find(req.uri().path()) else {
             return error_response(StatusCode::NOT_FOUND, "Not found");
         };
@@ -144,6 +151,15 @@ impl Gateway {
                 .insert(RATE_LIMIT_REMAINING, HeaderValue::from(remaining));
         }
         response
+    }
+
+    /// The runtime's counters as JSON.
+    fn stats(&self) -> axum::response::Response {
+        let body = serde_json::json!({
+            "runtime": self.runtime.stats(),
+            "alarms": self.runtime.alarm_stats(),
+        });
+        into_axum(Response::json_bytes(body.to_string()))
     }
 
     /// The stub and object path a matched route leads to, if it leads to an object.

@@ -17,7 +17,7 @@ use rookery::{Classes, Runtime};
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError};
-pub use gateway::REQUEST_ID;
+pub use gateway::{REQUEST_ID, STATS_PATH};
 
 use gateway::{Gateway, RequestIds};
 use routes::Routes;
@@ -78,6 +78,7 @@ impl Server {
         };
         let gateway = Arc::new(Gateway {
             routes: Routes::build(config, &runtime)?,
+            runtime: runtime.clone(),
             client_ip_header,
             max_body_bytes: config.server.max_body_bytes,
             request_ids: RequestIds::new(),

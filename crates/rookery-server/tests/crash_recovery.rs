@@ -253,3 +253,71 @@ async fn twenty_kills_lose_no_acknowledged_turn_and_tear_none() {
         server.terminate();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_due_while_the_server_was_down_fire_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("kv.toml");
+    std::fs::write(&config, KV_CONFIG).unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let server = ChildServer::start(&data, &["--config", &config]);
+    let c = client();
+    let ttl_ms = 300;
+    let put_at = std::time::Instant::now();
+    for i in 0..5 {
+        let r = c
+            .put(server.url(&format!("/kv/ttl-{i}/k?ttl_ms={ttl_ms}")))
+            .json(&serde_json::json!({ "v": i }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .put(server.url("/kv/ttl-0/keep"))
+        .json(&1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.kill9();
+    // Let the expiry time pass while the server is down.
+    let expiry = put_at + std::time::Duration::from_millis(ttl_ms + 50);
+    wait_until("the keys' time has passed", || {
+        std::time::Instant::now() >= expiry
+    })
+    .await;
+    let server = ChildServer::start(&data, &["--config", &config]);
+    for i in 0..5 {
+        let url = server.url(&format!("/kv/ttl-{i}/k"));
+        let deadline = tokio::time::Instant::now() + common::PATIENCE;
+        loop {
+            let status = c.get(&url).send().await.unwrap().status();
+            if status == 404 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "key {i} never expired"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let r = c.get(server.url("/kv/ttl-0/keep")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "keys without a ttl stay");
+    let stats: Value = c
+        .get(server.url("/_rookery/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        stats["alarms"]["succeeded"].as_u64().unwrap() >= 5,
+        "{stats}"
+    );
+    assert_eq!(stats["alarms"]["scheduled"], 0, "{stats}");
+    server.terminate();
+}

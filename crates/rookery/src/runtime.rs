@@ -256,7 +256,7 @@ pub struct Runtime {
 }
 
 /// Counters that show what the runtime is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RuntimeStats {
     /// Objects with a live activation.
     pub live_objects: usize,
