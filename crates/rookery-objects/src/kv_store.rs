@@ -35,29 +35,9 @@ struct Batch {
 /// Expired keys deleted per alarm run; more wait for the next run, right after.
 const EXPIRE_BATCH: i64 = 1_000;
 
-/// Decodes `%XX` escapes of a key taken from the path.
+/// Decodes `%XX` escapes of a key taken from the path or query.
 fn decode(raw: &str) -> Result<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| Error::bad_request("the key is not valid UTF-8"))
+    rookery::percent_decode(raw).ok_or_else(|| Error::bad_request("the key is not valid UTF-8"))
 }
 
 impl KvStore {

@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, State};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use rookery::{Error, Request, Response};
+use rookery::{Error, Request, Response, percent_decode};
 
 use crate::routes::{Matched, Pick, RateLimit, Routes};
 
@@ -185,8 +185,9 @@ impl Gateway {
             .as_ref()
             .and_then(|h| req.headers().get(h))
             .and_then(|v| v.to_str().ok())
-            // Proxies append: the first address is the client's.
-            .and_then(|v| v.split(',').next())
+            // Proxies append to lists like X-Forwarded-For: the last address is the one our
+            // trusted proxy saw; earlier ones are whatever the client sent.
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(peer.ip())
     }
@@ -236,44 +237,5 @@ impl Gateway {
             .map_err(|e| Error::bad_request(format!("invalid path: {e}")))?;
         let req = Request::from_parts(parts.method, uri, parts.headers, body);
         stub.fetch(req).await
-    }
-}
-
-/// Decodes `%XX` escapes; `None` if the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    if !s.contains('%') {
-        return Some(s.to_string());
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
-        assert_eq!(percent_decode("%e2%9c%93").as_deref(), Some("✓"));
-        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
-        assert_eq!(percent_decode("%ff"), None);
     }
 }

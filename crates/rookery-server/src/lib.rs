@@ -108,9 +108,24 @@ impl Server {
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let (signalled, mut signal) = tokio::sync::watch::channel(false);
+        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = signalled.send(true);
+        });
+        // Running requests get as long as a turn may take; a request stuck beyond that must
+        // not keep the process from stopping.
+        let grace = self.runtime.options().host.turn_timeout + std::time::Duration::from_secs(5);
+        let served = tokio::select! {
+            served = serving => served,
+            () = async {
+                let _ = signal.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(?grace, "requests still running after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
         tracing::info!("no more requests; closing objects");
         if !self.runtime.shutdown().await {
             tracing::warn!("some objects did not close in time");

@@ -42,7 +42,7 @@ pub use error::{Error, Result};
 pub use host::{HostOptions, LocalPlacement, Location, Placement};
 pub use id::{IdMinter, ObjectId};
 pub use object::{DurableObject, Env, ObjectState};
-pub use request::Request;
+pub use request::{Request, percent_decode};
 pub use response::Response;
 pub use runtime::{Classes, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
 pub use storage::{

@@ -105,15 +105,15 @@ impl Request {
         })
     }
 
-    /// Query parameter `name` parsed as `T`; `Ok(None)` when absent, a 400 error when malformed.
+    /// Query parameter `name`, decoded (`%XX` escapes, `+` for space), parsed as `T`;
+    /// `Ok(None)` when absent, a 400 error when malformed.
     pub fn query<T: FromStr>(&self, name: &str) -> Result<Option<T>> {
-        match self.query_raw(name) {
-            None => Ok(None),
-            Some(raw) => raw
-                .parse()
-                .map(Some)
-                .map_err(|_| Error::bad_request(format!("invalid query parameter {name:?}"))),
-        }
+        let Some(raw) = self.query_raw(name) else {
+            return Ok(None);
+        };
+        let invalid = || Error::bad_request(format!("invalid query parameter {name:?}"));
+        let decoded = percent_decode(&raw.replace('+', " ")).ok_or_else(invalid)?;
+        decoded.parse().map(Some).map_err(|_| invalid())
     }
 
     /// The request headers.
@@ -146,6 +146,33 @@ impl Request {
     }
 }
 
+/// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is); `None` if the
+/// result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +191,19 @@ mod tests {
             bad.query::<i64>("amount"),
             Err(Error::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        let req = Request::get("/?name=a%20b+c&bad=%ff").unwrap();
+        assert_eq!(
+            req.query::<String>("name").unwrap().as_deref(),
+            Some("a b c")
+        );
+        assert!(req.query::<String>("bad").is_err());
+        assert_eq!(percent_decode("%e2%9c%93").as_deref(), Some("✓"));
+        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
+        assert_eq!(percent_decode("%ff"), None);
     }
 
     #[test]

@@ -209,6 +209,7 @@ impl RuntimeBuilder {
         if fresh_index {
             // A data directory without its index (first start, or the index was removed):
             // rebuild it from the objects' own records.
+            let scanned_at = alarms.next_version();
             let found = scan_objects(&catalog.objects_dir)?;
             if !found.is_empty() {
                 tracing::info!(
@@ -216,7 +217,7 @@ impl RuntimeBuilder {
                     "rebuilt the alarm index from the objects"
                 );
             }
-            alarms.replace_all(&found)?;
+            alarms.replace_all(&found, scanned_at)?;
         }
         let hosted: Vec<Arc<str>> = namespaces.values().map(|ns| ns.uid.clone()).collect();
         alarms.set_hosted(&hosted)?;
@@ -336,16 +337,18 @@ impl Runtime {
     }
 
     /// Rebuilds the node's alarm index from every object's own alarm record (reading each
-    /// object database once); returns how many alarms it found. Safe while serving: alarms
-    /// set meanwhile are indexed again by their turns.
+    /// object database once); returns how many alarms it found. Safe while serving: entries
+    /// changed during the scan are kept.
     pub async fn rebuild_alarm_index(&self) -> Result<usize> {
         let Some(dir) = self.inner.data_dir.clone() else {
             return Ok(0);
         };
+        // Entries changed after this version are newer than the scan and are kept.
+        let scanned_at = self.inner.storage.alarms.next_version();
         let found = tokio::task::spawn_blocking(move || scan_objects(&dir.join("objects")))
             .await
             .map_err(|e| Error::msg(format!("the index rebuild failed: {e}")))??;
-        self.inner.storage.alarms.replace_all(&found)?;
+        self.inner.storage.alarms.replace_all(&found, scanned_at)?;
         Ok(found.len())
     }
 

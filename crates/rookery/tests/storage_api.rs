@@ -248,6 +248,8 @@ async fn sql_that_would_take_the_runtimes_job_is_refused() {
                 "CREATE TABLE _rookery_mine (x)",
                 "CREATE TABLE _ROOKERY_MINE (x)",
                 "DROP TABLE _rookery_kv",
+                "CREATE TEMP TABLE shadow (key BLOB PRIMARY KEY, value BLOB NOT NULL)",
+                "CREATE TABLE mine (x); ALTER TABLE mine RENAME TO _rookery_mine",
             ];
             let mut out = Vec::new();
             for q in tries {
@@ -256,6 +258,12 @@ async fn sql_that_would_take_the_runtimes_job_is_refused() {
                     other => panic!("{q}: expected a refusal, got {other:?}"),
                 }
             }
+            // The refused rename left nothing behind: the whole call was undone.
+            let left = sql.exec(
+                "SELECT name FROM sqlite_schema WHERE name IN ('mine', '_rookery_mine')",
+                &[],
+            )?;
+            assert!(left.is_empty(), "{:?}", left.raw());
             // A view over a runtime table can be made but never read.
             sql.exec("CREATE VIEW v AS SELECT * FROM _rookery_kv", &[])?;
             assert!(matches!(

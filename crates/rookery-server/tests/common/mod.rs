@@ -250,6 +250,12 @@ impl DurableObject for Probe {
                 std::future::pending::<()>().await;
                 unreachable!("a pending future never completes")
             }
+            "/runaway" => {
+                // Never ends by itself: only the turn time limit stops it.
+                let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+                storage.sql().exec(sql, &[])?;
+                Response::json(&json!({ "finished": true }))
+            }
             "/json" => {
                 let body: Value = req.json()?;
                 Response::json(&json!({ "echo": body }))

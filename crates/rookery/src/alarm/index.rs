@@ -26,7 +26,8 @@ pub(crate) struct AlarmKey {
 pub(crate) struct AlarmIndex {
     conn: Mutex<Connection>,
     /// Durability bookkeeping of the index's own WAL (`None` in memory).
-    sync: Option<Arc<ObjectSync>>,
+    sync: Option<Mutex<Arc<ObjectSync>>>,
+    path: Option<std::path::PathBuf>,
     durability: Durability,
     /// Sequence of the index's own writes, for its durability gate.
     seq: AtomicU64,
@@ -64,7 +65,8 @@ impl AlarmIndex {
         })?;
         Ok(Self {
             conn: Mutex::new(conn),
-            sync: path.map(ObjectSync::new),
+            sync: path.map(|p| Mutex::new(ObjectSync::new(p))),
+            path: path.map(Path::to_path_buf),
             durability,
             seq: AtomicU64::new(0),
             versions: AtomicU64::new(u64::try_from(top).unwrap_or(0)),
@@ -108,12 +110,23 @@ impl AlarmIndex {
             self.seq.fetch_add(1, Ordering::Relaxed) + 1
         };
         self.poke_if_earlier(at);
-        if let (Some(sync), Durability::Strict) = (&self.sync, self.durability) {
+        if let (Some(slot), Durability::Strict) = (&self.sync, self.durability) {
+            let sync = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
             sync.committed(seq);
             // The index is node-local: no commit log acknowledges it.
             sync.mark(seq, false, true);
-            syncer.request(sync);
-            sync.gate(seq).wait().await?;
+            syncer.request(&sync);
+            if let Err(e) = sync.gate(seq).wait().await {
+                // Start a fresh durability record so one failed sync does not fail every
+                // later alarm change; this change's turn fails and is rolled back.
+                if let Some(path) = &self.path {
+                    let fresh = ObjectSync::new(path);
+                    fresh.committed(seq);
+                    fresh.mark(seq, false, true);
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -210,14 +223,21 @@ impl AlarmIndex {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Replaces every entry with `entries` (a rebuild from the objects' own records).
-    pub(crate) fn replace_all(&self, entries: &[(AlarmKey, i64)]) -> Result<()> {
+    /// Replaces the entries not touched since version `scanned_at` with `entries`, a scan of
+    /// the objects' own records that began after `scanned_at` was handed out. Entries changed
+    /// meanwhile keep the earlier of the two times.
+    pub(crate) fn replace_all(&self, entries: &[(AlarmKey, i64)], scanned_at: u64) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM alarms", [])?;
+        tx.execute(
+            "DELETE FROM alarms WHERE version <= ?1",
+            [scanned_at as i64],
+        )?;
         {
-            let mut stmt =
-                tx.prepare("INSERT INTO alarms (class, id, at, version) VALUES (?1, ?2, ?3, 0)")?;
+            let mut stmt = tx.prepare(
+                "INSERT INTO alarms (class, id, at, version) VALUES (?1, ?2, ?3, 0)
+                 ON CONFLICT DO UPDATE SET at = min(at, excluded.at)",
+            )?;
             for (key, at) in entries {
                 stmt.execute(params![&*key.class_uid, &key.id[..], at])?;
             }
@@ -263,7 +283,7 @@ pub(crate) fn scan_objects(objects_dir: &Path) -> Result<Vec<(AlarmKey, i64)>> {
                     Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
                 let at: Option<i64> = conn
                     .query_row(
-                        "SELECT value FROM _rookery_meta WHERE key = 'alarm'",
+                        "SELECT value FROM main._rookery_meta WHERE key = 'alarm'",
                         [],
                         |r| r.get(0),
                     )

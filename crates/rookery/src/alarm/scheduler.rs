@@ -16,6 +16,8 @@ use crate::runtime::RuntimeInner;
 
 /// Alarm events in flight at once; a burst of due alarms is worked off this many at a time.
 const CONCURRENCY: usize = 256;
+/// How long to wait before trying again an object whose alarm event failed.
+const FAILED_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long to wait before trying an object again that could not take its alarm.
 const REDELIVER_AFTER: Duration = Duration::from_millis(100);
 
@@ -196,11 +198,12 @@ async fn deliver(rt: &Arc<RuntimeInner>, key: &AlarmKey) {
             reply,
         },
     ) {
-        Ok(()) => {
-            if let Ok(outcome) = done.await {
-                rt.scheduler.record(outcome);
-            }
-        }
+        Ok(()) => match done.await {
+            Ok(outcome) => rt.scheduler.record(outcome),
+            // The object could not handle it (e.g. its storage cannot be opened): the entry
+            // stays due; wait before the next attempt rather than spin.
+            Err(_) => tokio::time::sleep(FAILED_RETRY_AFTER).await,
+        },
         Err(e) => {
             tracing::debug!(class = %ns.class_name, %id, error = %e, "alarm not delivered; will retry");
             tokio::time::sleep(REDELIVER_AFTER).await;

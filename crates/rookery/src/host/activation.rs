@@ -142,8 +142,12 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                     let _ = reply.send(outcome);
                 }
                 Err(e) => {
-                    // The record is untouched: the index still holds the alarm, so it comes back.
+                    // Undo whatever the failed event wrote; the record is then untouched and the
+                    // index still holds the alarm, so it comes back.
                     tracing::error!(error = %e, "alarm event failed");
+                    if let Err(e) = state.storage().finish_turn(false).await {
+                        tracing::error!(error = %e, "rolling back a failed alarm event");
+                    }
                     instance = None;
                 }
             }

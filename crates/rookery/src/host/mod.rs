@@ -147,7 +147,7 @@ impl Host {
         // A mailbox can be found closed only if its activation died unexpectedly; then the slot
         // is cleared and the event goes to a new activation.
         for _ in 0..3 {
-            if host.closing.load(Ordering::Acquire) {
+            if host.closing.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown);
             }
             if let Some(slot) = host.objects.get(&key) {
@@ -181,6 +181,13 @@ impl Host {
                     generation,
                 }
             });
+            // Shutdown sets `closing` before it clears the registry: if it is not set now,
+            // this slot was inserted before the clear and goes with it.
+            if host.closing.load(Ordering::SeqCst) {
+                drop(slot);
+                host.objects.remove(&key);
+                return Err(Error::ShuttingDown);
+            }
             match slot.mailbox.try_send(event) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::Overloaded),
@@ -213,7 +220,7 @@ impl Host {
     /// Stops taking events, lets every activation finish what it has queued, and waits for them
     /// to close their storage (at most `wait`).
     pub(crate) async fn shutdown(&self, wait: Duration) -> bool {
-        self.closing.store(true, Ordering::Release);
+        self.closing.store(true, Ordering::SeqCst);
         // Dropping the slots closes the mailboxes; each activation works off its queue and ends.
         self.objects.clear();
         let mut live = self.live.subscribe();

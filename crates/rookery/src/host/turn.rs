@@ -40,8 +40,12 @@ pub(crate) async fn run<T>(
     ctx: TurnContext,
     limit: Duration,
 ) -> Result<T> {
+    let storage_owner = ctx.caller.clone();
+    storage_owner.storage().set_deadline(Some(limit));
     let guarded = TURN.scope(ctx, AssertUnwindSafe(handler).catch_unwind());
-    match tokio::time::timeout(limit, guarded).await {
+    let outcome = tokio::time::timeout(limit, guarded).await;
+    storage_owner.storage().set_deadline(None);
+    match outcome {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => Err(Error::ObjectFailed {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -38,11 +38,11 @@ impl Storage {
         match at_ms {
             Some(at) => conn
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO _rookery_meta (key, value) VALUES ('alarm', ?1)",
+                    "INSERT OR REPLACE INTO main._rookery_meta (key, value) VALUES ('alarm', ?1)",
                 )?
                 .execute([at])?,
             None => conn
-                .prepare_cached("DELETE FROM _rookery_meta WHERE key = 'alarm'")?
+                .prepare_cached("DELETE FROM main._rookery_meta WHERE key = 'alarm'")?
                 .execute([])?,
         };
         turn.alarm = Some(match at_ms {
@@ -65,11 +65,11 @@ impl Storage {
         let mut turn = self.lock();
         let conn = turn.db.txn_for_write()?;
         if retries == 0 {
-            conn.prepare_cached("DELETE FROM _rookery_meta WHERE key = 'alarm_retries'")?
+            conn.prepare_cached("DELETE FROM main._rookery_meta WHERE key = 'alarm_retries'")?
                 .execute([])?;
         } else {
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO _rookery_meta (key, value) VALUES ('alarm_retries', ?1)",
+                "INSERT OR REPLACE INTO main._rookery_meta (key, value) VALUES ('alarm_retries', ?1)",
             )?
             .execute([i64::from(retries)])?;
         }
@@ -90,7 +90,7 @@ impl Storage {
         let mut turn = self.lock();
         let conn = turn.db.txn()?;
         Ok(conn
-            .prepare_cached("SELECT value FROM _rookery_meta WHERE key = ?1")?
+            .prepare_cached("SELECT value FROM main._rookery_meta WHERE key = ?1")?
             .query_row([key], |r| r.get::<_, i64>(0))
             .optional()?)
     }

@@ -12,13 +12,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use super::policy::Policy;
+use super::policy::{Policy, RESERVED_PREFIX, reserved};
 use crate::error::{Error, Result};
 
 /// Page size used for new databases; also the unit of the size limit.
@@ -44,6 +44,14 @@ pub(crate) struct Database {
     /// Whether the statements being prepared are the object's own SQL.
     user_sql: Arc<AtomicBool>,
     policy: Arc<Policy>,
+    /// When the current turn must stop, in ms on the process clock (`u64::MAX`: no turn).
+    pub(crate) deadline: Arc<AtomicU64>,
+}
+
+/// Milliseconds since the process's first use of this clock; monotonic.
+pub(crate) fn process_ms() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Database {
@@ -71,11 +79,11 @@ impl Database {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         conn.execute_batch(&format!(
             "PRAGMA max_page_count = {};
-             CREATE TABLE IF NOT EXISTS _rookery_kv (
+             CREATE TABLE IF NOT EXISTS main._rookery_kv (
                  key BLOB PRIMARY KEY,
                  value BLOB NOT NULL
              ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS _rookery_meta (
+             CREATE TABLE IF NOT EXISTS main._rookery_meta (
                  key TEXT PRIMARY KEY,
                  value ANY
              ) WITHOUT ROWID;",
@@ -90,8 +98,15 @@ impl Database {
             savepoints: 0,
             user_sql: Arc::new(AtomicBool::new(false)),
             policy: Arc::new(Policy::default()),
+            deadline: Arc::new(AtomicU64::new(u64::MAX)),
         };
         db.install_authorizer()?;
+        // A turn's time limit must also stop runaway SQL, which never yields to the runtime.
+        let deadline = db.deadline.clone();
+        db.conn.progress_handler(
+            10_000,
+            Some(move || process_ms() > deadline.load(Ordering::Relaxed)),
+        )?;
         Ok(db)
     }
 
@@ -145,14 +160,56 @@ impl Database {
     ) -> Result<T> {
         self.dirty = true;
         self.txn()?;
+        // Each call is all or nothing, and can be undone if it turns out to have renamed
+        // something into the runtime's names (the authorizer never sees a rename's new name).
+        self.conn.execute_batch("SAVEPOINT rookery_sql")?;
+        let schema_before = self.schema_version()?;
         self.policy.clear();
         self.user_sql.store(true, Ordering::Relaxed);
         let result = f(&self.conn);
         self.user_sql.store(false, Ordering::Relaxed);
-        result.map_err(|e| match self.policy.take_refusal() {
+        let result = result.map_err(|e| match self.policy.take_refusal() {
             Some(why) => Error::SqlRefused(why),
             None => map_sqlite(e),
-        })
+        });
+        let result = match result {
+            Ok(value) if self.schema_version()? != schema_before => {
+                self.check_reserved_names().map(|()| value)
+            }
+            other => other,
+        };
+        let end = if result.is_ok() {
+            "RELEASE rookery_sql"
+        } else {
+            "ROLLBACK TO rookery_sql; RELEASE rookery_sql"
+        };
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch(end)?;
+        }
+        result
+    }
+
+    fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA main.schema_version", [], |r| r.get(0))?)
+    }
+
+    /// Refuses a schema with runtime names other than the runtime's own tables.
+    fn check_reserved_names(&self) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM main.sqlite_schema")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for name in names {
+            let name = name?;
+            if reserved(&name) && name != "_rookery_kv" && name != "_rookery_meta" {
+                return Err(Error::SqlRefused(format!(
+                    "{name:?}: names starting with {RESERVED_PREFIX} belong to the runtime"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Commits the turn's transaction; returns whether it wrote anything.
@@ -206,6 +263,10 @@ impl Database {
 /// Turns SQLite's "database or disk is full" into the size-limit error a handler can act on.
 pub(crate) fn map_sqlite(e: rusqlite::Error) -> Error {
     match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::OperationInterrupted) => Error::ObjectFailed {
+            status: http::StatusCode::INTERNAL_SERVER_ERROR,
+            message: "the turn exceeded its time limit inside a storage call".into(),
+        },
         Some(rusqlite::ErrorCode::DiskFull) => {
             Error::LimitExceeded("the object's storage is full".into())
         }

@@ -91,14 +91,18 @@ impl ObjectSync {
 
     /// Records a local commit with sequence `seq`.
     pub(crate) fn committed(&self, seq: u64) {
-        self.committed.store(seq, Ordering::Release);
+        // Commits of the node index come from many threads: never move backwards. SeqCst
+        // pairs with the syncer's clearing of `queued` (a store-buffering pattern).
+        self.committed.fetch_max(seq, Ordering::SeqCst);
     }
 
     /// Marks everything up to `seq` synced (and, if `logged`, acknowledged by the log).
     pub(crate) fn mark(&self, seq: u64, synced: bool, logged: bool) {
         self.state.send_if_modified(|s| {
             let mut changed = false;
-            if synced && seq > s.synced {
+            // After a failed sync, a later successful one proves nothing about the pages the
+            // failure may have dropped: the durable point stays where it was.
+            if synced && !s.failed && seq > s.synced {
                 s.synced = seq;
                 changed = true;
             }
@@ -188,7 +192,7 @@ impl Syncer {
     /// Asks for `object`'s latest commit to be made durable.
     pub(crate) fn request(&self, object: &Arc<ObjectSync>) {
         // The queue holds each object at most once: its length is bounded by the live objects.
-        if object.queued.swap(true, Ordering::AcqRel) {
+        if object.queued.swap(true, Ordering::SeqCst) {
             return;
         }
         if self.queue.send(Job::Sync(object.clone())).is_err() {
@@ -252,8 +256,8 @@ impl Worker {
         let targets: Vec<u64> = batch
             .iter()
             .map(|o| {
-                o.queued.store(false, Ordering::Release);
-                o.committed.load(Ordering::Acquire)
+                o.queued.store(false, Ordering::SeqCst);
+                o.committed.load(Ordering::SeqCst)
             })
             .collect();
         let outcome = match self.hook.as_ref().map(|hook| hook()) {

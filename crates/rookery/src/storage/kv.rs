@@ -182,7 +182,7 @@ impl Storage {
         self.check_key(key)?;
         let mut turn = self.lock();
         let conn = turn.db.txn()?;
-        let mut stmt = conn.prepare_cached("SELECT value FROM _rookery_kv WHERE key = ?1")?;
+        let mut stmt = conn.prepare_cached("SELECT value FROM main._rookery_kv WHERE key = ?1")?;
         Ok(stmt
             .query_row([key.as_bytes()], |row| row.get::<_, Vec<u8>>(0))
             .optional()?)
@@ -199,7 +199,7 @@ impl Storage {
         }
         let mut turn = self.lock();
         let conn = turn.db.txn()?;
-        let mut stmt = conn.prepare_cached("SELECT value FROM _rookery_kv WHERE key = ?1")?;
+        let mut stmt = conn.prepare_cached("SELECT value FROM main._rookery_kv WHERE key = ?1")?;
         let mut out = BTreeMap::new();
         for key in keys {
             let key = key.as_ref();
@@ -223,8 +223,9 @@ impl Storage {
         }
         let mut turn = self.lock();
         let conn = turn.db.txn_for_write()?;
-        let mut stmt =
-            conn.prepare_cached("INSERT OR REPLACE INTO _rookery_kv (key, value) VALUES (?1, ?2)")?;
+        let mut stmt = conn.prepare_cached(
+            "INSERT OR REPLACE INTO main._rookery_kv (key, value) VALUES (?1, ?2)",
+        )?;
         for (key, bytes) in encoded {
             stmt.execute(params![key.as_bytes(), bytes])
                 .map_err(map_sqlite)?;
@@ -238,8 +239,9 @@ impl Storage {
         let bytes = self.encode(value)?;
         let mut turn = self.lock();
         let conn = turn.db.txn_for_write()?;
-        let mut stmt =
-            conn.prepare_cached("INSERT OR REPLACE INTO _rookery_kv (key, value) VALUES (?1, ?2)")?;
+        let mut stmt = conn.prepare_cached(
+            "INSERT OR REPLACE INTO main._rookery_kv (key, value) VALUES (?1, ?2)",
+        )?;
         stmt.execute(params![key.as_bytes(), bytes])
             .map_err(map_sqlite)?;
         Ok(())
@@ -250,7 +252,7 @@ impl Storage {
         self.check_key(key)?;
         let mut turn = self.lock();
         let conn = turn.db.txn_for_write()?;
-        let mut stmt = conn.prepare_cached("DELETE FROM _rookery_kv WHERE key = ?1")?;
+        let mut stmt = conn.prepare_cached("DELETE FROM main._rookery_kv WHERE key = ?1")?;
         Ok(stmt.execute([key.as_bytes()]).map_err(map_sqlite)? > 0)
     }
 
@@ -262,7 +264,7 @@ impl Storage {
         }
         let mut turn = self.lock();
         let conn = turn.db.txn_for_write()?;
-        let mut stmt = conn.prepare_cached("DELETE FROM _rookery_kv WHERE key = ?1")?;
+        let mut stmt = conn.prepare_cached("DELETE FROM main._rookery_kv WHERE key = ?1")?;
         let mut deleted = 0;
         for key in keys {
             deleted += stmt
@@ -286,7 +288,7 @@ impl Storage {
             return Ok(Vec::new());
         }
         let (lower, upper) = options.range();
-        let mut sql = String::from("SELECT key, value FROM _rookery_kv WHERE 1");
+        let mut sql = String::from("SELECT key, value FROM main._rookery_kv WHERE 1");
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(2);
         match lower {
             Bound::Included(k) => {

@@ -9,7 +9,7 @@ mod kv;
 mod policy;
 mod sql;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -108,14 +108,30 @@ impl Storage {
         alarm_key: AlarmKey,
         id: ObjectId,
     ) -> Result<Self> {
+        // A WAL left by a crash (or by a reset after a failed sync) may hold commits that were
+        // never synced; nothing read from it may leave before it is. A clean close removes it.
+        let leftover_wal = match location {
+            Location::File(path) => {
+                let mut wal = path.as_os_str().to_owned();
+                wal.push("-wal");
+                std::fs::metadata(PathBuf::from(wal)).is_ok_and(|m| m.len() > 0)
+            }
+            Location::Memory => false,
+        };
         let db = Database::open(location, ctx.limits.max_object_bytes)?;
         let sync = ObjectSync::new(db.path().unwrap_or(Path::new("")));
+        let seq = u64::from(leftover_wal && ctx.durability == Durability::Strict);
+        if seq > 0 {
+            sync.committed(seq);
+            sync.mark(seq, false, true);
+            ctx.syncer.request(&sync);
+        }
         Ok(Self {
             in_memory: db.path().is_none(),
             sync,
             db: Mutex::new(Turn {
                 db,
-                seq: 0,
+                seq,
                 alarm: None,
                 alarm_by_handler: false,
             }),
@@ -137,14 +153,22 @@ impl Storage {
         let turn = self.lock();
         let conn = &turn.db.conn;
         let stored: Option<String> = conn
-            .prepare_cached("SELECT value FROM _rookery_meta WHERE key = 'name'")?
+            .prepare_cached("SELECT value FROM main._rookery_meta WHERE key = 'name'")?
             .query_row([], |r| r.get(0))
             .optional()?;
         if let (None, Some(name)) = (&stored, name) {
-            conn.prepare_cached("INSERT INTO _rookery_meta (key, value) VALUES ('name', ?1)")?
+            conn.prepare_cached("INSERT INTO main._rookery_meta (key, value) VALUES ('name', ?1)")?
                 .execute([name])?;
         }
         Ok(stored)
+    }
+
+    /// Sets when the current turn's storage calls must stop (`None`: no limit).
+    pub(crate) fn set_deadline(&self, limit: Option<std::time::Duration>) {
+        let at = limit.map_or(u64::MAX, |d| {
+            database::process_ms().saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        });
+        self.lock().db.deadline.store(at, Ordering::Relaxed);
     }
 
     /// The runtime's clock.
@@ -193,14 +217,17 @@ impl Storage {
     pub fn delete_all(&self) -> Result<()> {
         let mut turn = self.lock();
         let conn = turn.db.txn_for_write()?;
-        conn.execute("DELETE FROM _rookery_kv", [])?;
+        conn.execute("DELETE FROM main._rookery_kv", [])?;
         conn.execute(
-            "DELETE FROM _rookery_meta WHERE key IN ('alarm', 'alarm_retries')",
+            "DELETE FROM main._rookery_meta WHERE key IN ('alarm', 'alarm_retries')",
             [],
         )?;
         turn.alarm = Some(AlarmChange::Deleted);
         turn.alarm_by_handler = true;
         let conn = turn.db.txn_for_write()?;
+        // Parent tables may go before their children; the checks run at commit, when all
+        // of them are gone.
+        conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
         let objects: Vec<(String, String)> = conn
             .prepare(
                 "SELECT type, name FROM sqlite_schema

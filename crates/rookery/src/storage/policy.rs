@@ -44,9 +44,11 @@ pub(crate) struct Policy {
     refusal: Mutex<Option<String>>,
 }
 
-fn reserved(name: &str) -> bool {
-    name.len() >= RESERVED_PREFIX.len()
-        && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+/// Whether `name` starts with the reserved prefix, in any case.
+pub(crate) fn reserved(name: &str) -> bool {
+    name.as_bytes()
+        .get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
 }
 
 impl Policy {
@@ -72,6 +74,20 @@ impl Policy {
     /// Allows or denies one action of a statement being prepared.
     pub(crate) fn judge(&self, ctx: &AuthContext<'_>) -> Authorization {
         use AuthAction as A;
+        // A temp table can shadow the runtime's tables for unqualified names, and is lost at
+        // eviction anyway: the object's SQL lives in its database only.
+        if ctx.database_name == Some("temp")
+            || matches!(
+                ctx.action,
+                A::CreateTempTable { .. }
+                    | A::CreateTempIndex { .. }
+                    | A::CreateTempTrigger { .. }
+                    | A::CreateTempView { .. }
+            )
+        {
+            return self
+                .refuse("temporary tables, views, indexes and triggers are not allowed".into());
+        }
         let name = match ctx.action {
             A::Transaction { .. } | A::Savepoint { .. } => {
                 return self.refuse(
