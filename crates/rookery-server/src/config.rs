@@ -64,6 +64,12 @@ pub struct ServerConfig {
     pub turn_timeout_ms: u64,
     /// Idle time before an object is evicted, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// Idle time before an object whose only activity is hibernatable WebSockets is evicted.
+    pub hibernation_idle_ms: u64,
+    /// Most WebSockets per object.
+    pub max_sockets_per_object: usize,
+    /// Largest WebSocket message in bytes.
+    pub max_ws_message_bytes: usize,
     /// Largest key in bytes.
     pub max_key_bytes: usize,
     /// Largest value in bytes.
@@ -87,6 +93,9 @@ impl Default for ServerConfig {
             mailbox_capacity: host.mailbox_capacity,
             turn_timeout_ms: millis(host.turn_timeout),
             idle_timeout_ms: millis(host.idle_timeout),
+            hibernation_idle_ms: millis(host.hibernation_idle),
+            max_sockets_per_object: host.max_sockets_per_object,
+            max_ws_message_bytes: host.max_message_bytes,
             max_key_bytes: storage.max_key_bytes,
             max_value_bytes: storage.max_value_bytes,
             max_batch_keys: storage.max_batch_keys,
@@ -107,6 +116,9 @@ impl ServerConfig {
                 mailbox_capacity: self.mailbox_capacity,
                 turn_timeout: Duration::from_millis(self.turn_timeout_ms),
                 idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                hibernation_idle: Duration::from_millis(self.hibernation_idle_ms),
+                max_sockets_per_object: self.max_sockets_per_object,
+                max_message_bytes: self.max_ws_message_bytes,
             },
             storage: StorageLimits {
                 max_key_bytes: self.max_key_bytes,

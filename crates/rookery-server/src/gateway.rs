@@ -7,11 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use rookery::{Error, Request, Response, percent_decode};
+use rookery::{Error, Request, Response, SocketLink, percent_decode};
+
+use crate::socket_io;
 
 use crate::routes::{Matched, Pick, RateLimit, Routes};
 
@@ -28,6 +33,7 @@ pub(crate) struct Gateway {
     pub(crate) runtime: rookery::Runtime,
     pub(crate) client_ip_header: Option<HeaderName>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) max_message_bytes: usize,
     pub(crate) request_ids: RequestIds,
 }
 
@@ -141,7 +147,7 @@ impl Gateway {
         let mut response = match object {
             None => into_axum(Response::json_bytes(Bytes::from_static(b"{\"ok\":true}"))),
             Some((stub, path)) => match self.forward(stub, path, req).await {
-                Ok(resp) => into_axum(resp),
+                Ok(resp) => resp,
                 Err(e) => failure(&e),
             },
         };
@@ -212,8 +218,20 @@ impl Gateway {
         stub: rookery::Stub,
         path: String,
         req: axum::extract::Request,
-    ) -> rookery::Result<Response> {
-        let (parts, body) = req.into_parts();
+    ) -> rookery::Result<axum::response::Response> {
+        let (mut parts, body) = req.into_parts();
+        let upgrade = if is_websocket_upgrade(&parts.headers) {
+            // Refused before the handshake, so a full object costs the client one round trip.
+            if stub.websocket_count() >= stub.websocket_limit() {
+                return Err(Error::SocketLimit(stub.websocket_limit()));
+            }
+            match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+                Ok(upgrade) => Some(upgrade),
+                Err(rejection) => return Ok(rejection.into_response()),
+            }
+        } else {
+            None
+        };
         let body = match Limited::new(body, self.max_body_bytes).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -236,6 +254,32 @@ impl Gateway {
             .parse()
             .map_err(|e| Error::bad_request(format!("invalid path: {e}")))?;
         let req = Request::from_parts(parts.method, uri, parts.headers, body);
-        stub.fetch(req).await
+        let mut resp = stub.fetch(req).await?;
+        let Some(ws) = resp.take_websocket() else {
+            return Ok(into_axum(resp));
+        };
+        match (upgrade, SocketLink::new(&ws)) {
+            (Some(upgrade), Some(link)) => {
+                Ok(socket_io::upgrade(upgrade, link, self.max_message_bytes))
+            }
+            _ => {
+                // Accepted without a connection to give it: the socket ends at once.
+                if let Some(link) = SocketLink::new(&ws) {
+                    link.closed(rookery::close_code::ABNORMAL, String::new(), false)
+                        .await;
+                }
+                Err(Error::msg(
+                    "the object answered with a WebSocket to a request that is not an upgrade",
+                ))
+            }
+        }
     }
+}
+
+/// Whether the request asks for a WebSocket upgrade.
+fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }

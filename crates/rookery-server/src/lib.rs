@@ -6,6 +6,7 @@
 pub mod config;
 mod gateway;
 mod routes;
+mod socket_io;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -81,6 +82,7 @@ impl Server {
             runtime: runtime.clone(),
             client_ip_header,
             max_body_bytes: config.server.max_body_bytes,
+            max_message_bytes: config.server.max_ws_message_bytes,
             request_ids: RequestIds::new(),
         });
         Ok(Self { runtime, gateway })

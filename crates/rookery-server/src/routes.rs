@@ -124,7 +124,14 @@ impl Routes {
 
     /// The route for `path`, if any.
     pub(crate) fn find<'r, 'p>(&'r self, path: &'p str) -> Option<Matched<'r, 'p>> {
-        let m = self.router.at(path).ok()?;
+        // `/counter/a/` is `/counter/a`: an empty rest does not match a catch-all.
+        let m = match self.router.at(path) {
+            Ok(m) => m,
+            Err(_) if path.len() > 1 && path.ends_with('/') => {
+                self.router.at(&path[..path.len() - 1]).ok()?
+            }
+            Err(_) => return None,
+        };
         Some(Matched {
             route: &self.routes[*m.value],
             params: m.params,

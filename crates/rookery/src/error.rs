@@ -20,6 +20,9 @@ pub enum Error {
     /// The object's mailbox is full.
     #[error("object is overloaded: too many pending events")]
     Overloaded,
+    /// The object has as many WebSockets as it may have.
+    #[error("channel full: the object has its maximum of {0} WebSockets")]
+    SocketLimit(usize),
     /// A call that would wait on an object already waiting further up the same call chain.
     #[error("call cycle: {0} is already handling a call further up this chain")]
     CallCycle(String),
@@ -95,7 +98,9 @@ impl Error {
         match self {
             Error::InvalidId(_) | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::UnknownBinding(_) => StatusCode::NOT_FOUND,
-            Error::Overloaded | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Overloaded | Error::ShuttingDown | Error::SocketLimit(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::CallCycle(_) => StatusCode::LOOP_DETECTED,
             Error::ObjectFailed { status, .. } => *status,
             Error::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,

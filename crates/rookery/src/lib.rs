@@ -30,6 +30,7 @@ mod object;
 mod request;
 mod response;
 mod runtime;
+mod socket;
 mod storage;
 mod stub;
 pub mod testing;
@@ -45,6 +46,10 @@ pub use object::{DurableObject, Env, ObjectState};
 pub use request::{Request, percent_decode};
 pub use response::Response;
 pub use runtime::{Classes, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
+pub use socket::{
+    MAX_ATTACHMENT_BYTES, MAX_TAG_BYTES, MAX_TAGS, Outgoing, SocketLink, Undelivered, WebSocket,
+    WsMessage, close_code,
+};
 pub use storage::{
     ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, ListOptions, LocalCommitLog,
     OutputGate, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
@@ -58,6 +63,7 @@ pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub mod prelude {
     pub use crate::{
         AlarmInfo, DurableObject, Env, Error, ListOptions, Method, Namespace, ObjectId,
-        ObjectState, Request, Response, Result, SqlValue, StatusCode, Storage, Stub,
+        ObjectState, Request, Response, Result, SqlValue, StatusCode, Storage, Stub, WebSocket,
+        WsMessage,
     };
 }

@@ -5,6 +5,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::Result;
+use crate::socket::WebSocket;
 
 /// A complete response: status, headers and body.
 #[derive(Debug, Clone)]
@@ -12,6 +13,7 @@ pub struct Response {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    websocket: Option<WebSocket>,
 }
 
 impl Response {
@@ -21,7 +23,21 @@ impl Response {
             status,
             headers: HeaderMap::new(),
             body: body.into(),
+            websocket: None,
         }
+    }
+
+    /// The answer to a WebSocket upgrade: 101, handing `ws` (from `accept_websocket`) to the
+    /// client's connection.
+    pub fn websocket(ws: &WebSocket) -> Self {
+        let mut resp = Self::new(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+        resp.websocket = Some(ws.clone());
+        resp
+    }
+
+    /// The WebSocket this response hands to the client, if it is an upgrade.
+    pub fn take_websocket(&mut self) -> Option<WebSocket> {
+        self.websocket.take()
     }
 
     /// A 200 response with `value` encoded as JSON.

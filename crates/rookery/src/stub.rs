@@ -174,3 +174,18 @@ impl Stub {
         })
     }
 }
+
+impl Stub {
+    /// The number of open WebSockets of the object (0 if it has none).
+    pub fn websocket_count(&self) -> usize {
+        self.rt.host.socket_count(&ObjectKey {
+            ns: self.ns.idx,
+            id: *self.id.as_bytes(),
+        })
+    }
+
+    /// The most WebSockets one object may have.
+    pub fn websocket_limit(&self) -> usize {
+        self.rt.options.host.max_sockets_per_object
+    }
+}

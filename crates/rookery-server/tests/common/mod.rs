@@ -34,7 +34,9 @@ impl TestServer {
     pub async fn start(config_text: &str, data_dir: &Path) -> Self {
         let mut config = Config::parse("test.toml", config_text).expect("valid test config");
         config.server.data_dir = data_dir.to_path_buf();
-        let classes = rookery_objects::builtin_classes().with::<Probe>("Probe");
+        let classes = rookery_objects::builtin_classes()
+            .with::<Probe>("Probe")
+            .with::<Echo>("Echo");
         Self::start_with(&config, classes).await
     }
 
@@ -171,11 +173,23 @@ mailbox_capacity = 4
 bindings = [
   { name = "PROBE", class_name = "Probe" },
   { name = "COUNTER", class_name = "Counter" },
+  { name = "ECHO", class_name = "Echo" },
+  { name = "CHAT_ROOM", class_name = "ChatRoom" },
 ]
 
 [[migrations]]
 tag = "v1"
-new_sqlite_classes = ["Probe", "Counter"]
+new_sqlite_classes = ["Probe", "Counter", "Echo", "ChatRoom"]
+
+[[routes]]
+path = "/echo/:name"
+binding = "ECHO"
+name_from = "name"
+
+[[routes]]
+path = "/room/:room"
+binding = "CHAT_ROOM"
+name_from = "room"
 
 [[routes]]
 path = "/probe/:name"
@@ -289,5 +303,84 @@ impl DurableObject for Probe {
             })),
             _ => Ok(Response::not_found()),
         }
+    }
+}
+
+/// A WebSocket test object: hibernatable sockets tagged from the query, attachments, an
+/// auto-response, and commands sent as text.
+pub struct Echo {
+    state: ObjectState,
+}
+
+impl DurableObject for Echo {
+    fn new(state: ObjectState, _env: Env) -> Self {
+        state.set_websocket_auto_response(Some(("ping", "pong")));
+        Self { state }
+    }
+
+    async fn fetch(&mut self, req: Request) -> Result<Response> {
+        if !req.is_websocket_upgrade() {
+            return Ok(Response::text("Expected WebSocket").with_status(StatusCode::BAD_REQUEST));
+        }
+        let tag = req.query::<String>("tag")?.unwrap_or_else(|| "none".into());
+        let ws = if req.query_raw("plain").is_some() {
+            self.state.accept_websocket_plain(&req)?
+        } else {
+            self.state.accept_websocket(&req, &[&tag])?
+        };
+        ws.serialize_attachment(
+            &json!({ "who": req.query::<String>("who")?.unwrap_or_default() }),
+        )?;
+        Ok(Response::websocket(&ws))
+    }
+
+    async fn websocket_message(&mut self, ws: WebSocket, message: WsMessage) -> Result<()> {
+        let text = message.as_text().unwrap_or("").to_string();
+        let storage = self.state.storage();
+        let n = storage.get::<i64>("messages")?.unwrap_or(0) + 1;
+        storage.put("messages", &n)?;
+        if let Some(rest) = text.strip_prefix("flood ") {
+            // "flood N SIZE": N messages of SIZE bytes to the sender.
+            let mut parts = rest.split(' ').filter_map(|p| p.parse::<usize>().ok());
+            let (count, size) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            let payload = WsMessage::text("x".repeat(size));
+            for _ in 0..count {
+                ws.send(payload.clone());
+            }
+            return Ok(());
+        }
+        if text == "whoami" {
+            let who: Option<Value> = ws.deserialize_attachment()?;
+            return ws.send_json(
+                &json!({ "attachment": who, "tags": self.state.get_tags(&ws), "count": n }),
+            );
+        }
+        if text == "fail" {
+            ws.send("never sent: the turn fails");
+            return Err(Error::msg("deliberate failure in a socket handler"));
+        }
+        self.state
+            .broadcast(&WsMessage::text(format!("echo:{text}")), None, None);
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &mut self,
+        ws: WebSocket,
+        code: u16,
+        reason: String,
+        was_clean: bool,
+    ) -> Result<()> {
+        let storage = self.state.storage();
+        storage.put(
+            &format!("closed:{}", ws.id()),
+            &json!({ "code": code, "reason": reason, "clean": was_clean }),
+        )?;
+        self.state.broadcast(
+            &WsMessage::json(&json!({ "closed": ws.id(), "code": code, "clean": was_clean }))?,
+            None,
+            None,
+        );
+        Ok(())
     }
 }

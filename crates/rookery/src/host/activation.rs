@@ -2,19 +2,20 @@
 
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::turn::{self, TurnContext};
-use super::{Event, ObjectKey, TurnOutput};
+use super::{Event, Host, ObjectKey, SocketEventKind, TurnOutput};
 use crate::alarm::AlarmKey;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::object::{DurableObject, Env, ObjectCore, ObjectState};
 use crate::runtime::{NamespaceInfo, RuntimeInner};
+use crate::socket::close_code;
 use crate::storage::{OutputGate, Storage};
 
 /// Everything an activation needs to know about its object.
@@ -82,6 +83,8 @@ impl Activation {
             id,
             class: self.ns.class_name.clone(),
             storage,
+            sockets: Host::sockets_for(&self.rt, &self.ns, &self.id, self.key),
+            outbox: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -106,7 +109,21 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
     let options = act.rt.options.host;
     let mut instance: Option<C> = None;
     loop {
-        let event = match tokio::time::timeout(options.idle_timeout, mailbox.recv()).await {
+        let sockets = state.sockets();
+        // Plain sockets belong to the live instance; with only hibernatable ones the object
+        // may leave memory sooner, and they stay connected.
+        let idle = if sockets.plain() > 0 {
+            None
+        } else if sockets.len() > 0 {
+            Some(options.hibernation_idle)
+        } else {
+            Some(options.idle_timeout)
+        };
+        let next = match idle {
+            Some(idle) => tokio::time::timeout(idle, mailbox.recv()).await,
+            None => Ok(mailbox.recv().await),
+        };
+        let event = match next {
             Ok(Some(event)) => event,
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
@@ -124,7 +141,12 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
             tracing::warn!("resetting the object after a failed commit");
             instance = None;
             match act.open_state() {
-                Ok(fresh) => close(std::mem::replace(&mut state, fresh)),
+                Ok(fresh) => {
+                    state
+                        .sockets()
+                        .close_all(close_code::INTERNAL, "the object was reset", true);
+                    close(std::mem::replace(&mut state, fresh))
+                }
                 Err(e) => {
                     reject(
                         event,
@@ -139,16 +161,20 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                 super::alarm_turn::run::<C>(&act, &state, &env, &mut instance, force).await;
             match outcome {
                 Ok(outcome) => {
+                    state
+                        .sockets()
+                        .release(state.storage().settled(), state.take_outbox());
                     let _ = reply.send(outcome);
                 }
                 Err(e) => {
+                    drop(state.take_outbox());
                     // Undo whatever the failed event wrote; the record is then untouched and the
                     // index still holds the alarm, so it comes back.
                     tracing::error!(error = %e, "alarm event failed");
                     if let Err(e) = state.storage().finish_turn(false).await {
                         tracing::error!(error = %e, "rolling back a failed alarm event");
                     }
-                    instance = None;
+                    reset(&mut instance, &state);
                 }
             }
             continue;
@@ -192,10 +218,33 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                 let result = turn::run(object.fetch(req), ctx(&chain), options.turn_timeout).await;
                 let (result, gate) = finish(&state, result).await;
                 if result.is_err() {
-                    instance = None;
+                    reset(&mut instance, &state);
                 }
                 // The caller may have given up waiting; the turn stands either way.
                 let _ = reply.send(TurnOutput { result, gate });
+            }
+            Event::Socket { socket, kind } => {
+                let handler = async {
+                    match kind {
+                        SocketEventKind::Message(m) => object.websocket_message(socket, m).await,
+                        SocketEventKind::Close {
+                            code,
+                            reason,
+                            was_clean,
+                        } => {
+                            object
+                                .websocket_close(socket, code, reason, was_clean)
+                                .await
+                        }
+                        SocketEventKind::Error(e) => object.websocket_error(socket, e).await,
+                    }
+                };
+                let result = turn::run(handler, ctx(&[]), options.turn_timeout).await;
+                let (result, _gate) = finish(&state, result).await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "WebSocket handler failed");
+                    reset(&mut instance, &state);
+                }
             }
             // Handled above.
             Event::Run { .. } | Event::Alarm { .. } => {}
@@ -206,6 +255,11 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
     if let Err(e) = state.storage().settled().wait().await {
         tracing::error!(error = %e, "closing with writes that are not durable");
     }
+    // Plain sockets end with their instance; hibernatable ones wait for the next activation.
+    state
+        .sockets()
+        .close_all(close_code::GOING_AWAY, "the object stopped", true);
+    act.rt.host.drop_sockets_if_empty(&act.key);
     close(state);
     tracing::debug!("closed");
 }
@@ -214,12 +268,28 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
 /// the gate its outputs must pass.
 async fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result<T>, OutputGate) {
     let storage = state.storage();
+    let sent = state.take_outbox();
     match storage.finish_turn(result.is_ok()).await {
-        Ok(gate) => (result, gate),
+        Ok(gate) => {
+            // What a failed turn sent is discarded with its writes.
+            if result.is_ok() {
+                state.sockets().release(storage.settled(), sent);
+            }
+            (result, gate)
+        }
         Err(e) => {
             tracing::error!(error = %e, "commit failed; the turn is rolled back");
             (Err(e), storage.settled())
         }
+    }
+}
+
+/// Drops a failed instance; its plain sockets go with it.
+fn reset<C>(instance: &mut Option<C>, state: &ObjectState) {
+    if instance.take().is_some() {
+        state
+            .sockets()
+            .close_all(close_code::INTERNAL, "the object failed", true);
     }
 }
 
@@ -242,6 +312,8 @@ fn reject(event: Event, message: &str) {
                 gate: OutputGate::open(),
             });
         }
+        // The connection learns nothing; the object could not run.
+        Event::Socket { .. } => {}
         // Dropping the reply tells the scheduler; the alarm stays indexed and comes back.
         Event::Alarm { .. } => {}
     }

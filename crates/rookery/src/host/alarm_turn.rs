@@ -76,6 +76,8 @@ pub(crate) async fn run<C: DurableObject>(
         Err(e) => {
             tracing::warn!(error = %e, retry = retries, "alarm handler failed");
             *instance = None;
+            // What the failed handler sent goes with its writes.
+            drop(state.take_outbox());
             let own_change = storage.handler_alarm_change();
             storage.finish_turn(false).await?;
             match own_change {

@@ -28,6 +28,7 @@ use crate::object::ObjectState;
 use crate::request::Request;
 use crate::response::Response;
 use crate::runtime::{NamespaceInfo, RuntimeInner};
+use crate::socket::{ObjectSockets, WebSocket, WsMessage, close_code};
 use crate::storage::OutputGate;
 use activation::Activation;
 use turn::CallChain;
@@ -54,11 +55,31 @@ pub(crate) enum Event {
         force: bool,
         reply: oneshot::Sender<AlarmOutcome>,
     },
+    /// Something happened on one of the object's WebSockets.
+    Socket {
+        socket: WebSocket,
+        kind: SocketEventKind,
+    },
     /// A closure run as a turn against the object's state, without its instance (tests, tools).
     Run {
         job: RunJob,
         reply: oneshot::Sender<TurnOutput<Box<dyn Any + Send>>>,
     },
+}
+
+/// What happened on a WebSocket.
+#[derive(Debug, Clone)]
+pub(crate) enum SocketEventKind {
+    /// The client sent a message.
+    Message(WsMessage),
+    /// The connection ended.
+    Close {
+        code: u16,
+        reason: String,
+        was_clean: bool,
+    },
+    /// A protocol or size error on the connection.
+    Error(String),
 }
 
 /// Work for [`Event::Run`].
@@ -79,6 +100,12 @@ pub struct HostOptions {
     pub turn_timeout: Duration,
     /// How long an object stays in memory without events.
     pub idle_timeout: Duration,
+    /// How long an object whose only activity is hibernatable WebSockets stays in memory.
+    pub hibernation_idle: Duration,
+    /// Most WebSockets per object; more are refused before the handshake.
+    pub max_sockets_per_object: usize,
+    /// Largest WebSocket message in bytes; a bigger one closes the socket with 1009.
+    pub max_message_bytes: usize,
 }
 
 impl Default for HostOptions {
@@ -87,6 +114,9 @@ impl Default for HostOptions {
             mailbox_capacity: 1000,
             turn_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(70),
+            hibernation_idle: Duration::from_secs(10),
+            max_sockets_per_object: 32_768,
+            max_message_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -99,6 +129,9 @@ struct Slot {
 /// The registry of live objects.
 pub(crate) struct Host {
     objects: DashMap<ObjectKey, Slot>,
+    /// The WebSockets of each object that has any (or a live activation); kept here, not in
+    /// the activation, so they outlive hibernation.
+    sockets: DashMap<ObjectKey, Arc<ObjectSockets>>,
     generations: AtomicU64,
     closing: AtomicBool,
     /// Number of activations whose task has not finished.
@@ -110,6 +143,7 @@ impl Host {
     pub(crate) fn new() -> Self {
         Self {
             objects: DashMap::new(),
+            sockets: DashMap::new(),
             generations: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             live: watch::Sender::new(0),
@@ -202,6 +236,30 @@ impl Host {
         Err(Error::msg("the object could not be activated"))
     }
 
+    /// The socket set of an object, made if it has none.
+    pub(crate) fn sockets_for(
+        rt: &Arc<RuntimeInner>,
+        ns: &Arc<NamespaceInfo>,
+        id: &ObjectId,
+        key: ObjectKey,
+    ) -> Arc<ObjectSockets> {
+        rt.host
+            .sockets
+            .entry(key)
+            .or_insert_with(|| Arc::new(ObjectSockets::new(rt, ns.clone(), id.clone())))
+            .clone()
+    }
+
+    /// The number of open WebSockets of an object.
+    pub(crate) fn socket_count(&self, key: &ObjectKey) -> usize {
+        self.sockets.get(key).map_or(0, |s| s.len())
+    }
+
+    /// Forgets an object's socket set if it has no sockets left (its activation is ending).
+    pub(crate) fn drop_sockets_if_empty(&self, key: &ObjectKey) {
+        self.sockets.remove_if(key, |_, s| s.len() == 0);
+    }
+
     /// Removes an idle activation's slot, if its mailbox is still empty.
     fn evict(&self, key: &ObjectKey, generation: u64, mailbox: &mpsc::Receiver<Event>) -> bool {
         self.objects
@@ -223,6 +281,9 @@ impl Host {
         self.closing.store(true, Ordering::SeqCst);
         // Dropping the slots closes the mailboxes; each activation works off its queue and ends.
         self.objects.clear();
+        for sockets in self.sockets.iter() {
+            sockets.close_all(close_code::GOING_AWAY, "the server is shutting down", false);
+        }
         let mut live = self.live.subscribe();
         tokio::time::timeout(wait, live.wait_for(|n| *n == 0))
             .await

@@ -34,6 +34,11 @@ pub(crate) fn current() -> Option<TurnContext> {
     TURN.try_with(Clone::clone).ok()
 }
 
+/// Runs `f` with the context of the turn running on this task, if any, without cloning it.
+pub(crate) fn with_current<R>(f: impl FnOnce(&TurnContext) -> R) -> Option<R> {
+    TURN.try_with(f).ok()
+}
+
 /// Runs `handler` as a turn: within `ctx`, at most `limit` long, with panics turned into errors.
 pub(crate) async fn run<T>(
     handler: impl Future<Output = Result<T>>,

@@ -1,0 +1,352 @@
+//! WebSockets over real connections: the chat room, hibernation, limits and bad input.
+
+mod common;
+
+use common::{PATIENCE, PROBE_CONFIG, TestServer, client, wait_until};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(server: &TestServer, path: &str) -> Ws {
+    let url = format!("ws://{}{}", server.addr, path);
+    let (ws, resp) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connects in time")
+        .expect("upgrade accepted");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The next data message (text), skipping control frames.
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message in time")
+        {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).unwrap()
+}
+
+/// The close frame the server sends next (data before it is skipped).
+async fn close_of(ws: &mut Ws) -> Option<CloseFrame> {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("the close in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+async fn say(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_room_follows_the_seed_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let mut ann = connect(&server, "/room/lobby/websocket?name=Ann").await;
+    assert_eq!(
+        next_json(&mut ann).await,
+        json!({"type": "history", "messages": []})
+    );
+    let join = next_json(&mut ann).await;
+    assert_eq!(
+        (join["type"].as_str(), join["name"].as_str()),
+        (Some("join"), Some("Ann"))
+    );
+
+    say(&mut ann, r#"{"type":"message","text":"hello"}"#).await;
+    let m1 = next_json(&mut ann).await;
+    assert_eq!(
+        (
+            m1["type"].as_str(),
+            m1["name"].as_str(),
+            m1["text"].as_str()
+        ),
+        (Some("message"), Some("Ann"), Some("hello"))
+    );
+    let id1: i64 = m1["id"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("message:")
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let mut bob = connect(&server, "/room/lobby/websocket").await;
+    let history = next_json(&mut bob).await;
+    assert_eq!(history["type"], "history");
+    assert_eq!(history["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(history["messages"][0]["text"], "hello");
+    assert_eq!(
+        next_json(&mut bob).await["name"],
+        "Anonymous",
+        "bob sees his own join"
+    );
+    assert_eq!(
+        next_json(&mut ann).await["type"],
+        "join",
+        "ann sees bob join"
+    );
+
+    // Two quick messages: ids strictly increase even within a millisecond.
+    say(&mut bob, r#"{"type":"message","text":"one"}"#).await;
+    say(&mut bob, r#"{"type":"message","text":"two"}"#).await;
+    let mut ids = vec![id1];
+    for ws in [&mut ann, &mut bob] {
+        let (a, b) = (next_json(ws).await, next_json(ws).await);
+        assert_eq!(
+            (a["text"].as_str(), b["text"].as_str()),
+            (Some("one"), Some("two"))
+        );
+        ids.push(a["id"].as_str().unwrap()[8..].parse().unwrap());
+        ids.push(b["id"].as_str().unwrap()[8..].parse().unwrap());
+    }
+    assert!(ids[0] < ids[1] && ids[1] < ids[2], "{ids:?}");
+
+    // Bad input gets an error reply, not a dropped connection.
+    say(&mut bob, "{not json").await;
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "error", "error": "Invalid JSON"})
+    );
+    say(&mut bob, r#"{"type":"dance"}"#).await;
+    assert_eq!(next_json(&mut bob).await["type"], "error");
+
+    // A clean close is answered by the server (not 1006) and the others see the leave.
+    bob.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    match close_of(&mut bob).await {
+        Some(frame) => assert_eq!(frame.code, CloseCode::Normal),
+        None => panic!("the server did not answer the close frame"),
+    }
+    let leave = next_json(&mut ann).await;
+    assert_eq!(
+        (leave["type"].as_str(), leave["name"].as_str()),
+        (Some("leave"), Some("Anonymous"))
+    );
+
+    // An abrupt disconnect is seen as a leave too.
+    let mut carl = connect(&server, "/room/lobby/websocket?name=Carl").await;
+    next_json(&mut carl).await;
+    assert_eq!(next_json(&mut ann).await["name"], "Carl");
+    drop(carl);
+    let leave = next_json(&mut ann).await;
+    assert_eq!(
+        (leave["type"].as_str(), leave["name"].as_str()),
+        (Some("leave"), Some("Carl"))
+    );
+
+    let h: Value = client()
+        .get(server.url("/room/lobby/history"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let texts: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["two", "one", "hello"], "newest first");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_get_every_message_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    const CLIENTS: usize = 1_000;
+    const MESSAGES: usize = 100;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        clients.push(connect(&server, &format!("/echo/big/?who=c{i}")).await);
+    }
+    wait_until("all are connected", || {
+        server
+            .runtime
+            .namespace("ECHO")
+            .unwrap()
+            .get_by_name("big")
+            .websocket_count()
+            == CLIENTS
+    })
+    .await;
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            tokio::spawn(async move {
+                for m in 0..MESSAGES {
+                    let text = next_text(&mut ws).await;
+                    assert_eq!(
+                        text,
+                        format!("echo:m{m}"),
+                        "client {i} got message {m} in order"
+                    );
+                }
+                ws
+            })
+        })
+        .collect();
+    let mut sender = connect(&server, "/echo/big/?who=sender").await;
+    for m in 0..MESSAGES {
+        say(&mut sender, &format!("m{m}")).await;
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    for m in 0..MESSAGES {
+        assert_eq!(next_text(&mut sender).await, format!("echo:m{m}"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hibernated_sockets_stay_connected_and_wake_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PROBE_CONFIG.replace(
+        "mailbox_capacity = 4",
+        "mailbox_capacity = 4\nhibernation_idle_ms = 50",
+    );
+    let server = TestServer::start(&config, dir.path()).await;
+    let mut a = connect(&server, "/echo/h/?tag=red&who=ann").await;
+    let mut b = connect(&server, "/echo/h/?tag=blue&who=bob").await;
+    let rt = server.runtime.clone();
+    wait_until("the idle object hibernates", || {
+        rt.stats().live_objects == 0
+    })
+    .await;
+    let activations = rt.stats().activations;
+
+    // An auto-response is answered without waking the object.
+    say(&mut a, "ping").await;
+    assert_eq!(next_text(&mut a).await, "pong");
+    assert_eq!(rt.stats().activations, activations);
+    assert_eq!(rt.stats().live_objects, 0);
+
+    // A message wakes it; the new instance finds both sockets, their tags and attachments.
+    say(&mut a, "hello").await;
+    assert_eq!(next_text(&mut a).await, "echo:hello");
+    assert_eq!(next_text(&mut b).await, "echo:hello");
+    assert_eq!(rt.stats().activations, activations + 1);
+    say(&mut b, "whoami").await;
+    let who = next_json(&mut b).await;
+    assert_eq!(who["attachment"], json!({"who": "bob"}));
+    assert_eq!(who["tags"], json!(["blue"]));
+    assert_eq!(who["count"], 2, "storage carried over hibernation");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_bad_input_close_sockets_with_the_right_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PROBE_CONFIG.replace(
+        "mailbox_capacity = 4",
+        "mailbox_capacity = 64\nmax_sockets_per_object = 2\nmax_ws_message_bytes = 1024",
+    );
+    let server = TestServer::start(&config, dir.path()).await;
+    let mut a = connect(&server, "/echo/lim/").await;
+    let _b = connect(&server, "/echo/lim/").await;
+    // The third is refused before the handshake.
+    let url = format!("ws://{}/echo/lim/", server.addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("channel full"), "{body}");
+        }
+        other => panic!("expected a 503 refusal, got {other:?}"),
+    }
+    // Too big a message closes with 1009.
+    say(&mut a, &"x".repeat(2048)).await;
+    let frame = close_of(&mut a).await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1009);
+    // Now there is room again.
+    let mut c = connect(&server, "/echo/lim/").await;
+    // A failing handler's sends are discarded; the socket stays open.
+    say(&mut c, "fail").await;
+    say(&mut c, "after").await;
+    assert_eq!(next_text(&mut c).await, "echo:after");
+    // Not a WebSocket request at all.
+    let r = client().get(server.url("/echo/lim/")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed_not_buffered_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let mut slow = connect(&server, "/echo/slow/").await;
+    // 64 MiB for a client that reads nothing: more than the queue and the kernel buffers.
+    say(&mut slow, "flood 16384 4096").await;
+    let frame = close_of(&mut slow).await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1008);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_close_with_1002_and_reach_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let mut watcher = connect(&server, "/echo/proto/").await;
+    // A raw connection that completes the handshake, then sends an unmasked frame.
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(
+        b"GET /echo/proto/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = raw.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    // Client frames must be masked: this one is not.
+    raw.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    let closed = next_json(&mut watcher).await;
+    assert_eq!(closed["code"], 1002, "{closed}");
+    assert_eq!(closed["clean"], false);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_reaches_websocket_close_as_1006() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let mut watcher = connect(&server, "/echo/drop/").await;
+    let gone = connect(&server, "/echo/drop/").await;
+    drop(gone);
+    let closed = next_json(&mut watcher).await;
+    assert_eq!(
+        (closed["code"].as_u64(), closed["clean"].as_bool()),
+        (Some(1006), Some(false)),
+        "{closed}"
+    );
+    server.stop().await;
+}
