@@ -42,6 +42,33 @@ pub struct Config {
     pub migrations: Vec<MigrationConfig>,
     /// `[[routes]]`, in order.
     pub routes: Vec<RouteConfig>,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: who the caller is, passed to objects in trusted headers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Take the identity from the query parameters `user`, `name` and `permissions` when no
+    /// bearer token is given. For demos only: anyone can claim any identity.
+    pub query_identity: bool,
+    /// Bearer tokens and the identity each one proves.
+    pub tokens: BTreeMap<String, Identity>,
+}
+
+/// A caller's identity.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The user's id.
+    pub user: String,
+    /// The user's display name.
+    #[serde(default)]
+    pub name: String,
+    /// What the user may do, e.g. `["read", "write"]`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
 }
 
 /// `[server]`: where to listen, where to keep data, and the runtime's limits.
@@ -256,6 +283,8 @@ struct RawConfig {
     migrations: Vec<MigrationConfig>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
+    #[serde(default)]
+    auth: AuthConfig,
     /// Keys of `wrangler.toml` that Rookery does not use (name, main, compatibility_date, ...).
     #[serde(flatten)]
     other: BTreeMap<String, toml::Value>,
@@ -305,6 +334,7 @@ impl Config {
             bindings: raw.durable_objects.bindings,
             migrations: raw.migrations,
             routes: raw.routes,
+            auth: raw.auth,
         };
         config.check()?;
         Ok(config)

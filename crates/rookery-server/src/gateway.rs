@@ -16,6 +16,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rookery::{Error, Request, Response, SocketLink, percent_decode};
 
+use crate::identity::Authenticator;
 use crate::socket_io;
 
 use crate::routes::{Matched, Pick, RateLimit, Routes};
@@ -34,6 +35,7 @@ pub(crate) struct Gateway {
     pub(crate) client_ip_header: Option<HeaderName>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_message_bytes: usize,
+    pub(crate) auth: Authenticator,
     pub(crate) request_ids: RequestIds,
 }
 
@@ -253,6 +255,13 @@ impl Gateway {
         let uri = uri
             .parse()
             .map_err(|e| Error::bad_request(format!("invalid path: {e}")))?;
+        if self
+            .auth
+            .apply(&mut parts.headers, parts.uri.query())
+            .is_err()
+        {
+            return Ok(error_response(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        }
         let req = Request::from_parts(parts.method, uri, parts.headers, body);
         let mut resp = stub.fetch(req).await?;
         let Some(ws) = resp.take_websocket() else {

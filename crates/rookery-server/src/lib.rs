@@ -5,6 +5,7 @@
 
 pub mod config;
 mod gateway;
+pub mod identity;
 mod routes;
 mod socket_io;
 
@@ -83,6 +84,7 @@ impl Server {
             client_ip_header,
             max_body_bytes: config.server.max_body_bytes,
             max_message_bytes: config.server.max_ws_message_bytes,
+            auth: identity::Authenticator::new(&config.auth),
             request_ids: RequestIds::new(),
         });
         Ok(Self { runtime, gateway })

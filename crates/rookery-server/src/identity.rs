@@ -1,0 +1,165 @@
+//! Who the caller is: verified at the gateway and passed to objects in headers they can trust.
+//!
+//! The gateway removes any `x-rookery-user-*` / `x-rookery-permissions` headers the client sent,
+//! then sets them from a configured bearer token, or (with `query_identity`, for demos) from the
+//! query parameters `user`, `name` and `permissions`. An unknown bearer token is refused.
+
+use std::collections::HashMap;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rookery::Request;
+
+use crate::config::{AuthConfig, Identity};
+
+/// The caller's user id.
+pub const USER_ID: HeaderName = HeaderName::from_static("x-rookery-user-id");
+/// The caller's display name.
+pub const USER_NAME: HeaderName = HeaderName::from_static("x-rookery-user-name");
+/// The caller's permissions, comma-separated.
+pub const PERMISSIONS: HeaderName = HeaderName::from_static("x-rookery-permissions");
+
+/// Verifies callers.
+#[derive(Debug, Default)]
+pub(crate) struct Authenticator {
+    query_identity: bool,
+    tokens: HashMap<String, Identity>,
+}
+
+/// The bearer token was not one the configuration knows.
+#[derive(Debug)]
+pub(crate) struct Unauthorized;
+
+impl Authenticator {
+    pub(crate) fn new(config: &AuthConfig) -> Self {
+        Self {
+            query_identity: config.query_identity,
+            tokens: config.tokens.clone().into_iter().collect(),
+        }
+    }
+
+    /// Replaces the identity headers of a request with the verified identity, if any.
+    pub(crate) fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(), Unauthorized> {
+        for h in [&USER_ID, &USER_NAME, &PERMISSIONS] {
+            headers.remove(h);
+        }
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let identity = match bearer {
+            Some(token) => Some(self.tokens.get(token).cloned().ok_or(Unauthorized)?),
+            None if self.query_identity => from_query(query),
+            None => None,
+        };
+        if let Some(id) = identity {
+            let set = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
+                // Values that are not valid header text are left out rather than guessed at.
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    headers.insert(name.clone(), v);
+                }
+            };
+            set(headers, &USER_ID, &id.user);
+            set(
+                headers,
+                &USER_NAME,
+                if id.name.is_empty() {
+                    &id.user
+                } else {
+                    &id.name
+                },
+            );
+            set(headers, &PERMISSIONS, &id.permissions.join(","));
+        }
+        Ok(())
+    }
+}
+
+/// The identity claimed in the query (`user`, `name`, `permissions`), if a user is given.
+fn from_query(query: Option<&str>) -> Option<Identity> {
+    let req = Request::get(&format!("/?{}", query?)).ok()?;
+    let user: String = req
+        .query("user")
+        .ok()
+        .flatten()
+        .filter(|u: &String| !u.is_empty())?;
+    let name = req.query("name").ok().flatten().unwrap_or_default();
+    let permissions = req
+        .query::<String>("permissions")
+        .ok()
+        .flatten()
+        .map_or_else(
+            || vec!["read".to_string()],
+            |p| p.split(',').map(str::to_string).collect(),
+        );
+    Some(Identity {
+        user,
+        name,
+        permissions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(query_identity: bool) -> Authenticator {
+        let mut tokens = HashMap::new();
+        tokens.insert(
+            "t1".to_string(),
+            Identity {
+                user: "u1".into(),
+                name: "Ann".into(),
+                permissions: vec!["read".into(), "write".into()],
+            },
+        );
+        Authenticator {
+            query_identity,
+            tokens,
+        }
+    }
+
+    #[test]
+    fn tokens_set_the_identity_and_forged_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(USER_ID, HeaderValue::from_static("admin"));
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t1"),
+        );
+        auth(false).apply(&mut h, None).unwrap();
+        assert_eq!(h[&USER_ID], "u1");
+        assert_eq!(h[&USER_NAME], "Ann");
+        assert_eq!(h[&PERMISSIONS], "read,write");
+
+        let mut h = HeaderMap::new();
+        h.insert(USER_ID, HeaderValue::from_static("admin"));
+        auth(false).apply(&mut h, Some("user=x")).unwrap();
+        assert!(
+            h.get(&USER_ID).is_none(),
+            "no token, no query identity: anonymous"
+        );
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer nope"),
+        );
+        assert!(auth(true).apply(&mut h, Some("user=x")).is_err());
+    }
+
+    #[test]
+    fn the_demo_takes_the_identity_from_the_query() {
+        let mut h = HeaderMap::new();
+        auth(true)
+            .apply(&mut h, Some("user=u%202&name=Bo&permissions=read"))
+            .unwrap();
+        assert_eq!(h[&USER_ID], "u 2");
+        assert_eq!(h[&USER_NAME], "Bo");
+        assert_eq!(h[&PERMISSIONS], "read");
+    }
+}
