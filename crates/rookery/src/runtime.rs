@@ -169,7 +169,7 @@ impl RuntimeBuilder {
             let Some(class) = self.classes.map.get(&record.name) else {
                 continue;
             };
-            let ns = Arc::new(NamespaceInfo {
+            let ns = NamespaceInfo {
                 idx: u32::try_from(namespaces.len())
                     .map_err(|_| Error::Config("too many classes".into()))?,
                 uid: Arc::from(record.uid.as_str()),
@@ -177,8 +177,9 @@ impl RuntimeBuilder {
                 dir: self.data_dir.as_ref().map(|_| record.dir.clone()),
                 minter: record.minter.clone(),
                 class: class.clone(),
-            });
-            namespaces.insert(record.name.clone(), ns);
+            };
+            ns.prepare_dirs()?;
+            namespaces.insert(record.name.clone(), Arc::new(ns));
         }
         let mut bindings = HashMap::new();
         for (binding, class_name) in &self.bindings {
@@ -210,14 +211,14 @@ impl RuntimeBuilder {
             // A data directory without its index (first start, or the index was removed):
             // rebuild it from the objects' own records.
             let scanned_at = alarms.next_version();
-            let found = scan_objects(&catalog.objects_dir)?;
-            if !found.is_empty() {
+            let scan = scan_objects(&catalog.objects_dir)?;
+            if !scan.found.is_empty() {
                 tracing::info!(
-                    alarms = found.len(),
+                    alarms = scan.found.len(),
                     "rebuilt the alarm index from the objects"
                 );
             }
-            alarms.replace_all(&found, scanned_at)?;
+            alarms.replace_all(&scan.found, scanned_at, &scan.busy)?;
         }
         let hosted: Vec<Arc<str>> = namespaces.values().map(|ns| ns.uid.clone()).collect();
         alarms.set_hosted(&hosted)?;
@@ -337,19 +338,23 @@ impl Runtime {
     }
 
     /// Rebuilds the node's alarm index from every object's own alarm record (reading each
-    /// object database once); returns how many alarms it found. Safe while serving: entries
-    /// changed during the scan are kept.
+    /// object database once); returns how many objects it found with an alarm or could not
+    /// read. Safe while serving: entries changed during the scan, and those of live objects
+    /// (whose databases are locked by their activation), are kept.
     pub async fn rebuild_alarm_index(&self) -> Result<usize> {
         let Some(dir) = self.inner.data_dir.clone() else {
             return Ok(0);
         };
         // Entries changed after this version are newer than the scan and are kept.
         let scanned_at = self.inner.storage.alarms.next_version();
-        let found = tokio::task::spawn_blocking(move || scan_objects(&dir.join("objects")))
+        let scan = tokio::task::spawn_blocking(move || scan_objects(&dir.join("objects")))
             .await
             .map_err(|e| Error::msg(format!("the index rebuild failed: {e}")))??;
-        self.inner.storage.alarms.replace_all(&found, scanned_at)?;
-        Ok(found.len())
+        self.inner
+            .storage
+            .alarms
+            .replace_all(&scan.found, scanned_at, &scan.busy)?;
+        Ok(scan.found.len() + scan.busy.len())
     }
 
     /// The clock alarms run by.
@@ -412,15 +417,32 @@ impl NamespaceInfo {
             return Ok(Location::Memory);
         };
         let hex = id.to_hex();
-        // 256 subdirectories keep directories small with many objects.
-        let dir = root.join(&hex[..2]);
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir)?;
+        // The shard directories exist since start-up (`prepare_dirs`).
+        Ok(Location::File(
+            root.join(&hex[..2]).join(format!("{hex}.sqlite")),
+        ))
+    }
+
+    /// Makes the class's 256 shard directories (which keep directories small with many
+    /// objects) and syncs their entries, so that activating an object touches no directory.
+    pub(crate) fn prepare_dirs(&self) -> Result<()> {
+        let Some(root) = &self.dir else {
+            return Ok(());
+        };
+        let mut created = false;
+        for shard in 0..=255u8 {
+            let dir = root.join(hex::encode([shard]));
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir)?;
+                created = true;
+            }
+        }
+        if created {
             // New directory entries must be durable before any object inside them is.
             for d in [root.as_path(), root.parent().unwrap_or(root)] {
                 fs::File::open(d)?.sync_all()?;
             }
         }
-        Ok(Location::File(dir.join(format!("{hex}.sqlite"))))
+        Ok(())
     }
 }

@@ -65,7 +65,7 @@ impl AlarmIndex {
         })?;
         Ok(Self {
             conn: Mutex::new(conn),
-            sync: path.map(|p| Mutex::new(ObjectSync::new(p))),
+            sync: path.map(|p| Mutex::new(ObjectSync::new(p, true))),
             path: path.map(Path::to_path_buf),
             durability,
             seq: AtomicU64::new(0),
@@ -120,7 +120,7 @@ impl AlarmIndex {
                 // Start a fresh durability record so one failed sync does not fail every
                 // later alarm change; this change's turn fails and is rolled back.
                 if let Some(path) = &self.path {
-                    let fresh = ObjectSync::new(path);
+                    let fresh = ObjectSync::new(path, false);
                     fresh.committed(seq);
                     fresh.mark(seq, false, true);
                     *slot.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
@@ -226,9 +226,26 @@ impl AlarmIndex {
     /// Replaces the entries not touched since version `scanned_at` with `entries`, a scan of
     /// the objects' own records that began after `scanned_at` was handed out. Entries changed
     /// meanwhile keep the earlier of the two times.
-    pub(crate) fn replace_all(&self, entries: &[(AlarmKey, i64)], scanned_at: u64) -> Result<()> {
+    /// Entries of `keep` (objects the scan could not read) stay as they are.
+    pub(crate) fn replace_all(
+        &self,
+        entries: &[(AlarmKey, i64)],
+        scanned_at: u64,
+        keep: &[AlarmKey],
+    ) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        let mut kept = Vec::new();
+        for key in keep {
+            let at: Option<i64> = tx
+                .query_row(
+                    "SELECT at FROM alarms WHERE class = ?1 AND id = ?2",
+                    params![&*key.class_uid, &key.id[..]],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            kept.extend(at.map(|at| (key.clone(), at)));
+        }
         tx.execute(
             "DELETE FROM alarms WHERE version <= ?1",
             [scanned_at as i64],
@@ -238,7 +255,7 @@ impl AlarmIndex {
                 "INSERT INTO alarms (class, id, at, version) VALUES (?1, ?2, ?3, 0)
                  ON CONFLICT DO UPDATE SET at = min(at, excluded.at)",
             )?;
-            for (key, at) in entries {
+            for (key, at) in entries.iter().chain(&kept) {
                 stmt.execute(params![&*key.class_uid, &key.id[..], at])?;
             }
         }
@@ -249,10 +266,20 @@ impl AlarmIndex {
     }
 }
 
+/// What a scan of the objects' own alarm records found.
+#[derive(Default)]
+pub(crate) struct Scan {
+    /// Objects with an alarm, and its time.
+    pub(crate) found: Vec<(AlarmKey, i64)>,
+    /// Objects that could not be read because a live activation holds them; their index
+    /// entries are kept (their turns keep them right).
+    pub(crate) busy: Vec<AlarmKey>,
+}
+
 /// Reads every object's own alarm record under `objects_dir` (`<class uid>/<xx>/<id>.sqlite`),
 /// for rebuilding the index. Opens each database read-only.
-pub(crate) fn scan_objects(objects_dir: &Path) -> Result<Vec<(AlarmKey, i64)>> {
-    let mut found = Vec::new();
+pub(crate) fn scan_objects(objects_dir: &Path) -> Result<Scan> {
+    let mut scan = Scan::default();
     for class in std::fs::read_dir(objects_dir)? {
         let class = class?;
         let Some(uid) = class.file_name().to_str().map(Arc::<str>::from) else {
@@ -281,33 +308,31 @@ pub(crate) fn scan_objects(objects_dir: &Path) -> Result<Vec<(AlarmKey, i64)>> {
                 }
                 let conn =
                     Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-                let at: Option<i64> = conn
+                let key = AlarmKey {
+                    class_uid: uid.clone(),
+                    id,
+                };
+                let at = conn
                     .query_row(
                         "SELECT value FROM main._rookery_meta WHERE key = 'alarm'",
                         [],
-                        |r| r.get(0),
+                        |r| r.get::<_, i64>(0),
                     )
-                    .optional()
-                    .or_else(|e| match e {
-                        // A database from before alarms existed has no meta table.
-                        rusqlite::Error::SqliteFailure(_, Some(ref m))
-                            if m.contains("no such table") =>
-                        {
-                            Ok(None)
-                        }
-                        e => Err(e),
-                    })?;
-                if let Some(at) = at {
-                    found.push((
-                        AlarmKey {
-                            class_uid: uid.clone(),
-                            id,
-                        },
-                        at,
-                    ));
+                    .optional();
+                match at {
+                    Ok(Some(at)) => scan.found.push((key, at)),
+                    Ok(None) => {}
+                    // A live activation holds the database exclusively.
+                    Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                        scan.busy.push(key);
+                    }
+                    // A database from before alarms existed has no meta table.
+                    Err(rusqlite::Error::SqliteFailure(_, Some(ref m)))
+                        if m.contains("no such table") => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
     }
-    Ok(found)
+    Ok(scan)
 }

@@ -137,24 +137,28 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
             }
         };
         if state.storage().failed() {
-            // A commit could not be made durable: start over from what the disk has.
+            // A commit could not be made durable: start over from what the disk has. The old
+            // database goes first: it holds the file's exclusive lock.
             tracing::warn!("resetting the object after a failed commit");
             instance = None;
-            match act.open_state() {
-                Ok(fresh) => {
-                    state
-                        .sockets()
-                        .close_all(close_code::INTERNAL, "the object was reset", true);
-                    close(std::mem::replace(&mut state, fresh))
-                }
+            state
+                .sockets()
+                .close_all(close_code::INTERNAL, "the object was reset", true);
+            close(state);
+            state = match act.open_state() {
+                Ok(fresh) => fresh,
                 Err(e) => {
-                    reject(
-                        event,
-                        &format!("the object's storage cannot be reopened: {e}"),
-                    );
-                    continue;
+                    let message = format!("the object's storage cannot be reopened: {e}");
+                    tracing::error!("{message}");
+                    act.rt.host.forget(&act.key, act.generation);
+                    mailbox.close();
+                    reject(event, &message);
+                    while let Some(event) = mailbox.recv().await {
+                        reject(event, &message);
+                    }
+                    return;
                 }
-            }
+            };
         }
         if let Event::Alarm { force, reply } = event {
             let outcome =

@@ -66,8 +66,14 @@ impl Database {
                 // Another connection can only exist for a moment, while an evicted activation
                 // closes and a new one opens; wait for it rather than fail.
                 conn.busy_timeout(Duration::from_secs(5))?;
+                // One connection per object: an exclusive lock taken once saves the file locks
+                // of every transaction, and the WAL index lives in the heap, not in a `-shm`
+                // file. Switching a new file to WAL needs no sync: until its first commit is
+                // synced, an empty database is all there is to lose.
                 conn.execute_batch(&format!(
-                    "PRAGMA page_size = {PAGE_SIZE};
+                    "PRAGMA locking_mode = EXCLUSIVE;
+                     PRAGMA synchronous = OFF;
+                     PRAGMA page_size = {PAGE_SIZE};
                      PRAGMA journal_mode = WAL;
                      PRAGMA synchronous = NORMAL;"
                 ))?;
@@ -79,6 +85,7 @@ impl Database {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         conn.execute_batch(&format!(
             "PRAGMA max_page_count = {};
+             BEGIN;
              CREATE TABLE IF NOT EXISTS main._rookery_kv (
                  key BLOB PRIMARY KEY,
                  value BLOB NOT NULL
@@ -86,7 +93,8 @@ impl Database {
              CREATE TABLE IF NOT EXISTS main._rookery_meta (
                  key TEXT PRIMARY KEY,
                  value ANY
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             COMMIT;",
             (max_bytes / PAGE_SIZE).max(16)
         ))?;
         conn.set_prepared_statement_cache_capacity(64);

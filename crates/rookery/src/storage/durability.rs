@@ -60,6 +60,10 @@ impl DurableState {
 
 /// One object's durability bookkeeping, shared by its storage and the syncer.
 pub(crate) struct ObjectSync {
+    db_path: PathBuf,
+    /// Whether the database file is new: its header (written unsynced when it switched to
+    /// WAL) must reach the disk with the first commit.
+    db_unsynced: AtomicBool,
     wal_path: PathBuf,
     dir: PathBuf,
     wal: Mutex<Option<File>>,
@@ -74,10 +78,12 @@ pub(crate) struct ObjectSync {
 
 impl ObjectSync {
     /// Bookkeeping for the database at `db_path`.
-    pub(crate) fn new(db_path: &Path) -> Arc<Self> {
+    pub(crate) fn new(db_path: &Path, new_db: bool) -> Arc<Self> {
         let mut wal_path = db_path.as_os_str().to_owned();
         wal_path.push("-wal");
         Arc::new(Self {
+            db_path: db_path.to_path_buf(),
+            db_unsynced: AtomicBool::new(new_db),
             wal_path: PathBuf::from(wal_path),
             dir: db_path.parent().map(Path::to_path_buf).unwrap_or_default(),
             wal: Mutex::new(None),
@@ -135,6 +141,12 @@ impl ObjectSync {
     }
 
     fn sync_wal(&self) -> std::io::Result<()> {
+        if self.db_unsynced.swap(false, Ordering::AcqRel)
+            && let Err(e) = File::open(&self.db_path).and_then(|f| f.sync_data())
+        {
+            self.db_unsynced.store(true, Ordering::Release);
+            return Err(e);
+        }
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         let file = match wal.take() {
             Some(file) => file,
@@ -307,6 +319,7 @@ impl Worker {
     fn sync_all(&self, batch: &[Arc<ObjectSync>]) -> std::io::Result<()> {
         for object in batch {
             object.dir_unsynced.store(false, Ordering::Release);
+            object.db_unsynced.store(false, Ordering::Release);
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         syncfs(self.root.as_ref())

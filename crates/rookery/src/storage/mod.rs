@@ -118,8 +118,12 @@ impl Storage {
             }
             Location::Memory => false,
         };
+        let new_db = match location {
+            Location::File(path) => !path.exists(),
+            Location::Memory => false,
+        };
         let db = Database::open(location, ctx.limits.max_object_bytes)?;
-        let sync = ObjectSync::new(db.path().unwrap_or(Path::new("")));
+        let sync = ObjectSync::new(db.path().unwrap_or(Path::new("")), new_db);
         let seq = u64::from(leftover_wal && ctx.durability == Durability::Strict);
         if seq > 0 {
             sync.committed(seq);
