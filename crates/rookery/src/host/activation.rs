@@ -63,6 +63,21 @@ impl Drop for LiveGuard {
 }
 
 impl Activation {
+    /// Opens the object's storage on the blocking pool: creating a database touches the disk,
+    /// and must not hold up the other objects on this worker.
+    async fn open(&self) -> Result<ObjectState> {
+        let act = Activation {
+            rt: self.rt.clone(),
+            ns: self.ns.clone(),
+            id: self.id.clone(),
+            key: self.key,
+            generation: self.generation,
+        };
+        tokio::task::spawn_blocking(move || act.open_state())
+            .await
+            .map_err(|e| Error::msg(format!("opening the object's storage failed: {e}")))?
+    }
+
     fn open_state(&self) -> Result<ObjectState> {
         let location = self.ns.object_location(&self.id)?;
         let storage = Storage::open(
@@ -92,7 +107,7 @@ impl Activation {
 async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Event>) {
     let _live = LiveGuard(act.rt.clone());
     tracing::debug!("activated");
-    let mut state = match act.open_state() {
+    let mut state = match act.open().await {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the object's storage");
@@ -145,7 +160,7 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                 .sockets()
                 .close_all(close_code::INTERNAL, "the object was reset", true);
             close(state);
-            state = match act.open_state() {
+            state = match act.open().await {
                 Ok(fresh) => fresh,
                 Err(e) => {
                     let message = format!("the object's storage cannot be reopened: {e}");
@@ -264,7 +279,13 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
         .sockets()
         .close_all(close_code::GOING_AWAY, "the object stopped", true);
     act.rt.host.drop_sockets_if_empty(&act.key);
-    close(state);
+    // Closing checkpoints the WAL, which syncs the disk: off the worker threads.
+    if tokio::task::spawn_blocking(move || close(state))
+        .await
+        .is_err()
+    {
+        tracing::error!("closing the object's database panicked");
+    }
     tracing::debug!("closed");
 }
 
