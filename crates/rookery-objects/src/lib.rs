@@ -1,15 +1,20 @@
 //! Built-in Rookery object classes, reproducing the workloads of our users: a counter, a
-//! sliding-window rate limiter, a chat room and a JSON key-value store.
+//! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence
+//! and channel objects.
 
+mod channel;
 mod chat_room;
 mod counter;
 mod kv_store;
 mod rate_limiter;
+mod waddle;
 
+pub use channel::Channel;
 pub use chat_room::ChatRoom;
 pub use counter::Counter;
 pub use kv_store::KvStore;
 pub use rate_limiter::RateLimiter;
+pub use waddle::Waddle;
 
 use rookery::Classes;
 
@@ -20,4 +25,6 @@ pub fn builtin_classes() -> Classes {
         .with::<RateLimiter>("RateLimiter")
         .with::<ChatRoom>("ChatRoom")
         .with::<KvStore>("KvStore")
+        .with::<Waddle>("Waddle")
+        .with::<Channel>("Channel")
 }

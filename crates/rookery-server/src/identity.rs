@@ -58,8 +58,9 @@ impl Authenticator {
         };
         if let Some(id) = identity {
             let set = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
-                // Values that are not valid header text are left out rather than guessed at.
-                if let Ok(v) = HeaderValue::from_str(value) {
+                // UTF-8 passes as bytes (objects read it back as UTF-8); values with control
+                // characters are left out rather than guessed at.
+                if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
                     headers.insert(name.clone(), v);
                 }
             };

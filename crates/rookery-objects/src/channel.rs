@@ -1,0 +1,635 @@
+//! A Waddle channel: sequenced, stored messages and typing indicators over hibernatable
+//! WebSockets. The protocol is in `docs/PROTOCOL.md`.
+//!
+//! - An upgrade carries the caller's identity in the gateway's trusted headers (see
+//!   [`crate::Waddle`]); without a user id it is refused with 401. The new socket gets
+//!   `{"type":"initial_state","lastSequence":N,"messages":[the last 50],"typing":[user ids]}`.
+//! - `{"type":"message","content":..}` (needs `write`) is numbered with the channel's next
+//!   sequence, stored under `msg:<20-digit sequence>` and broadcast to everyone, the sender too.
+//!   `POST /message` with `{"content":..}` does the same from the server side.
+//! - `{"type":"typing","isTyping":bool}` goes to everyone but the typist. A typing indicator
+//!   expires 3 s after the last `isTyping:true`: expiries are stored under `typing:<userId>` and
+//!   the object's alarm, set for the earliest, clears the expired ones and broadcasts
+//!   `isTyping:false`. Nothing lives in memory, so nothing leaks across hibernation or restarts.
+//! - `{"type":"sync","after":SEQ}` replays what a reconnecting client missed, 500 at a time.
+//! - `GET /messages?after=SEQ&limit=N` pages through the history.
+//! - When a user's last socket closes, their typing indicator is cleared and everyone gets
+//!   `{"type":"user_disconnected","userId",..}`.
+
+use rookery::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::waddle::{Member, error_reply, upgrading_member};
+
+/// The key of the last sequence handed out.
+const SEQ_KEY: &str = "seq";
+/// Messages are stored under this prefix and their 20-digit sequence.
+const MSG_PREFIX: &str = "msg:";
+/// Typing expiries are stored under this prefix and the user id.
+const TYPING_PREFIX: &str = "typing:";
+/// How long a typing indicator lasts after the last `isTyping:true`.
+const TYPING_TTL_MS: i64 = 3_000;
+/// How many messages a new socket gets.
+const INITIAL_MESSAGES: usize = 50;
+/// Most messages in one `sync` reply or `GET /messages` page.
+const MAX_PAGE: usize = 500;
+/// Longest message content, in characters.
+const MAX_CONTENT_CHARS: usize = 4_000;
+
+/// The storage key of message `seq`: ordered like the sequence.
+fn msg_key(seq: u64) -> String {
+    format!("{MSG_PREFIX}{seq:020}")
+}
+
+/// A stored message, as it appears in every list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredMessage {
+    sequence: u64,
+    id: String,
+    user_id: String,
+    username: String,
+    content: String,
+    timestamp: i64,
+}
+
+/// A stored typing indicator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Typing {
+    username: String,
+    expires_at: i64,
+}
+
+/// Why a message was refused, with the HTTP status for `POST /message`.
+struct Refusal(StatusCode, String);
+
+/// One channel.
+pub struct Channel {
+    state: ObjectState,
+    /// The last sequence handed out, once read from storage.
+    last_seq: Option<u64>,
+}
+
+impl Channel {
+    fn last_sequence(&mut self) -> Result<u64> {
+        match self.last_seq {
+            Some(seq) => Ok(seq),
+            None => {
+                let seq = self.state.storage().get::<u64>(SEQ_KEY)?.unwrap_or(0);
+                self.last_seq = Some(seq);
+                Ok(seq)
+            }
+        }
+    }
+
+    /// Up to `limit` messages after sequence `after`, oldest first, and whether more follow.
+    fn page(&self, after: u64, limit: usize) -> Result<(Vec<StoredMessage>, bool)> {
+        let mut messages = self.state.storage().list::<StoredMessage>(
+            &ListOptions::new()
+                .prefix(MSG_PREFIX)
+                .start_after(msg_key(after))
+                .limit(limit.saturating_add(1)),
+        )?;
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok((messages.into_iter().map(|(_, m)| m).collect(), more))
+    }
+
+    /// The last `n` messages, oldest first.
+    fn recent(&self, n: usize) -> Result<Vec<StoredMessage>> {
+        let mut messages = self
+            .state
+            .storage()
+            .list::<StoredMessage>(&ListOptions::new().prefix(MSG_PREFIX).reverse(true).limit(n))?;
+        messages.reverse();
+        Ok(messages.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// Checks that `member` may post `content`.
+    fn check(member: &Member, content: Option<&Value>) -> std::result::Result<String, Refusal> {
+        if !member.may("write") {
+            return Err(Refusal(StatusCode::FORBIDDEN, "No write permission".into()));
+        }
+        let Some(content) = content.and_then(Value::as_str) else {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "A message needs a content string".into(),
+            ));
+        };
+        if content.trim().is_empty() {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "A message cannot be empty".into(),
+            ));
+        }
+        if content.chars().count() > MAX_CONTENT_CHARS {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("Message too long (at most {MAX_CONTENT_CHARS} characters)"),
+            ));
+        }
+        Ok(content.to_string())
+    }
+
+    /// Numbers, stores and broadcasts a message of `member` (already checked). Everything is
+    /// stored before anything is sent, so an error leaves nothing behind.
+    fn deliver(&mut self, member: &Member, content: String) -> Result<StoredMessage> {
+        let sequence = self.last_sequence()? + 1;
+        let hex = self.state.id().to_hex();
+        let message = StoredMessage {
+            sequence,
+            id: format!("{}-{sequence}", hex.get(..16).unwrap_or(&hex)),
+            user_id: member.user_id.clone(),
+            username: member.username.clone(),
+            content,
+            timestamp: self.state.now_ms(),
+        };
+        let was_typing = self.state.storage().transaction(|txn| {
+            txn.put(&msg_key(sequence), &message)?;
+            txn.put(SEQ_KEY, &sequence)?;
+            // Whoever posts has stopped typing.
+            self.clear_typing(&member.user_id)
+        })?;
+        self.last_seq = Some(sequence);
+        if was_typing {
+            self.send_to_others(
+                &member.user_id,
+                &Self::typing_update(&member.user_id, &member.username, false),
+            )?;
+        }
+        let mut out = serde_json::to_value(&message)?;
+        out["type"] = json!("message");
+        self.state.broadcast(&WsMessage::json(&out)?, None, None);
+        Ok(message)
+    }
+
+    /// Sends `value` to every socket not belonging to `user_id`.
+    fn send_to_others(&self, user_id: &str, value: &Value) -> Result<()> {
+        let message = WsMessage::json(value)?;
+        for ws in self.state.get_websockets(None) {
+            if !ws.tags().iter().any(|t| t == user_id) {
+                ws.send(message.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn typing_update(user_id: &str, username: &str, is_typing: bool) -> Value {
+        json!({ "type": "typing", "userId": user_id, "username": username, "isTyping": is_typing })
+    }
+
+    /// Marks `member` as typing for the next 3 s; the others hear of it if they did not know.
+    fn start_typing(&self, member: &Member) -> Result<()> {
+        let key = format!("{TYPING_PREFIX}{}", member.user_id);
+        let was = self.state.storage().transaction(|txn| {
+            let was = txn.get::<Typing>(&key)?.is_some();
+            txn.put(
+                &key,
+                &Typing {
+                    username: member.username.clone(),
+                    expires_at: self.state.now_ms().saturating_add(TYPING_TTL_MS),
+                },
+            )?;
+            self.schedule_expiry()?;
+            Ok(was)
+        })?;
+        if !was {
+            self.send_to_others(
+                &member.user_id,
+                &Self::typing_update(&member.user_id, &member.username, true),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `user_id`'s typing indicator and moves the alarm; whether one was stored.
+    fn clear_typing(&self, user_id: &str) -> Result<bool> {
+        self.state.storage().transaction(|txn| {
+            let was = txn.delete(&format!("{TYPING_PREFIX}{user_id}"))?;
+            if was {
+                self.schedule_expiry()?;
+            }
+            Ok(was)
+        })
+    }
+
+    /// Clears `member`'s typing indicator, if shown, and tells the others.
+    fn stop_typing(&self, member: &Member) -> Result<()> {
+        if self.clear_typing(&member.user_id)? {
+            self.send_to_others(
+                &member.user_id,
+                &Self::typing_update(&member.user_id, &member.username, false),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every stored typing indicator, by user id.
+    fn typists(&self) -> Result<Vec<(String, Typing)>> {
+        let typing = self
+            .state
+            .storage()
+            .list::<Typing>(&ListOptions::new().prefix(TYPING_PREFIX))?;
+        Ok(typing
+            .into_iter()
+            .map(|(k, t)| (k[TYPING_PREFIX.len()..].to_string(), t))
+            .collect())
+    }
+
+    /// Sets the alarm for the earliest typing expiry, or deletes it when nobody is typing.
+    fn schedule_expiry(&self) -> Result<()> {
+        let earliest = self.typists()?.iter().map(|(_, t)| t.expires_at).min();
+        let storage = self.state.storage();
+        let current = storage.get_alarm()?;
+        match earliest {
+            Some(at) if current != Some(at) => storage.set_alarm(at),
+            None if current.is_some() => storage.delete_alarm(),
+            _ => Ok(()),
+        }
+    }
+
+    fn connect(&mut self, req: &Request) -> Result<Response> {
+        let member = match upgrading_member(req) {
+            Ok(member) => member,
+            Err((status, why)) => return Ok(Response::error(status, why)),
+        };
+        let ws = member.accept(&self.state, req)?;
+        let now = self.state.now_ms();
+        let typing: Vec<String> = self
+            .typists()?
+            .into_iter()
+            .filter(|(_, t)| t.expires_at > now)
+            .map(|(user, _)| user)
+            .collect();
+        ws.send_json(&json!({
+            "type": "initial_state",
+            "lastSequence": self.last_sequence()?,
+            "messages": self.recent(INITIAL_MESSAGES)?,
+            "typing": typing,
+        }))?;
+        Ok(Response::websocket(&ws))
+    }
+
+    /// `POST /message`: a message delivered by the server side.
+    fn post_message(&mut self, req: &Request) -> Result<Response> {
+        let Some(member) = Member::from_request(req) else {
+            return Ok(Response::error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        };
+        let body = match req.json::<Value>() {
+            Ok(body) => body,
+            Err(_) => {
+                return Ok(Response::error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid JSON body",
+                ));
+            }
+        };
+        match Self::check(&member, body.get("content")) {
+            Ok(content) => {
+                let message = self.deliver(&member, content)?;
+                Response::json(&json!({ "success": true, "sequence": message.sequence }))
+            }
+            Err(Refusal(status, why)) => Ok(Response::error(status, &why)),
+        }
+    }
+
+    /// `GET /messages?after=SEQ&limit=N`.
+    fn get_messages(&mut self, req: &Request) -> Result<Response> {
+        if Member::from_request(req).is_none() {
+            return Ok(Response::error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        }
+        let (after, limit) = match (req.query::<u64>("after"), req.query::<usize>("limit")) {
+            (Ok(after), Ok(limit)) => (after.unwrap_or(0), limit.unwrap_or(INITIAL_MESSAGES)),
+            (Err(e), _) | (_, Err(e)) => {
+                return Ok(Response::error(StatusCode::BAD_REQUEST, &e.to_string()));
+            }
+        };
+        let (messages, more) = self.page(after, limit.clamp(1, MAX_PAGE))?;
+        Response::json(&json!({
+            "messages": messages,
+            "lastSequence": self.last_sequence()?,
+            "hasMore": more,
+        }))
+    }
+
+    fn sync(&mut self, ws: &WebSocket, after: Option<&Value>) -> Result<()> {
+        let Some(after) = after.and_then(Value::as_u64) else {
+            return error_reply(ws, "sync needs after: the last sequence seen (0 for none)");
+        };
+        let (messages, more) = self.page(after, MAX_PAGE)?;
+        ws.send_json(&json!({
+            "type": "sync",
+            "messages": messages,
+            "lastSequence": self.last_sequence()?,
+            "hasMore": more,
+        }))
+    }
+}
+
+impl DurableObject for Channel {
+    fn new(state: ObjectState, _env: Env) -> Self {
+        Self {
+            state,
+            last_seq: None,
+        }
+    }
+
+    async fn fetch(&mut self, req: Request) -> Result<Response> {
+        if req.is_websocket_upgrade() {
+            return self.connect(&req);
+        }
+        match (req.method(), req.path()) {
+            (&Method::POST, "/message") => self.post_message(&req),
+            (&Method::GET, "/messages") => self.get_messages(&req),
+            (_, "/message" | "/messages") => Ok(Response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+            )),
+            (_, "/") => Ok(Response::error(
+                StatusCode::BAD_REQUEST,
+                "Expected WebSocket",
+            )),
+            _ => Ok(Response::not_found()),
+        }
+    }
+
+    async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
+        let now = self.state.now_ms();
+        for (user_id, typing) in self.typists()? {
+            if typing.expires_at <= now {
+                self.state
+                    .storage()
+                    .delete(&format!("{TYPING_PREFIX}{user_id}"))?;
+                self.send_to_others(
+                    &user_id,
+                    &Self::typing_update(&user_id, &typing.username, false),
+                )?;
+            }
+        }
+        self.schedule_expiry()
+    }
+
+    async fn websocket_message(&mut self, ws: WebSocket, message: WsMessage) -> Result<()> {
+        let Some(member) = Member::of(&ws) else {
+            return error_reply(&ws, "Unknown user");
+        };
+        let Ok(data) = message.json_body::<Value>() else {
+            return error_reply(&ws, "Invalid message format");
+        };
+        // Each handler stores before it sends: after an error nothing was stored or sent.
+        let handled = match data.get("type").and_then(Value::as_str) {
+            Some("message") => match Self::check(&member, data.get("content")) {
+                Ok(content) => self.deliver(&member, content).map(drop),
+                Err(Refusal(_, why)) => error_reply(&ws, &why),
+            },
+            Some("typing") => match data.get("isTyping").and_then(Value::as_bool) {
+                Some(true) => self.start_typing(&member),
+                Some(false) => self.stop_typing(&member),
+                None => error_reply(&ws, "typing needs isTyping: true or false"),
+            },
+            Some("sync") => self.sync(&ws, data.get("after")),
+            _ => error_reply(&ws, "Unknown message type"),
+        };
+        handled.or_else(|e| error_reply(&ws, &format!("The request failed: {e}")))
+    }
+
+    async fn websocket_close(
+        &mut self,
+        ws: WebSocket,
+        _code: u16,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        let Some(member) = Member::of(&ws) else {
+            return Ok(());
+        };
+        if !self.state.get_websockets(Some(&member.user_id)).is_empty() {
+            return Ok(());
+        }
+        self.stop_typing(&member)?;
+        let gone = json!({
+            "type": "user_disconnected",
+            "userId": member.user_id,
+            "username": member.username,
+        });
+        self.state.broadcast(&WsMessage::json(&gone)?, None, None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::waddle::tests::{Client, as_user};
+    use rookery::Clock;
+    use rookery::testing::TestHarness;
+    use std::time::Duration;
+
+    async fn post(h: &TestHarness, user: &str, perms: &str, content: &str) -> (u16, Value) {
+        let req = as_user(Request::post("/message").unwrap(), user, perms)
+            .with_json(&json!({ "content": content }))
+            .unwrap();
+        let r = h.fetch("c", req).await.unwrap();
+        (r.status().as_u16(), r.json_body().unwrap())
+    }
+
+    async fn stored_typing(h: &TestHarness) -> (usize, Option<i64>) {
+        h.run("c", |s| {
+            let n = s
+                .storage()
+                .list_raw(&ListOptions::new().prefix(TYPING_PREFIX))?
+                .len();
+            Ok((n, s.storage().get_alarm()?))
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn typing_is_cleared_by_the_alarm_at_expiry() {
+        let h = TestHarness::new::<Channel>().unwrap();
+        let mut ann = Client::connect(&h, "c", "ann", "read,write").await;
+        let mut bob = Client::connect(&h, "c", "bob", "read,write").await;
+        assert_eq!(ann.next().await["type"], "initial_state");
+        assert_eq!(bob.next().await["type"], "initial_state");
+        let start = h.clock().unwrap().now_ms();
+
+        ann.say(r#"{"type":"typing","isTyping":true}"#).await;
+        assert_eq!(
+            bob.next().await,
+            json!({"type": "typing", "userId": "ann", "username": "ann name", "isTyping": true})
+        );
+        // The typist hears nothing: the next thing ann gets is her own sync reply.
+        ann.say(r#"{"type":"sync","after":0}"#).await;
+        assert_eq!(ann.next().await["type"], "sync");
+        assert_eq!(stored_typing(&h).await, (1, Some(start + TYPING_TTL_MS)));
+
+        // A newcomer sees who is typing.
+        let mut cat = Client::connect(&h, "c", "cat", "read").await;
+        assert_eq!(cat.next().await["typing"], json!(["ann"]));
+
+        // Just before the expiry nothing is cleared.
+        h.advance(Duration::from_millis(TYPING_TTL_MS as u64 - 1));
+        bob.say(r#"{"type":"sync","after":0}"#).await;
+        assert_eq!(bob.next().await["type"], "sync");
+        assert_eq!(stored_typing(&h).await.0, 1);
+
+        // At the expiry the alarm clears it for everyone else.
+        h.advance(Duration::from_millis(1));
+        for c in [&mut bob, &mut cat] {
+            let cleared = c.next().await;
+            assert_eq!(
+                (cleared["userId"].as_str(), cleared["isTyping"].as_bool()),
+                (Some("ann"), Some(false))
+            );
+        }
+        assert_eq!(
+            stored_typing(&h).await,
+            (0, None),
+            "no state and no alarm left"
+        );
+    }
+
+    #[tokio::test]
+    async fn typing_again_extends_and_stopping_deletes_the_alarm() {
+        let h = TestHarness::new::<Channel>().unwrap();
+        let mut ann = Client::connect(&h, "c", "ann", "read,write").await;
+        let mut bob = Client::connect(&h, "c", "bob", "read,write").await;
+        ann.next().await;
+        bob.next().await;
+        let start = h.clock().unwrap().now_ms();
+        ann.say(r#"{"type":"typing","isTyping":true}"#).await;
+        assert_eq!(bob.next().await["isTyping"], true);
+        h.advance(Duration::from_millis(1_000));
+        ann.say(r#"{"type":"typing","isTyping":true}"#).await;
+        bob.say(r#"{"type":"typing","isTyping":true}"#).await;
+        // Ann's repeat is not re-broadcast; bob's start reaches ann.
+        assert_eq!(ann.next().await["userId"], "bob");
+        assert_eq!(
+            stored_typing(&h).await,
+            (2, Some(start + 1_000 + TYPING_TTL_MS))
+        );
+        // Posting ends ann's indicator; bob hears false, then the message.
+        ann.say(r#"{"type":"message","content":"hi"}"#).await;
+        assert_eq!(bob.next().await["isTyping"], false);
+        assert_eq!(bob.next().await["content"], "hi");
+        bob.say(r#"{"type":"typing","isTyping":false}"#).await;
+        assert_eq!(ann.next().await["content"], "hi");
+        assert_eq!(ann.next().await["isTyping"], false);
+        assert_eq!(stored_typing(&h).await, (0, None));
+    }
+
+    #[tokio::test]
+    async fn messages_need_write_and_bounded_content() {
+        let h = TestHarness::new::<Channel>().unwrap();
+        let mut reader = Client::connect(&h, "c", "rita", "read").await;
+        reader.next().await;
+        reader.say(r#"{"type":"message","content":"hi"}"#).await;
+        assert_eq!(
+            reader.next().await,
+            json!({"type": "error", "message": "No write permission"})
+        );
+        assert_eq!(post(&h, "rita", "read", "hi").await.0, 403);
+        let long = "é".repeat(MAX_CONTENT_CHARS + 1);
+        assert_eq!(post(&h, "ann", "write", &long).await.0, 400);
+        let just = "é".repeat(MAX_CONTENT_CHARS);
+        assert_eq!(
+            post(&h, "ann", "write", &just).await,
+            (200, json!({"success": true, "sequence": 1}))
+        );
+        let anonymous = h
+            .fetch(
+                "c",
+                Request::post("/message")
+                    .unwrap()
+                    .with_json(&json!({"content": "x"}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn sequences_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = TestHarness::with_data_dir::<Channel>(dir.path()).unwrap();
+        for (i, text) in ["one", "two"].into_iter().enumerate() {
+            assert_eq!(post(&h, "ann", "write", text).await.1["sequence"], i + 1);
+        }
+        assert!(h.shutdown().await);
+
+        let h = TestHarness::with_data_dir::<Channel>(dir.path()).unwrap();
+        assert_eq!(
+            post(&h, "bob", "read,write", "three").await.1["sequence"],
+            3
+        );
+        let r = h
+            .fetch(
+                "c",
+                as_user(
+                    Request::get("/messages?after=1&limit=1").unwrap(),
+                    "ann",
+                    "read",
+                ),
+            )
+            .await
+            .unwrap();
+        let page: Value = r.json_body().unwrap();
+        assert_eq!(page["lastSequence"], 3);
+        assert_eq!(page["hasMore"], true);
+        assert_eq!(page["messages"][0]["content"], "two");
+        assert_eq!(page["messages"][0]["sequence"], 2);
+        let r = h
+            .fetch(
+                "c",
+                as_user(Request::get("/messages?after=2").unwrap(), "ann", "read"),
+            )
+            .await
+            .unwrap();
+        let page: Value = r.json_body().unwrap();
+        assert_eq!(page["hasMore"], false);
+        assert_eq!(page["messages"][0]["username"], "bob name");
+        assert!(h.shutdown().await);
+    }
+
+    #[tokio::test]
+    async fn sync_pages_by_five_hundred() {
+        let h = TestHarness::new::<Channel>().unwrap();
+        for i in 0..(MAX_PAGE + 2) {
+            post(&h, "ann", "write", &format!("m{i}")).await;
+        }
+        let mut c = Client::connect(&h, "c", "bob", "read").await;
+        let initial = c.next().await;
+        assert_eq!(initial["lastSequence"], MAX_PAGE + 2);
+        let messages = initial["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), INITIAL_MESSAGES);
+        assert_eq!(messages[0]["sequence"], MAX_PAGE + 2 - INITIAL_MESSAGES + 1);
+        c.say(r#"{"type":"sync","after":1}"#).await;
+        let first = c.next().await;
+        assert_eq!(first["hasMore"], true);
+        let got = first["messages"].as_array().unwrap();
+        assert_eq!(got.len(), MAX_PAGE);
+        assert_eq!(
+            (
+                got[0]["sequence"].as_u64(),
+                got[MAX_PAGE - 1]["sequence"].as_u64()
+            ),
+            (Some(2), Some(MAX_PAGE as u64 + 1))
+        );
+        c.say(&format!(r#"{{"type":"sync","after":{}}}"#, MAX_PAGE + 1))
+            .await;
+        let rest = c.next().await;
+        assert_eq!(rest["hasMore"], false);
+        assert_eq!(rest["messages"][0]["content"], format!("m{}", MAX_PAGE + 1));
+        c.say(r#"{"type":"sync","after":-1}"#).await;
+        assert_eq!(c.next().await["type"], "error");
+        c.say(r#"{"type":"wave"}"#).await;
+        assert_eq!(
+            c.next().await,
+            json!({"type": "error", "message": "Unknown message type"})
+        );
+    }
+}

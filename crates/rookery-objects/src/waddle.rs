@@ -1,0 +1,451 @@
+//! A Waddle (one community): who is connected and what their presence is, over hibernatable
+//! WebSockets. The protocol is in `docs/PROTOCOL.md`.
+//!
+//! - An upgrade carries the caller's identity in the gateway's trusted headers
+//!   (`x-rookery-user-id`, `x-rookery-user-name`, `x-rookery-permissions`); without a user id it
+//!   is refused with 401 `{"error":"Unauthorized"}`. The socket is tagged with the user id and
+//!   keeps `{userId, username, permissions}` as its attachment.
+//! - The new socket gets `{"type":"presence_state","users":[..]}`: the users with an open
+//!   socket (from the attachments) with their stored status, then the other known users as
+//!   `offline`. When it is the user's first socket, the others get a `presence_update` `online`.
+//! - `{"type":"presence_update","status":"online|away|dnd|offline"}` stores the status under
+//!   `presence:<userId>` and everyone gets
+//!   `{"type":"presence_update","userId","username","status","timestamp"}`.
+//! - When a user's last socket closes, they are stored and broadcast as `offline`.
+//! - `GET /presence`: `{"users":[..]}` as in `presence_state`.
+//! - Invalid JSON and unknown types get `{"type":"error","message":..}`.
+
+use std::collections::BTreeMap;
+
+use rookery::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The trusted header holding the caller's user id.
+pub(crate) const USER_ID_HEADER: &str = "x-rookery-user-id";
+/// The trusted header holding the caller's display name.
+pub(crate) const USER_NAME_HEADER: &str = "x-rookery-user-name";
+/// The trusted header holding the caller's comma-separated permissions.
+pub(crate) const PERMISSIONS_HEADER: &str = "x-rookery-permissions";
+
+/// Where a user's presence is stored.
+const PRESENCE_PREFIX: &str = "presence:";
+/// The statuses a user may be in.
+const STATUSES: [&str; 4] = ["online", "away", "dnd", "offline"];
+
+/// The verified caller of a request, and the attachment of each socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Member {
+    /// The user's id (also the socket's tag).
+    pub(crate) user_id: String,
+    /// The user's display name (the id when the gateway gave none).
+    pub(crate) username: String,
+    /// What the user may do, e.g. `read`, `write`.
+    pub(crate) permissions: Vec<String>,
+}
+
+impl Member {
+    /// The caller named by the gateway's trusted headers; `None` without a user id.
+    pub(crate) fn from_request(req: &Request) -> Option<Self> {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+                .unwrap_or_default()
+        };
+        let user_id = header(USER_ID_HEADER);
+        if user_id.is_empty() {
+            return None;
+        }
+        let username = match header(USER_NAME_HEADER) {
+            name if name.is_empty() => user_id.clone(),
+            name => name,
+        };
+        let permissions = header(PERMISSIONS_HEADER)
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        Some(Self {
+            user_id,
+            username,
+            permissions,
+        })
+    }
+
+    /// The member a socket belongs to, from its attachment.
+    pub(crate) fn of(ws: &WebSocket) -> Option<Self> {
+        ws.deserialize_attachment::<Self>().ok().flatten()
+    }
+
+    /// Whether the member holds `permission`.
+    pub(crate) fn may(&self, permission: &str) -> bool {
+        self.permissions.iter().any(|p| p == permission)
+    }
+
+    /// Accepts the upgrade `req` as a hibernatable socket of this member: tagged with the user
+    /// id, with the member as attachment.
+    pub(crate) fn accept(&self, state: &ObjectState, req: &Request) -> Result<WebSocket> {
+        let ws = state.accept_websocket(req, &[&self.user_id])?;
+        ws.serialize_attachment(self)?;
+        Ok(ws)
+    }
+}
+
+/// The member an upgrade request comes from, or the status and message to refuse it with: 400
+/// if it is not an upgrade, 401 `Unauthorized` without a user id.
+pub(crate) fn upgrading_member(
+    req: &Request,
+) -> std::result::Result<Member, (StatusCode, &'static str)> {
+    if !req.is_websocket_upgrade() {
+        return Err((StatusCode::BAD_REQUEST, "Expected WebSocket"));
+    }
+    let Some(member) = Member::from_request(req) else {
+        return Err((StatusCode::UNAUTHORIZED, "Unauthorized"));
+    };
+    if member.user_id.len() > rookery::MAX_TAG_BYTES {
+        return Err((StatusCode::BAD_REQUEST, "The user id is too long"));
+    }
+    Ok(member)
+}
+
+/// Sends `{"type":"error","message":message}` to `ws`.
+pub(crate) fn error_reply(ws: &WebSocket, message: &str) -> Result<()> {
+    ws.send_json(&json!({ "type": "error", "message": message }))
+}
+
+/// A user's stored presence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Presence {
+    status: String,
+    username: String,
+    last_seen: i64,
+}
+
+/// One user in a presence list.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PresenceEntry {
+    user_id: String,
+    username: String,
+    status: String,
+    last_seen: i64,
+}
+
+/// One Waddle: members' connections and presence.
+pub struct Waddle {
+    state: ObjectState,
+}
+
+impl Waddle {
+    /// Every known user: those connected first (with their stored status, `online` if none),
+    /// then the others as `offline`; each group ordered by user id.
+    fn presence_list(&self) -> Result<Vec<PresenceEntry>> {
+        let now = self.state.now_ms();
+        let mut stored: BTreeMap<String, Presence> = self
+            .state
+            .storage()
+            .list::<Presence>(&ListOptions::new().prefix(PRESENCE_PREFIX))?
+            .into_iter()
+            .map(|(k, p)| (k[PRESENCE_PREFIX.len()..].to_string(), p))
+            .collect();
+        let mut online: BTreeMap<String, PresenceEntry> = BTreeMap::new();
+        for ws in self.state.get_websockets(None) {
+            let Some(m) = Member::of(&ws) else { continue };
+            if online.contains_key(&m.user_id) {
+                continue;
+            }
+            let status = stored
+                .remove(&m.user_id)
+                .map_or_else(|| "online".to_string(), |p| p.status);
+            online.insert(
+                m.user_id.clone(),
+                PresenceEntry {
+                    user_id: m.user_id,
+                    username: m.username,
+                    status,
+                    last_seen: now,
+                },
+            );
+        }
+        let offline = stored.into_iter().map(|(user_id, p)| PresenceEntry {
+            user_id,
+            username: p.username,
+            status: "offline".to_string(),
+            last_seen: p.last_seen,
+        });
+        Ok(online.into_values().chain(offline).collect())
+    }
+
+    /// Stores `member`'s `status` and sends the update to every socket but `except`.
+    fn set_presence(
+        &self,
+        member: &Member,
+        status: &str,
+        except: Option<&WebSocket>,
+    ) -> Result<()> {
+        let now = self.state.now_ms();
+        self.state.storage().put(
+            &format!("{PRESENCE_PREFIX}{}", member.user_id),
+            &Presence {
+                status: status.to_string(),
+                username: member.username.clone(),
+                last_seen: now,
+            },
+        )?;
+        let update = json!({
+            "type": "presence_update",
+            "userId": member.user_id,
+            "username": member.username,
+            "status": status,
+            "timestamp": now,
+        });
+        self.state
+            .broadcast(&WsMessage::json(&update)?, None, except);
+        Ok(())
+    }
+
+    fn connect(&mut self, req: &Request) -> Result<Response> {
+        let member = match upgrading_member(req) {
+            Ok(member) => member,
+            Err((status, why)) => return Ok(Response::error(status, why)),
+        };
+        let first = self.state.get_websockets(Some(&member.user_id)).is_empty();
+        let ws = member.accept(&self.state, req)?;
+        if first {
+            self.set_presence(&member, "online", Some(&ws))?;
+        }
+        ws.send_json(&json!({ "type": "presence_state", "users": self.presence_list()? }))?;
+        Ok(Response::websocket(&ws))
+    }
+}
+
+impl DurableObject for Waddle {
+    fn new(state: ObjectState, _env: Env) -> Self {
+        Self { state }
+    }
+
+    async fn fetch(&mut self, req: Request) -> Result<Response> {
+        if req.is_websocket_upgrade() {
+            return self.connect(&req);
+        }
+        match (req.method(), req.path()) {
+            (&Method::GET, "/presence") => {
+                Response::json(&json!({ "users": self.presence_list()? }))
+            }
+            (_, "/presence") => Ok(Response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+            )),
+            (_, "/") => Ok(Response::error(
+                StatusCode::BAD_REQUEST,
+                "Expected WebSocket",
+            )),
+            _ => Ok(Response::not_found()),
+        }
+    }
+
+    async fn websocket_message(&mut self, ws: WebSocket, message: WsMessage) -> Result<()> {
+        let Some(member) = Member::of(&ws) else {
+            return error_reply(&ws, "Unknown user");
+        };
+        let Ok(data) = message.json_body::<Value>() else {
+            return error_reply(&ws, "Invalid message format");
+        };
+        // `set_presence` stores before it sends: after an error nothing was stored or sent.
+        let handled = match data.get("type").and_then(Value::as_str) {
+            Some("presence_update") => match data.get("status").and_then(Value::as_str) {
+                Some(status) if STATUSES.contains(&status) => {
+                    self.set_presence(&member, status, None)
+                }
+                _ => error_reply(&ws, "Invalid status: use online, away, dnd or offline"),
+            },
+            _ => error_reply(&ws, "Unknown message type"),
+        };
+        handled.or_else(|e| error_reply(&ws, &format!("The request failed: {e}")))
+    }
+
+    async fn websocket_close(
+        &mut self,
+        ws: WebSocket,
+        _code: u16,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        let Some(member) = Member::of(&ws) else {
+            return Ok(());
+        };
+        if self.state.get_websockets(Some(&member.user_id)).is_empty() {
+            self.set_presence(&member, "offline", None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rookery::testing::TestHarness;
+    use rookery::{HeaderValue, Outgoing, SocketLink};
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// An in-process connection to an object: what a transport would hold.
+    pub(crate) struct Client {
+        pub(crate) link: SocketLink,
+        inbox: VecDeque<Outgoing>,
+    }
+
+    impl Client {
+        /// Connects to the object `name` as `user` with `permissions`.
+        pub(crate) async fn connect(h: &TestHarness, name: &str, user: &str, perms: &str) -> Self {
+            let req = as_user(Request::get("/").unwrap(), user, perms).with_header(
+                rookery::HeaderName::from_static("upgrade"),
+                HeaderValue::from_static("websocket"),
+            );
+            let mut resp = h.fetch(name, req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+            let ws = resp.take_websocket().unwrap();
+            Self {
+                link: SocketLink::new(&ws).unwrap(),
+                inbox: VecDeque::new(),
+            }
+        }
+
+        /// Sends a text message.
+        pub(crate) async fn say(&self, text: &str) {
+            self.link.incoming(WsMessage::text(text)).await.unwrap();
+        }
+
+        /// The next message the object sent, as JSON.
+        pub(crate) async fn next(&mut self) -> Value {
+            loop {
+                if let Some(out) = self.inbox.pop_front() {
+                    match out {
+                        Outgoing::Message(m) => return m.json_body().unwrap(),
+                        Outgoing::Close(code, reason) => panic!("closed: {code} {reason}"),
+                    }
+                }
+                tokio::time::timeout(PATIENCE, self.link.ready())
+                    .await
+                    .expect("a message in time");
+                let mut buf = Vec::new();
+                self.link.take_outgoing(&mut buf);
+                self.inbox.extend(buf);
+            }
+        }
+
+        /// Ends the connection cleanly.
+        pub(crate) async fn close(self) {
+            self.link.closed(1000, String::new(), true).await;
+        }
+    }
+
+    /// `req` with the gateway's identity headers for `user`.
+    pub(crate) fn as_user(req: Request, user: &str, perms: &str) -> Request {
+        req.with_header(
+            rookery::HeaderName::from_static(USER_ID_HEADER),
+            HeaderValue::from_str(user).unwrap(),
+        )
+        .with_header(
+            rookery::HeaderName::from_static(USER_NAME_HEADER),
+            HeaderValue::from_str(&format!("{user} name")).unwrap(),
+        )
+        .with_header(
+            rookery::HeaderName::from_static(PERMISSIONS_HEADER),
+            HeaderValue::from_str(perms).unwrap(),
+        )
+    }
+
+    #[test]
+    fn identity_comes_from_the_trusted_headers_only() {
+        let req = Request::get("/?user=mallory").unwrap();
+        assert_eq!(Member::from_request(&req), None);
+        let req = as_user(Request::get("/").unwrap(), "ann", " read , write,,");
+        let m = Member::from_request(&req).unwrap();
+        assert_eq!(m.user_id, "ann");
+        assert_eq!(m.username, "ann name");
+        assert_eq!(m.permissions, ["read", "write"]);
+        assert!(m.may("write") && !m.may("admin"));
+    }
+
+    #[tokio::test]
+    async fn upgrades_without_identity_are_refused() {
+        let h = TestHarness::new::<Waddle>().unwrap();
+        let req = Request::get("/").unwrap().with_header(
+            rookery::HeaderName::from_static("upgrade"),
+            HeaderValue::from_static("websocket"),
+        );
+        let r = h.fetch("w", req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.json_body::<Value>().unwrap(),
+            json!({ "error": "Unauthorized" })
+        );
+    }
+
+    #[tokio::test]
+    async fn presence_follows_connections_and_updates() {
+        let h = TestHarness::new::<Waddle>().unwrap();
+        let mut ann = Client::connect(&h, "w", "ann", "read").await;
+        let state = ann.next().await;
+        assert_eq!(state["type"], "presence_state");
+        assert_eq!(state["users"][0]["userId"], "ann");
+        assert_eq!(state["users"][0]["status"], "online");
+
+        let mut bob = Client::connect(&h, "w", "bob", "read").await;
+        let seen = ann.next().await;
+        assert_eq!(
+            (
+                seen["type"].as_str(),
+                seen["userId"].as_str(),
+                seen["status"].as_str()
+            ),
+            (Some("presence_update"), Some("bob"), Some("online"))
+        );
+        assert_eq!(bob.next().await["users"].as_array().unwrap().len(), 2);
+
+        bob.say(r#"{"type":"presence_update","status":"dnd"}"#)
+            .await;
+        for c in [&mut ann, &mut bob] {
+            let u = c.next().await;
+            assert_eq!(
+                (u["userId"].as_str(), u["status"].as_str()),
+                (Some("bob"), Some("dnd"))
+            );
+        }
+        bob.say(r#"{"type":"presence_update","status":"sleeping"}"#)
+            .await;
+        assert_eq!(bob.next().await["type"], "error");
+        bob.say("not json").await;
+        assert_eq!(
+            bob.next().await,
+            json!({ "type": "error", "message": "Invalid message format" })
+        );
+
+        bob.close().await;
+        let gone = ann.next().await;
+        assert_eq!(
+            (gone["userId"].as_str(), gone["status"].as_str()),
+            (Some("bob"), Some("offline"))
+        );
+        let r = h
+            .fetch("w", Request::get("/presence").unwrap())
+            .await
+            .unwrap();
+        let users = r.json_body::<Value>().unwrap()["users"].clone();
+        assert_eq!(
+            (users[0]["userId"].as_str(), users[0]["status"].as_str()),
+            (Some("ann"), Some("online"))
+        );
+        assert_eq!(
+            (users[1]["userId"].as_str(), users[1]["status"].as_str()),
+            (Some("bob"), Some("offline"))
+        );
+    }
+}

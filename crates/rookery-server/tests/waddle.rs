@@ -1,0 +1,538 @@
+//! The Waddle and Channel objects over real connections: presence, typing indicators cleared by
+//! the alarm, permissions, bad input, server-side delivery, and replay after a server restart.
+
+mod common;
+
+use std::path::Path;
+
+use common::{PATIENCE, TestServer, client, wait_until};
+use futures_util::{SinkExt, StreamExt};
+use rookery_server::Config;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The Waddle demo: identities from the query, one route per object kind.
+const WADDLE_CONFIG: &str = r#"
+[server]
+turn_timeout_ms = 5000
+
+[auth]
+query_identity = true
+
+[durable_objects]
+bindings = [
+  { name = "WADDLE", class_name = "Waddle" },
+  { name = "CHANNEL", class_name = "Channel" },
+]
+
+[[migrations]]
+tag = "v1"
+new_sqlite_classes = ["Waddle", "Channel"]
+
+[[routes]]
+path = "/ws/waddle/:id"
+binding = "WADDLE"
+name_from = "id"
+
+[[routes]]
+path = "/ws/channel/:id"
+binding = "CHANNEL"
+name_from = "id"
+
+[[routes]]
+path = "/channel/:id"
+binding = "CHANNEL"
+name_from = "id"
+"#;
+
+async fn start(data_dir: &Path) -> TestServer {
+    let mut config = Config::parse("waddle.toml", WADDLE_CONFIG).expect("valid test config");
+    config.server.data_dir = data_dir.to_path_buf();
+    TestServer::start_with(&config, rookery_objects::builtin_classes()).await
+}
+
+/// The query that makes the gateway vouch for `user` (named `User <user>`).
+fn who(user: &str, permissions: &str) -> String {
+    format!("user={user}&name=User%20{user}&permissions={permissions}")
+}
+
+async fn connect(server: &TestServer, path: &str) -> Ws {
+    let url = format!("ws://{}{}", server.addr, path);
+    let (ws, resp) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connects in time")
+        .expect("upgrade accepted");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The next data message as JSON, skipping control frames.
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message in time")
+        {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// The next message of `kind`, skipping others (e.g. presence updates of other users).
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let m = next_json(ws).await;
+        if m["type"] == kind {
+            return m;
+        }
+    }
+}
+
+async fn say(ws: &mut Ws, value: &Value) {
+    ws.send(Message::text(value.to_string())).await.unwrap();
+}
+
+async fn say_raw(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+/// Closes cleanly and waits for the server's answer.
+async fn close(mut ws: Ws) {
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("the close in time")
+        {
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Posts `content` to channel `channel` from the server side as `user`.
+async fn post(server: &TestServer, channel: &str, query: &str, content: &str) -> (u16, Value) {
+    let r = client()
+        .post(server.url(&format!("/channel/{channel}/message?{query}")))
+        .json(&json!({ "content": content }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn contents(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn sequences(messages: &Value) -> Vec<u64> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["sequence"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_goes_online_and_offline_with_the_last_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut ann = connect(&server, &format!("/ws/waddle/w1?{}", who("ann", "read"))).await;
+    let state = next_json(&mut ann).await;
+    assert_eq!(state["type"], "presence_state");
+    assert_eq!(state["users"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (
+            state["users"][0]["userId"].as_str(),
+            state["users"][0]["username"].as_str(),
+            state["users"][0]["status"].as_str()
+        ),
+        (Some("ann"), Some("User ann"), Some("online"))
+    );
+
+    // Bob's first socket: ann sees him come online; bob sees both.
+    let mut bob1 = connect(&server, &format!("/ws/waddle/w1?{}", who("bob", "read"))).await;
+    let online = next_json(&mut ann).await;
+    assert_eq!(online["type"], "presence_update");
+    assert_eq!(
+        (
+            online["userId"].as_str(),
+            online["username"].as_str(),
+            online["status"].as_str()
+        ),
+        (Some("bob"), Some("User bob"), Some("online"))
+    );
+    assert!(online["timestamp"].as_i64().is_some());
+    let state = next_json(&mut bob1).await;
+    let ids: Vec<&str> = state["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["userId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ann", "bob"]);
+
+    // A status change reaches everyone, the sender too.
+    say(
+        &mut bob1,
+        &json!({"type": "presence_update", "status": "away"}),
+    )
+    .await;
+    for ws in [&mut ann, &mut bob1] {
+        let u = next_json(ws).await;
+        assert_eq!(
+            (
+                u["type"].as_str(),
+                u["userId"].as_str(),
+                u["status"].as_str()
+            ),
+            (Some("presence_update"), Some("bob"), Some("away"))
+        );
+    }
+
+    // A second socket of bob's: no new announcement; closing one of two keeps him online.
+    let mut bob2 = connect(&server, &format!("/ws/waddle/w1?{}", who("bob", "read"))).await;
+    let state = next_json(&mut bob2).await;
+    assert_eq!(state["users"][1]["status"], "away");
+    close(bob1).await;
+    let waddle = server
+        .runtime
+        .namespace("WADDLE")
+        .unwrap()
+        .get_by_name("w1");
+    wait_until("bob's first socket is gone", || {
+        waddle.websocket_count() == 2
+    })
+    .await;
+    // Ann's next message is the probe she asks for, not an offline for bob.
+    say(
+        &mut ann,
+        &json!({"type": "presence_update", "status": "dnd"}),
+    )
+    .await;
+    let next = next_json(&mut ann).await;
+    assert_eq!(
+        (next["userId"].as_str(), next["status"].as_str()),
+        (Some("ann"), Some("dnd"))
+    );
+
+    // The last socket going (even abruptly) makes bob offline for everyone.
+    drop(bob2);
+    let offline = next_of(&mut ann, "presence_update").await;
+    assert_eq!(
+        (offline["userId"].as_str(), offline["status"].as_str()),
+        (Some("bob"), Some("offline"))
+    );
+
+    let presence: Value = client()
+        .get(server.url("/ws/waddle/w1/presence"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users: Vec<(&str, &str)> = presence["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["userId"].as_str().unwrap(), u["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(users, [("ann", "dnd"), ("bob", "offline")]);
+
+    // Bad input is answered, not fatal.
+    say_raw(&mut ann, "{not json").await;
+    assert_eq!(
+        next_json(&mut ann).await,
+        json!({"type": "error", "message": "Invalid message format"})
+    );
+    say(&mut ann, &json!({"type": "dance"})).await;
+    assert_eq!(
+        next_json(&mut ann).await,
+        json!({"type": "error", "message": "Unknown message type"})
+    );
+    say(
+        &mut ann,
+        &json!({"type": "presence_update", "status": "asleep"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ann).await["type"], "error");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_without_an_identity_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    for path in ["/ws/waddle/w1", "/ws/channel/c1"] {
+        // A client cannot claim an identity through the trusted headers: the gateway strips them.
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{}{path}", server.addr),
+            )
+            .unwrap();
+        req.headers_mut()
+            .insert("x-rookery-user-id", "mallory".parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401, "{path}");
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+                assert_eq!(body, json!({"error": "Unauthorized"}));
+            }
+            other => panic!("expected a 401 refusal for {path}, got {other:?}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_the_others_only_and_the_alarm_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut ann = connect(
+        &server,
+        &format!("/ws/channel/c1?{}", who("ann", "read,write")),
+    )
+    .await;
+    let mut bob = connect(
+        &server,
+        &format!("/ws/channel/c1?{}", who("bob", "read,write")),
+    )
+    .await;
+    let initial = next_json(&mut ann).await;
+    assert_eq!(
+        initial,
+        json!({"type": "initial_state", "lastSequence": 0, "messages": [], "typing": []})
+    );
+    assert_eq!(next_json(&mut bob).await["type"], "initial_state");
+
+    say(&mut ann, &json!({"type": "typing", "isTyping": true})).await;
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "typing", "userId": "ann", "username": "User ann", "isTyping": true})
+    );
+    // The typist is not told about herself: her next message is the sync she asks for.
+    say(&mut ann, &json!({"type": "sync", "after": 0})).await;
+    assert_eq!(next_json(&mut ann).await["type"], "sync");
+
+    // A newcomer learns who is typing from the initial state.
+    let mut cat = connect(&server, &format!("/ws/channel/c1?{}", who("cat", "read"))).await;
+    let initial = next_json(&mut cat).await;
+    assert_eq!(initial["typing"], json!(["ann"]));
+
+    // Nobody says stop: the alarm clears the indicator after 3 s, for everyone but ann.
+    for ws in [&mut bob, &mut cat] {
+        let cleared = next_json(ws).await;
+        assert_eq!(
+            cleared,
+            json!({"type": "typing", "userId": "ann", "username": "User ann", "isTyping": false})
+        );
+    }
+    say(&mut ann, &json!({"type": "sync", "after": 0})).await;
+    assert_eq!(
+        next_json(&mut ann).await["type"],
+        "sync",
+        "ann got no typing of her own"
+    );
+    let mut late = connect(&server, &format!("/ws/channel/c1?{}", who("dan", "read"))).await;
+    assert_eq!(next_json(&mut late).await["typing"], json!([]));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_need_write_permission_and_valid_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut reader = connect(&server, &format!("/ws/channel/c2?{}", who("rita", "read"))).await;
+    let mut writer = connect(
+        &server,
+        &format!("/ws/channel/c2?{}", who("will", "read,write")),
+    )
+    .await;
+    next_json(&mut reader).await;
+    next_json(&mut writer).await;
+
+    say(
+        &mut reader,
+        &json!({"type": "message", "content": "let me in"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut reader).await,
+        json!({"type": "error", "message": "No write permission"})
+    );
+    say_raw(&mut reader, "{not json").await;
+    assert_eq!(
+        next_json(&mut reader).await,
+        json!({"type": "error", "message": "Invalid message format"})
+    );
+    say(&mut reader, &json!({"type": "dance"})).await;
+    assert_eq!(
+        next_json(&mut reader).await,
+        json!({"type": "error", "message": "Unknown message type"})
+    );
+    say(
+        &mut writer,
+        &json!({"type": "message", "content": "x".repeat(4_001)}),
+    )
+    .await;
+    assert_eq!(next_json(&mut writer).await["type"], "error");
+
+    // Refused messages used no sequence: the first accepted one is 1, and everyone gets it.
+    say(&mut writer, &json!({"type": "message", "content": "hello"})).await;
+    for ws in [&mut writer, &mut reader] {
+        let m = next_json(ws).await;
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["sequence"], 1);
+        assert_eq!(
+            (
+                m["userId"].as_str(),
+                m["username"].as_str(),
+                m["content"].as_str()
+            ),
+            (Some("will"), Some("User will"), Some("hello"))
+        );
+        assert!(m["id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert!(m["timestamp"].as_i64().is_some());
+    }
+
+    // The same rules apply over HTTP.
+    assert_eq!(post(&server, "c2", &who("rita", "read"), "hi").await.0, 403);
+    assert_eq!(
+        post(&server, "c2", &who("will", "write"), &"y".repeat(4_001))
+            .await
+            .0,
+        400
+    );
+    let r = client()
+        .post(server.url("/channel/c2/message"))
+        .json(&json!({"content": "anonymous"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The reader leaving is announced to those who stay.
+    close(reader).await;
+    let gone = next_json(&mut writer).await;
+    assert_eq!(
+        (gone["type"].as_str(), gone["userId"].as_str()),
+        (Some("user_disconnected"), Some("rita"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_posts_reach_every_socket_in_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut ann = connect(&server, &format!("/ws/channel/c3?{}", who("ann", "read"))).await;
+    next_json(&mut ann).await;
+    for (i, text) in ["first", "second", "third"].into_iter().enumerate() {
+        let (status, body) = post(&server, "c3", &who("sys", "write"), text).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, json!({"success": true, "sequence": i + 1}));
+    }
+    for (i, text) in ["first", "second", "third"].into_iter().enumerate() {
+        let m = next_json(&mut ann).await;
+        assert_eq!(
+            (
+                m["sequence"].as_u64(),
+                m["content"].as_str(),
+                m["userId"].as_str()
+            ),
+            (Some(i as u64 + 1), Some(text), Some("sys"))
+        );
+    }
+    let page: Value = client()
+        .get(server.url(&format!(
+            "/channel/c3/messages?after=1&limit=1&{}",
+            who("ann", "read")
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(contents(&page["messages"]), ["second"]);
+    assert_eq!(
+        (page["lastSequence"].as_u64(), page["hasMore"].as_bool()),
+        (Some(3), Some(true))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnecting_after_a_restart_syncs_exactly_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let path = format!("/ws/channel/c4?{}", who("ann", "read,write"));
+    let mut ann = connect(&server, &path).await;
+    next_json(&mut ann).await;
+    // The client remembers the last sequence it saw.
+    let mut last_seen = 0;
+    for text in ["a", "b", "c"] {
+        say(&mut ann, &json!({"type": "message", "content": text})).await;
+        let m = next_json(&mut ann).await;
+        assert_eq!(m["content"], text);
+        last_seen = m["sequence"].as_u64().unwrap();
+    }
+    assert_eq!(last_seen, 3);
+    server.stop().await;
+    drop(ann);
+
+    // While ann is away, a restarted server takes more messages.
+    let server = start(dir.path()).await;
+    let mut missed = Vec::new();
+    for text in ["d", "e", "f", "g"] {
+        let (status, body) = post(&server, "c4", &who("bob", "read,write"), text).await;
+        assert_eq!(status, 200, "{body}");
+        missed.push(body["sequence"].as_u64().unwrap());
+    }
+    assert_eq!(
+        missed,
+        [4, 5, 6, 7],
+        "sequences carry on across the restart"
+    );
+    server.stop().await;
+
+    // Another restart, then ann reconnects and asks for what came after her last sequence.
+    let server = start(dir.path()).await;
+    let mut ann = connect(&server, &path).await;
+    let initial = next_json(&mut ann).await;
+    assert_eq!(initial["type"], "initial_state");
+    assert_eq!(initial["lastSequence"], 7);
+    say(&mut ann, &json!({"type": "sync", "after": last_seen})).await;
+    let sync = next_json(&mut ann).await;
+    assert_eq!(sync["type"], "sync");
+    assert_eq!(sequences(&sync["messages"]), [4, 5, 6, 7]);
+    assert_eq!(contents(&sync["messages"]), ["d", "e", "f", "g"]);
+    assert_eq!(
+        (sync["lastSequence"].as_u64(), sync["hasMore"].as_bool()),
+        (Some(7), Some(false))
+    );
+    // New messages carry on from there.
+    say(&mut ann, &json!({"type": "message", "content": "back"})).await;
+    assert_eq!(next_json(&mut ann).await["sequence"], 8);
+    server.stop().await;
+}
