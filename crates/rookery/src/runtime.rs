@@ -419,19 +419,20 @@ impl NamespaceInfo {
         let hex = id.to_hex();
         // The shard directories exist since start-up (`prepare_dirs`).
         Ok(Location::File(
-            root.join(&hex[..2]).join(format!("{hex}.sqlite")),
+            root.join(&hex[..1]).join(format!("{hex}.sqlite")),
         ))
     }
 
-    /// Makes the class's 256 shard directories (which keep directories small with many
-    /// objects) and syncs their entries, so that activating an object touches no directory.
+    /// Makes the class's 16 shard directories (named by the ids' first hex digit, so that
+    /// many objects do not crowd one directory) and syncs their entries, so that activating
+    /// an object creates no directory.
     pub(crate) fn prepare_dirs(&self) -> Result<()> {
         let Some(root) = &self.dir else {
             return Ok(());
         };
         let mut created = false;
-        for shard in 0..=255u8 {
-            let dir = root.join(hex::encode([shard]));
+        for shard in "0123456789abcdef".chars() {
+            let dir = root.join(shard.to_string());
             if !dir.is_dir() {
                 fs::create_dir_all(&dir)?;
                 created = true;

@@ -276,7 +276,7 @@ pub(crate) struct Scan {
     pub(crate) busy: Vec<AlarmKey>,
 }
 
-/// Reads every object's own alarm record under `objects_dir` (`<class uid>/<xx>/<id>.sqlite`),
+/// Reads every object's own alarm record under `objects_dir` (`<class uid>/<x>/<id>.sqlite`),
 /// for rebuilding the index. Opens each database read-only.
 pub(crate) fn scan_objects(objects_dir: &Path) -> Result<Scan> {
     let mut scan = Scan::default();

@@ -68,12 +68,13 @@ impl Database {
                 conn.busy_timeout(Duration::from_secs(5))?;
                 // One connection per object: an exclusive lock taken once saves the file locks
                 // of every transaction, and the WAL index lives in the heap, not in a `-shm`
-                // file. Switching a new file to WAL needs no sync: until its first commit is
-                // synced, an empty database is all there is to lose.
+                // file. Switching a new file to WAL needs neither a rollback journal nor a sync:
+                // until its first commit is synced, an empty database is all there is to lose.
                 conn.execute_batch(&format!(
                     "PRAGMA locking_mode = EXCLUSIVE;
                      PRAGMA synchronous = OFF;
                      PRAGMA page_size = {PAGE_SIZE};
+                     PRAGMA journal_mode = OFF;
                      PRAGMA journal_mode = WAL;
                      PRAGMA synchronous = NORMAL;"
                 ))?;

@@ -12,7 +12,6 @@
 //! With [`Durability::Relaxed`] there is no sync: a commit counts as durable as soon as SQLite
 //! has it in the WAL, which survives a crash of the process but not of the machine.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,20 +58,21 @@ impl DurableState {
 }
 
 /// One object's durability bookkeeping, shared by its storage and the syncer.
+///
+/// Directory entries need no sync of ours: SQLite creates the WAL anew at every activation and
+/// syncs its directory itself when it first syncs the new WAL's header, before any frame of a
+/// commit is written; the database file's entry was made before that.
 pub(crate) struct ObjectSync {
     db_path: PathBuf,
     /// Whether the database file is new: its header (written unsynced when it switched to
     /// WAL) must reach the disk with the first commit.
     db_unsynced: AtomicBool,
     wal_path: PathBuf,
-    dir: PathBuf,
     wal: Mutex<Option<File>>,
     /// Sequence number of the latest local commit.
     committed: AtomicU64,
     /// Whether the object is already in the syncer's queue.
     queued: AtomicBool,
-    /// Whether the directory holding the WAL must be synced (its entry may be new).
-    dir_unsynced: AtomicBool,
     state: watch::Sender<DurableState>,
 }
 
@@ -85,12 +85,9 @@ impl ObjectSync {
             db_path: db_path.to_path_buf(),
             db_unsynced: AtomicBool::new(new_db),
             wal_path: PathBuf::from(wal_path),
-            dir: db_path.parent().map(Path::to_path_buf).unwrap_or_default(),
             wal: Mutex::new(None),
             committed: AtomicU64::new(0),
             queued: AtomicBool::new(false),
-            // SQLite creates the WAL file anew on every open after a clean close.
-            dir_unsynced: AtomicBool::new(true),
             state: watch::Sender::new(DurableState::default()),
         })
     }
@@ -278,28 +275,10 @@ impl Worker {
             _ => Ok(()),
         };
         let whole_fs = outcome.is_ok() && batch.len() > SYNCFS_ABOVE && self.root.is_some();
-        let mut failed_dirs = HashSet::new();
-        if outcome.is_ok() && !whole_fs {
-            let dirs: HashSet<&Path> = batch
-                .iter()
-                .filter(|o| o.dir_unsynced.swap(false, Ordering::AcqRel))
-                .map(|o| o.dir.as_path())
-                .collect();
-            for dir in dirs {
-                self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-                    tracing::error!(dir = %dir.display(), error = %e, "directory sync failed");
-                    failed_dirs.insert(dir.to_path_buf());
-                }
-            }
-        }
         for (object, seq) in batch.drain(..).zip(targets) {
             let result = match &outcome {
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
                 Ok(()) if whole_fs => Ok(()),
-                Ok(()) if failed_dirs.contains(&object.dir) => {
-                    Err(std::io::Error::other("directory sync failed"))
-                }
                 Ok(()) => {
                     self.counters.syncs.fetch_add(1, Ordering::Relaxed);
                     object.sync_wal()
@@ -315,10 +294,9 @@ impl Worker {
         }
     }
 
-    /// One `syncfs` for the whole file system; also covers new directory entries.
+    /// One `syncfs` for the whole file system.
     fn sync_all(&self, batch: &[Arc<ObjectSync>]) -> std::io::Result<()> {
         for object in batch {
-            object.dir_unsynced.store(false, Ordering::Release);
             object.db_unsynced.store(false, Ordering::Release);
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
