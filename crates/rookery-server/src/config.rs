@@ -97,6 +97,8 @@ pub struct ServerConfig {
     pub max_sockets_per_object: usize,
     /// Largest WebSocket message in bytes.
     pub max_ws_message_bytes: usize,
+    /// Most objects in memory at once; 0 derives it from the open-file limit.
+    pub max_live_objects: usize,
     /// Largest key in bytes.
     pub max_key_bytes: usize,
     /// Largest value in bytes.
@@ -123,6 +125,7 @@ impl Default for ServerConfig {
             hibernation_idle_ms: millis(host.hibernation_idle),
             max_sockets_per_object: host.max_sockets_per_object,
             max_ws_message_bytes: host.max_message_bytes,
+            max_live_objects: host.max_live_objects,
             max_key_bytes: storage.max_key_bytes,
             max_value_bytes: storage.max_value_bytes,
             max_batch_keys: storage.max_batch_keys,
@@ -146,6 +149,7 @@ impl ServerConfig {
                 hibernation_idle: Duration::from_millis(self.hibernation_idle_ms),
                 max_sockets_per_object: self.max_sockets_per_object,
                 max_message_bytes: self.max_ws_message_bytes,
+                max_live_objects: self.max_live_objects,
             },
             storage: StorageLimits {
                 max_key_bytes: self.max_key_bytes,

@@ -418,3 +418,36 @@ async fn a_turn_over_its_time_limit_is_rolled_back() {
     assert_eq!(r, json!({"value": "before"}));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_live_objects_make_idle_ones_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PROBE_CONFIG.replace(
+        "mailbox_capacity = 4",
+        "mailbox_capacity = 4\nmax_live_objects = 5",
+    );
+    let server = TestServer::start(&config, dir.path()).await;
+    let c = client();
+    for i in 0..30 {
+        let r = c
+            .post(server.url(&format!("/counter/many-{i}/increment?amount={i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let rt = server.runtime.clone();
+    wait_until("idle objects made room", || rt.stats().live_objects <= 5).await;
+    for i in 0..30 {
+        let r: Value = c
+            .get(server.url(&format!("/counter/many-{i}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"value": i}), "evicted objects keep their data");
+    }
+    server.stop().await;
+}

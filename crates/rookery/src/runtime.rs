@@ -231,15 +231,19 @@ impl RuntimeBuilder {
             alarms,
             clock: self.clock,
         });
+        let mut options = self.options;
+        if options.host.max_live_objects == 0 {
+            options.host.max_live_objects = default_max_live();
+        }
         let inner = Arc::new(RuntimeInner {
-            host: Host::new(),
+            host: Host::new(options.host.max_live_objects),
             by_uid: namespaces
                 .values()
                 .map(|ns| (ns.uid.clone(), ns.clone()))
                 .collect(),
             bindings,
             storage,
-            options: self.options,
+            options,
             placement: self.placement,
             data_dir: self.data_dir,
             scheduler: Scheduler::new(),
@@ -249,6 +253,24 @@ impl RuntimeBuilder {
         Scheduler::start(&inner, &handle);
         Ok(Runtime { inner })
     }
+}
+
+/// Live objects the open-file limit allows: each holds its database, its WAL and a handle for
+/// syncing, and a quarter of the limit stays for sockets and the rest.
+fn default_max_live() -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only into `lim`.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            let files = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+            return (files / 4).clamp(64, 1_000_000);
+        }
+    }
+    10_000
 }
 
 /// A running set of durable object classes over one data directory.

@@ -123,6 +123,8 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
     let env = Env::new(act.rt.clone());
     let options = act.rt.options.host;
     let mut instance: Option<C> = None;
+    let mut pressure = act.rt.host.pressure();
+    pressure.mark_unchanged();
     loop {
         let sockets = state.sockets();
         // Plain sockets belong to the live instance; with only hibernatable ones the object
@@ -134,15 +136,31 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
         } else {
             Some(options.idle_timeout)
         };
-        let next = match idle {
-            Some(idle) => tokio::time::timeout(idle, mailbox.recv()).await,
-            None => Ok(mailbox.recv().await),
+        // Objects kept in memory only, or held by plain sockets, never leave under pressure.
+        let evictable = idle.is_some() && act.ns.dir.is_some();
+        let next = tokio::select! {
+            next = async {
+                match idle {
+                    Some(idle) => tokio::time::timeout(idle, mailbox.recv()).await.map_err(|_| Wake::Idle),
+                    None => Ok(mailbox.recv().await),
+                }
+            } => next,
+            Ok(()) = pressure.changed(), if evictable => Err(Wake::Pressure),
         };
         let event = match next {
             Ok(Some(event)) => event,
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
-            Err(_idle) => {
+            Err(Wake::Pressure) => {
+                if act.rt.host.take_eviction()
+                    && act.rt.host.evict(&act.key, act.generation, &mailbox)
+                {
+                    tracing::debug!("evicted to make room");
+                    break;
+                }
+                continue;
+            }
+            Err(Wake::Idle) => {
                 // An object kept in memory only would lose its state: it stays.
                 if act.ns.dir.is_some() && act.rt.host.evict(&act.key, act.generation, &mailbox) {
                     tracing::debug!("evicted after idling");
@@ -287,6 +305,14 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
         tracing::error!("closing the object's database panicked");
     }
     tracing::debug!("closed");
+}
+
+/// Why an activation woke without an event.
+enum Wake {
+    /// Its idle time passed.
+    Idle,
+    /// Too many objects are live.
+    Pressure,
 }
 
 /// Commits or rolls back the turn that produced `result`; returns the turn's final result and

@@ -13,7 +13,7 @@ pub(crate) mod turn;
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -106,6 +106,9 @@ pub struct HostOptions {
     pub max_sockets_per_object: usize,
     /// Largest WebSocket message in bytes; a bigger one closes the socket with 1009.
     pub max_message_bytes: usize,
+    /// Most objects in memory at once (each holds a few open files); beyond it, idle objects
+    /// are evicted early. 0: derived from the process's open-file limit.
+    pub max_live_objects: usize,
 }
 
 impl Default for HostOptions {
@@ -117,6 +120,7 @@ impl Default for HostOptions {
             hibernation_idle: Duration::from_secs(10),
             max_sockets_per_object: 32_768,
             max_message_bytes: 32 * 1024 * 1024,
+            max_live_objects: 0,
         }
     }
 }
@@ -137,11 +141,20 @@ pub(crate) struct Host {
     /// Number of activations whose task has not finished.
     live: watch::Sender<usize>,
     activations: AtomicU64,
+    /// Most live objects before idle ones are asked to leave.
+    max_live: usize,
+    /// Bumped to ask idle activations to leave memory.
+    pressure: watch::Sender<u64>,
+    /// How many more idle activations should leave.
+    evictions_wanted: AtomicI64,
 }
 
 impl Host {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max_live: usize) -> Self {
         Self {
+            max_live: max_live.max(1),
+            pressure: watch::Sender::new(0),
+            evictions_wanted: AtomicI64::new(0),
             objects: DashMap::new(),
             sockets: DashMap::new(),
             generations: AtomicU64::new(0),
@@ -202,6 +215,7 @@ impl Host {
                 let generation = host.generations.fetch_add(1, Ordering::Relaxed);
                 host.activations.fetch_add(1, Ordering::Relaxed);
                 host.live.send_modify(|n| *n += 1);
+                host.relieve_pressure();
                 let activation = Activation {
                     rt: rt.clone(),
                     ns: ns.clone(),
@@ -258,6 +272,28 @@ impl Host {
     /// Forgets an object's socket set if it has no sockets left (its activation is ending).
     pub(crate) fn drop_sockets_if_empty(&self, key: &ObjectKey) {
         self.sockets.remove_if(key, |_, s| s.len() == 0);
+    }
+
+    /// Asks idle activations to leave if too many objects are live: a tenth below the limit,
+    /// so that the next activations do not ask again at once.
+    fn relieve_pressure(&self) {
+        let live = *self.live.borrow();
+        if live > self.max_live && self.evictions_wanted.load(Ordering::Acquire) <= 0 {
+            let excess = live - self.max_live * 9 / 10;
+            self.evictions_wanted
+                .store(i64::try_from(excess).unwrap_or(i64::MAX), Ordering::Release);
+            self.pressure.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A subscription to requests for idle activations to leave.
+    pub(crate) fn pressure(&self) -> watch::Receiver<u64> {
+        self.pressure.subscribe()
+    }
+
+    /// Whether an idle activation asked to leave should (one of the wanted evictions).
+    pub(crate) fn take_eviction(&self) -> bool {
+        self.evictions_wanted.fetch_sub(1, Ordering::AcqRel) > 0
     }
 
     /// Removes an idle activation's slot, if its mailbox is still empty.
