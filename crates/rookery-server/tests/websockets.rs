@@ -287,7 +287,9 @@ async fn limits_and_bad_input_close_sockets_with_the_right_codes() {
     say(&mut a, &"x".repeat(2048)).await;
     let frame = close_of(&mut a).await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1009);
-    // Now there is room again.
+    // Once the server has seen it go, there is room again.
+    let stub = server.runtime.namespace("ECHO").unwrap().get_by_name("lim");
+    wait_until("the closed socket left", || stub.websocket_count() == 1).await;
     let mut c = connect(&server, "/echo/lim/").await;
     // A failing handler's sends are discarded; the socket stays open.
     say(&mut c, "fail").await;
