@@ -16,11 +16,14 @@
 
 mod clock;
 mod index;
+mod lateness;
 mod scheduler;
 
 pub(crate) use clock::system_now_ms;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub(crate) use index::{AlarmIndex, AlarmKey, scan_objects};
+pub(crate) use lateness::Lateness;
+pub use lateness::LatenessSummary;
 pub use scheduler::AlarmOutcome;
 pub(crate) use scheduler::Scheduler;
 
@@ -60,6 +63,8 @@ pub struct AlarmStats {
     pub given_up: u64,
     /// Alarm events in flight now.
     pub in_flight: u64,
+    /// How late handlers started after their alarm's time.
+    pub lateness: LatenessSummary,
 }
 
 #[cfg(test)]

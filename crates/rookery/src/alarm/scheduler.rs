@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AlarmIndex, AlarmKey, AlarmStats};
+use super::{AlarmIndex, AlarmKey, AlarmStats, Lateness};
 use crate::host::{Event, Host};
 use crate::id::ObjectId;
 use crate::runtime::RuntimeInner;
@@ -47,6 +47,7 @@ pub(crate) struct Scheduler {
     succeeded: AtomicU64,
     retried: AtomicU64,
     given_up: AtomicU64,
+    pub(crate) lateness: Lateness,
 }
 
 impl Scheduler {
@@ -60,6 +61,7 @@ impl Scheduler {
             succeeded: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
+            lateness: Lateness::new(),
         }
     }
 
@@ -106,6 +108,7 @@ impl Scheduler {
             retried: self.retried.load(Ordering::Relaxed),
             given_up: self.given_up.load(Ordering::Relaxed),
             in_flight: self.in_flight().len() as u64,
+            lateness: self.lateness.summary(),
         }
     }
 }

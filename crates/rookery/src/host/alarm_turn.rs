@@ -36,6 +36,10 @@ pub(crate) async fn run<C: DurableObject>(
         storage.reindex_alarm(at);
         return Ok(AlarmOutcome::NotDue);
     };
+    act.rt
+        .scheduler
+        .lateness
+        .record(u64::try_from(now - at).unwrap_or(0));
     // The alarm is cleared as the handler starts; the handler may set it again.
     storage.put_alarm(None, false)?;
     let info = AlarmInfo {
