@@ -229,21 +229,11 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
             let _ = reply.send(TurnOutput { result, gate });
             continue;
         }
-        let object = match &mut instance {
-            Some(object) => object,
-            None => {
-                let (s, e) = (state.clone(), env.clone());
-                match std::panic::catch_unwind(AssertUnwindSafe(|| C::new(s, e))) {
-                    Ok(object) => instance.insert(object),
-                    Err(panic) => {
-                        let message = format!(
-                            "the object panicked while starting: {}",
-                            turn::panic_message(&*panic)
-                        );
-                        reject(event, &message);
-                        continue;
-                    }
-                }
+        let object = match instance_of(&mut instance, &state, &env) {
+            Ok(object) => object,
+            Err(message) => {
+                reject(event, &message);
+                continue;
             }
         };
         let ctx = |chain: &[ObjectKey]| TurnContext {
@@ -305,6 +295,28 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
         tracing::error!("closing the object's database panicked");
     }
     tracing::debug!("closed");
+}
+
+/// The live instance, built now if there is none; an error if building it panicked.
+pub(super) fn instance_of<'a, C: DurableObject>(
+    instance: &'a mut Option<C>,
+    state: &ObjectState,
+    env: &Env,
+) -> Result<&'a mut C, String> {
+    if instance.is_none() {
+        let (s, e) = (state.clone(), env.clone());
+        let built =
+            std::panic::catch_unwind(AssertUnwindSafe(|| C::new(s, e))).map_err(|panic| {
+                format!(
+                    "the object panicked while starting: {}",
+                    turn::panic_message(&*panic)
+                )
+            })?;
+        *instance = Some(built);
+    }
+    instance
+        .as_mut()
+        .ok_or_else(|| "the object has no instance".to_string())
 }
 
 /// Why an activation woke without an event.

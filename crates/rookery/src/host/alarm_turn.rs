@@ -1,8 +1,6 @@
 //! An alarm event: checks the object's own record, runs the handler as a turn, and on failure
 //! schedules the retry.
 
-use std::panic::AssertUnwindSafe;
-
 use super::activation::Activation;
 use super::turn::{self, TurnContext};
 use crate::alarm::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
@@ -47,21 +45,12 @@ pub(crate) async fn run<C: DurableObject>(
         is_retry: retries > 0,
         scheduled_ms: at,
     };
-    let object = match instance {
-        Some(object) => object,
-        None => {
-            let (s, e) = (state.clone(), env.clone());
-            match std::panic::catch_unwind(AssertUnwindSafe(|| C::new(s, e))) {
-                Ok(object) => instance.insert(object),
-                Err(panic) => {
-                    tracing::error!(
-                        panic = turn::panic_message(&*panic),
-                        "the object panicked while starting"
-                    );
-                    storage.finish_turn(false).await?;
-                    return retry_or_give_up(storage, now, retries).await;
-                }
-            }
+    let object = match super::activation::instance_of(instance, state, env) {
+        Ok(object) => object,
+        Err(message) => {
+            tracing::error!("{message}");
+            storage.finish_turn(false).await?;
+            return retry_or_give_up(storage, now, retries).await;
         }
     };
     let ctx = TurnContext {

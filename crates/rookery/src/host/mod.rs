@@ -91,6 +91,16 @@ pub(crate) struct TurnOutput<T> {
     pub(crate) gate: OutputGate,
 }
 
+/// Puts `event` in `mailbox`: `Ok(None)` when queued, `Ok(Some(event))` back when the mailbox
+/// is closed, `Overloaded` when it is full.
+fn offer(mailbox: &mpsc::Sender<Event>, event: Event) -> Result<Option<Event>> {
+    match mailbox.try_send(event) {
+        Ok(()) => Ok(None),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded),
+        Err(mpsc::error::TrySendError::Closed(event)) => Ok(Some(event)),
+    }
+}
+
 /// How the host runs objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostOptions {
@@ -198,14 +208,12 @@ impl Host {
                 return Err(Error::ShuttingDown);
             }
             if let Some(slot) = host.objects.get(&key) {
-                match slot.mailbox.try_send(event) {
-                    Ok(()) => return Ok(()),
-                    Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::Overloaded),
-                    Err(mpsc::error::TrySendError::Closed(e)) => {
-                        event = e;
+                match offer(&slot.mailbox, event)? {
+                    None => return Ok(()),
+                    Some(back) => {
+                        event = back;
                         drop(slot);
-                        host.objects
-                            .remove_if(&key, |_, slot| slot.mailbox.is_closed());
+                        host.forget_closed(&key);
                         continue;
                     }
                 }
@@ -236,18 +244,22 @@ impl Host {
                 host.objects.remove(&key);
                 return Err(Error::ShuttingDown);
             }
-            match slot.mailbox.try_send(event) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::Overloaded),
-                Err(mpsc::error::TrySendError::Closed(e)) => {
-                    event = e;
+            match offer(&slot.mailbox, event)? {
+                None => return Ok(()),
+                Some(back) => {
+                    event = back;
                     drop(slot);
-                    host.objects
-                        .remove_if(&key, |_, slot| slot.mailbox.is_closed());
+                    host.forget_closed(&key);
                 }
             }
         }
         Err(Error::msg("the object could not be activated"))
+    }
+
+    /// Clears the slot of an activation that died with its mailbox.
+    fn forget_closed(&self, key: &ObjectKey) {
+        self.objects
+            .remove_if(key, |_, slot| slot.mailbox.is_closed());
     }
 
     /// The socket set of an object, made if it has none.
