@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HOST, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -78,7 +78,7 @@ pub fn path_uri(path: String) -> anyhow::Result<Uri> {
 
 /// One keep-alive HTTP/1 connection sending requests one after the other.
 pub struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Full<Bytes>>,
     host: HeaderValue,
 }
 
@@ -108,7 +108,18 @@ impl Conn {
     /// Sends one request with an empty body and reads the whole response, within
     /// [`REQUEST_TIMEOUT`].
     pub async fn send(&mut self, method: Method, uri: Uri) -> anyhow::Result<(StatusCode, Bytes)> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.send_inner(method, uri))
+        self.send_body(method, uri, Bytes::new()).await
+    }
+
+    /// Sends one request with a JSON `body` (none when empty) and reads the whole response,
+    /// within [`REQUEST_TIMEOUT`].
+    pub async fn send_body(
+        &mut self,
+        method: Method,
+        uri: Uri,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.send_inner(method, uri, body))
             .await
             .context("request timed out")?
     }
@@ -117,12 +128,19 @@ impl Conn {
         &mut self,
         method: Method,
         uri: Uri,
+        body: Bytes,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         self.sender.ready().await.context("connection closed")?;
-        let mut req = Request::new(Empty::new());
+        let json = !body.is_empty();
+        // An empty `Full` is an empty body, exactly like `Empty`.
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         req.headers_mut().insert(HOST, self.host.clone());
+        if json {
+            req.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();

@@ -10,6 +10,7 @@ mod report;
 mod runner;
 mod scenarios;
 mod server;
+mod server_stats;
 mod stats;
 mod sys;
 
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 use crate::http::Target;
 use crate::runner::{RunArgs, shell_join};
 use crate::scenarios::Outcome;
+use crate::scenarios::alarms::{AlarmsArgs, alarms};
 use crate::scenarios::cold_start::{ColdStartArgs, cold_start};
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
@@ -85,6 +87,16 @@ enum Command {
         #[command(flatten)]
         args: WsIdleArgs,
     },
+    /// K KvStore objects, N keys with a TTL expiring within one second; how fast the server
+    /// runs the expiry alarms. Needs a server with the `alarms-config` configuration.
+    Alarms {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: AlarmsArgs,
+    },
+    /// Prints the server configuration `alarms` needs (a KvStore under /kv/:name).
+    AlarmsConfig,
     /// Starts the server for every scenario at fixed sizes and writes the Markdown report
     /// (exits 0 once the report is written, whatever the verdicts).
     Run(RunArgs),
@@ -137,6 +149,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ColdStart { server, args } => cold_start(&target(&server).await?, &args).await,
         Command::WsFanout { server, args } => ws_fanout(&target(&server).await?, &args).await,
         Command::WsIdle { server, args } => ws_idle(&target(&server).await?, &args).await,
+        Command::Alarms { server, args } => alarms(&target(&server).await?, &args).await,
+        Command::AlarmsConfig => {
+            print!("{}", scenarios::alarms::CONFIG);
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Run(args) => {
             let argv: Vec<String> = std::env::args().skip(1).collect();
             let run_command = format!(

@@ -10,11 +10,13 @@ use crate::http::Target;
 use crate::machine::{Machine, commit, utc_now};
 use crate::report::{Meta, Section, render};
 use crate::scenarios::Outcome;
+use crate::scenarios::alarms::{self, AlarmsArgs};
 use crate::scenarios::cold_start::{ColdStartArgs, cold_start};
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
 use crate::scenarios::ws_idle::{WsIdleArgs, ws_idle};
 use crate::server::{Exit, ServerProcess};
+use crate::sys::nofile_hard_limit;
 
 /// The scenario names `--only` accepts.
 pub const SCENARIOS: &[&str] = &[
@@ -23,7 +25,12 @@ pub const SCENARIOS: &[&str] = &[
     "cold-start",
     "ws-fanout",
     "ws-idle",
+    "alarms",
 ];
+
+/// The WebSocket count `ws-idle` aims at; a machine whose open-file limit is lower says so in
+/// the report.
+pub const WS_IDLE_TARGET: u64 = 50_000;
 
 /// The server's durability setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -61,9 +68,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only these scenarios, comma-separated (counter-one, counter-many, cold-start,
-    /// ws-fanout, ws-idle).
+    /// ws-fanout, ws-idle, alarms).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// A Markdown file whose text is appended to the report as its "Notes" section (read when
+    /// the run starts).
+    #[arg(long)]
+    pub notes: Option<PathBuf>,
 }
 
 /// One scenario at its size.
@@ -79,6 +90,8 @@ pub enum Planned {
     WsFanout(WsFanoutArgs),
     /// `ws-idle`; the server pid is filled in at run time.
     WsIdle(WsIdleArgs),
+    /// `alarms`, on a server with the KvStore configuration; the pid is filled in at run time.
+    Alarms(AlarmsArgs),
 }
 
 impl Planned {
@@ -90,6 +103,7 @@ impl Planned {
             Planned::ColdStart(_) => "cold-start",
             Planned::WsFanout(_) => "ws-fanout",
             Planned::WsIdle(_) => "ws-idle",
+            Planned::Alarms(_) => "alarms",
         }
     }
 
@@ -110,6 +124,15 @@ impl Planned {
             Planned::WsFanout(a) => format!("--clients {} --messages {}", a.clients, a.messages),
             // `$!` is the server started in the background just before.
             Planned::WsIdle(a) => format!("--clients {} --rooms {} --pid $!", a.clients, a.rooms),
+            Planned::Alarms(a) => format!("--objects {} --alarms {} --pid $!", a.objects, a.alarms),
+        }
+    }
+
+    /// The configuration the server needs for this scenario, when not the built-in demo.
+    pub fn server_config(&self) -> Option<&'static str> {
+        match self {
+            Planned::Alarms(_) => Some(alarms::CONFIG),
+            _ => None,
         }
     }
 
@@ -121,6 +144,7 @@ impl Planned {
             Planned::ColdStart(a) => Outcome::new(self.name(), a),
             Planned::WsFanout(a) => Outcome::new(self.name(), a),
             Planned::WsIdle(a) => Outcome::new(self.name(), a),
+            Planned::Alarms(a) => Outcome::new(self.name(), a),
         }
     }
 
@@ -135,6 +159,11 @@ impl Planned {
                 let mut a = a.clone();
                 a.pid = Some(pid);
                 ws_idle(target, &a).await
+            }
+            Planned::Alarms(a) => {
+                let mut a = a.clone();
+                a.pid = Some(pid);
+                alarms::alarms(target, &a).await
             }
         }
     }
@@ -173,10 +202,24 @@ pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
             messages: 20 / scale as u32,
             room: None,
         }),
+        // About 100 clients per room, as in a busy chat service. 50 000 clients would need
+        // more than the open-file hard limit of 20 000 that many machines have (the report
+        // says so); 18 000 leaves room for everything else both processes open.
         Planned::WsIdle(WsIdleArgs {
             clients: 10_000 / scale,
-            // About 100 clients per room, as in a busy chat service.
             rooms: 100 / scale,
+            pid: None,
+        }),
+        Planned::WsIdle(WsIdleArgs {
+            clients: 18_000 / scale,
+            rooms: 180 / scale,
+            pid: None,
+        }),
+        Planned::Alarms(AlarmsArgs {
+            objects: 10_000 / scale,
+            alarms: 100_000 / scale,
+            conns: 32,
+            window_ms: 1_000,
             pid: None,
         }),
     ];
@@ -196,6 +239,21 @@ pub async fn run(args: &RunArgs, load_generator: &str, run_command: String) -> a
         );
     }
     let planned = plan(args.quick, &args.only)?;
+    let notes = match &args.notes {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the notes {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let hard_limit = nofile_hard_limit().ok();
+    let largest_ws_idle = planned
+        .iter()
+        .filter_map(|p| match p {
+            Planned::WsIdle(a) => Some(a.clients),
+            _ => None,
+        })
+        .max();
     let total = planned.len() * args.durability.len();
     let mut sections = Vec::new();
     let mut done = 0;
@@ -209,7 +267,12 @@ pub async fn run(args: &RunArgs, load_generator: &str, run_command: String) -> a
                 p.sizes(),
                 durability.as_str()
             );
-            let outcome = run_one(args, durability, p).await;
+            let mut outcome = run_one(args, durability, p).await;
+            if let (Planned::WsIdle(a), Some(hard), Some(largest)) =
+                (p, hard_limit, largest_ws_idle)
+            {
+                outcome.notes.extend(ws_idle_note(a.clients, largest, hard));
+            }
             // Progress on stderr; the report (or stdout) gets the table.
             eprintln!(
                 "{}",
@@ -222,21 +285,15 @@ pub async fn run(args: &RunArgs, load_generator: &str, run_command: String) -> a
             outcomes,
         });
     }
+    let first_durability = args.durability.first().map_or("strict", |d| d.as_str());
     let meta = Meta {
         machine: Machine::detect(),
         commit: commit(),
         date: utc_now(),
         load_generator: load_generator.to_owned(),
         run_command,
-        scenario_commands: planned
-            .iter()
-            .map(|p| {
-                format!(
-                    "target/release/rookery-bench {}",
-                    p.command("http://127.0.0.1:8787")
-                )
-            })
-            .collect(),
+        scenario_commands: scenario_commands(&planned, first_durability),
+        notes,
     };
     let report = render(&meta, &sections);
     match &args.out {
@@ -257,10 +314,11 @@ pub async fn run(args: &RunArgs, load_generator: &str, run_command: String) -> a
 
 /// One scenario on a fresh server; the server's fate is part of the verdict.
 async fn run_one(args: &RunArgs, durability: Durability, p: &Planned) -> Outcome {
-    let server = match ServerProcess::start(&args.server, durability.as_str()).await {
-        Ok(s) => s,
-        Err(e) => return p.stub().failed(format!("server did not start: {e:#}")),
-    };
+    let server =
+        match ServerProcess::start(&args.server, durability.as_str(), p.server_config()).await {
+            Ok(s) => s,
+            Err(e) => return p.stub().failed(format!("server did not start: {e:#}")),
+        };
     let outcome = match Target::resolve(&server.url).await {
         Ok(target) => p.run(&target, server.pid).await,
         Err(e) => p.stub().failed(format!("{e:#}")),
@@ -278,6 +336,60 @@ async fn run_one(args: &RunArgs, durability: Durability, p: &Planned) -> Outcome
             outcome
         }
     }
+}
+
+/// The commands that repeat `planned` by hand: first those for the demo server the report's
+/// reproduction section starts on port 8787, then each scenario that needs a configuration of
+/// its own with its own server on 8788 (so `$!` of the `ws-idle` lines is still the demo
+/// server).
+pub fn scenario_commands(planned: &[Planned], durability: &str) -> Vec<String> {
+    let mut lines: Vec<String> = planned
+        .iter()
+        .filter(|p| p.server_config().is_none())
+        .map(|p| {
+            format!(
+                "target/release/rookery-bench {}",
+                p.command("http://127.0.0.1:8787")
+            )
+        })
+        .collect();
+    for p in planned.iter().filter(|p| p.server_config().is_some()) {
+        let config = format!("rookery-{}.toml", p.name());
+        lines.push(format!(
+            "# {} needs a server of its own, with the configuration `rookery-bench {}-config` \
+             prints",
+            p.name(),
+            p.name()
+        ));
+        lines.push(format!(
+            "target/release/rookery-bench {}-config > {config}",
+            p.name()
+        ));
+        lines.push(format!(
+            "target/release/rookery serve --config {config} --listen 127.0.0.1:8788 --data-dir \
+             \"$(mktemp -d)\" --durability {durability} &"
+        ));
+        lines.push(format!(
+            "target/release/rookery-bench {}",
+            p.command("http://127.0.0.1:8788")
+        ));
+    }
+    lines
+}
+
+/// The report note of a `ws-idle` row with `clients` connections when the largest planned
+/// size is `largest` and the open-file hard limit is `hard`: said on the largest row when the
+/// limit keeps [`WS_IDLE_TARGET`] out of reach.
+pub fn ws_idle_note(clients: u64, largest: u64, hard: u64) -> Option<String> {
+    // Each WebSocket takes one descriptor in the load generator and one in the server.
+    (clients == largest && hard < WS_IDLE_TARGET + 1_000).then(|| {
+        format!(
+            "{WS_IDLE_TARGET} connections cannot be reached on this machine: the per-process \
+             open-file hard limit is {hard}, for the load generator and the server alike, and \
+             every WebSocket takes a descriptor in each; {clients} is the largest size this \
+             run tries"
+        )
+    })
 }
 
 /// `args` joined into a shell command line, quoting what the shell would split or expand.
@@ -313,7 +425,9 @@ mod tests {
                 "cold-start",
                 "ws-fanout",
                 "ws-fanout",
-                "ws-idle"
+                "ws-idle",
+                "ws-idle",
+                "alarms"
             ]
         );
         assert_eq!(
@@ -337,6 +451,74 @@ mod tests {
             p[5].command("U"),
             "ws-idle --url U --clients 10000 --rooms 100 --pid $!"
         );
+        assert_eq!(
+            p[6].command("U"),
+            "ws-idle --url U --clients 18000 --rooms 180 --pid $!"
+        );
+        assert_eq!(
+            p[7].command("U"),
+            "alarms --url U --objects 10000 --alarms 100000 --pid $!"
+        );
+        assert!(p[7].server_config().is_some());
+        assert!(p[..7].iter().all(|p| p.server_config().is_none()));
+    }
+
+    #[test]
+    fn quick_alarms_and_ws_idle_sizes() {
+        let only = vec!["alarms".to_owned(), "ws-idle".to_owned()];
+        let commands: Vec<_> = plan(true, &only)
+            .unwrap()
+            .iter()
+            .map(|p| p.command("U"))
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "ws-idle --url U --clients 1000 --rooms 10 --pid $!",
+                "ws-idle --url U --clients 1800 --rooms 18 --pid $!",
+                "alarms --url U --objects 1000 --alarms 10000 --pid $!",
+            ]
+        );
+    }
+
+    #[test]
+    fn scenarios_with_their_own_config_come_last_on_their_own_server() {
+        let p = plan(true, &["alarms".to_owned(), "counter-one".to_owned()]).unwrap();
+        let lines = scenario_commands(&p, "relaxed");
+        assert_eq!(
+            lines[0],
+            "target/release/rookery-bench counter-one --url http://127.0.0.1:8787 --conns 32 \
+             --requests 5000"
+        );
+        assert!(lines[1].starts_with("# alarms needs a server of its own"));
+        assert_eq!(
+            lines[2],
+            "target/release/rookery-bench alarms-config > rookery-alarms.toml"
+        );
+        assert_eq!(
+            lines[3],
+            "target/release/rookery serve --config rookery-alarms.toml --listen 127.0.0.1:8788 \
+             --data-dir \"$(mktemp -d)\" --durability relaxed &"
+        );
+        assert_eq!(
+            lines[4],
+            "target/release/rookery-bench alarms --url http://127.0.0.1:8788 --objects 1000 \
+             --alarms 10000 --pid $!"
+        );
+        assert_eq!(lines.len(), 5);
+    }
+
+    #[test]
+    fn ws_idle_note_only_on_the_largest_row_below_the_target() {
+        assert_eq!(ws_idle_note(10_000, 18_000, 20_000), None);
+        let note = ws_idle_note(18_000, 18_000, 20_000).unwrap();
+        assert!(
+            note.starts_with("50000 connections cannot be reached"),
+            "{note}"
+        );
+        assert!(note.contains("hard limit is 20000"), "{note}");
+        assert!(note.contains("18000 is the largest size"), "{note}");
+        assert_eq!(ws_idle_note(18_000, 18_000, 1_048_576), None);
     }
 
     #[test]

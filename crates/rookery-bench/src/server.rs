@@ -30,6 +30,8 @@ pub struct ServerProcess {
     /// Its process id.
     pub pid: u32,
     data_dir: PathBuf,
+    /// The configuration file written for this server, if any.
+    config_file: Option<PathBuf>,
 }
 
 /// How the server ended.
@@ -45,11 +47,31 @@ pub enum Exit {
 
 impl ServerProcess {
     /// Starts `server serve` on 127.0.0.1:0 with a fresh data directory and `durability`, and
-    /// waits for its listening line.
-    pub async fn start(server: &Path, durability: &str) -> anyhow::Result<Self> {
+    /// waits for its listening line. With `config` (TOML text), the server runs that
+    /// configuration, written to a file next to the data directory, instead of the built-in
+    /// demo.
+    pub async fn start(
+        server: &Path,
+        durability: &str,
+        config: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let data_dir = fresh_data_dir()?;
-        let mut child = Command::new(server)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        let config_file = match config {
+            Some(text) => {
+                let path = config_path(&data_dir);
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let mut command = Command::new(server);
+        command.arg("serve");
+        if let Some(path) = &config_file {
+            command.arg("--config").arg(path);
+        }
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(["--durability", durability])
             .env("RUST_LOG", "warn")
@@ -84,6 +106,7 @@ impl ServerProcess {
             url,
             pid,
             data_dir,
+            config_file,
         })
     }
 
@@ -92,6 +115,9 @@ impl ServerProcess {
         let exit = self.terminate().await;
         // Best effort: a leftover temp directory is not worth failing a benchmark over.
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        if let Some(path) = &self.config_file {
+            let _ = std::fs::remove_file(path);
+        }
         exit
     }
 
@@ -137,6 +163,13 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// Where the configuration of the server using `data_dir` goes: beside it, `DIR.toml`.
+fn config_path(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".toml");
+    PathBuf::from(name)
+}
+
 /// A new empty directory under the system temp directory.
 fn fresh_data_dir() -> anyhow::Result<PathBuf> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -169,6 +202,14 @@ mod tests {
         assert_eq!(parse_listening("rookery listening on "), None);
         assert_eq!(parse_listening("rookery listening on http://"), None);
         assert_eq!(parse_listening("some log line"), None);
+    }
+
+    #[test]
+    fn config_file_sits_beside_the_data_dir() {
+        assert_eq!(
+            config_path(Path::new("/tmp/rookery-bench-1-2")),
+            PathBuf::from("/tmp/rookery-bench-1-2.toml")
+        );
     }
 
     #[test]

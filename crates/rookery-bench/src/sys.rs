@@ -26,6 +26,20 @@ pub fn raise_nofile_limit() -> anyhow::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// This process's hard RLIMIT_NOFILE: the most files it (and the server it starts, which
+/// inherits it) can ever open.
+pub fn nofile_hard_limit() -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(lim.rlim_max)
+}
+
 /// How many more sockets this process can open: the raised limit minus what is open and a margin.
 pub fn socket_capacity() -> anyhow::Result<u64> {
     let limit = raise_nofile_limit()?;
@@ -96,6 +110,12 @@ mod tests {
         let (n, note) = cap_clients(50_000, 19_900);
         assert_eq!(n, 19_900);
         assert!(note.unwrap().contains("capped from 50000 to 19900"));
+    }
+
+    #[test]
+    fn hard_limit_is_at_least_the_soft_one() {
+        let hard = nofile_hard_limit().unwrap();
+        assert!(hard >= raise_nofile_limit().unwrap());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::{Outcome, Verdict, truncate, unique_prefix};
 use crate::http::{Conn, Target, path_uri, read_counter};
+use crate::server_stats::{self, RuntimeDelta, ServerStats};
 use crate::stats::{Samples, per_second};
 
 /// Settings of `counter-one`.
@@ -212,6 +213,30 @@ fn load_figures(outcome: &mut Outcome, load: &Load) {
         .figure("elapsed_ms", load.elapsed.as_millis() as u64);
 }
 
+/// Reads the server's stats; when that fails, says so in a `server_stats` figure instead (the
+/// storage figures are measurements, not part of the verdict).
+async fn stats_or_note(conn: &mut Conn, outcome: &mut Outcome) -> Option<ServerStats> {
+    match server_stats::fetch(conn).await {
+        Ok(stats) => Some(stats),
+        Err(e) => {
+            outcome.figure("server_stats", format!("unavailable: {e:#}"));
+            None
+        }
+    }
+}
+
+/// Adds the storage figures of the measured phase, from stats read just before and just after.
+fn storage_figures(
+    outcome: &mut Outcome,
+    before: Option<ServerStats>,
+    after: Option<ServerStats>,
+    elapsed: Duration,
+) {
+    if let (Some(before), Some(after)) = (before, after) {
+        RuntimeDelta::between(&before, &after).add_figures(outcome, elapsed);
+    }
+}
+
 /// Runs `counter-one`.
 pub async fn counter_one(target: &Target, args: &CounterOneArgs) -> Outcome {
     let name = args.name.clone().unwrap_or_else(|| unique_prefix("one"));
@@ -232,10 +257,18 @@ async fn counter_one_inner(
 ) -> anyhow::Result<Outcome> {
     let path = path_uri(format!("/counter/{name}/increment"))?;
     // A fresh name starts at 0; a reused `--name` starts wherever earlier runs left it.
-    let start = read_counter(&mut Conn::open(target).await?, name).await?;
+    let mut conn = Conn::open(target).await?;
+    let start = read_counter(&mut conn, name).await?;
+    let before = stats_or_note(&mut conn, &mut outcome).await;
     let load = drive(target, args.conns, args.requests, vec![path]).await?;
     load_figures(&mut outcome, &load);
+    // A fresh connection: the server may have closed the idle one during the run.
     let mut conn = Conn::open(target).await?;
+    let after = match before {
+        Some(_) => stats_or_note(&mut conn, &mut outcome).await,
+        None => None,
+    };
+    storage_figures(&mut outcome, before, after, load.elapsed);
     let value = read_counter(&mut conn, name).await;
     let verdict = one_verdict(args.requests, start, &load.tally, value);
     Ok(outcome.verdict(verdict))
@@ -294,9 +327,15 @@ async fn counter_many_inner(
         .iter()
         .map(|n| path_uri(format!("/counter/{n}/increment")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let before = stats_or_note(&mut Conn::open(target).await?, &mut outcome).await;
     let load = drive(target, args.conns, args.requests, paths).await?;
     load_figures(&mut outcome, &load);
     let mut conn = Conn::open(target).await?;
+    let after = match before {
+        Some(_) => stats_or_note(&mut conn, &mut outcome).await,
+        None => None,
+    };
+    storage_figures(&mut outcome, before, after, load.elapsed);
     let mut values = Vec::with_capacity(names.len());
     for name in &names {
         values.push(read_counter(&mut conn, name).await);

@@ -1,5 +1,6 @@
 //! The benchmark scenarios and the result every one of them produces.
 
+pub mod alarms;
 pub mod cold_start;
 pub mod counter;
 #[cfg(test)]
@@ -28,6 +29,9 @@ pub struct Outcome {
     pub ok: bool,
     /// What was checked and, on failure, what went wrong.
     pub detail: String,
+    /// Remarks the report prints under the table, e.g. why a size was chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Outcome {
@@ -43,6 +47,7 @@ impl Outcome {
             figures: Map::new(),
             ok: false,
             detail: String::new(),
+            notes: Vec::new(),
         }
     }
 

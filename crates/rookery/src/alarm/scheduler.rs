@@ -39,6 +39,8 @@ pub enum AlarmOutcome {
 /// The scheduler's state, part of the runtime.
 pub(crate) struct Scheduler {
     stopping: AtomicBool,
+    /// The scheduler waits for deliveries to finish before it reads the index again.
+    blocked: AtomicBool,
     /// Objects with an alarm event in flight (at most `CONCURRENCY`).
     in_flight: Mutex<HashSet<AlarmKey>>,
     permits: Arc<Semaphore>,
@@ -54,6 +56,7 @@ impl Scheduler {
     pub(crate) fn new() -> Self {
         Self {
             stopping: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             in_flight: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(CONCURRENCY)),
             task: Mutex::new(None),
@@ -131,8 +134,9 @@ async fn run(rt: Weak<RuntimeInner>) {
         let clock = inner.storage.clock.clone();
         let now = clock.now_ms();
         let busy = sched.in_flight().len();
-        let next = match inner.storage.alarms.earliest(busy + CONCURRENCY) {
-            Ok(entries) => dispatch_due(&inner, entries, now),
+        let limit = busy + CONCURRENCY;
+        let next = match inner.storage.alarms.earliest(limit) {
+            Ok(entries) => dispatch_due(&inner, entries, limit, now),
             Err(e) => {
                 tracing::error!(error = %e, "reading the alarm index");
                 Some(now + 1_000)
@@ -157,31 +161,66 @@ async fn run(rt: Weak<RuntimeInner>) {
     }
 }
 
-/// Starts delivery of the due entries among `entries` (earliest first); returns when to look
-/// again, or `None` to wait for a poke.
-fn dispatch_due(rt: &Arc<RuntimeInner>, entries: Vec<(AlarmKey, i64)>, now: i64) -> Option<i64> {
+/// Starts delivery of the due entries among `entries` (earliest first, read with `limit`);
+/// returns when to look again, or `None` to wait for a poke.
+///
+/// Deliveries poke the scheduler when they end only if it asked (`blocked`), and only once
+/// half of the slots are free, so that one index read serves many deliveries.
+fn dispatch_due(
+    rt: &Arc<RuntimeInner>,
+    entries: Vec<(AlarmKey, i64)>,
+    limit: usize,
+    now: i64,
+) -> Option<i64> {
     let sched = &rt.scheduler;
+    let fetched = entries.len();
+    // Entries skipped because they were in flight may be due again when their delivery ends.
+    let mut skipped = Vec::new();
+    let mut next = None;
+    let mut full = false;
     for (key, at) in entries {
         if sched.in_flight().contains(&key) {
+            skipped.push(key);
             continue;
         }
         if at > now {
-            return Some(at);
+            next = Some(at);
+            break;
         }
         let Ok(permit) = sched.permits.clone().try_acquire_owned() else {
-            // All slots busy: a finishing delivery pokes the scheduler.
-            return None;
+            full = true;
+            break;
         };
         sched.in_flight().insert(key.clone());
         let rt = rt.clone();
         tokio::spawn(async move {
             deliver(&rt, &key).await;
-            rt.scheduler.in_flight().remove(&key);
+            let busy = {
+                let mut in_flight = rt.scheduler.in_flight();
+                in_flight.remove(&key);
+                in_flight.len()
+            };
             drop(permit);
-            rt.storage.alarms.changed.notify_one();
+            if busy <= CONCURRENCY / 2 && rt.scheduler.blocked.swap(false, Ordering::SeqCst) {
+                rt.storage.alarms.changed.notify_one();
+            }
         });
     }
-    None
+    // The read was cut at its limit and everything in it was due: more may wait behind.
+    let more = next.is_none() && fetched == limit;
+    if full || more || !skipped.is_empty() {
+        sched.blocked.store(true, Ordering::SeqCst);
+        // Deliveries that ended before `blocked` was set did not poke: look at what they left.
+        let freed = sched.permits.available_permits() > CONCURRENCY / 2 && (full || more);
+        let ended = {
+            let in_flight = sched.in_flight();
+            skipped.iter().any(|k| !in_flight.contains(k))
+        };
+        if freed || ended {
+            return Some(now);
+        }
+    }
+    next
 }
 
 /// Delivers one alarm event and waits until the object has handled it.

@@ -201,7 +201,19 @@ async fn run<C: DurableObject>(act: Activation, mut mailbox: mpsc::Receiver<Even
                     state
                         .sockets()
                         .release(state.storage().settled(), state.take_outbox());
-                    let _ = reply.send(outcome);
+                    // The scheduler looks at the entry again when it hears back: by then the
+                    // entry must say what this turn decided, or the alarm comes round again.
+                    match state.storage().take_index_update() {
+                        None => {
+                            let _ = reply.send(outcome);
+                        }
+                        Some(update) => {
+                            tokio::spawn(async move {
+                                let _ = update.await;
+                                let _ = reply.send(outcome);
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     drop(state.take_outbox());

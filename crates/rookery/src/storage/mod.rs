@@ -86,6 +86,8 @@ pub struct Storage {
     id: ObjectId,
     alarm_key: AlarmKey,
     in_memory: bool,
+    /// See [`Storage::take_index_update`].
+    index_update: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The database and the commit sequence, guarded together.
@@ -143,6 +145,7 @@ impl Storage {
             class,
             id,
             alarm_key,
+            index_update: Mutex::new(None),
         })
     }
 
@@ -337,13 +340,23 @@ impl Storage {
         if gate.is_open() {
             set();
         } else {
-            tokio::spawn(async move {
+            let update = tokio::spawn(async move {
                 // A failed commit leaves the index earlier than the truth, which is safe.
                 if gate.wait().await.is_ok() {
                     set();
                 }
             });
+            *self.index_update.lock().unwrap_or_else(|e| e.into_inner()) = Some(update);
         }
+    }
+
+    /// The latest index update still waiting for its commit to be durable, if any: the
+    /// scheduler waits for it before it looks at this object's entry again.
+    pub(crate) fn take_index_update(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.index_update
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Corrects the index entry to what the object's record says, once what was read is durable.
