@@ -336,3 +336,41 @@ pub(crate) fn scan_objects(objects_dir: &Path) -> Result<Scan> {
     }
     Ok(scan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> AlarmKey {
+        let mut id = [0u8; ID_BYTES];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        AlarmKey {
+            class_uid: Arc::from("c"),
+            id,
+        }
+    }
+
+    #[test]
+    fn a_million_alarms_are_held_and_read_in_time_order() {
+        let index = AlarmIndex::open(None, Durability::Relaxed).unwrap();
+        index.set_hosted(&[Arc::from("c")]).unwrap();
+        // Times in a scrambled order, so the index, not the insertion order, sorts them.
+        let entries: Vec<(AlarmKey, i64)> = (0..1_000_000u32)
+            .map(|i| (key(i), (u64::from(i) * 2_654_435_761 % 1_000_000) as i64))
+            .collect();
+        index.replace_all(&entries, 0, &[]).unwrap();
+        assert_eq!(index.len().unwrap(), 1_000_000);
+        assert_eq!(index.next_at().unwrap(), Some(0));
+        let first = index.earliest(5).unwrap();
+        let times: Vec<i64> = first.iter().map(|(_, at)| *at).collect();
+        assert_eq!(times, vec![0, 1, 2, 3, 4]);
+        // An update reorders one entry without touching the others.
+        let (k, _) = &first[0];
+        index
+            .set_exact(k, Some(2_000_000), index.next_version())
+            .unwrap();
+        assert_eq!(index.next_at().unwrap(), Some(1));
+        index.set_exact(k, None, index.next_version()).unwrap();
+        assert_eq!(index.len().unwrap(), 999_999);
+    }
+}
