@@ -5,6 +5,7 @@ mod common;
 
 use std::path::Path;
 
+use common::ws::{Ws, connect, next_json};
 use common::{PATIENCE, TestServer, client, wait_until};
 use futures_util::{SinkExt, StreamExt};
 use rookery_server::Config;
@@ -12,9 +13,6 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The Waddle demo: identities from the query, one route per object kind.
 const WADDLE_CONFIG: &str = r#"
@@ -59,30 +57,6 @@ async fn start(data_dir: &Path) -> TestServer {
 /// The query that makes the gateway vouch for `user` (named `User <user>`).
 fn who(user: &str, permissions: &str) -> String {
     format!("user={user}&name=User%20{user}&permissions={permissions}")
-}
-
-async fn connect(server: &TestServer, path: &str) -> Ws {
-    let url = format!("ws://{}{}", server.addr, path);
-    let (ws, resp) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connects in time")
-        .expect("upgrade accepted");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-/// The next data message as JSON, skipping control frames.
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("a message in time")
-        {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
 }
 
 /// The next message of `kind`, skipping others (e.g. presence updates of other users).

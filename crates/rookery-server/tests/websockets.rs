@@ -2,43 +2,13 @@
 
 mod common;
 
+use common::ws::{Ws, connect, next_json, next_text};
 use common::{PATIENCE, PROBE_CONFIG, TestServer, client, wait_until};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &TestServer, path: &str) -> Ws {
-    let url = format!("ws://{}{}", server.addr, path);
-    let (ws, resp) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connects in time")
-        .expect("upgrade accepted");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-/// The next data message (text), skipping control frames.
-async fn next_text(ws: &mut Ws) -> String {
-    loop {
-        match tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("a message in time")
-        {
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    serde_json::from_str(&next_text(ws).await).unwrap()
-}
 
 /// The close frame the server sends next (data before it is skipped).
 async fn close_of(ws: &mut Ws) -> Option<CloseFrame> {
