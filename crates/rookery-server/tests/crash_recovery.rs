@@ -100,19 +100,7 @@ async fn acknowledged_increments_survive_kill_9() {
     }
 }
 
-const KV_CONFIG: &str = r#"
-[durable_objects]
-bindings = [{ name = "KV", class_name = "KvStore" }]
-
-[[migrations]]
-tag = "v1"
-new_sqlite_classes = ["KvStore"]
-
-[[routes]]
-path = "/kv/:name"
-binding = "KV"
-name_from = "name"
-"#;
+const KV_CONFIG: &str = include_str!("../../../examples/kv.toml");
 
 /// Every object database under `data_dir`.
 fn object_databases(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {

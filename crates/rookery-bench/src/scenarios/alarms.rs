@@ -21,21 +21,7 @@ use crate::stats::per_second;
 use crate::sys::{check_pid, rss_kib};
 
 /// The configuration the server needs for this scenario: one `KvStore` per name under `/kv/`.
-pub const CONFIG: &str = r#"# rookery-bench `alarms`: one KvStore object per name, GET/PUT/DELETE /kv/NAME/KEY.
-[durable_objects]
-bindings = [
-  { name = "KV", class_name = "KvStore" },
-]
-
-[[migrations]]
-tag = "v1"
-new_sqlite_classes = ["KvStore"]
-
-[[routes]]
-path = "/kv/:name"
-binding = "KV"
-name_from = "name"
-"#;
+pub const CONFIG: &str = include_str!("../../../../examples/kv.toml");
 
 /// Time between the estimated end of the set-up and the window start, so that late set-up
 /// writes never expire before they are sent.

@@ -207,53 +207,61 @@ impl Host {
             if host.closing.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown);
             }
-            if let Some(slot) = host.objects.get(&key) {
-                match offer(&slot.mailbox, event)? {
-                    None => return Ok(()),
-                    Some(back) => {
-                        event = back;
+            let offered = match host.objects.get(&key) {
+                Some(slot) => offer(&slot.mailbox, event)?,
+                None => {
+                    let slot = host
+                        .objects
+                        .entry(key)
+                        .or_insert_with(|| host.activate(rt, ns, id, key));
+                    // Shutdown sets `closing` before it clears the registry: if it is not set
+                    // now, this slot was inserted before the clear and goes with it.
+                    if host.closing.load(Ordering::SeqCst) {
                         drop(slot);
-                        host.forget_closed(&key);
-                        continue;
+                        host.objects.remove(&key);
+                        return Err(Error::ShuttingDown);
                     }
+                    offer(&slot.mailbox, event)?
                 }
-            }
-            let slot = host.objects.entry(key).or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(rt.options.host.mailbox_capacity.max(1));
-                let generation = host.generations.fetch_add(1, Ordering::Relaxed);
-                host.activations.fetch_add(1, Ordering::Relaxed);
-                host.live.send_modify(|n| *n += 1);
-                host.relieve_pressure();
-                let activation = Activation {
-                    rt: rt.clone(),
-                    ns: ns.clone(),
-                    id: id.clone(),
-                    key,
-                    generation,
-                };
-                ns.class.start(activation, rx);
-                Slot {
-                    mailbox: tx,
-                    generation,
-                }
-            });
-            // Shutdown sets `closing` before it clears the registry: if it is not set now,
-            // this slot was inserted before the clear and goes with it.
-            if host.closing.load(Ordering::SeqCst) {
-                drop(slot);
-                host.objects.remove(&key);
-                return Err(Error::ShuttingDown);
-            }
-            match offer(&slot.mailbox, event)? {
+            };
+            match offered {
                 None => return Ok(()),
                 Some(back) => {
                     event = back;
-                    drop(slot);
                     host.forget_closed(&key);
                 }
             }
         }
         Err(Error::msg("the object could not be activated"))
+    }
+
+    /// Starts an activation of object `id` and returns its registry slot.
+    fn activate(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        ns: &Arc<NamespaceInfo>,
+        id: &ObjectId,
+        key: ObjectKey,
+    ) -> Slot {
+        let (tx, rx) = mpsc::channel(rt.options.host.mailbox_capacity.max(1));
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        self.activations.fetch_add(1, Ordering::Relaxed);
+        self.live.send_modify(|n| *n += 1);
+        self.relieve_pressure();
+        ns.class.start(
+            Activation {
+                rt: rt.clone(),
+                ns: ns.clone(),
+                id: id.clone(),
+                key,
+                generation,
+            },
+            rx,
+        );
+        Slot {
+            mailbox: tx,
+            generation,
+        }
     }
 
     /// Clears the slot of an activation that died with its mailbox.
