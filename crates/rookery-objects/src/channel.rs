@@ -20,7 +20,7 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::waddle::{Member, error_reply, upgrading_member};
+use crate::member::{Member, error_reply, upgrading_member};
 
 /// The key of the last sequence handed out.
 const SEQ_KEY: &str = "seq";
@@ -422,7 +422,7 @@ impl DurableObject for Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::waddle::tests::{Client, as_user};
+    use crate::test_client::{Client, as_user};
     use rookery::Clock;
     use rookery::testing::TestHarness;
     use std::time::Duration;

@@ -6,7 +6,10 @@ mod channel;
 mod chat_room;
 mod counter;
 mod kv_store;
+mod member;
 mod rate_limiter;
+#[cfg(test)]
+mod test_client;
 mod waddle;
 
 pub use channel::Channel;

@@ -21,100 +21,12 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The trusted header holding the caller's user id.
-pub(crate) const USER_ID_HEADER: &str = "x-rookery-user-id";
-/// The trusted header holding the caller's display name.
-pub(crate) const USER_NAME_HEADER: &str = "x-rookery-user-name";
-/// The trusted header holding the caller's comma-separated permissions.
-pub(crate) const PERMISSIONS_HEADER: &str = "x-rookery-permissions";
+use crate::member::{Member, error_reply, upgrading_member};
 
 /// Where a user's presence is stored.
 const PRESENCE_PREFIX: &str = "presence:";
 /// The statuses a user may be in.
 const STATUSES: [&str; 4] = ["online", "away", "dnd", "offline"];
-
-/// The verified caller of a request, and the attachment of each socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Member {
-    /// The user's id (also the socket's tag).
-    pub(crate) user_id: String,
-    /// The user's display name (the id when the gateway gave none).
-    pub(crate) username: String,
-    /// What the user may do, e.g. `read`, `write`.
-    pub(crate) permissions: Vec<String>,
-}
-
-impl Member {
-    /// The caller named by the gateway's trusted headers; `None` without a user id.
-    pub(crate) fn from_request(req: &Request) -> Option<Self> {
-        let header = |name: &str| {
-            req.headers()
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
-                .unwrap_or_default()
-        };
-        let user_id = header(USER_ID_HEADER);
-        if user_id.is_empty() {
-            return None;
-        }
-        let username = match header(USER_NAME_HEADER) {
-            name if name.is_empty() => user_id.clone(),
-            name => name,
-        };
-        let permissions = header(PERMISSIONS_HEADER)
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect();
-        Some(Self {
-            user_id,
-            username,
-            permissions,
-        })
-    }
-
-    /// The member a socket belongs to, from its attachment.
-    pub(crate) fn of(ws: &WebSocket) -> Option<Self> {
-        ws.deserialize_attachment::<Self>().ok().flatten()
-    }
-
-    /// Whether the member holds `permission`.
-    pub(crate) fn may(&self, permission: &str) -> bool {
-        self.permissions.iter().any(|p| p == permission)
-    }
-
-    /// Accepts the upgrade `req` as a hibernatable socket of this member: tagged with the user
-    /// id, with the member as attachment.
-    pub(crate) fn accept(&self, state: &ObjectState, req: &Request) -> Result<WebSocket> {
-        let ws = state.accept_websocket(req, &[&self.user_id])?;
-        ws.serialize_attachment(self)?;
-        Ok(ws)
-    }
-}
-
-/// The member an upgrade request comes from, or the status and message to refuse it with: 400
-/// if it is not an upgrade, 401 `Unauthorized` without a user id.
-pub(crate) fn upgrading_member(
-    req: &Request,
-) -> std::result::Result<Member, (StatusCode, &'static str)> {
-    if !req.is_websocket_upgrade() {
-        return Err((StatusCode::BAD_REQUEST, "Expected WebSocket"));
-    }
-    let Some(member) = Member::from_request(req) else {
-        return Err((StatusCode::UNAUTHORIZED, "Unauthorized"));
-    };
-    if member.user_id.len() > rookery::MAX_TAG_BYTES {
-        return Err((StatusCode::BAD_REQUEST, "The user id is too long"));
-    }
-    Ok(member)
-}
-
-/// Sends `{"type":"error","message":message}` to `ws`.
-pub(crate) fn error_reply(ws: &WebSocket, message: &str) -> Result<()> {
-    ws.send_json(&json!({ "type": "error", "message": message }))
-}
 
 /// A user's stored presence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -286,81 +198,11 @@ impl DurableObject for Waddle {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::test_client::{Client, as_user};
+    use rookery::HeaderValue;
     use rookery::testing::TestHarness;
-    use rookery::{HeaderValue, Outgoing, SocketLink};
-    use std::collections::VecDeque;
-    use std::time::Duration;
-
-    const PATIENCE: Duration = Duration::from_secs(20);
-
-    /// An in-process connection to an object: what a transport would hold.
-    pub(crate) struct Client {
-        pub(crate) link: SocketLink,
-        inbox: VecDeque<Outgoing>,
-    }
-
-    impl Client {
-        /// Connects to the object `name` as `user` with `permissions`.
-        pub(crate) async fn connect(h: &TestHarness, name: &str, user: &str, perms: &str) -> Self {
-            let req = as_user(Request::get("/").unwrap(), user, perms).with_header(
-                rookery::HeaderName::from_static("upgrade"),
-                HeaderValue::from_static("websocket"),
-            );
-            let mut resp = h.fetch(name, req).await.unwrap();
-            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-            let ws = resp.take_websocket().unwrap();
-            Self {
-                link: SocketLink::new(&ws).unwrap(),
-                inbox: VecDeque::new(),
-            }
-        }
-
-        /// Sends a text message.
-        pub(crate) async fn say(&self, text: &str) {
-            self.link.incoming(WsMessage::text(text)).await.unwrap();
-        }
-
-        /// The next message the object sent, as JSON.
-        pub(crate) async fn next(&mut self) -> Value {
-            loop {
-                if let Some(out) = self.inbox.pop_front() {
-                    match out {
-                        Outgoing::Message(m) => return m.json_body().unwrap(),
-                        Outgoing::Close(code, reason) => panic!("closed: {code} {reason}"),
-                    }
-                }
-                tokio::time::timeout(PATIENCE, self.link.ready())
-                    .await
-                    .expect("a message in time");
-                let mut buf = Vec::new();
-                self.link.take_outgoing(&mut buf);
-                self.inbox.extend(buf);
-            }
-        }
-
-        /// Ends the connection cleanly.
-        pub(crate) async fn close(self) {
-            self.link.closed(1000, String::new(), true).await;
-        }
-    }
-
-    /// `req` with the gateway's identity headers for `user`.
-    pub(crate) fn as_user(req: Request, user: &str, perms: &str) -> Request {
-        req.with_header(
-            rookery::HeaderName::from_static(USER_ID_HEADER),
-            HeaderValue::from_str(user).unwrap(),
-        )
-        .with_header(
-            rookery::HeaderName::from_static(USER_NAME_HEADER),
-            HeaderValue::from_str(&format!("{user} name")).unwrap(),
-        )
-        .with_header(
-            rookery::HeaderName::from_static(PERMISSIONS_HEADER),
-            HeaderValue::from_str(perms).unwrap(),
-        )
-    }
 
     #[test]
     fn identity_comes_from_the_trusted_headers_only() {

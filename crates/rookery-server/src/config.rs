@@ -414,7 +414,7 @@ impl Config {
                         ));
                     }
                     (Some(p), None) | (None, Some(p)) => {
-                        let params = crate::routes::params_of(r.path.get_ref());
+                        let params = crate::route_pattern::params_of(r.path.get_ref());
                         if !params.iter().any(|q| q == p) {
                             return Err(self.error_at(
                                 at,

@@ -8,15 +8,9 @@ use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rookery::Request;
+pub use rookery::identity::{PERMISSIONS, USER_ID, USER_NAME};
 
 use crate::config::{AuthConfig, Identity};
-
-/// The caller's user id.
-pub const USER_ID: HeaderName = HeaderName::from_static("x-rookery-user-id");
-/// The caller's display name.
-pub const USER_NAME: HeaderName = HeaderName::from_static("x-rookery-user-name");
-/// The caller's permissions, comma-separated.
-pub const PERMISSIONS: HeaderName = HeaderName::from_static("x-rookery-permissions");
 
 /// Verifies callers.
 #[derive(Debug, Default)]

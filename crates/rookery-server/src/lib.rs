@@ -6,6 +6,7 @@
 pub mod config;
 mod gateway;
 pub mod identity;
+mod route_pattern;
 mod routes;
 mod socket_io;
 
@@ -30,6 +31,9 @@ pub enum ServerError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The runtime could not start.
+    #[error(transparent)]
+    Start(#[from] rookery::StartError),
     /// The runtime failed.
     #[error(transparent)]
     Runtime(#[from] rookery::Error),
@@ -139,20 +143,20 @@ impl Server {
 }
 
 /// Points a runtime error found at start-up to the configuration line it comes from.
-fn locate(config: &Config, e: rookery::Error) -> ServerError {
+fn locate(config: &Config, e: rookery::StartError) -> ServerError {
     match &e {
-        rookery::Error::Migration { tag, .. } => {
+        rookery::StartError::Migration { tag, .. } => {
             if let Some(m) = config.migrations.iter().find(|m| m.tag.get_ref() == tag) {
                 return config.error_at(m.tag.span().start, e.to_string()).into();
             }
         }
-        rookery::Error::Binding { binding, .. } => {
+        rookery::StartError::Binding { binding, .. } => {
             if let Some(b) = config.bindings.iter().find(|b| b.name.get_ref() == binding) {
                 return config.error_at(b.name.span().start, e.to_string()).into();
             }
         }
-        rookery::Error::Config(message) => return config.error(message.clone()).into(),
+        rookery::StartError::Config(message) => return config.error(message.clone()).into(),
         _ => {}
     }
-    ServerError::Runtime(e)
+    ServerError::Start(e)
 }

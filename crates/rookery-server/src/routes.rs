@@ -7,6 +7,7 @@ use http::Method;
 use rookery::{Namespace, Runtime};
 
 use crate::config::{Config, ConfigError, RouteConfig};
+use crate::route_pattern::router_pattern;
 
 /// Name of the catch-all parameter holding the rest of the path.
 const REST: &str = "rookery_rest";
@@ -71,31 +72,6 @@ impl Matched<'_, '_> {
 pub(crate) struct Routes {
     router: matchit::Router<usize>,
     routes: Vec<Route>,
-}
-
-/// The parameter names of a route pattern.
-pub(crate) fn params_of(pattern: &str) -> Vec<String> {
-    pattern
-        .split('/')
-        .filter_map(|seg| {
-            seg.strip_prefix(':')
-                .or_else(|| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-/// The pattern in the router's syntax: `:name` segments become `{name}`.
-fn router_pattern(pattern: &str) -> String {
-    let trimmed = pattern.trim_end_matches('/');
-    trimmed
-        .split('/')
-        .map(|seg| match seg.strip_prefix(':') {
-            Some(name) => format!("{{{name}}}"),
-            None => seg.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 impl Routes {
@@ -176,17 +152,4 @@ fn compile(config: &Config, rc: &RouteConfig, runtime: &Runtime) -> Result<Route
         rewrite: rc.rewrite.clone(),
         rate_limit,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns_convert_to_router_syntax() {
-        assert_eq!(router_pattern("/counter/:name"), "/counter/{name}");
-        assert_eq!(router_pattern("/api/"), "/api");
-        assert_eq!(router_pattern("/"), "");
-        assert_eq!(params_of("/a/:x/{y}/z"), vec!["x", "y"]);
-    }
 }

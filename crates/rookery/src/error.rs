@@ -8,8 +8,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in the runtime or in an object's handler.
 ///
 /// Each variant maps to an HTTP status (see [`Error::status`]) so the gateway can answer a
-/// client without guessing.
+/// client without guessing. Errors that can only happen while a runtime starts are
+/// [`StartError`]s, not variants here.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A string that is not an object id of the namespace it was given to.
     #[error("invalid object id: {0}")]
@@ -58,7 +60,26 @@ pub enum Error {
     /// A file system operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// A configuration problem found at start-up.
+    /// A failure of the runtime, with the error that caused it.
+    #[error("{message}")]
+    Internal {
+        /// What failed.
+        message: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Any other failure, described by its message.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Why a runtime could not start. Nothing of a failed start is applied: no migration is
+/// recorded and no data is touched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A configuration problem.
     #[error("{0}")]
     Config(String),
     /// A binding that cannot be served.
@@ -77,15 +98,38 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// Any other failure, described by its message.
-    #[error("{0}")]
-    Other(String),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    Storage(#[from] Error),
+}
+
+impl From<rusqlite::Error> for StartError {
+    fn from(e: rusqlite::Error) -> Self {
+        StartError::Storage(Error::Sqlite(e))
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Storage(Error::Io(e))
+    }
 }
 
 impl Error {
     /// An error carrying only a message; maps to 500.
     pub fn msg(message: impl std::fmt::Display) -> Self {
         Error::Other(message.to_string())
+    }
+
+    /// A runtime failure described by `message`, caused by `source`; maps to 500.
+    pub fn internal(
+        message: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Internal {
+            message: message.to_string(),
+            source: Box::new(source),
+        }
     }
 
     /// A client error carrying a message; maps to 400.
@@ -109,9 +153,7 @@ impl Error {
             | Error::Sqlite(_)
             | Error::Json(_)
             | Error::Io(_)
-            | Error::Config(_)
-            | Error::Migration { .. }
-            | Error::Binding { .. }
+            | Error::Internal { .. }
             | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

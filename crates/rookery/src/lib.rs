@@ -21,28 +21,41 @@
 //! }
 //! ```
 
-mod alarm;
-mod catalog;
+// Layers, from the bottom; every module imports only modules below it (docs/ARCHITECTURE.md).
+// values
+mod addr;
+mod clock;
 mod error;
-mod host;
 mod id;
-mod object;
+pub mod identity;
 mod request;
-mod response;
-mod runtime;
-mod socket;
+// storage: object databases, the commit pipeline, the alarm index, the catalog
 mod storage;
+// sockets: kept outside instances, with their turn outboxes
+mod socket;
+// what objects see of themselves
+mod response;
+mod state;
+// the host: registry, mailboxes, activations, turns
+mod host;
+// ways in: stubs and the environment, then the object trait on top of them
+mod env;
+mod object;
 mod stub;
+// the alarm scheduler
+mod alarm;
+// assembly
+mod runtime;
 pub mod testing;
 
-pub use alarm::{
-    AlarmInfo, AlarmOutcome, AlarmStats, Clock, MAX_RETRIES, ManualClock, SystemClock, backoff_ms,
-};
-pub use catalog::Migration;
-pub use error::{Error, Result};
+pub use alarm::{AlarmStats, LatenessSummary};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use env::Env;
+pub use error::{Error, Result, StartError};
+pub use host::alarm_event::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
 pub use host::{HostOptions, LocalPlacement, Location, Placement};
 pub use id::{IdMinter, ObjectId};
-pub use object::{DurableObject, Env, ObjectState};
+pub use object::DurableObject;
 pub use request::{Request, percent_decode};
 pub use response::Response;
 pub use runtime::{Classes, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
@@ -50,9 +63,10 @@ pub use socket::{
     MAX_ATTACHMENT_BYTES, MAX_TAG_BYTES, MAX_TAGS, Outgoing, SocketLink, Undelivered, WebSocket,
     WsMessage, close_code,
 };
+pub use state::ObjectState;
 pub use storage::{
     ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, ListOptions, LocalCommitLog,
-    OutputGate, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
+    Migration, OutputGate, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
 };
 pub use stub::{Namespace, Stub};
 

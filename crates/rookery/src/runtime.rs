@@ -1,4 +1,7 @@
 //! The runtime: classes, bindings and the data directory brought together, ready to host objects.
+//!
+//! This file only assembles: it opens the catalog and the alarm index, builds the host and
+//! starts the scheduler. Everything it assembles works through the handles it hands out.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,18 +11,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::alarm::{AlarmIndex, AlarmStats, Clock, Scheduler, SystemClock, scan_objects};
-use crate::catalog::{Catalog, Migration};
-use crate::error::{Error, Result};
+use crate::addr::ClassInfo;
+use crate::alarm::{AlarmStats, Scheduler, Wake};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result, StartError};
 use crate::host::activation::{ClassFactory, Factory};
-use crate::host::{Host, HostOptions, LocalPlacement, Placement};
-use crate::id::{IdMinter, ObjectId};
+use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement};
 use crate::object::DurableObject;
 use crate::storage::{
-    CommitLog, Durability, LocalCommitLog, Location, StorageContext, StorageLimits, SyncHook,
-    Syncer,
+    AlarmIndex, Catalog, CommitLog, Durability, LocalCommitLog, Migration, StorageContext,
+    StorageLimits, SyncHook, Syncer, scan_objects,
 };
-use crate::stub::Namespace;
+use crate::stub::{Namespace, Stub};
 
 /// Everything about how a runtime runs its objects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -152,7 +155,7 @@ impl RuntimeBuilder {
     }
 
     /// Opens the data directory, applies pending migrations and checks every binding.
-    pub fn build(self) -> Result<Runtime> {
+    pub fn build(self) -> Result<Runtime, StartError> {
         let mut catalog = match &self.data_dir {
             Some(dir) => {
                 fs::create_dir_all(dir)?;
@@ -164,26 +167,30 @@ impl RuntimeBuilder {
         catalog.sweep()?;
         // Every class that exists here and that this server can run is hosted, bound or not,
         // so that its alarms fire.
-        let mut namespaces: HashMap<String, Arc<NamespaceInfo>> = HashMap::new();
+        let mut classes: Vec<HostedClass> = Vec::new();
+        let mut by_name: HashMap<String, Arc<ClassInfo>> = HashMap::new();
         for record in catalog.classes()? {
-            let Some(class) = self.classes.map.get(&record.name) else {
+            let Some(factory) = self.classes.map.get(&record.name) else {
                 continue;
             };
-            let ns = NamespaceInfo {
-                idx: u32::try_from(namespaces.len())
-                    .map_err(|_| Error::Config("too many classes".into()))?,
+            let info = Arc::new(ClassInfo {
+                idx: u32::try_from(classes.len())
+                    .map_err(|_| StartError::Config("too many classes".into()))?,
                 uid: Arc::from(record.uid.as_str()),
-                class_name: Arc::from(record.name.as_str()),
+                name: Arc::from(record.name.as_str()),
                 dir: self.data_dir.as_ref().map(|_| record.dir.clone()),
                 minter: record.minter.clone(),
-                class: class.clone(),
-            };
-            ns.prepare_dirs()?;
-            namespaces.insert(record.name.clone(), Arc::new(ns));
+            });
+            info.prepare_dirs()?;
+            by_name.insert(record.name.clone(), info.clone());
+            classes.push(HostedClass {
+                info,
+                factory: factory.clone(),
+            });
         }
         let mut bindings = HashMap::new();
         for (binding, class_name) in &self.bindings {
-            let ns = namespaces.get(class_name).cloned().ok_or_else(|| {
+            let info = by_name.get(class_name).cloned().ok_or_else(|| {
                 let message = if self.classes.contains(class_name) {
                     format!("class {class_name:?} does not exist; a migration must create it (new_sqlite_classes = [{class_name:?}])")
                 } else {
@@ -192,21 +199,23 @@ impl RuntimeBuilder {
                         self.classes.names().join(", ")
                     )
                 };
-                Error::Binding {
+                StartError::Binding {
                     binding: binding.clone(),
                     message,
                 }
             })?;
-            if bindings.insert(binding.clone(), ns).is_some() {
-                return Err(Error::Binding {
+            if bindings.insert(binding.clone(), info).is_some() {
+                return Err(StartError::Binding {
                     binding: binding.clone(),
                     message: "declared twice".into(),
                 });
             }
         }
+        let wake = Arc::new(Wake::new());
         let index_path = self.data_dir.as_ref().map(|d| d.join("alarms.sqlite"));
         let fresh_index = index_path.as_ref().is_some_and(|p| !p.exists());
-        let alarms = AlarmIndex::open(index_path.as_deref(), self.options.durability)?;
+        let alarms =
+            AlarmIndex::open(index_path.as_deref(), self.options.durability, wake.clone())?;
         if fresh_index {
             // A data directory without its index (first start, or the index was removed):
             // rebuild it from the objects' own records.
@@ -220,7 +229,7 @@ impl RuntimeBuilder {
             }
             alarms.replace_all(&scan.found, scanned_at, &scan.busy)?;
         }
-        let hosted: Vec<Arc<str>> = namespaces.values().map(|ns| ns.uid.clone()).collect();
+        let hosted: Vec<Arc<str>> = classes.iter().map(|c| c.info.uid.clone()).collect();
         alarms.set_hosted(&hosted)?;
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
@@ -235,23 +244,27 @@ impl RuntimeBuilder {
         if options.host.max_live_objects == 0 {
             options.host.max_live_objects = default_max_live();
         }
-        let inner = Arc::new(RuntimeInner {
-            host: Host::new(options.host.max_live_objects),
-            by_uid: namespaces
-                .values()
-                .map(|ns| (ns.uid.clone(), ns.clone()))
-                .collect(),
+        let host = Host::new(HostParts {
+            classes,
             bindings,
-            storage,
-            options,
+            storage: storage.clone(),
+            options: options.host,
             placement: self.placement,
-            data_dir: self.data_dir,
-            scheduler: Scheduler::new(),
         });
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::Config("a runtime must be built inside a tokio runtime".into()))?;
-        Scheduler::start(&inner, &handle);
-        Ok(Runtime { inner })
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            StartError::Config("a runtime must be built inside a tokio runtime".into())
+        })?;
+        let scheduler = Arc::new(Scheduler::new(wake));
+        scheduler.start(&host, &handle);
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                host,
+                scheduler,
+                storage,
+                options,
+                data_dir: self.data_dir,
+            }),
+        })
     }
 }
 
@@ -322,14 +335,12 @@ impl Runtime {
 
     /// The namespace bound under `binding`.
     pub fn namespace(&self, binding: &str) -> Result<Namespace> {
-        RuntimeInner::namespace(&self.inner, binding)
+        Namespace::bound(&self.inner.host, binding)
     }
 
     /// The binding names, sorted.
     pub fn bindings(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.inner.bindings.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
+        self.inner.host.binding_names()
     }
 
     /// The options the runtime runs with.
@@ -371,7 +382,7 @@ impl Runtime {
         let scanned_at = self.inner.storage.alarms.next_version();
         let scan = tokio::task::spawn_blocking(move || scan_objects(&dir.join("objects")))
             .await
-            .map_err(|e| Error::msg(format!("the index rebuild failed: {e}")))??;
+            .map_err(|e| Error::internal("the index rebuild failed", e))??;
         self.inner
             .storage
             .alarms
@@ -382,6 +393,12 @@ impl Runtime {
     /// The clock alarms run by.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.storage.clock
+    }
+
+    /// The time the node's alarm index holds for `stub`'s object (may be earlier than its
+    /// record).
+    pub(crate) fn indexed_alarm(&self, stub: &Stub) -> Result<Option<i64>> {
+        self.inner.storage.alarms.get(&stub.addr().alarm_key())
     }
 
     /// Stops taking events, finishes the queued ones, makes every commit durable and closes
@@ -397,75 +414,11 @@ impl Runtime {
     }
 }
 
-/// The shared core of a runtime.
-pub(crate) struct RuntimeInner {
-    pub(crate) host: Host,
-    /// Hosted classes by their stable uid.
-    pub(crate) by_uid: HashMap<Arc<str>, Arc<NamespaceInfo>>,
-    pub(crate) scheduler: Scheduler,
-    pub(crate) bindings: HashMap<String, Arc<NamespaceInfo>>,
-    pub(crate) storage: Arc<StorageContext>,
-    pub(crate) options: RuntimeOptions,
-    pub(crate) placement: Arc<dyn Placement>,
-    pub(crate) data_dir: Option<PathBuf>,
-}
-
-impl RuntimeInner {
-    pub(crate) fn namespace(rt: &Arc<Self>, binding: &str) -> Result<Namespace> {
-        let ns = rt
-            .bindings
-            .get(binding)
-            .ok_or_else(|| Error::UnknownBinding(binding.to_string()))?;
-        Ok(Namespace::new(rt.clone(), ns.clone()))
-    }
-}
-
-/// One class as hosted by a runtime.
-pub(crate) struct NamespaceInfo {
-    pub(crate) idx: u32,
-    /// The class's stable uid (kept across renames).
-    pub(crate) uid: Arc<str>,
-    pub(crate) class_name: Arc<str>,
-    /// Where the class's object databases live; `None` in memory.
-    pub(crate) dir: Option<PathBuf>,
-    pub(crate) minter: IdMinter,
-    pub(crate) class: Arc<dyn ClassFactory>,
-}
-
-impl NamespaceInfo {
-    /// Where object `id`'s database lives, creating its directory if needed.
-    pub(crate) fn object_location(&self, id: &ObjectId) -> Result<Location> {
-        let Some(root) = &self.dir else {
-            return Ok(Location::Memory);
-        };
-        let hex = id.to_hex();
-        // The shard directories exist since start-up (`prepare_dirs`).
-        Ok(Location::File(
-            root.join(&hex[..1]).join(format!("{hex}.sqlite")),
-        ))
-    }
-
-    /// Makes the class's 16 shard directories (named by the ids' first hex digit, so that
-    /// many objects do not crowd one directory) and syncs their entries, so that activating
-    /// an object creates no directory.
-    pub(crate) fn prepare_dirs(&self) -> Result<()> {
-        let Some(root) = &self.dir else {
-            return Ok(());
-        };
-        let mut created = false;
-        for shard in "0123456789abcdef".chars() {
-            let dir = root.join(shard.to_string());
-            if !dir.is_dir() {
-                fs::create_dir_all(&dir)?;
-                created = true;
-            }
-        }
-        if created {
-            // New directory entries must be durable before any object inside them is.
-            for d in [root.as_path(), root.parent().unwrap_or(root)] {
-                fs::File::open(d)?.sync_all()?;
-            }
-        }
-        Ok(())
-    }
+/// The parts of a runtime; private to this file, which only assembles them.
+struct RuntimeInner {
+    host: Host,
+    scheduler: Arc<Scheduler>,
+    storage: Arc<StorageContext>,
+    options: RuntimeOptions,
+    data_dir: Option<PathBuf>,
 }

@@ -32,17 +32,50 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alarm::{AlarmOutcome, ManualClock, system_now_ms};
-use crate::catalog::Migration;
-use crate::error::Result;
-use crate::object::{DurableObject, ObjectState};
+use crate::clock::{ManualClock, system_now_ms};
+use crate::error::{Result, StartError};
+use crate::host::alarm_event::AlarmOutcome;
+use crate::object::DurableObject;
 use crate::request::Request;
 use crate::response::Response;
 use crate::runtime::{Runtime, RuntimeBuilder};
+use crate::state::ObjectState;
+use crate::storage::Migration;
 use crate::stub::Namespace;
 
 /// The binding and class name under which the harness hosts the class under test.
 pub const BINDING: &str = "TEST";
+
+/// A class that does nothing by itself (every request is 404): tests drive its storage
+/// through [`TestHarness::run`].
+#[derive(Debug)]
+pub struct Blank;
+
+impl DurableObject for Blank {
+    fn new(_state: ObjectState, _env: crate::env::Env) -> Self {
+        Blank
+    }
+
+    async fn fetch(&mut self, _req: Request) -> Result<Response> {
+        Ok(Response::not_found())
+    }
+}
+
+/// How long test helpers wait for a condition before they fail the test.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits until `cond` holds, checking every few milliseconds; panics naming `what` if it does
+/// not within [`PATIENCE`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
 
 /// Runs one object class in-process: send its objects requests, read and change their storage,
 /// move the clock and fire alarms.
@@ -58,17 +91,17 @@ pub struct TestHarness {
 
 impl TestHarness {
     /// A harness for class `C` with all state in memory and a manual clock.
-    pub fn new<C: DurableObject>() -> Result<Self> {
+    pub fn new<C: DurableObject>() -> Result<Self, StartError> {
         Self::with_manual_clock::<C>(Runtime::builder_in_memory())
     }
 
     /// A harness for class `C` keeping its state in `data_dir` (durable, like a server), with a
     /// manual clock.
-    pub fn with_data_dir<C: DurableObject>(data_dir: impl AsRef<Path>) -> Result<Self> {
+    pub fn with_data_dir<C: DurableObject>(data_dir: impl AsRef<Path>) -> Result<Self, StartError> {
         Self::with_manual_clock::<C>(Runtime::builder(data_dir))
     }
 
-    fn with_manual_clock<C: DurableObject>(builder: RuntimeBuilder) -> Result<Self> {
+    fn with_manual_clock<C: DurableObject>(builder: RuntimeBuilder) -> Result<Self, StartError> {
         let clock = Arc::new(ManualClock::new(system_now_ms()));
         let mut harness = Self::from_builder::<C>(builder.clock(clock.clone()))?;
         harness.clock = Some(clock);
@@ -77,7 +110,7 @@ impl TestHarness {
 
     /// A harness for class `C` from a builder that may carry other classes and options; `C` is
     /// added as class and binding `TEST`.
-    pub fn from_builder<C: DurableObject>(builder: RuntimeBuilder) -> Result<Self> {
+    pub fn from_builder<C: DurableObject>(builder: RuntimeBuilder) -> Result<Self, StartError> {
         let runtime = builder
             .class::<C>(BINDING)
             .binding(BINDING, BINDING)
@@ -115,13 +148,15 @@ impl TestHarness {
     /// Fires the alarm of the object called `name` now, whatever time it is set for, and waits
     /// for the handler; `NotDue` if no alarm is set.
     pub async fn fire_alarm(&self, name: &str) -> Result<AlarmOutcome> {
-        self.namespace()?.get_by_name(name).alarm(true).await
+        let report = self.namespace()?.get_by_name(name).alarm(true).await?;
+        Ok(report.outcome)
     }
 
     /// The alarm time the node's index holds for the object called `name`. It is never later
     /// than the object's own record, and equals it once the object's commits are durable.
     pub fn indexed_alarm(&self, name: &str) -> Result<Option<i64>> {
-        self.namespace()?.get_by_name(name).indexed_alarm()
+        self.runtime
+            .indexed_alarm(&self.namespace()?.get_by_name(name))
     }
 
     /// The runtime behind the harness.

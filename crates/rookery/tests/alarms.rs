@@ -7,11 +7,9 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use rookery::prelude::*;
-use rookery::testing::TestHarness;
+use rookery::testing::{TestHarness, wait_until};
 use rookery::{AlarmOutcome, Clock, Runtime, backoff_ms};
 use serde_json::json;
-
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// One handler call: (retry_count, is_retry, clock at the call, scheduled time).
 type Call = (u32, bool, i64, i64);
@@ -102,17 +100,6 @@ impl DurableObject for Alarmist {
             }
             _ => Ok(()),
         }
-    }
-}
-
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

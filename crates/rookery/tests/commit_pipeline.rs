@@ -7,12 +7,10 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Duration;
 
 use rookery::prelude::*;
-use rookery::testing::TestHarness;
+use rookery::testing::{TestHarness, wait_until};
 use rookery::{CommitLog, CommitRecord, Runtime};
 use serde_json::json;
 use tokio::sync::oneshot;
-
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Turns handled per object name, and instances built.
 static TURNS: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Default::default);
@@ -96,17 +94,6 @@ impl Disk {
 
 fn harness(dir: &std::path::Path, disk: &Arc<Disk>) -> TestHarness {
     TestHarness::from_builder::<Writer>(Runtime::builder(dir).sync_hook(disk.hook())).unwrap()
-}
-
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,20 +1,9 @@
 //! The storage API through the test harness: transactions, limits, SQL and its refusals.
 
 use rookery::prelude::*;
-use rookery::testing::TestHarness;
+use rookery::testing::{Blank, TestHarness};
 use rookery::{Runtime, RuntimeOptions, StorageLimits};
 use serde_json::json;
-
-struct Blank;
-
-impl DurableObject for Blank {
-    fn new(_state: ObjectState, _env: Env) -> Self {
-        Blank
-    }
-    async fn fetch(&mut self, _req: Request) -> Result<Response> {
-        Ok(Response::not_found())
-    }
-}
 
 fn harness() -> TestHarness {
     TestHarness::new::<Blank>().unwrap()

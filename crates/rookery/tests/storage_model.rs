@@ -7,19 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use proptest::prelude::*;
 use rookery::prelude::*;
-use rookery::testing::TestHarness;
-
-/// A class that does nothing by itself: the test drives its storage through `run`.
-struct Blank;
-
-impl DurableObject for Blank {
-    fn new(_state: ObjectState, _env: Env) -> Self {
-        Blank
-    }
-    async fn fetch(&mut self, _req: Request) -> Result<Response> {
-        Ok(Response::not_found())
-    }
-}
+use rookery::testing::{Blank, TestHarness};
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -1,7 +1,7 @@
 //! Shared test support: servers on ephemeral ports (in-process or as a child process) and a
 //! probe object class whose handlers misbehave on request.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod ws;
 
@@ -15,6 +15,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use rookery::prelude::*;
+pub use rookery::testing::wait_until;
 use rookery::{Classes, Runtime};
 use rookery_server::{Config, Server};
 use serde_json::{Value, json};
@@ -144,18 +145,6 @@ impl ChildServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-/// Waits until `cond` holds, checking every few milliseconds, at most `PATIENCE`.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

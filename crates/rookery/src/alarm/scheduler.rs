@@ -2,17 +2,21 @@
 //! objects, with bounded concurrency.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AlarmIndex, AlarmKey, AlarmStats, Lateness};
-use crate::host::{Event, Host};
+use super::AlarmStats;
+use super::lateness::Lateness;
+use crate::addr::{AlarmKey, ObjectAddr};
+use crate::host::alarm_event::{AlarmOutcome, AlarmReport};
+use crate::host::event::Event;
+use crate::host::{Host, WeakHost};
 use crate::id::ObjectId;
-use crate::runtime::RuntimeInner;
+use crate::storage::{AlarmIndex, AlarmListener};
 
 /// Alarm events in flight at once; a burst of due alarms is worked off this many at a time.
 const CONCURRENCY: usize = 256;
@@ -21,23 +25,34 @@ const FAILED_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long to wait before trying an object again that could not take its alarm.
 const REDELIVER_AFTER: Duration = Duration::from_millis(100);
 
-/// What the handling of one alarm event came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlarmOutcome {
-    /// Nothing was due (early wake-up, or already handled): the index was corrected.
-    NotDue,
-    /// The handler succeeded.
-    Succeeded,
-    /// The handler failed and a retry is scheduled.
-    Retrying,
-    /// The handler failed its last retry; the alarm is deleted.
-    GivenUp,
-    /// The handler failed but had set or deleted the alarm itself: no retry.
-    FailedAfterChange,
+/// When the scheduler plans to look at the index next, and how to wake it sooner.
+pub(crate) struct Wake {
+    /// Signalled when an entry becomes earlier than the planned wake-up.
+    changed: Notify,
+    /// When the scheduler plans to look next (ms since the epoch).
+    at: AtomicI64,
+}
+
+impl Wake {
+    pub(crate) fn new() -> Self {
+        Self {
+            changed: Notify::new(),
+            at: AtomicI64::new(i64::MAX),
+        }
+    }
+}
+
+impl AlarmListener for Wake {
+    fn earlier(&self, at: i64) {
+        if at < self.at.load(Ordering::Acquire) {
+            self.changed.notify_one();
+        }
+    }
 }
 
 /// The scheduler's state, part of the runtime.
 pub(crate) struct Scheduler {
+    wake: Arc<Wake>,
     stopping: AtomicBool,
     /// The scheduler waits for deliveries to finish before it reads the index again.
     blocked: AtomicBool,
@@ -49,12 +64,14 @@ pub(crate) struct Scheduler {
     succeeded: AtomicU64,
     retried: AtomicU64,
     given_up: AtomicU64,
-    pub(crate) lateness: Lateness,
+    lateness: Lateness,
 }
 
 impl Scheduler {
-    pub(crate) fn new() -> Self {
+    /// A scheduler woken through `wake`, which the alarm index also holds.
+    pub(crate) fn new(wake: Arc<Wake>) -> Self {
         Self {
+            wake,
             stopping: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
             in_flight: Mutex::new(HashSet::new()),
@@ -72,15 +89,18 @@ impl Scheduler {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the scheduler task of `rt`.
-    pub(crate) fn start(rt: &Arc<RuntimeInner>, handle: &tokio::runtime::Handle) {
-        let task = handle.spawn(run(Arc::downgrade(rt)));
-        *rt.scheduler.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    /// Starts delivering the alarms of `host`'s objects.
+    pub(crate) fn start(self: &Arc<Self>, host: &Host, handle: &tokio::runtime::Handle) {
+        let task = handle.spawn(run(self.clone(), host.downgrade()));
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
 
     /// Records what an alarm event came to.
-    pub(crate) fn record(&self, outcome: AlarmOutcome) {
-        let counter = match outcome {
+    fn record(&self, report: AlarmReport) {
+        if let Some(late) = report.late_ms {
+            self.lateness.record(late);
+        }
+        let counter = match report.outcome {
             AlarmOutcome::Succeeded => &self.succeeded,
             AlarmOutcome::Retrying | AlarmOutcome::FailedAfterChange => &self.retried,
             AlarmOutcome::GivenUp => &self.given_up,
@@ -116,39 +136,35 @@ impl Scheduler {
     }
 }
 
-async fn run(rt: Weak<RuntimeInner>) {
+async fn run(sched: Arc<Scheduler>, host: WeakHost) {
     loop {
-        let Some(inner) = rt.upgrade() else { return };
-        let sched = &inner.scheduler;
         if sched.stopping.load(Ordering::Acquire) {
             return;
         }
-        let index = &inner.storage.alarms;
-        let changed = index.changed.clone();
-        let wake = changed.notified();
+        let Some(live) = host.upgrade() else { return };
+        let wake = sched.wake.changed.notified();
         tokio::pin!(wake);
         // Register for pokes before reading the index, so none is missed: any change after
         // this point that is earlier than the planned wake-up notifies.
         wake.as_mut().enable();
-        index.wake_at.store(i64::MAX, Ordering::Release);
-        let clock = inner.storage.clock.clone();
+        sched.wake.at.store(i64::MAX, Ordering::Release);
+        let clock = live.clock().clone();
         let now = clock.now_ms();
         let busy = sched.in_flight().len();
         let limit = busy + CONCURRENCY;
-        let next = match inner.storage.alarms.earliest(limit) {
-            Ok(entries) => dispatch_due(&inner, entries, limit, now),
+        let next = match live.storage().alarms.earliest(limit) {
+            Ok(entries) => dispatch_due(&sched, &live, entries, limit, now),
             Err(e) => {
                 tracing::error!(error = %e, "reading the alarm index");
                 Some(now + 1_000)
             }
         };
-        inner
-            .storage
-            .alarms
-            .wake_at
+        sched
+            .wake
+            .at
             .store(next.unwrap_or(i64::MAX), Ordering::Release);
-        // Do not keep the runtime alive while waiting.
-        drop(inner);
+        // Do not keep the host alive while waiting.
+        drop(live);
         match next {
             Some(at) => {
                 tokio::select! {
@@ -167,12 +183,12 @@ async fn run(rt: Weak<RuntimeInner>) {
 /// Deliveries poke the scheduler when they end only if it asked (`blocked`), and only once
 /// half of the slots are free, so that one index read serves many deliveries.
 fn dispatch_due(
-    rt: &Arc<RuntimeInner>,
+    sched: &Arc<Scheduler>,
+    host: &Host,
     entries: Vec<(AlarmKey, i64)>,
     limit: usize,
     now: i64,
 ) -> Option<i64> {
-    let sched = &rt.scheduler;
     let fetched = entries.len();
     // Entries skipped because they were in flight may be due again when their delivery ends.
     let mut skipped = Vec::new();
@@ -192,17 +208,17 @@ fn dispatch_due(
             break;
         };
         sched.in_flight().insert(key.clone());
-        let rt = rt.clone();
+        let (sched, host) = (sched.clone(), host.clone());
         tokio::spawn(async move {
-            deliver(&rt, &key).await;
+            deliver(&sched, &host, &key).await;
             let busy = {
-                let mut in_flight = rt.scheduler.in_flight();
+                let mut in_flight = sched.in_flight();
                 in_flight.remove(&key);
                 in_flight.len()
             };
             drop(permit);
-            if busy <= CONCURRENCY / 2 && rt.scheduler.blocked.swap(false, Ordering::SeqCst) {
-                rt.storage.alarms.changed.notify_one();
+            if busy <= CONCURRENCY / 2 && sched.blocked.swap(false, Ordering::SeqCst) {
+                sched.wake.changed.notify_one();
             }
         });
     }
@@ -224,30 +240,26 @@ fn dispatch_due(
 }
 
 /// Delivers one alarm event and waits until the object has handled it.
-async fn deliver(rt: &Arc<RuntimeInner>, key: &AlarmKey) {
-    let Some(ns) = rt.by_uid.get(&key.class_uid) else {
+async fn deliver(sched: &Scheduler, host: &Host, key: &AlarmKey) {
+    let Some(class) = host.class_by_uid(&key.class_uid) else {
         return;
     };
-    let id = ObjectId::from_verified_bytes(key.id);
+    let addr = ObjectAddr::new(class.clone(), ObjectId::from_verified_bytes(key.id));
     let (reply, done) = oneshot::channel();
-    rt.scheduler.delivered.fetch_add(1, Ordering::Relaxed);
-    match Host::dispatch(
-        rt,
-        ns,
-        &id,
-        Event::Alarm {
-            force: false,
-            reply,
-        },
-    ) {
+    sched.delivered.fetch_add(1, Ordering::Relaxed);
+    let event = Event::Alarm {
+        force: false,
+        reply,
+    };
+    match host.dispatch(&addr, event) {
         Ok(()) => match done.await {
-            Ok(outcome) => rt.scheduler.record(outcome),
+            Ok(report) => sched.record(report),
             // The object could not handle it (e.g. its storage cannot be opened): the entry
             // stays due; wait before the next attempt rather than spin.
             Err(_) => tokio::time::sleep(FAILED_RETRY_AFTER).await,
         },
         Err(e) => {
-            tracing::debug!(class = %ns.class_name, %id, error = %e, "alarm not delivered; will retry");
+            tracing::debug!(object = %addr.describe(), error = %e, "alarm not delivered; will retry");
             tokio::time::sleep(REDELIVER_AFTER).await;
         }
     }

@@ -1,110 +1,100 @@
 //! An alarm event: checks the object's own record, runs the handler as a turn, and on failure
-//! schedules the retry.
+//! records the retry in a turn of the runtime's own.
 
-use super::activation::Activation;
+use std::sync::Arc;
+
+use super::Host;
+use super::alarm_event::{AlarmInfo, AlarmOutcome, AlarmReport, MAX_RETRIES, backoff_ms};
+use super::class::{Instance, instance_of};
 use super::turn::{self, TurnContext};
-use crate::alarm::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
+use crate::addr::ObjectKey;
 use crate::error::Result;
-use crate::object::{DurableObject, Env, ObjectState};
-use crate::storage::AlarmChange;
+use crate::state::ObjectState;
 
-/// Handles one alarm event for the object of `act`, whose instance is `instance`.
-pub(crate) async fn run<C: DurableObject>(
-    act: &Activation,
+/// Handles one alarm event for object `key` of `host`, whose state is `state` and whose
+/// instance is `instance`.
+pub(crate) async fn run<I: Instance>(
+    host: &Host,
+    key: ObjectKey,
     state: &ObjectState,
-    env: &Env,
-    instance: &mut Option<C>,
+    instance: &mut Option<I>,
     force: bool,
-) -> Result<AlarmOutcome> {
+) -> Result<AlarmReport> {
     let storage = state.storage();
-    let clock = act.rt.storage.clock.clone();
-    let now = clock.now_ms();
-    let record = storage.get_alarm();
-    let retries = storage.alarm_retries();
-    let (at, retries) = match (record, retries) {
-        (Ok(at), Ok(retries)) => (at, retries),
-        (Err(e), _) | (_, Err(e)) => {
-            storage.finish_turn(false).await?;
-            return Err(e);
-        }
+    let now = host.clock().now_ms();
+    let record = storage
+        .get_alarm()
+        .and_then(|at| Ok((at, storage.alarm_retries()?)));
+    let (at, retries) = match record {
+        Ok(record) => record,
+        Err(e) => return turn::finish(state, Err(e)).await.0,
     };
     let Some(at) = at.filter(|at| force || *at <= now) else {
         // Woken early, or the alarm was deleted or handled: only correct the index.
-        storage.finish_turn(true).await?;
+        let (ended, _) = turn::finish(state, Ok(())).await;
+        ended?;
         storage.reindex_alarm(at);
-        return Ok(AlarmOutcome::NotDue);
+        return Ok(AlarmReport {
+            outcome: AlarmOutcome::NotDue,
+            late_ms: None,
+        });
     };
-    act.rt
-        .scheduler
-        .lateness
-        .record(u64::try_from(now - at).unwrap_or(0));
+    let late_ms = u64::try_from(now - at).unwrap_or(0);
     // The alarm is cleared as the handler starts; the handler may set it again.
-    storage.put_alarm(None, false)?;
+    if let Err(e) = storage.put_alarm(None, false) {
+        return turn::finish(state, Err(e)).await.0;
+    }
     let info = AlarmInfo {
         retry_count: retries,
         is_retry: retries > 0,
         scheduled_ms: at,
     };
-    let object = match super::activation::instance_of(instance, state, env) {
-        Ok(object) => object,
-        Err(message) => {
-            tracing::error!("{message}");
-            storage.finish_turn(false).await?;
-            return retry_or_give_up(storage, now, retries).await;
+    let result = match instance_of(instance, state, host) {
+        Ok(object) => {
+            let ctx = TurnContext::new(Arc::from([key]), state.clone());
+            let limit = host.options().turn_timeout;
+            turn::run(object.on_alarm(info), ctx, limit).await
         }
+        Err(e) => Err(e),
     };
-    let ctx = TurnContext {
-        chain: std::sync::Arc::from([act.key]),
-        caller: state.clone(),
-    };
-    let result = turn::run(object.alarm(info), ctx, act.rt.options.host.turn_timeout).await;
-    match result {
+    let outcome = match result {
         Ok(()) => {
-            if retries > 0 {
-                storage.set_alarm_retries(0)?;
-            }
-            storage.finish_turn(true).await?;
-            Ok(AlarmOutcome::Succeeded)
+            let cleared = if retries > 0 {
+                storage.set_alarm_retries(0)
+            } else {
+                Ok(())
+            };
+            turn::finish(state, cleared.map(|()| AlarmOutcome::Succeeded))
+                .await
+                .0?
         }
         Err(e) => {
             tracing::warn!(error = %e, retry = retries, "alarm handler failed");
             *instance = None;
-            // What the failed handler sent goes with its writes.
-            drop(state.take_outbox());
             let own_change = storage.handler_alarm_change();
-            storage.finish_turn(false).await?;
-            match own_change {
+            // The handler's writes and sends go; then the runtime records what comes next.
+            let _ = turn::finish(state, Err::<(), _>(e)).await;
+            let (next, retries, outcome) = match own_change {
                 // The handler decided about its alarm itself: keep that decision, no retry.
-                Some(change) => {
-                    let at = match change {
-                        AlarmChange::Set(at) => Some(at),
-                        AlarmChange::Deleted => None,
-                    };
-                    storage.put_alarm(at, false)?;
-                    storage.set_alarm_retries(0)?;
-                    storage.finish_turn(true).await?;
-                    Ok(AlarmOutcome::FailedAfterChange)
+                Some(change) => (change.at(), 0, AlarmOutcome::FailedAfterChange),
+                None if retries >= MAX_RETRIES => {
+                    tracing::error!(retries, "alarm given up after its last retry");
+                    (None, 0, AlarmOutcome::GivenUp)
                 }
-                None => retry_or_give_up(storage, now, retries).await,
-            }
+                None => (
+                    Some(now + backoff_ms(retries)),
+                    retries + 1,
+                    AlarmOutcome::Retrying,
+                ),
+            };
+            let recorded = storage
+                .put_alarm(next, false)
+                .and_then(|()| storage.set_alarm_retries(retries));
+            turn::finish(state, recorded.map(|()| outcome)).await.0?
         }
-    }
-}
-
-async fn retry_or_give_up(
-    storage: &crate::storage::Storage,
-    now: i64,
-    retries: u32,
-) -> Result<AlarmOutcome> {
-    if retries >= MAX_RETRIES {
-        tracing::error!(retries, "alarm given up after its last retry");
-        storage.put_alarm(None, false)?;
-        storage.set_alarm_retries(0)?;
-        storage.finish_turn(true).await?;
-        return Ok(AlarmOutcome::GivenUp);
-    }
-    storage.put_alarm(Some(now + backoff_ms(retries)), false)?;
-    storage.set_alarm_retries(retries + 1)?;
-    storage.finish_turn(true).await?;
-    Ok(AlarmOutcome::Retrying)
+    };
+    Ok(AlarmReport {
+        outcome,
+        late_ms: Some(late_ms),
+    })
 }

@@ -5,101 +5,35 @@
 //! holding its registry shard, and an idle activation leaves the registry only under the same
 //! shard lock and only with an empty mailbox, so an event is never lost to an activation that is
 //! going away, and a second activation of the same object never runs beside the first.
+//!
+//! [`Host`] is a cheap handle: stubs, environments, the alarm scheduler and (through
+//! [`SocketEvents`]) the sockets hold one to deliver events.
 
 pub(crate) mod activation;
+pub(crate) mod alarm_event;
 mod alarm_turn;
+pub(crate) mod class;
+pub(crate) mod event;
 mod placement;
 pub(crate) mod turn;
 
-use std::any::Any;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 pub use placement::{LocalPlacement, Location, Placement};
 
-use crate::alarm::AlarmOutcome;
+use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::id::{ID_BYTES, ObjectId};
-use crate::object::ObjectState;
-use crate::request::Request;
-use crate::response::Response;
-use crate::runtime::{NamespaceInfo, RuntimeInner};
-use crate::socket::{ObjectSockets, WebSocket, WsMessage, close_code};
-use crate::storage::OutputGate;
-use activation::Activation;
-use turn::CallChain;
-
-/// Identifies an object within a runtime: its namespace and its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct ObjectKey {
-    pub(crate) ns: u32,
-    pub(crate) id: [u8; ID_BYTES],
-}
-
-/// An event for an object; each one is handled as one turn.
-// Requests are the common event: keeping them inline saves an allocation per request.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Event {
-    /// An HTTP request, from the gateway or another object.
-    Fetch {
-        req: Request,
-        chain: CallChain,
-        reply: oneshot::Sender<TurnOutput<Response>>,
-    },
-    /// The object's alarm may be due; `force` fires a set alarm whatever its time (tests).
-    Alarm {
-        force: bool,
-        reply: oneshot::Sender<AlarmOutcome>,
-    },
-    /// Something happened on one of the object's WebSockets.
-    Socket {
-        socket: WebSocket,
-        kind: SocketEventKind,
-    },
-    /// A closure run as a turn against the object's state, without its instance (tests, tools).
-    Run {
-        job: RunJob,
-        reply: oneshot::Sender<TurnOutput<Box<dyn Any + Send>>>,
-    },
-}
-
-/// What happened on a WebSocket.
-#[derive(Debug, Clone)]
-pub(crate) enum SocketEventKind {
-    /// The client sent a message.
-    Message(WsMessage),
-    /// The connection ended.
-    Close {
-        code: u16,
-        reason: String,
-        was_clean: bool,
-    },
-    /// A protocol or size error on the connection.
-    Error(String),
-}
-
-/// Work for [`Event::Run`].
-pub(crate) type RunJob = Box<dyn FnOnce(&ObjectState) -> Result<Box<dyn Any + Send>> + Send>;
-
-/// A turn's result and the gate it must pass before anyone may see it.
-pub(crate) struct TurnOutput<T> {
-    pub(crate) result: Result<T>,
-    pub(crate) gate: OutputGate,
-}
-
-/// Puts `event` in `mailbox`: `Ok(None)` when queued, `Ok(Some(event))` back when the mailbox
-/// is closed, `Overloaded` when it is full.
-fn offer(mailbox: &mpsc::Sender<Event>, event: Event) -> Result<Option<Event>> {
-    match mailbox.try_send(event) {
-        Ok(()) => Ok(None),
-        Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded),
-        Err(mpsc::error::TrySendError::Closed(event)) => Ok(Some(event)),
-    }
-}
+use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket, close_code};
+use crate::storage::StorageContext;
+use activation::{Activation, ClassFactory};
+use event::Event;
 
 /// How the host runs objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,17 +69,55 @@ impl Default for HostOptions {
     }
 }
 
+/// A class the host can run: its description and how to start its activations.
+pub(crate) struct HostedClass {
+    pub(crate) info: Arc<ClassInfo>,
+    pub(crate) factory: Arc<dyn ClassFactory>,
+}
+
+/// What a host is made of.
+pub(crate) struct HostParts {
+    /// The hosted classes, each at the position of its `ClassInfo::idx`.
+    pub(crate) classes: Vec<HostedClass>,
+    /// The classes reachable by binding name.
+    pub(crate) bindings: HashMap<String, Arc<ClassInfo>>,
+    /// What every object's storage shares.
+    pub(crate) storage: Arc<StorageContext>,
+    pub(crate) options: HostOptions,
+    pub(crate) placement: Arc<dyn Placement>,
+}
+
 struct Slot {
     mailbox: mpsc::Sender<Event>,
     generation: u64,
 }
 
-/// The registry of live objects.
-pub(crate) struct Host {
+/// A handle on the registry of live objects; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Host(Arc<HostInner>);
+
+/// A handle that does not keep the host alive.
+#[derive(Clone)]
+pub(crate) struct WeakHost(Weak<HostInner>);
+
+impl WeakHost {
+    /// The host, if it is still there.
+    pub(crate) fn upgrade(&self) -> Option<Host> {
+        self.0.upgrade().map(Host)
+    }
+}
+
+pub(crate) struct HostInner {
     objects: DashMap<ObjectKey, Slot>,
     /// The WebSockets of each object that has any (or a live activation); kept here, not in
     /// the activation, so they outlive hibernation.
     sockets: DashMap<ObjectKey, Arc<ObjectSockets>>,
+    classes: Vec<HostedClass>,
+    bindings: HashMap<String, Arc<ClassInfo>>,
+    by_uid: HashMap<Arc<str>, Arc<ClassInfo>>,
+    storage: Arc<StorageContext>,
+    options: HostOptions,
+    placement: Arc<dyn Placement>,
     generations: AtomicU64,
     closing: AtomicBool,
     /// Number of activations whose task has not finished.
@@ -159,46 +131,101 @@ pub(crate) struct Host {
     evictions_wanted: AtomicI64,
 }
 
+/// Puts `event` in `mailbox`: `Ok(None)` when queued, `Ok(Some(event))` back when the mailbox
+/// is closed, `Overloaded` when it is full.
+fn offer(mailbox: &mpsc::Sender<Event>, event: Event) -> Result<Option<Event>> {
+    match mailbox.try_send(event) {
+        Ok(()) => Ok(None),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded),
+        Err(mpsc::error::TrySendError::Closed(event)) => Ok(Some(event)),
+    }
+}
+
 impl Host {
-    pub(crate) fn new(max_live: usize) -> Self {
-        Self {
-            max_live: max_live.max(1),
+    /// A host of `parts`, with no live object yet.
+    pub(crate) fn new(parts: HostParts) -> Self {
+        let by_uid = parts
+            .classes
+            .iter()
+            .map(|c| (c.info.uid.clone(), c.info.clone()))
+            .collect();
+        Self(Arc::new(HostInner {
+            max_live: parts.options.max_live_objects.max(1),
             pressure: watch::Sender::new(0),
             evictions_wanted: AtomicI64::new(0),
             objects: DashMap::new(),
             sockets: DashMap::new(),
+            classes: parts.classes,
+            bindings: parts.bindings,
+            by_uid,
+            storage: parts.storage,
+            options: parts.options,
+            placement: parts.placement,
             generations: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             live: watch::Sender::new(0),
             activations: AtomicU64::new(0),
-        }
+        }))
+    }
+
+    /// A handle that does not keep the host alive.
+    pub(crate) fn downgrade(&self) -> WeakHost {
+        WeakHost(Arc::downgrade(&self.0))
+    }
+
+    /// How objects are run.
+    pub(crate) fn options(&self) -> &HostOptions {
+        &self.0.options
+    }
+
+    /// What every object's storage shares.
+    pub(crate) fn storage(&self) -> &Arc<StorageContext> {
+        &self.0.storage
+    }
+
+    /// The clock alarms and objects run by.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.0.storage.clock
+    }
+
+    /// The class bound under `binding`.
+    pub(crate) fn binding(&self, binding: &str) -> Result<&Arc<ClassInfo>> {
+        self.0
+            .bindings
+            .get(binding)
+            .ok_or_else(|| Error::UnknownBinding(binding.to_string()))
+    }
+
+    /// The binding names, sorted.
+    pub(crate) fn binding_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.0.bindings.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The hosted class with stable uid `uid`.
+    pub(crate) fn class_by_uid(&self, uid: &str) -> Option<&Arc<ClassInfo>> {
+        self.0.by_uid.get(uid)
     }
 
     /// Objects that have a live activation now.
     pub(crate) fn live_objects(&self) -> usize {
-        *self.live.borrow()
+        *self.0.live.borrow()
     }
 
     /// Activations started since the host began.
     pub(crate) fn activations(&self) -> u64 {
-        self.activations.load(Ordering::Relaxed)
+        self.0.activations.load(Ordering::Relaxed)
     }
 
-    /// Delivers `event` to object `id` of namespace `ns`, activating it if needed.
-    pub(crate) fn dispatch(
-        rt: &Arc<RuntimeInner>,
-        ns: &Arc<NamespaceInfo>,
-        id: &ObjectId,
-        mut event: Event,
-    ) -> Result<()> {
-        let host = &rt.host;
-        let key = ObjectKey {
-            ns: ns.idx,
-            id: *id.as_bytes(),
-        };
-        if let Location::Remote(node) = rt.placement.locate(&ns.class_name, id) {
+    /// Delivers `event` to the object at `addr`, activating it if needed.
+    pub(crate) fn dispatch(&self, addr: &ObjectAddr, mut event: Event) -> Result<()> {
+        let host = &self.0;
+        let key = addr.key();
+        if let Location::Remote(node) = host.placement.locate(&addr.class.name, &addr.id) {
             return Err(Error::msg(format!(
-                "object {id} is owned by node {node}; this node does not forward yet"
+                "object {} is owned by node {node}; this node does not forward yet",
+                addr.id
             )));
         }
         // A mailbox can be found closed only if its activation died unexpectedly; then the slot
@@ -213,7 +240,7 @@ impl Host {
                     let slot = host
                         .objects
                         .entry(key)
-                        .or_insert_with(|| host.activate(rt, ns, id, key));
+                        .or_insert_with(|| self.activate(addr));
                     // Shutdown sets `closing` before it clears the registry: if it is not set
                     // now, this slot was inserted before the clear and goes with it.
                     if host.closing.load(Ordering::SeqCst) {
@@ -228,97 +255,101 @@ impl Host {
                 None => return Ok(()),
                 Some(back) => {
                     event = back;
-                    host.forget_closed(&key);
+                    host.objects
+                        .remove_if(&key, |_, slot| slot.mailbox.is_closed());
                 }
             }
         }
         Err(Error::msg("the object could not be activated"))
     }
 
-    /// Starts an activation of object `id` and returns its registry slot.
-    fn activate(
-        &self,
-        rt: &Arc<RuntimeInner>,
-        ns: &Arc<NamespaceInfo>,
-        id: &ObjectId,
-        key: ObjectKey,
-    ) -> Slot {
-        let (tx, rx) = mpsc::channel(rt.options.host.mailbox_capacity.max(1));
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        self.activations.fetch_add(1, Ordering::Relaxed);
-        self.live.send_modify(|n| *n += 1);
+    /// Starts an activation of the object at `addr` and returns its registry slot.
+    fn activate(&self, addr: &ObjectAddr) -> Slot {
+        let host = &self.0;
+        let (tx, rx) = mpsc::channel(host.options.mailbox_capacity.max(1));
+        let generation = host.generations.fetch_add(1, Ordering::Relaxed);
+        host.activations.fetch_add(1, Ordering::Relaxed);
+        host.live.send_modify(|n| *n += 1);
         self.relieve_pressure();
-        ns.class.start(
-            Activation {
-                rt: rt.clone(),
-                ns: ns.clone(),
-                id: id.clone(),
-                key,
-                generation,
-            },
-            rx,
-        );
+        let activation = Activation {
+            host: self.clone(),
+            addr: addr.clone(),
+            generation,
+        };
+        match host.classes.get(addr.class.idx as usize) {
+            Some(class) => class.factory.start(activation, rx),
+            // Addresses are made from the host's own classes; a stray one finds its mailbox
+            // closed and its event refused.
+            None => {
+                drop((activation, rx));
+            }
+        }
         Slot {
             mailbox: tx,
             generation,
         }
     }
 
-    /// Clears the slot of an activation that died with its mailbox.
-    fn forget_closed(&self, key: &ObjectKey) {
-        self.objects
-            .remove_if(key, |_, slot| slot.mailbox.is_closed());
+    /// Counts an activation's task as ended.
+    fn activation_ended(&self) {
+        self.0.live.send_modify(|n| *n = n.saturating_sub(1));
     }
 
     /// The socket set of an object, made if it has none.
-    pub(crate) fn sockets_for(
-        rt: &Arc<RuntimeInner>,
-        ns: &Arc<NamespaceInfo>,
-        id: &ObjectId,
-        key: ObjectKey,
-    ) -> Arc<ObjectSockets> {
-        rt.host
-            .sockets
-            .entry(key)
-            .or_insert_with(|| Arc::new(ObjectSockets::new(rt, ns.clone(), id.clone())))
+    pub(crate) fn sockets_for(&self, addr: &ObjectAddr) -> Arc<ObjectSockets> {
+        let host = &self.0;
+        host.sockets
+            .entry(addr.key())
+            .or_insert_with(|| {
+                let weak: Weak<HostInner> = Arc::downgrade(&self.0);
+                let events: Weak<dyn SocketEvents> = weak;
+                ObjectSockets::new(
+                    addr.clone(),
+                    events,
+                    host.storage.clock.clone(),
+                    host.options.max_sockets_per_object,
+                )
+            })
             .clone()
     }
 
-    /// The number of open WebSockets of an object.
-    pub(crate) fn socket_count(&self, key: &ObjectKey) -> usize {
-        self.sockets.get(key).map_or(0, |s| s.len())
+    /// The number of open WebSockets of the object at `addr`.
+    pub(crate) fn socket_count(&self, addr: &ObjectAddr) -> usize {
+        self.0.sockets.get(&addr.key()).map_or(0, |s| s.len())
     }
 
     /// Forgets an object's socket set if it has no sockets left (its activation is ending).
-    pub(crate) fn drop_sockets_if_empty(&self, key: &ObjectKey) {
-        self.sockets.remove_if(key, |_, s| s.len() == 0);
+    fn drop_sockets_if_empty(&self, key: &ObjectKey) {
+        self.0.sockets.remove_if(key, |_, s| s.len() == 0);
     }
 
     /// Asks idle activations to leave if too many objects are live: a tenth below the limit,
     /// so that the next activations do not ask again at once.
     fn relieve_pressure(&self) {
-        let live = *self.live.borrow();
-        if live > self.max_live && self.evictions_wanted.load(Ordering::Acquire) <= 0 {
-            let excess = live - self.max_live * 9 / 10;
-            self.evictions_wanted
+        let host = &self.0;
+        let live = *host.live.borrow();
+        if live > host.max_live && host.evictions_wanted.load(Ordering::Acquire) <= 0 {
+            let excess = live - host.max_live * 9 / 10;
+            host.evictions_wanted
                 .store(i64::try_from(excess).unwrap_or(i64::MAX), Ordering::Release);
-            self.pressure.send_modify(|n| *n += 1);
+            host.pressure.send_modify(|n| *n += 1);
         }
     }
 
     /// A subscription to requests for idle activations to leave.
-    pub(crate) fn pressure(&self) -> watch::Receiver<u64> {
-        self.pressure.subscribe()
+    fn pressure(&self) -> watch::Receiver<u64> {
+        self.0.pressure.subscribe()
     }
 
     /// Whether an idle activation asked to leave should (one of the wanted evictions).
-    pub(crate) fn take_eviction(&self) -> bool {
-        self.evictions_wanted.fetch_sub(1, Ordering::AcqRel) > 0
+    fn take_eviction(&self) -> bool {
+        self.0.evictions_wanted.fetch_sub(1, Ordering::AcqRel) > 0
     }
 
     /// Removes an idle activation's slot, if its mailbox is still empty.
     fn evict(&self, key: &ObjectKey, generation: u64, mailbox: &mpsc::Receiver<Event>) -> bool {
-        self.objects
+        self.0
+            .objects
             .remove_if(key, |_, slot| {
                 slot.generation == generation && mailbox.is_empty()
             })
@@ -327,22 +358,35 @@ impl Host {
 
     /// Removes a failed activation's slot.
     fn forget(&self, key: &ObjectKey, generation: u64) {
-        self.objects
+        self.0
+            .objects
             .remove_if(key, |_, slot| slot.generation == generation);
     }
 
     /// Stops taking events, lets every activation finish what it has queued, and waits for them
     /// to close their storage (at most `wait`).
     pub(crate) async fn shutdown(&self, wait: Duration) -> bool {
-        self.closing.store(true, Ordering::SeqCst);
+        let host = &self.0;
+        host.closing.store(true, Ordering::SeqCst);
         // Dropping the slots closes the mailboxes; each activation works off its queue and ends.
-        self.objects.clear();
-        for sockets in self.sockets.iter() {
+        host.objects.clear();
+        for sockets in host.sockets.iter() {
             sockets.close_all(close_code::GOING_AWAY, "the server is shutting down", false);
         }
-        let mut live = self.live.subscribe();
+        let mut live = host.live.subscribe();
         tokio::time::timeout(wait, live.wait_for(|n| *n == 0))
             .await
             .is_ok()
+    }
+}
+
+impl SocketEvents for HostInner {
+    fn deliver(
+        self: Arc<Self>,
+        addr: &ObjectAddr,
+        socket: WebSocket,
+        event: SocketEvent,
+    ) -> Result<()> {
+        Host(self).dispatch(addr, Event::Socket { socket, event })
     }
 }

@@ -1,4 +1,5 @@
-//! One turn: a handler call run to completion, with panics caught and a time limit.
+//! One turn: a handler call run to completion, with panics caught and a time limit, and the
+//! one way every turn ends (commit or roll back, release or drop what it sent).
 
 use std::any::Any;
 use std::future::Future;
@@ -9,9 +10,11 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use http::StatusCode;
 
-use super::ObjectKey;
+use crate::addr::ObjectKey;
 use crate::error::{Error, Result};
-use crate::object::ObjectState;
+use crate::socket;
+use crate::state::ObjectState;
+use crate::storage::OutputGate;
 
 /// The objects waiting on each other, outermost first, for the call that started a turn.
 pub(crate) type CallChain = Arc<[ObjectKey]>;
@@ -21,35 +24,50 @@ pub(crate) type CallChain = Arc<[ObjectKey]>;
 pub(crate) struct TurnContext {
     /// The call chain including the object running this turn.
     pub(crate) chain: CallChain,
-    /// The object running this turn, whose earlier writes must be durable before it calls out.
-    pub(crate) caller: ObjectState,
+    /// The object running this turn.
+    state: ObjectState,
+}
+
+impl TurnContext {
+    /// The context of a turn of `state`'s object, called along `chain` (which includes it).
+    pub(crate) fn new(chain: CallChain, state: ObjectState) -> Self {
+        Self { chain, state }
+    }
+
+    /// A gate that opens when everything the running object committed so far is durable:
+    /// what it sends out of the turn must wait for it.
+    pub(crate) fn settled(&self) -> OutputGate {
+        self.state.settled()
+    }
 }
 
 tokio::task_local! {
     static TURN: TurnContext;
 }
 
-/// The context of the turn running on this task, if any.
-pub(crate) fn current() -> Option<TurnContext> {
-    TURN.try_with(Clone::clone).ok()
-}
-
-/// Runs `f` with the context of the turn running on this task, if any, without cloning it.
+/// Runs `f` with the context of the turn running on this task, if any.
 pub(crate) fn with_current<R>(f: impl FnOnce(&TurnContext) -> R) -> Option<R> {
     TURN.try_with(f).ok()
 }
 
-/// Runs `handler` as a turn: within `ctx`, at most `limit` long, with panics turned into errors.
+/// Runs `handler` as a turn: within `ctx`, at most `limit` long, with panics turned into errors
+/// and sends to the object's sockets held for the turn's end.
 pub(crate) async fn run<T>(
     handler: impl Future<Output = Result<T>>,
     ctx: TurnContext,
     limit: Duration,
 ) -> Result<T> {
-    let storage_owner = ctx.caller.clone();
-    storage_owner.storage().set_deadline(Some(limit));
-    let guarded = TURN.scope(ctx, AssertUnwindSafe(handler).catch_unwind());
+    let state = ctx.state.clone();
+    state.storage().set_deadline(Some(limit));
+    let guarded = TURN.scope(
+        ctx,
+        socket::in_turn(
+            state.sockets().outbox().clone(),
+            AssertUnwindSafe(handler).catch_unwind(),
+        ),
+    );
     let outcome = tokio::time::timeout(limit, guarded).await;
-    storage_owner.storage().set_deadline(None);
+    state.storage().set_deadline(None);
     match outcome {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => Err(Error::ObjectFailed {
@@ -60,6 +78,27 @@ pub(crate) async fn run<T>(
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("the turn exceeded its time limit of {limit:?}"),
         }),
+    }
+}
+
+/// Ends the turn that produced `result`, whatever its kind: commits its writes and releases what
+/// it sent once they are durable, or, if it failed, rolls both back. Returns the turn's final
+/// result (a failed commit turns `Ok` into that error) and the gate its outputs must pass.
+pub(crate) async fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result<T>, OutputGate) {
+    let storage = state.storage();
+    let sent = state.sockets().take_outbox();
+    match storage.finish_turn(result.is_ok()).await {
+        Ok(gate) => {
+            // What a failed turn sent is discarded with its writes.
+            if result.is_ok() {
+                state.sockets().release(storage.settled(), sent);
+            }
+            (result, gate)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed; the turn is rolled back");
+            (Err(e), storage.settled())
+        }
     }
 }
 

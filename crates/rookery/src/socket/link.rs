@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ObjectSockets, Outgoing, SocketInner, WebSocket, WsMessage};
+use super::events::SocketEvent;
+use super::inner::SocketInner;
+use super::registry::ObjectSockets;
+use super::{Outgoing, WebSocket, WsMessage};
 use crate::error::Error;
-use crate::host::{Event, Host, SocketEventKind};
 
 /// Longest wait for an object's full mailbox before a socket's message is given up.
 const MAX_BACKPRESSURE: Duration = Duration::from_secs(2);
@@ -38,7 +40,7 @@ impl SocketLink {
     /// The link for a socket an object accepted; `None` if its object is gone.
     pub fn new(ws: &WebSocket) -> Option<Self> {
         Some(Self {
-            owner: ws.inner.owner.upgrade()?,
+            owner: ws.owner.upgrade()?,
             socket: ws.inner.clone(),
         })
     }
@@ -63,24 +65,20 @@ impl SocketLink {
     /// caller sends the answer at once.
     pub async fn incoming(&self, message: WsMessage) -> Result<Option<WsMessage>, Undelivered> {
         if let Some(reply) = self.owner.auto_reply(&message) {
-            let now = self
-                .owner
-                .rt
-                .upgrade()
-                .map_or(0, |rt| rt.storage.clock.now_ms());
+            let now = self.owner.clock.now_ms();
             self.socket
                 .auto_response_at
                 .store(now, std::sync::atomic::Ordering::Relaxed);
             return Ok(Some(reply));
         }
-        self.dispatch(SocketEventKind::Message(message)).await?;
+        self.dispatch(SocketEvent::Message(message)).await?;
         Ok(None)
     }
 
     /// Reports a protocol or size error on the connection to the object.
     pub async fn error(&self, error: String) {
         // A failure to report an error has nobody left to tell.
-        let _ = self.dispatch(SocketEventKind::Error(error)).await;
+        let _ = self.dispatch(SocketEvent::Error(error)).await;
     }
 
     /// Reports the end of the connection: the socket leaves the object's set and the object's
@@ -89,7 +87,7 @@ impl SocketLink {
         self.socket.end();
         self.owner.remove(self.socket.id);
         let _ = self
-            .dispatch(SocketEventKind::Close {
+            .dispatch(SocketEvent::Close {
                 code,
                 reason,
                 was_clean,
@@ -97,20 +95,21 @@ impl SocketLink {
             .await;
     }
 
-    async fn dispatch(&self, kind: SocketEventKind) -> Result<(), Undelivered> {
-        let Some(rt) = self.owner.rt.upgrade() else {
+    async fn dispatch(&self, event: SocketEvent) -> Result<(), Undelivered> {
+        let Some(events) = self.owner.events.upgrade() else {
             return Err(Undelivered::Unavailable);
         };
         let mut delay = Duration::from_millis(1);
         let mut waited = Duration::ZERO;
         loop {
-            let event = Event::Socket {
-                socket: WebSocket {
-                    inner: self.socket.clone(),
-                },
-                kind: kind.clone(),
+            let socket = WebSocket {
+                inner: self.socket.clone(),
+                owner: Arc::downgrade(&self.owner),
             };
-            match Host::dispatch(&rt, &self.owner.ns, &self.owner.id, event) {
+            match events
+                .clone()
+                .deliver(&self.owner.addr, socket, event.clone())
+            {
                 Ok(()) => return Ok(()),
                 // A full mailbox pushes back on the connection for a while, then gives up.
                 Err(Error::Overloaded) if waited < MAX_BACKPRESSURE => {

@@ -6,21 +6,30 @@
 //! next message builds a new instance and delivers the message to it, tags and attachment
 //! intact. A *plain* socket keeps its object in memory instead.
 //!
-//! Sends made during a turn are output-gated like a response: they leave once the turn's writes
-//! are durable, in turn order. A transport (the HTTP gateway) drives each connection through a
-//! [`SocketLink`].
+//! Sends made during a turn are output-gated like a response: they are held in the object's
+//! [`outbox`] and leave once the turn's writes are durable, in turn order. A transport (the HTTP
+//! gateway) drives each connection through a [`SocketLink`], which hands what the client sends
+//! to the host through the narrow [`SocketEvents`] handle.
 
+mod events;
+mod inner;
 mod link;
-pub(crate) mod registry;
+mod outbox;
+mod registry;
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub(crate) use events::{SocketEvent, SocketEvents};
 pub use link::{SocketLink, Undelivered};
-pub(crate) use registry::{ObjectSockets, SocketInner};
+pub(crate) use outbox::in_turn;
+pub(crate) use registry::ObjectSockets;
+
+use inner::SocketInner;
 
 use crate::error::{Error, Result};
 
@@ -139,7 +148,9 @@ pub enum Outgoing {
 /// A WebSocket accepted by an object. Cheap to clone; all clones are the same socket.
 #[derive(Clone)]
 pub struct WebSocket {
-    pub(crate) inner: Arc<SocketInner>,
+    inner: Arc<SocketInner>,
+    /// The object's socket set, through which a transport links the connection back.
+    owner: Weak<ObjectSockets>,
 }
 
 impl std::fmt::Debug for WebSocket {
@@ -175,12 +186,21 @@ impl WebSocket {
         self.inner.is_open()
     }
 
+    /// When the runtime last answered this socket's auto-response request (ms since the
+    /// epoch), if it ever did.
+    pub(crate) fn auto_response_at(&self) -> Option<i64> {
+        match self.inner.auto_response_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+
     /// Sends `message`. Inside a turn of the owning object it leaves once the turn's writes are
     /// durable (and is dropped if the turn fails); outside a turn, at once. Sends to a closed
     /// socket are dropped. A client that does not read fills its bounded queue and is closed
     /// with 1008.
     pub fn send(&self, message: impl Into<WsMessage>) {
-        self.inner.emit(Outgoing::Message(message.into()));
+        outbox::emit(&self.inner, Outgoing::Message(message.into()));
     }
 
     /// Sends `value` as a JSON text message.
@@ -191,8 +211,10 @@ impl WebSocket {
 
     /// Closes the socket with `code` and `reason` (gated like a send).
     pub fn close(&self, code: u16, reason: &str) {
-        self.inner
-            .emit(Outgoing::Close(code, truncate(reason, 123).to_string()));
+        outbox::emit(
+            &self.inner,
+            Outgoing::Close(code, truncate(reason, 123).to_string()),
+        );
     }
 
     /// Keeps `value` with the socket (at most 16 KiB as JSON); it survives hibernation.

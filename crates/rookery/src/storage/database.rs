@@ -10,7 +10,7 @@
 //! The object's own SQL runs under an authorizer (`policy.rs`) that keeps it away from the
 //! runtime's tables and from transaction control, attachments and durability settings.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,19 +19,11 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::policy::{Policy, RESERVED_PREFIX, reserved};
+use crate::addr::Location;
 use crate::error::{Error, Result};
 
 /// Page size used for new databases; also the unit of the size limit.
 pub(crate) const PAGE_SIZE: u64 = 4096;
-
-/// Where an object's database lives.
-#[derive(Debug, Clone)]
-pub(crate) enum Location {
-    /// A file (WAL mode, durable).
-    File(PathBuf),
-    /// Memory only, gone when the runtime stops (for tests).
-    Memory,
-}
 
 /// An open object database and the state of the current turn's transaction.
 pub(crate) struct Database {

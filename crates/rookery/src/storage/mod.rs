@@ -2,6 +2,8 @@
 //! committed at the end of every turn and made durable before the turn's outputs are released.
 
 mod alarm;
+mod alarm_index;
+mod catalog;
 mod commit_log;
 mod database;
 mod durability;
@@ -13,19 +15,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use catalog::Migration;
 pub use commit_log::{CommitLog, CommitRecord, LocalCommitLog};
 pub use durability::{Durability, OutputGate, SyncHook};
 pub use kv::ListOptions;
 pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
-pub(crate) use database::Location;
+pub(crate) use alarm_index::{AlarmIndex, AlarmListener, scan_objects};
+pub(crate) use catalog::Catalog;
 pub(crate) use durability::{ObjectSync, Syncer};
 
 use database::Database;
-
-use crate::alarm::{AlarmIndex, AlarmKey, Clock};
 use rusqlite::OptionalExtension;
 
+use crate::addr::{AlarmKey, Location, ObjectAddr};
+use crate::clock::Clock;
 use crate::error::Result;
 use crate::id::ObjectId;
 
@@ -76,6 +80,16 @@ pub(crate) enum AlarmChange {
     Deleted,
 }
 
+impl AlarmChange {
+    /// The alarm time after the change; `None` if deleted.
+    pub(crate) fn at(self) -> Option<i64> {
+        match self {
+            AlarmChange::Set(at) => Some(at),
+            AlarmChange::Deleted => None,
+        }
+    }
+}
+
 /// An object's storage. Reads see the turn's own writes; the writes commit together when the
 /// turn ends well and vanish when it fails.
 pub struct Storage {
@@ -102,14 +116,9 @@ struct Turn {
 }
 
 impl Storage {
-    /// Opens the storage of object `id` of `class` at `location`.
-    pub(crate) fn open(
-        location: &Location,
-        ctx: Arc<StorageContext>,
-        class: Arc<str>,
-        alarm_key: AlarmKey,
-        id: ObjectId,
-    ) -> Result<Self> {
+    /// Opens the storage of the object at `addr`.
+    pub(crate) fn open(addr: &ObjectAddr, ctx: Arc<StorageContext>) -> Result<Self> {
+        let location = &addr.location();
         // A WAL left by a crash (or by a reset after a failed sync) may hold commits that were
         // never synced; nothing read from it may leave before it is. A clean close removes it.
         let leftover_wal = match location {
@@ -142,9 +151,9 @@ impl Storage {
                 alarm_by_handler: false,
             }),
             ctx,
-            class,
-            id,
-            alarm_key,
+            class: addr.class.name.clone(),
+            id: addr.id.clone(),
+            alarm_key: addr.alarm_key(),
             index_update: Mutex::new(None),
         })
     }
@@ -319,11 +328,7 @@ impl Storage {
             self.ctx.syncer.request(&self.sync);
         }
         if let (Some(change), Some(version)) = (change, version) {
-            let at = match change {
-                AlarmChange::Set(at) => Some(at),
-                AlarmChange::Deleted => None,
-            };
-            self.index_alarm_when_durable(self.sync.gate(seq), at, version);
+            self.index_alarm_when_durable(self.sync.gate(seq), change.at(), version);
         }
         Ok(self.sync.gate(seq))
     }

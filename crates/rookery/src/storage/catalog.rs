@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::error::{Error, Result};
+use crate::error::StartError;
+
+type Result<T, E = StartError> = std::result::Result<T, E>;
 use crate::id::IdMinter;
 
 /// A class change recorded under a tag, as in `wrangler.toml`'s `[[migrations]]`.
@@ -93,7 +95,7 @@ impl Catalog {
             match migrations.get(i) {
                 Some(m) if &m.tag == tag => {}
                 Some(m) => {
-                    return Err(Error::Migration {
+                    return Err(StartError::Migration {
                         tag: m.tag.clone(),
                         message: format!(
                             "migration {:?} was applied in this position, not {:?}; applied migrations cannot be reordered or replaced",
@@ -102,7 +104,7 @@ impl Catalog {
                     });
                 }
                 None => {
-                    return Err(Error::Config(format!(
+                    return Err(StartError::Config(format!(
                         "migration {tag:?} was applied to this data directory but is missing from the configuration"
                     )));
                 }
@@ -124,7 +126,7 @@ impl Catalog {
 
     /// Applies one migration in one transaction; returns the directories to remove.
     fn apply(&mut self, position: usize, m: &Migration) -> Result<Vec<PathBuf>> {
-        let fail = |message: String| Error::Migration {
+        let fail = |message: String| StartError::Migration {
             tag: m.tag.clone(),
             message,
         };
@@ -190,7 +192,7 @@ impl Catalog {
         for row in rows {
             let (uid, name, secret) = row?;
             let secret: [u8; 32] = secret.try_into().map_err(|_| {
-                Error::Config(format!("the catalog's secret of class {name:?} is damaged"))
+                StartError::Config(format!("the catalog's secret of class {name:?} is damaged"))
             })?;
             classes.push(ClassRecord {
                 dir: self.objects_dir.join(&uid),
@@ -283,7 +285,7 @@ mod tests {
             ..m("v1")
         };
         match cat.migrate(&[bad]) {
-            Err(Error::Migration { tag, message }) => {
+            Err(StartError::Migration { tag, message }) => {
                 assert_eq!(tag, "v1");
                 assert!(message.contains("Nope"), "{message}");
             }

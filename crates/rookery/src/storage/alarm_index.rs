@@ -1,25 +1,38 @@
 //! The node's index of alarm times: `alarms.sqlite` in the data directory.
 //!
+//! The object's own database holds the truth (`_rookery_meta` row `alarm`, committed with the
+//! turn that set it, `alarm.rs`). The node keeps this index of next alarm times so that the
+//! scheduler never has to open an object's database to know when it is due. The index may say
+//! *earlier* than the truth, never later and never nothing when the object has an alarm:
+//!
+//! - a turn that sets an alarm lowers the index entry (`min(old, new)`) and waits until that is
+//!   durable *before* the turn commits, so no crash can leave an object's alarm unindexed;
+//! - once the turn's commit is durable, the entry is set to the exact time (or removed); these
+//!   exact updates carry a version, so a late one never overrides a newer one.
+//!
+//! A wake-up that finds no due alarm in the object (early, or already handled) just corrects the
+//! index. The index can always be rebuilt from the objects' own records ([`scan_objects`]).
+//!
 //! One row per object with an alarm: `(class uid, object id) → (at, version)`, with an index on
 //! `at`. Every operation is one B-tree lookup or range scan: O(log n), and the scheduler only
 //! ever holds a bounded batch of rows in memory however many alarms are scheduled.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::Notify;
 
+use super::{Durability, ObjectSync, Syncer};
+use crate::addr::AlarmKey;
 use crate::error::Result;
 use crate::id::ID_BYTES;
-use crate::storage::{Durability, ObjectSync, Syncer};
 
-/// Identifies an object across restarts and class renames: its class's uid and its id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct AlarmKey {
-    pub(crate) class_uid: Arc<str>,
-    pub(crate) id: [u8; ID_BYTES],
+/// Told when an entry may have become earlier than anything seen before: the scheduler, which
+/// then decides whether to look again.
+pub(crate) trait AlarmListener: Send + Sync + 'static {
+    /// An entry is now due at `at` (ms since the epoch); `i64::MIN` when many entries changed.
+    fn earlier(&self, at: i64);
 }
 
 /// The index database.
@@ -33,15 +46,18 @@ pub(crate) struct AlarmIndex {
     seq: AtomicU64,
     /// Versions order the updates of one object's entry.
     versions: AtomicU64,
-    /// Signalled when an entry becomes earlier than the scheduler's next wake-up.
-    pub(crate) changed: Arc<Notify>,
-    /// When the scheduler plans to look next (ms since the epoch).
-    pub(crate) wake_at: AtomicI64,
+    /// Hears of entries that became earlier.
+    listener: Arc<dyn AlarmListener>,
 }
 
 impl AlarmIndex {
-    /// Opens the index at `path`, or in memory when `path` is `None`.
-    pub(crate) fn open(path: Option<&Path>, durability: Durability) -> Result<Self> {
+    /// Opens the index at `path`, or in memory when `path` is `None`; `listener` hears of
+    /// entries that became earlier.
+    pub(crate) fn open(
+        path: Option<&Path>,
+        durability: Durability,
+        listener: Arc<dyn AlarmListener>,
+    ) -> Result<Self> {
         let conn = match path {
             Some(path) => {
                 let conn = Connection::open(path)?;
@@ -70,20 +86,12 @@ impl AlarmIndex {
             durability,
             seq: AtomicU64::new(0),
             versions: AtomicU64::new(u64::try_from(top).unwrap_or(0)),
-            changed: Arc::new(Notify::new()),
-            wake_at: AtomicI64::new(i64::MAX),
+            listener,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wakes the scheduler if `at` is earlier than it plans to look.
-    fn poke_if_earlier(&self, at: i64) {
-        if at < self.wake_at.load(Ordering::Acquire) {
-            self.changed.notify_one();
-        }
     }
 
     /// A version newer than every version handed out so far.
@@ -109,7 +117,7 @@ impl AlarmIndex {
             .execute(params![&*key.class_uid, &key.id[..], at, version as i64])?;
             self.seq.fetch_add(1, Ordering::Relaxed) + 1
         };
-        self.poke_if_earlier(at);
+        self.listener.earlier(at);
         if let (Some(slot), Durability::Strict) = (&self.sync, self.durability) {
             let sync = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
             sync.committed(seq);
@@ -150,7 +158,7 @@ impl AlarmIndex {
                 .execute(params![&*key.class_uid, &key.id[..], version as i64])?,
         };
         if let Some(at) = at {
-            self.poke_if_earlier(at);
+            self.listener.earlier(at);
         }
         Ok(())
     }
@@ -261,7 +269,7 @@ impl AlarmIndex {
         }
         tx.commit()?;
         drop(conn);
-        self.changed.notify_one();
+        self.listener.earlier(i64::MIN);
         Ok(())
     }
 }
@@ -350,9 +358,15 @@ mod tests {
         }
     }
 
+    struct Deaf;
+
+    impl AlarmListener for Deaf {
+        fn earlier(&self, _at: i64) {}
+    }
+
     #[test]
     fn a_million_alarms_are_held_and_read_in_time_order() {
-        let index = AlarmIndex::open(None, Durability::Relaxed).unwrap();
+        let index = AlarmIndex::open(None, Durability::Relaxed, Arc::new(Deaf)).unwrap();
         index.set_hosted(&[Arc::from("c")]).unwrap();
         // Times in a scrambled order, so the index, not the insertion order, sorts them.
         let entries: Vec<(AlarmKey, i64)> = (0..1_000_000u32)

@@ -1,0 +1,90 @@
+//! The caller of a Waddle object: the identity the gateway verified, read from its trusted
+//! headers and kept as each socket's attachment; and the error frame both Waddle objects send.
+
+use rookery::identity::{PERMISSIONS, USER_ID, USER_NAME};
+use rookery::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// The verified caller of a request, and the attachment of each socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Member {
+    /// The user's id (also the socket's tag).
+    pub(crate) user_id: String,
+    /// The user's display name (the id when the gateway gave none).
+    pub(crate) username: String,
+    /// What the user may do, e.g. `read`, `write`.
+    pub(crate) permissions: Vec<String>,
+}
+
+impl Member {
+    /// The caller named by the gateway's trusted headers; `None` without a user id.
+    pub(crate) fn from_request(req: &Request) -> Option<Self> {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+                .unwrap_or_default()
+        };
+        let user_id = header(USER_ID.as_str());
+        if user_id.is_empty() {
+            return None;
+        }
+        let username = match header(USER_NAME.as_str()) {
+            name if name.is_empty() => user_id.clone(),
+            name => name,
+        };
+        let permissions = header(PERMISSIONS.as_str())
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        Some(Self {
+            user_id,
+            username,
+            permissions,
+        })
+    }
+
+    /// The member a socket belongs to, from its attachment.
+    pub(crate) fn of(ws: &WebSocket) -> Option<Self> {
+        ws.deserialize_attachment::<Self>().ok().flatten()
+    }
+
+    /// Whether the member holds `permission`.
+    pub(crate) fn may(&self, permission: &str) -> bool {
+        self.permissions.iter().any(|p| p == permission)
+    }
+
+    /// Accepts the upgrade `req` as a hibernatable socket of this member: tagged with the user
+    /// id, with the member as attachment.
+    pub(crate) fn accept(&self, state: &ObjectState, req: &Request) -> Result<WebSocket> {
+        let ws = state.accept_websocket(req, &[&self.user_id])?;
+        ws.serialize_attachment(self)?;
+        Ok(ws)
+    }
+}
+
+/// The member an upgrade request comes from, or the status and message to refuse it with: 400
+/// if it is not an upgrade, 401 `Unauthorized` without a user id.
+pub(crate) fn upgrading_member(
+    req: &Request,
+) -> std::result::Result<Member, (StatusCode, &'static str)> {
+    if !req.is_websocket_upgrade() {
+        return Err((StatusCode::BAD_REQUEST, "Expected WebSocket"));
+    }
+    let Some(member) = Member::from_request(req) else {
+        return Err((StatusCode::UNAUTHORIZED, "Unauthorized"));
+    };
+    if member.user_id.len() > rookery::MAX_TAG_BYTES {
+        return Err((StatusCode::BAD_REQUEST, "The user id is too long"));
+    }
+    Ok(member)
+}
+
+/// Sends `{"type":"error","message":message}` to `ws`.
+pub(crate) fn error_reply(ws: &WebSocket, message: &str) -> Result<()> {
+    ws.send_json(&json!({ "type": "error", "message": message }))
+}

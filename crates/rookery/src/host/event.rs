@@ -1,0 +1,50 @@
+//! The events a host delivers to objects; each one is handled as one turn.
+
+use std::any::Any;
+
+use tokio::sync::oneshot;
+
+use super::alarm_event::AlarmReport;
+use super::turn::CallChain;
+use crate::error::Result;
+use crate::request::Request;
+use crate::response::Response;
+use crate::socket::{SocketEvent, WebSocket};
+use crate::state::ObjectState;
+use crate::storage::OutputGate;
+
+/// An event for an object; each one is handled as one turn.
+// Requests are the common event: keeping them inline saves an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Event {
+    /// An HTTP request, from the gateway or another object.
+    Fetch {
+        req: Request,
+        chain: CallChain,
+        reply: oneshot::Sender<TurnOutput<Response>>,
+    },
+    /// The object's alarm may be due; `force` fires a set alarm whatever its time (tests).
+    Alarm {
+        force: bool,
+        reply: oneshot::Sender<AlarmReport>,
+    },
+    /// Something happened on one of the object's WebSockets.
+    Socket {
+        socket: WebSocket,
+        event: SocketEvent,
+    },
+    /// A closure run as a turn against the object's state, without its instance (tests, tools).
+    Run {
+        job: RunJob,
+        reply: oneshot::Sender<TurnOutput<Box<dyn Any + Send>>>,
+    },
+}
+
+/// Work for [`Event::Run`].
+pub(crate) type RunJob = Box<dyn FnOnce(&ObjectState) -> Result<Box<dyn Any + Send>> + Send>;
+
+/// A turn's result and the gate it must pass before anyone may see it.
+pub(crate) struct TurnOutput<T> {
+    pub(crate) result: Result<T>,
+    pub(crate) gate: OutputGate,
+}
