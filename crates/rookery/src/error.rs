@@ -51,6 +51,12 @@ pub enum Error {
     /// The runtime is shutting down and takes no new events.
     #[error("the runtime is shutting down")]
     ShuttingDown,
+    /// The disk under the data directory is full; nothing of the turn was written.
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
+    /// The data directory is gone or cannot be written; writes are refused, not lost.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// The embedded database failed.
     #[error("storage error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -137,6 +143,41 @@ impl Error {
         Error::BadRequest(message.to_string())
     }
 
+    /// What a client may be told of this error: the message for errors about the request or
+    /// the object's own behaviour, a short generic text for failures inside the runtime (whose
+    /// messages can name files, paths or SQLite internals; log those instead).
+    pub fn public_message(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match self {
+            Error::InvalidId(_)
+            | Error::UnknownBinding(_)
+            | Error::Overloaded
+            | Error::SocketLimit(_)
+            | Error::CallCycle(_)
+            | Error::ObjectFailed { .. }
+            | Error::BadRequest(_)
+            | Error::LimitExceeded(_)
+            | Error::SqlRefused(_)
+            | Error::ShuttingDown => Cow::Owned(self.to_string()),
+            Error::InsufficientStorage(_) => Cow::Borrowed("insufficient storage"),
+            Error::StorageUnavailable(_) => Cow::Borrowed("storage unavailable"),
+            Error::Durability(_) => Cow::Borrowed("the write could not be made durable"),
+            Error::Sqlite(_)
+            | Error::Json(_)
+            | Error::Io(_)
+            | Error::Internal { .. }
+            | Error::Other(_) => Cow::Borrowed("internal error"),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for errors that pass with time.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Error::Overloaded | Error::ShuttingDown | Error::StorageUnavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+
     /// The HTTP status that answers a client who caused or met this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -148,6 +189,8 @@ impl Error {
             Error::CallCycle(_) => StatusCode::LOOP_DETECTED,
             Error::ObjectFailed { status, .. } => *status,
             Error::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Durability(_)
             | Error::SqlRefused(_)
             | Error::Sqlite(_)
