@@ -104,6 +104,12 @@ pub enum StartError {
         /// What is wrong.
         message: String,
     },
+    /// The data directory is in a state Rookery refuses to start on (nothing was changed).
+    #[error("{0}")]
+    DataDir(String),
+    /// Another process serves the data directory.
+    #[error("{0}")]
+    Locked(String),
     /// The data directory cannot be used.
     #[error(transparent)]
     Storage(#[from] Error),

@@ -19,8 +19,8 @@ use crate::host::activation::{ClassFactory, Factory};
 use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement};
 use crate::object::DurableObject;
 use crate::storage::{
-    AlarmIndex, Catalog, CommitLog, Durability, LocalCommitLog, Migration, StorageContext,
-    StorageLimits, SyncHook, Syncer, scan_objects,
+    AlarmIndex, Catalog, ClassRecord, CommitLog, DirLock, Durability, LocalCommitLog, Migration,
+    StorageContext, StorageLimits, SyncHook, Syncer, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
 
@@ -156,15 +156,19 @@ impl RuntimeBuilder {
 
     /// Opens the data directory, applies pending migrations and checks every binding.
     pub fn build(self) -> Result<Runtime, StartError> {
-        let mut catalog = match &self.data_dir {
+        // The lock comes first: nothing of the directory is read or changed without it.
+        let (lock, mut catalog) = match &self.data_dir {
             Some(dir) => {
                 fs::create_dir_all(dir)?;
-                Catalog::open(dir)?
+                let lock = DirLock::acquire(dir)?;
+                (Some(lock), Catalog::open(dir)?)
             }
-            None => Catalog::in_memory()?,
+            None => (None, Catalog::in_memory()?),
         };
-        catalog.migrate(&self.migrations)?;
-        catalog.sweep()?;
+        // Migrations commit only if every binding can be served afterwards.
+        catalog.migrate(&self.migrations, |records| {
+            check_bindings(&self.bindings, &self.classes, records)
+        })?;
         // Every class that exists here and that this server can run is hosted, bound or not,
         // so that its alarms fire.
         let mut classes: Vec<HostedClass> = Vec::new();
@@ -263,9 +267,40 @@ impl RuntimeBuilder {
                 storage,
                 options,
                 data_dir: self.data_dir,
+                _lock: lock,
             }),
         })
     }
+}
+
+/// Refuses bindings that name a class that will not exist, or that this server cannot run.
+fn check_bindings(
+    bindings: &[(String, String)],
+    classes: &Classes,
+    records: &[ClassRecord],
+) -> Result<(), StartError> {
+    let mut seen = std::collections::HashSet::new();
+    for (binding, class_name) in bindings {
+        let message = if !classes.contains(class_name) {
+            format!(
+                "class {class_name:?} is not known to this server (known: {})",
+                classes.names().join(", ")
+            )
+        } else if !records.iter().any(|r| &r.name == class_name) {
+            format!(
+                "class {class_name:?} does not exist; a migration must create it (new_sqlite_classes = [{class_name:?}])"
+            )
+        } else if !seen.insert(binding) {
+            "declared twice".to_string()
+        } else {
+            continue;
+        };
+        return Err(StartError::Binding {
+            binding: binding.clone(),
+            message,
+        });
+    }
+    Ok(())
 }
 
 /// Live objects the open-file limit allows: each holds its database, its WAL and a handle for
@@ -421,4 +456,6 @@ struct RuntimeInner {
     storage: Arc<StorageContext>,
     options: RuntimeOptions,
     data_dir: Option<PathBuf>,
+    /// Held while the runtime lives: one process per data directory.
+    _lock: Option<DirLock>,
 }

@@ -256,6 +256,32 @@ async fn alarm_changes_commit_and_roll_back_with_their_turn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_transaction_takes_its_alarm_change_with_it() {
+    let h = TestHarness::new::<Alarmist>().unwrap();
+    let at = now(&h) + 1_000;
+    post(&h, "txn", &format!("/set?at={at}")).await;
+    // The transaction deletes the alarm, then fails; the turn itself commits.
+    h.run("txn", |state| {
+        let failed = state.storage().transaction(|s| {
+            s.delete_alarm()?;
+            Err::<(), _>(Error::msg("the transaction fails"))
+        });
+        assert!(failed.is_err());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(post(&h, "txn", "/alarm").await, json!({ "at": at }));
+    assert_eq!(
+        h.indexed_alarm("txn").unwrap(),
+        Some(at),
+        "the index still holds the alarm the record keeps"
+    );
+    h.advance(Duration::from_millis(1_000));
+    wait_until("the alarm fired", || calls("txn").len() == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_never_overlaps_a_request_on_its_object() {
     let h = std::sync::Arc::new(TestHarness::new::<Alarmist>().unwrap());
     let t = now(&h);

@@ -3,8 +3,10 @@
 //!
 //! A class's objects live under `objects/<uid>/`, where `uid` is fixed when the class is created.
 //! Renaming a class changes only its name in the catalog, so its objects and ids stay valid;
-//! deleting a class removes its catalog row and then its directory. A directory with no row
-//! (a delete interrupted by a crash) is removed at the next start.
+//! deleting a class moves its row to `deleted_classes` and then removes its directory; the row
+//! goes once the directory is gone, so a delete interrupted by a crash is finished by the next
+//! start. Nothing else is ever deleted: a directory the catalog does not know is reported and
+//! left alone, and a data directory that holds objects but no catalog refuses to start.
 
 use std::collections::HashSet;
 use std::fs;
@@ -39,6 +41,9 @@ pub(crate) struct ClassRecord {
     pub(crate) minter: IdMinter,
 }
 
+/// The catalog's file in the data directory.
+pub(crate) const CATALOG_FILE: &str = "rookery.sqlite";
+
 /// The catalog database.
 pub(crate) struct Catalog {
     conn: Connection,
@@ -49,12 +54,31 @@ pub(crate) struct Catalog {
 
 impl Catalog {
     /// Opens or creates the catalog of `data_dir`.
+    ///
+    /// Refuses a data directory that holds object data but no catalog: the classes' secrets
+    /// and names are only in the catalog, and starting afresh would orphan every object.
     pub(crate) fn open(data_dir: &Path) -> Result<Self> {
         let objects_dir = data_dir.join("objects");
+        let path = data_dir.join(CATALOG_FILE);
+        if !path.exists() && holds_objects(&objects_dir)? {
+            return Err(StartError::DataDir(format!(
+                "{} holds object data in {} but its catalog {CATALOG_FILE} is missing; \
+                 restore {CATALOG_FILE} from a backup (docs/OPERATIONS.md). Rookery does not \
+                 start without it, so that no object is orphaned or deleted",
+                data_dir.display(),
+                objects_dir.display(),
+            )));
+        }
         fs::create_dir_all(&objects_dir)?;
-        let conn = Connection::open(data_dir.join("rookery.sqlite"))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
-        Self::init(conn, objects_dir, false)
+        let opened = Connection::open(&path).and_then(|conn| {
+            conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+            Ok(conn)
+        });
+        let conn = opened.map_err(|e| unusable(&path, e))?;
+        Self::init(conn, objects_dir, false).map_err(|e| match e {
+            StartError::Storage(crate::error::Error::Sqlite(e)) => unusable(&path, e),
+            e => e,
+        })
     }
 
     /// A catalog that lives in memory only.
@@ -74,6 +98,11 @@ impl Catalog {
                  position INTEGER PRIMARY KEY,
                  tag TEXT NOT NULL UNIQUE,
                  applied_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS deleted_classes (
+                 uid TEXT PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 deleted_at INTEGER NOT NULL
              );",
         )?;
         Ok(Self {
@@ -83,11 +112,17 @@ impl Catalog {
         })
     }
 
-    /// Applies the migrations of `migrations` not yet applied, in order. The already applied ones
-    /// must come first, in the order they were applied.
-    pub(crate) fn migrate(&mut self, migrations: &[Migration]) -> Result<Vec<String>> {
-        let applied: Vec<String> = self
-            .conn
+    /// Applies the migrations of `migrations` not yet applied, in order, in one transaction,
+    /// and commits it only if `check` accepts the classes that result; then removes the data of
+    /// deleted classes. The already applied migrations must come first, in the order they were
+    /// applied. Returns the tags applied now.
+    pub(crate) fn migrate(
+        &mut self,
+        migrations: &[Migration],
+        check: impl FnOnce(&[ClassRecord]) -> Result<()>,
+    ) -> Result<Vec<String>> {
+        let tx = self.conn.transaction()?;
+        let applied: Vec<String> = tx
             .prepare("SELECT tag FROM migrations ORDER BY position")?
             .query_map([], |row| row.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -112,122 +147,160 @@ impl Catalog {
         }
         let mut done = Vec::new();
         for (position, m) in migrations.iter().enumerate().skip(applied.len()) {
-            let doomed = self.apply(position, m)?;
-            if !self.in_memory {
-                for dir in doomed {
-                    remove_dir(&dir);
-                }
-            }
-            tracing::info!(tag = %m.tag, "applied migration");
+            apply(&tx, position, m)?;
             done.push(m.tag.clone());
         }
-        Ok(done)
-    }
-
-    /// Applies one migration in one transaction; returns the directories to remove.
-    fn apply(&mut self, position: usize, m: &Migration) -> Result<Vec<PathBuf>> {
-        let fail = |message: String| StartError::Migration {
-            tag: m.tag.clone(),
-            message,
-        };
-        let tx = self.conn.transaction()?;
-        let uid_of = |name: &str| -> Result<Option<String>> {
-            Ok(tx
-                .query_row("SELECT uid FROM classes WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()?)
-        };
-        let mut doomed = Vec::new();
-        for name in &m.deleted_classes {
-            let uid = uid_of(name)?
-                .ok_or_else(|| fail(format!("cannot delete class {name:?}: it does not exist")))?;
-            tx.execute("DELETE FROM classes WHERE uid = ?1", [&uid])?;
-            doomed.push(self.objects_dir.join(uid));
-        }
-        for (from, to) in &m.renamed_classes {
-            let uid = uid_of(from)?
-                .ok_or_else(|| fail(format!("cannot rename class {from:?}: it does not exist")))?;
-            if uid_of(to)?.is_some() {
-                return Err(fail(format!(
-                    "cannot rename class {from:?} to {to:?}: {to:?} exists already"
-                )));
-            }
-            tx.execute("UPDATE classes SET name = ?1 WHERE uid = ?2", [to, &uid])?;
-        }
-        for name in &m.new_classes {
-            if uid_of(name)?.is_some() {
-                return Err(fail(format!(
-                    "cannot create class {name:?}: it exists already"
-                )));
-            }
-            let uid = hex::encode(&IdMinter::random_secret()?[..16]);
-            let secret = IdMinter::random_secret()?;
-            tx.execute(
-                "INSERT INTO classes (uid, name, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![uid, name, secret.as_slice(), now_ms()],
-            )?;
-        }
-        tx.execute(
-            "INSERT INTO migrations (position, tag, applied_at) VALUES (?1, ?2, ?3)",
-            params![position as i64, m.tag, now_ms()],
-        )?;
+        check(&class_records(&tx, &self.objects_dir)?)?;
         tx.commit()?;
-        Ok(doomed)
+        for tag in &done {
+            tracing::info!(tag = %tag, "applied migration");
+        }
+        self.sweep()?;
+        Ok(done)
     }
 
     /// Every class that exists, with its directory and secret.
     pub(crate) fn classes(&self) -> Result<Vec<ClassRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT uid, name, secret FROM classes ORDER BY name")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
-        let mut classes = Vec::new();
-        for row in rows {
-            let (uid, name, secret) = row?;
-            let secret: [u8; 32] = secret.try_into().map_err(|_| {
-                StartError::Config(format!("the catalog's secret of class {name:?} is damaged"))
-            })?;
-            classes.push(ClassRecord {
-                dir: self.objects_dir.join(&uid),
-                uid,
-                name,
-                minter: IdMinter::new(secret),
-            });
-        }
-        Ok(classes)
+        class_records(&self.conn, &self.objects_dir)
     }
 
-    /// Removes object directories that belong to no class (left by an interrupted delete).
-    pub(crate) fn sweep(&self) -> Result<()> {
+    /// Finishes the deletes of classes whose data is still on disk (an interrupted delete), and
+    /// reports, without touching them, directories that belong to no class.
+    fn sweep(&self) -> Result<()> {
         if self.in_memory {
             return Ok(());
+        }
+        let pending: Vec<(String, String)> = self
+            .conn
+            .prepare("SELECT uid, name FROM deleted_classes")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (uid, name) in pending {
+            let dir = self.objects_dir.join(&uid);
+            tracing::info!(class = %name, dir = %dir.display(), "removing the data of a deleted class");
+            if remove_dir(&dir) {
+                self.conn
+                    .execute("DELETE FROM deleted_classes WHERE uid = ?1", [&uid])?;
+            }
         }
         let known: HashSet<PathBuf> = self.classes()?.into_iter().map(|c| c.dir).collect();
         for entry in fs::read_dir(&self.objects_dir)? {
             let path = entry?.path();
             if path.is_dir() && !known.contains(&path) {
-                tracing::info!(dir = %path.display(), "removing the data of a deleted class");
-                remove_dir(&path);
+                tracing::warn!(
+                    dir = %path.display(),
+                    "a directory of object data that belongs to no class in the catalog; left as it is"
+                );
             }
         }
         Ok(())
     }
 }
 
-fn remove_dir(dir: &Path) {
+/// Applies one migration inside `tx`.
+fn apply(tx: &rusqlite::Transaction<'_>, position: usize, m: &Migration) -> Result<()> {
+    let fail = |message: String| StartError::Migration {
+        tag: m.tag.clone(),
+        message,
+    };
+    let uid_of = |name: &str| -> Result<Option<String>> {
+        Ok(tx
+            .query_row("SELECT uid FROM classes WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    };
+    for name in &m.deleted_classes {
+        let uid = uid_of(name)?
+            .ok_or_else(|| fail(format!("cannot delete class {name:?}: it does not exist")))?;
+        tx.execute("DELETE FROM classes WHERE uid = ?1", [&uid])?;
+        tx.execute(
+            "INSERT INTO deleted_classes (uid, name, deleted_at) VALUES (?1, ?2, ?3)",
+            params![uid, name, now_ms()],
+        )?;
+    }
+    for (from, to) in &m.renamed_classes {
+        let uid = uid_of(from)?
+            .ok_or_else(|| fail(format!("cannot rename class {from:?}: it does not exist")))?;
+        if uid_of(to)?.is_some() {
+            return Err(fail(format!(
+                "cannot rename class {from:?} to {to:?}: {to:?} exists already"
+            )));
+        }
+        tx.execute("UPDATE classes SET name = ?1 WHERE uid = ?2", [to, &uid])?;
+    }
+    for name in &m.new_classes {
+        if uid_of(name)?.is_some() {
+            return Err(fail(format!(
+                "cannot create class {name:?}: it exists already"
+            )));
+        }
+        let uid = hex::encode(&IdMinter::random_secret()?[..16]);
+        let secret = IdMinter::random_secret()?;
+        tx.execute(
+            "INSERT INTO classes (uid, name, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![uid, name, secret.as_slice(), now_ms()],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO migrations (position, tag, applied_at) VALUES (?1, ?2, ?3)",
+        params![position as i64, m.tag, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Every class recorded in `conn`, with its directory under `objects_dir` and its secret.
+fn class_records(conn: &Connection, objects_dir: &Path) -> Result<Vec<ClassRecord>> {
+    let mut stmt = conn.prepare("SELECT uid, name, secret FROM classes ORDER BY name")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut classes = Vec::new();
+    for row in rows {
+        let (uid, name, secret) = row?;
+        let secret: [u8; 32] = secret.try_into().map_err(|_| {
+            StartError::DataDir(format!("the catalog's secret of class {name:?} is damaged"))
+        })?;
+        classes.push(ClassRecord {
+            dir: objects_dir.join(&uid),
+            uid,
+            name,
+            minter: IdMinter::new(secret),
+        });
+    }
+    Ok(classes)
+}
+
+/// Whether `objects_dir` holds any class directory.
+fn holds_objects(objects_dir: &Path) -> Result<bool> {
+    match fs::read_dir(objects_dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The catalog at `path` cannot be opened or read.
+fn unusable(path: &Path, e: rusqlite::Error) -> StartError {
+    StartError::DataDir(format!(
+        "the catalog {} cannot be used ({e}); restore it from a backup (docs/OPERATIONS.md)",
+        path.display()
+    ))
+}
+
+/// Removes a deleted class's data; whether it is gone.
+fn remove_dir(dir: &Path) -> bool {
     match fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         // Left for the next start's sweep.
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted class's data")
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted class's data");
+            false
         }
     }
 }
@@ -257,7 +330,10 @@ mod tests {
             new_classes: vec!["A".into(), "B".into()],
             ..m("v1")
         };
-        assert_eq!(cat.migrate(std::slice::from_ref(&v1)).unwrap(), vec!["v1"]);
+        assert_eq!(
+            cat.migrate(std::slice::from_ref(&v1), |_| Ok(())).unwrap(),
+            vec!["v1"]
+        );
         let a_dir = cat.classes().unwrap()[0].dir.clone();
         fs::create_dir_all(&a_dir).unwrap();
         let v2 = Migration {
@@ -266,13 +342,16 @@ mod tests {
             ..m("v2")
         };
         // Applying again is a no-op for v1.
-        assert_eq!(cat.migrate(&[v1.clone(), v2.clone()]).unwrap(), vec!["v2"]);
+        assert_eq!(
+            cat.migrate(&[v1.clone(), v2.clone()], |_| Ok(())).unwrap(),
+            vec!["v2"]
+        );
         let classes = cat.classes().unwrap();
         assert_eq!(classes.len(), 1);
         assert_eq!(classes[0].name, "A2");
         assert_eq!(classes[0].dir, a_dir, "a rename keeps the data directory");
         // Reordering applied migrations is refused.
-        assert!(cat.migrate(&[v2, v1]).is_err());
+        assert!(cat.migrate(&[v2, v1], |_| Ok(())).is_err());
     }
 
     #[test]
@@ -284,7 +363,7 @@ mod tests {
             deleted_classes: vec!["Nope".into()],
             ..m("v1")
         };
-        match cat.migrate(&[bad]) {
+        match cat.migrate(&[bad], |_| Ok(())) {
             Err(StartError::Migration { tag, message }) => {
                 assert_eq!(tag, "v1");
                 assert!(message.contains("Nope"), "{message}");
@@ -292,5 +371,74 @@ mod tests {
             other => panic!("expected a migration error, got {other:?}"),
         }
         assert!(cat.classes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_refused_check_applies_no_migration_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::open(dir.path()).unwrap();
+        let v1 = Migration {
+            new_classes: vec!["A".into()],
+            ..m("v1")
+        };
+        cat.migrate(std::slice::from_ref(&v1), |_| Ok(())).unwrap();
+        let a_dir = cat.classes().unwrap()[0].dir.clone();
+        fs::create_dir_all(a_dir.join("0")).unwrap();
+        fs::write(a_dir.join("0").join("x.sqlite"), b"data").unwrap();
+        let v2 = Migration {
+            deleted_classes: vec!["A".into()],
+            ..m("v2")
+        };
+        let refused = cat.migrate(&[v1.clone(), v2.clone()], |records| {
+            assert!(records.is_empty(), "the check sees the classes after v2");
+            Err(StartError::Config("a binding still names A".into()))
+        });
+        assert!(refused.is_err());
+        assert_eq!(cat.classes().unwrap().len(), 1, "v2 was not recorded");
+        assert!(a_dir.join("0").join("x.sqlite").exists(), "no data deleted");
+        // Accepted, the delete goes through and takes the class's data with it.
+        assert_eq!(cat.migrate(&[v1, v2], |_| Ok(())).unwrap(), vec!["v2"]);
+        assert!(!a_dir.exists());
+    }
+
+    #[test]
+    fn object_data_without_a_catalog_refuses_to_start_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::open(dir.path()).unwrap();
+        let v1 = Migration {
+            new_classes: vec!["A".into()],
+            ..m("v1")
+        };
+        cat.migrate(std::slice::from_ref(&v1), |_| Ok(())).unwrap();
+        let a_dir = cat.classes().unwrap()[0].dir.clone();
+        fs::create_dir_all(&a_dir).unwrap();
+        fs::write(a_dir.join("x.sqlite"), b"data").unwrap();
+        drop(cat);
+        for f in ["rookery.sqlite", "rookery.sqlite-wal", "rookery.sqlite-shm"] {
+            let _ = fs::remove_file(dir.path().join(f));
+        }
+        let e = Catalog::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("catalog rookery.sqlite is missing"), "{e}");
+        assert!(a_dir.join("x.sqlite").exists());
+        assert!(
+            !dir.path().join("rookery.sqlite").exists(),
+            "no new catalog made"
+        );
+    }
+
+    #[test]
+    fn directories_of_no_class_are_reported_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::open(dir.path()).unwrap();
+        let stray = dir.path().join("objects").join("0123abcd");
+        fs::create_dir_all(&stray).unwrap();
+        cat.migrate(&[m("v1")], |_| Ok(())).unwrap();
+        drop(cat);
+        let mut cat = Catalog::open(dir.path()).unwrap();
+        cat.migrate(&[m("v1")], |_| Ok(())).unwrap();
+        assert!(stray.exists());
     }
 }

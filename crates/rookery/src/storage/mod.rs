@@ -6,6 +6,7 @@ mod alarm_index;
 mod catalog;
 mod commit_log;
 mod database;
+mod dir_lock;
 mod durability;
 mod kv;
 mod policy;
@@ -22,7 +23,8 @@ pub use kv::ListOptions;
 pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
 pub(crate) use alarm_index::{AlarmIndex, AlarmListener, scan_objects};
-pub(crate) use catalog::Catalog;
+pub(crate) use catalog::{Catalog, ClassRecord};
+pub(crate) use dir_lock::DirLock;
 pub(crate) use durability::{ObjectSync, Syncer};
 
 use database::Database;
@@ -209,13 +211,13 @@ impl Storage {
     /// returns `Err` (the error is passed on). It nests inside the turn and inside other
     /// transactions; the turn's own failure still undoes everything.
     pub fn transaction<T>(&self, f: impl FnOnce(&Storage) -> Result<T>) -> Result<T> {
-        let name = {
+        let (name, alarm_before) = {
             let mut turn = self.lock();
             turn.db.txn_for_write()?;
             turn.db.savepoints += 1;
             let name = format!("rookery_txn_{}", turn.db.savepoints);
             turn.db.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
-            name
+            (name, (turn.alarm, turn.alarm_by_handler))
         };
         let result = f(self);
         let mut turn = self.lock();
@@ -223,6 +225,9 @@ impl Storage {
         let end = if result.is_ok() {
             format!("RELEASE {name}")
         } else {
+            // The alarm change goes with the rows: the pending index update must agree with
+            // the record the rollback restores.
+            (turn.alarm, turn.alarm_by_handler) = alarm_before;
             format!("ROLLBACK TO {name}; RELEASE {name}")
         };
         turn.db.conn.execute_batch(&end)?;
