@@ -50,8 +50,10 @@ pub struct Server {
 
 impl Server {
     /// Opens the data directory, applies migrations and compiles the routes of `config`, with
-    /// `classes` available to its bindings.
+    /// `classes` available to its bindings. Everything that can be checked is checked before
+    /// the data directory is touched: a configuration that cannot serve applies no migration.
     pub fn new(config: &Config, classes: Classes) -> Result<Self, ServerError> {
+        Routes::check(config)?;
         for b in &config.bindings {
             if !classes.contains(b.class_name.get_ref()) {
                 return Err(config

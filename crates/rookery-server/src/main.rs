@@ -88,10 +88,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::new(&config, rookery_objects::builtin_classes())?;
+        // Listen first: a port in use must stop the start before any migration is applied.
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("listening on {}", config.server.listen))?;
+        let server = Server::new(&config, rookery_objects::builtin_classes())?;
         let addr = listener.local_addr()?;
         tracing::info!(
             config = %config.source,

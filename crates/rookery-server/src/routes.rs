@@ -75,26 +75,20 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
+    /// Checks that the patterns of `config` can all live in one router (no two conflict),
+    /// before anything is started.
+    pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
+        router(config).map(drop)
+    }
+
     /// Compiles the routes of `config` against the bindings of `runtime`.
     pub(crate) fn build(config: &Config, runtime: &Runtime) -> Result<Self, ConfigError> {
-        let mut router = matchit::Router::new();
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for (i, rc) in config.routes.iter().enumerate() {
-            let at = rc.path.span().start;
-            let route = compile(config, rc, runtime)?;
-            let base = router_pattern(rc.path.get_ref());
-            let exact = if base.is_empty() {
-                "/".to_string()
-            } else {
-                base.clone()
-            };
-            for pattern in [exact, format!("{base}/{{*{REST}}}")] {
-                router.insert(pattern.clone(), i).map_err(|e| {
-                    config.error_at(at, format!("route {:?}: {e}", rc.path.get_ref()))
-                })?;
-            }
-            routes.push(route);
-        }
+        let router = router(config)?;
+        let routes = config
+            .routes
+            .iter()
+            .map(|rc| compile(config, rc, runtime))
+            .collect::<Result<_, _>>()?;
         Ok(Self { router, routes })
     }
 
@@ -113,6 +107,26 @@ impl Routes {
             params: m.params,
         })
     }
+}
+
+/// The radix tree of `config`'s patterns, each leading to its route's position.
+fn router(config: &Config) -> Result<matchit::Router<usize>, ConfigError> {
+    let mut router = matchit::Router::new();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let at = rc.path.span().start;
+        let base = router_pattern(rc.path.get_ref());
+        let exact = if base.is_empty() {
+            "/".to_string()
+        } else {
+            base.clone()
+        };
+        for pattern in [exact, format!("{base}/{{*{REST}}}")] {
+            router
+                .insert(pattern, i)
+                .map_err(|e| config.error_at(at, format!("route {:?}: {e}", rc.path.get_ref())))?;
+        }
+    }
+    Ok(router)
 }
 
 fn compile(config: &Config, rc: &RouteConfig, runtime: &Runtime) -> Result<Route, ConfigError> {
