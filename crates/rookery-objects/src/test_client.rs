@@ -23,9 +23,8 @@ impl Client {
         );
         let mut resp = h.fetch(name, req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-        let ws = resp.take_websocket().unwrap();
         Self {
-            link: SocketLink::new(&ws).unwrap(),
+            link: resp.take_socket_link().unwrap(),
             inbox: VecDeque::new(),
         }
     }

@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use rookery::{Error, Request, Response, SocketLink, percent_decode};
+use rookery::{Error, Request, Response, percent_decode};
 
 use crate::identity::Authenticator;
 use crate::socket_io;
@@ -264,23 +264,15 @@ impl Gateway {
         }
         let req = Request::from_parts(parts.method, uri, parts.headers, body);
         let mut resp = stub.fetch(req).await?;
-        let Some(ws) = resp.take_websocket() else {
+        let Some(link) = resp.take_socket_link() else {
             return Ok(into_axum(resp));
         };
-        match (upgrade, SocketLink::new(&ws)) {
-            (Some(upgrade), Some(link)) => {
-                Ok(socket_io::upgrade(upgrade, link, self.max_message_bytes))
-            }
-            _ => {
-                // Accepted without a connection to give it: the socket ends at once.
-                if let Some(link) = SocketLink::new(&ws) {
-                    link.closed(rookery::close_code::ABNORMAL, String::new(), false)
-                        .await;
-                }
-                Err(Error::msg(
-                    "the object answered with a WebSocket to a request that is not an upgrade",
-                ))
-            }
+        match upgrade {
+            Some(upgrade) => Ok(socket_io::upgrade(upgrade, link, self.max_message_bytes)),
+            // Dropping the link ends the socket: it has no connection to serve it.
+            None => Err(Error::msg(
+                "the object answered with a WebSocket to a request that is not an upgrade",
+            )),
         }
     }
 }

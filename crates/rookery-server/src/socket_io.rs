@@ -31,9 +31,8 @@ pub(crate) fn upgrade(
         .max_frame_size(max_message)
         .on_failed_upgrade(move |e| {
             tracing::debug!(error = %e, "WebSocket handshake failed");
-            if let Some(link) = take(&on_fail) {
-                tokio::spawn(link.closed(close_code::ABNORMAL, String::new(), false));
-            }
+            // Dropping the link reports the connection as dropped (1006).
+            drop(take(&on_fail));
         })
         .on_upgrade(move |ws| async move {
             if let Some(link) = take(&link) {

@@ -5,15 +5,17 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::Result;
-use crate::socket::WebSocket;
+use crate::socket::{SocketLink, WebSocket};
 
 /// A complete response: status, headers and body.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Response {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
-    websocket: Option<WebSocket>,
+    /// The accepted socket this response hands to the client's connection. Dropped unused
+    /// (the client went away, the response was lost), it ends the socket.
+    websocket: Option<SocketLink>,
 }
 
 impl Response {
@@ -28,15 +30,25 @@ impl Response {
     }
 
     /// The answer to a WebSocket upgrade: 101, handing `ws` (from `accept_websocket`) to the
-    /// client's connection.
+    /// client's connection. A socket can be handed over once; a second response for it, or a
+    /// socket whose object is gone, answers 500.
     pub fn websocket(ws: &WebSocket) -> Self {
-        let mut resp = Self::new(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
-        resp.websocket = Some(ws.clone());
-        resp
+        match SocketLink::new(ws) {
+            Some(link) => {
+                let mut resp = Self::new(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+                resp.websocket = Some(link);
+                resp
+            }
+            None => Self::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the WebSocket was handed over already or its object is gone",
+            ),
+        }
     }
 
-    /// The WebSocket this response hands to the client, if it is an upgrade.
-    pub fn take_websocket(&mut self) -> Option<WebSocket> {
+    /// The link to the socket this response hands to the client's connection, if it is an
+    /// upgrade. The transport must drive it (or drop it, which ends the socket).
+    pub fn take_socket_link(&mut self) -> Option<SocketLink> {
         self.websocket.take()
     }
 

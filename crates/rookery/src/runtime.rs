@@ -340,6 +340,8 @@ pub struct RuntimeStats {
     pub sync_rounds: u64,
     /// File and directory syncs issued so far.
     pub file_syncs: u64,
+    /// WebSockets registered with their objects now (accepted and not yet ended).
+    pub websockets: usize,
 }
 
 impl Runtime {
@@ -397,6 +399,7 @@ impl Runtime {
             commits: self.inner.storage.commits.load(Ordering::Relaxed),
             sync_rounds,
             file_syncs,
+            websockets: self.inner.host.sockets_open(),
         }
     }
 

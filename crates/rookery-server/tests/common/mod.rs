@@ -84,10 +84,20 @@ impl TestServer {
     }
 }
 
-/// The `rookery` binary running as a child process.
+/// The `rookery` binary running as a child process; killed if the test ends without stopping
+/// it (a failed assertion), so that no server outlives its test.
 pub struct ChildServer {
     pub child: Child,
     pub addr: SocketAddr,
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl ChildServer {

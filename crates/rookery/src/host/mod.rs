@@ -318,6 +318,11 @@ impl Host {
         self.0.sockets.get(&addr.key()).map_or(0, |s| s.len())
     }
 
+    /// The number of open WebSockets of all objects.
+    pub(crate) fn sockets_open(&self) -> usize {
+        self.0.sockets.iter().map(|s| s.len()).sum()
+    }
+
     /// Forgets an object's socket set if it has no sockets left (its activation is ending).
     fn drop_sockets_if_empty(&self, key: &ObjectKey) {
         self.0.sockets.remove_if(key, |_, s| s.len() == 0);

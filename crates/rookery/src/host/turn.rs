@@ -87,6 +87,8 @@ pub(crate) async fn run<T>(
 pub(crate) async fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result<T>, OutputGate) {
     let storage = state.storage();
     let sent = state.sockets().take_outbox();
+    // A socket accepted but handed to no connection would never hear from one.
+    state.sockets().end_unclaimed();
     match storage.finish_turn(result.is_ok()).await {
         Ok(gate) => {
             // What a failed turn sent is discarded with its writes.

@@ -2,7 +2,7 @@
 //! which the connection's task drains.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -25,6 +25,8 @@ pub(crate) struct SocketInner {
     pub(crate) auto_response_at: AtomicI64,
     /// Which object's outbox holds this socket's sends during that object's turns.
     pub(crate) owner: u64,
+    /// Whether a response handed the socket to a connection.
+    claimed: AtomicBool,
     queue: Mutex<Queue>,
     ready: Notify,
 }
@@ -47,6 +49,7 @@ impl SocketInner {
             attachment: Mutex::new(None),
             auto_response_at: AtomicI64::new(0),
             owner,
+            claimed: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
         }
@@ -54,6 +57,16 @@ impl SocketInner {
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the socket handed to a connection; false if it was already.
+    pub(crate) fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether a response handed the socket to a connection.
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Acquire)
     }
 
     /// Whether the socket still takes messages.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::events::SocketEvent;
 use super::inner::SocketInner;
 use super::registry::ObjectSockets;
-use super::{Outgoing, WebSocket, WsMessage};
+use super::{Outgoing, WebSocket, WsMessage, close_code};
 use crate::error::Error;
 
 /// Longest wait for an object's full mailbox before a socket's message is given up.
@@ -23,9 +23,17 @@ pub enum Undelivered {
 }
 
 /// One connection's handle on its socket.
+///
+/// Exactly one exists per accepted socket, made when the object answers with
+/// `Response::websocket`. It ends the socket when the connection ends ([`SocketLink::closed`])
+/// or, if it is dropped without that (the client went away before the handshake completed,
+/// the response was lost), as a connection that dropped: the socket leaves its object and the
+/// object's `websocket_close` runs with 1006. So no socket outlives its connection.
 pub struct SocketLink {
     socket: Arc<SocketInner>,
     owner: Arc<ObjectSockets>,
+    /// Whether the end was reported already.
+    ended: bool,
 }
 
 impl std::fmt::Debug for SocketLink {
@@ -37,11 +45,17 @@ impl std::fmt::Debug for SocketLink {
 }
 
 impl SocketLink {
-    /// The link for a socket an object accepted; `None` if its object is gone.
-    pub fn new(ws: &WebSocket) -> Option<Self> {
+    /// The link for a socket an object accepted; `None` if its object is gone or the socket
+    /// has its link already.
+    pub(crate) fn new(ws: &WebSocket) -> Option<Self> {
+        let owner = ws.owner.upgrade()?;
+        if !ws.inner.claim() {
+            return None;
+        }
         Some(Self {
-            owner: ws.owner.upgrade()?,
+            owner,
             socket: ws.inner.clone(),
+            ended: false,
         })
     }
 
@@ -83,33 +97,93 @@ impl SocketLink {
 
     /// Reports the end of the connection: the socket leaves the object's set and the object's
     /// `websocket_close` runs (waking it from hibernation if needed).
-    pub async fn closed(self, code: u16, reason: String, was_clean: bool) {
+    pub async fn closed(mut self, code: u16, reason: String, was_clean: bool) {
+        self.ended = true;
         self.socket.end();
         self.owner.remove(self.socket.id);
-        let _ = self
-            .dispatch(SocketEvent::Close {
+        let _ = deliver(
+            &self.owner,
+            &self.socket,
+            SocketEvent::Close {
                 code,
                 reason,
                 was_clean,
-            })
-            .await;
+            },
+        )
+        .await;
     }
 
     async fn dispatch(&self, event: SocketEvent) -> Result<(), Undelivered> {
-        let Some(events) = self.owner.events.upgrade() else {
-            return Err(Undelivered::Unavailable);
-        };
+        deliver(&self.owner, &self.socket, event).await
+    }
+}
+
+impl Drop for SocketLink {
+    fn drop(&mut self) {
+        if !self.ended {
+            abandon(&self.owner, &self.socket);
+        }
+    }
+}
+
+/// Ends a socket whose connection never came or went without a word: it leaves its object at
+/// once, and the object hears of it as of a dropped connection (1006).
+fn abandon(owner: &Arc<ObjectSockets>, socket: &Arc<SocketInner>) {
+    socket.end();
+    owner.remove(socket.id);
+    let close = SocketEvent::Close {
+        code: close_code::ABNORMAL,
+        reason: String::new(),
+        was_clean: false,
+    };
+    let (owner, socket) = (owner.clone(), socket.clone());
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                let _ = deliver(&owner, &socket, close).await;
+            });
+        }
+        // No runtime to wait on a full mailbox: one try.
+        Err(_) => {
+            if let Some(events) = owner.events.upgrade() {
+                let ws = WebSocket {
+                    inner: socket.clone(),
+                    owner: Arc::downgrade(&owner),
+                };
+                let _ = events.deliver(&owner.addr, ws, close);
+            }
+        }
+    }
+}
+
+impl ObjectSockets {
+    /// Ends the sockets accepted by the turn that just ended that no response handed to a
+    /// connection (the handler failed, or answered without `Response::websocket`).
+    pub(crate) fn end_unclaimed(self: &Arc<Self>) {
+        for socket in self.take_unclaimed() {
+            abandon(self, &socket);
+        }
+    }
+}
+
+/// Hands `event` on `socket` to its object, waiting a while for a full mailbox.
+pub(super) async fn deliver(
+    owner: &Arc<ObjectSockets>,
+    socket: &Arc<SocketInner>,
+    event: SocketEvent,
+) -> Result<(), Undelivered> {
+    let Some(events) = owner.events.upgrade() else {
+        return Err(Undelivered::Unavailable);
+    };
+    {
         let mut delay = Duration::from_millis(1);
         let mut waited = Duration::ZERO;
         loop {
-            let socket = WebSocket {
-                inner: self.socket.clone(),
-                owner: Arc::downgrade(&self.owner),
+            let ws = WebSocket {
+                inner: socket.clone(),
+                owner: Arc::downgrade(owner),
             };
-            match events
-                .clone()
-                .deliver(&self.owner.addr, socket, event.clone())
-            {
+            match events.clone().deliver(&owner.addr, ws, event.clone()) {
                 Ok(()) => return Ok(()),
                 // A full mailbox pushes back on the connection for a while, then gives up.
                 Err(Error::Overloaded) if waited < MAX_BACKPRESSURE => {

@@ -34,6 +34,8 @@ pub(crate) struct ObjectSockets {
     /// The auto-response pair: a text request answered with a message, without the instance.
     auto: RwLock<Option<(Bytes, WsMessage)>>,
     outbox: Arc<Outbox>,
+    /// Sockets accepted during the running turn, to end at its end if no response claimed them.
+    accepted: Mutex<Vec<Arc<SocketInner>>>,
     /// This set, for the sockets handed out (the transport links back through it).
     me: Weak<ObjectSockets>,
 }
@@ -56,6 +58,7 @@ impl ObjectSockets {
             plain: AtomicUsize::new(0),
             auto: RwLock::new(None),
             outbox: Arc::new(Outbox::new(NEXT_SET_ID.fetch_add(1, Ordering::Relaxed))),
+            accepted: Mutex::new(Vec::new()),
             me: me.clone(),
         })
     }
@@ -103,7 +106,20 @@ impl ObjectSockets {
         if !hibernatable {
             self.plain.fetch_add(1, Ordering::Relaxed);
         }
+        drop(sockets);
+        self.accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(inner.clone());
         Ok(self.handle(&inner))
+    }
+
+    /// The sockets accepted since the last call that no response has claimed.
+    pub(super) fn take_unclaimed(&self) -> Vec<Arc<SocketInner>> {
+        let mut accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unclaimed = std::mem::take(&mut *accepted);
+        unclaimed.retain(|s| !s.is_claimed());
+        unclaimed
     }
 
     /// Forgets a socket whose connection ended.
