@@ -16,6 +16,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rookery::{Error, Request, Response, SocketLink, percent_decode};
 
+use crate::client_ip::{client_ip, rate_limit_key};
 use crate::identity::Authenticator;
 use crate::socket_io;
 
@@ -140,11 +141,16 @@ impl Gateway {
         };
         let remaining = match &route.rate_limit {
             None => None,
-            Some(rl) => match self.check_rate(rl, self.client_ip(&req, peer)).await {
-                Ok(Some(remaining)) => Some(remaining),
-                Ok(None) => return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited"),
-                Err(e) => return failure(&e),
-            },
+            Some(rl) => {
+                let ip = client_ip(req.headers(), self.client_ip_header.as_ref(), peer.ip());
+                match self.check_rate(rl, ip).await {
+                    Ok(Some(remaining)) => Some(remaining),
+                    Ok(None) => {
+                        return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited");
+                    }
+                    Err(e) => return failure(&e),
+                }
+            }
         };
         let mut response = match object {
             None => into_axum(Response::json_bytes(Bytes::from_static(b"{\"ok\":true}"))),
@@ -188,18 +194,6 @@ impl Gateway {
         Ok(Some((ns.get(id), m.object_path())))
     }
 
-    fn client_ip(&self, req: &axum::extract::Request, peer: SocketAddr) -> IpAddr {
-        self.client_ip_header
-            .as_ref()
-            .and_then(|h| req.headers().get(h))
-            .and_then(|v| v.to_str().ok())
-            // Proxies append to lists like X-Forwarded-For: the last address is the one our
-            // trusted proxy saw; earlier ones are whatever the client sent.
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(peer.ip())
-    }
-
     /// Asks the client's limiter object; `Some(remaining)` if the request may pass.
     async fn check_rate(&self, rl: &RateLimit, ip: IpAddr) -> rookery::Result<Option<u64>> {
         #[derive(serde::Deserialize)]
@@ -207,7 +201,7 @@ impl Gateway {
             allowed: bool,
             remaining: u64,
         }
-        let stub = rl.namespace.get_by_name(&ip.to_string());
+        let stub = rl.namespace.get_by_name(&rate_limit_key(ip));
         let resp = stub.fetch(Request::get(&rl.uri)?).await?;
         let verdict: Verdict = resp
             .json_body()

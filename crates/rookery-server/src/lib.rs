@@ -3,6 +3,7 @@
 //! The `rookery` binary is thin glue over [`Server`]; tests and embedders use it directly, with
 //! their own object classes.
 
+mod client_ip;
 pub mod config;
 mod gateway;
 pub mod identity;
