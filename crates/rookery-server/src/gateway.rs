@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rookery::{Error, Request, Response, SocketLink, percent_decode};
 
 use crate::client_ip::{client_ip, rate_limit_key};
+use crate::conn::Connections;
 use crate::identity::Authenticator;
 use crate::socket_io;
 
@@ -36,7 +37,10 @@ pub(crate) struct Gateway {
     pub(crate) client_ip_header: Option<HeaderName>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_message_bytes: usize,
+    /// Time a client has to send the whole request body.
+    pub(crate) body_read_timeout: Duration,
     pub(crate) auth: Authenticator,
+    pub(crate) connections: Arc<Connections>,
     pub(crate) request_ids: RequestIds,
 }
 
@@ -172,6 +176,7 @@ impl Gateway {
         let body = serde_json::json!({
             "runtime": self.runtime.stats(),
             "alarms": self.runtime.alarm_stats(),
+            "connections": self.connections.stats(),
         });
         into_axum(Response::json_bytes(body.to_string()))
     }
@@ -209,6 +214,21 @@ impl Gateway {
         Ok(verdict.allowed.then_some(verdict.remaining))
     }
 
+    /// 408 for a body that did not arrive in time; the connection closes after it, since the
+    /// rest of the body may still be on its way.
+    fn body_too_slow(&self) -> axum::response::Response {
+        let millis = self.body_read_timeout.as_millis();
+        tracing::debug!(millis, "request body too slow");
+        let mut response = error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {millis} ms"),
+        );
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+
     async fn forward(
         &self,
         stub: rookery::Stub,
@@ -228,7 +248,12 @@ impl Gateway {
         } else {
             None
         };
-        let body = match Limited::new(body, self.max_body_bytes).collect().await {
+        let collect = Limited::new(body, self.max_body_bytes).collect();
+        let body = match tokio::time::timeout(self.body_read_timeout, collect).await {
+            Err(_elapsed) => return Ok(self.body_too_slow()),
+            Ok(collected) => collected,
+        };
+        let body = match body {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(Error::LimitExceeded(format!(

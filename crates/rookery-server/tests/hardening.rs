@@ -1,8 +1,233 @@
-//! The gateway against hostile and careless clients.
+//! The gateway against hostile and careless clients: slow and idle connections, too many
+//! connections, forged client addresses.
 
 mod common;
 
-use common::{TestServer, client};
+use std::time::Duration;
+
+use common::{PATIENCE, PROBE_CONFIG, TestServer, client};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// PROBE_CONFIG with more `[server]` settings.
+fn probe_config(server: &str) -> String {
+    PROBE_CONFIG.replacen("[server]\n", &format!("[server]\n{server}\n"), 1)
+}
+
+async fn connect(server: &TestServer) -> TcpStream {
+    tokio::time::timeout(PATIENCE, TcpStream::connect(server.addr))
+        .await
+        .expect("connects in time")
+        .expect("connects")
+}
+
+/// Everything the server sends until it closes the connection; fails the test if it does not
+/// close it in time.
+async fn read_to_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        read.is_ok(),
+        "the server did not close the connection; it sent {text:?}"
+    );
+    text
+}
+
+/// One response with a Content-Length body: its head and its body.
+async fn read_response(stream: &mut TcpStream) -> (String, String) {
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "response head");
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&got).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.unwrap();
+        got.extend_from_slice(&body);
+    })
+    .await
+    .expect("a response in time");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+async fn stats(server: &TestServer) -> Value {
+    client()
+        .get(server.url("/_rookery/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+// ---- 7. Slow and idle clients, and the connection limit ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_silent_connections_are_cut_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long keep-alive time: only the header timeout can cut these.
+    let config = probe_config("header_read_timeout_ms = 300\nkeep_alive_timeout_ms = 600000");
+    let server = TestServer::start(&config, dir.path()).await;
+
+    // One header byte at a time, never finishing: each byte is progress, but the head as a
+    // whole must arrive in time.
+    let slow = connect(&server).await;
+    let (mut rd, mut wr) = slow.into_split();
+    wr.write_all(b"GET /counter/slow HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        while wr.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let sent = read_to_close(&mut rd).await;
+    trickle.abort();
+    assert_eq!(sent, "", "no response, just the end of the connection");
+
+    // A client that connects and says nothing.
+    let mut silent = connect(&server).await;
+    assert_eq!(read_to_close(&mut silent).await, "");
+
+    let s = stats(&server).await;
+    assert_eq!(s["connections"]["header_timeouts"], 2, "{s}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long header time: only the idle timeout can cut this one.
+    let config = probe_config("header_read_timeout_ms = 600000\nkeep_alive_timeout_ms = 200");
+    let server = TestServer::start(&config, dir.path()).await;
+    let mut conn = connect(&server).await;
+    conn.write_all(b"GET /counter/idle HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut conn).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, r#"{"value":0}"#);
+    // Kept alive after the response, then closed when idle too long.
+    assert_eq!(read_to_close(&mut conn).await, "");
+    let s = stats(&server).await;
+    assert_eq!(s["connections"]["idle_closed"], 1, "{s}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_the_connection_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&probe_config("body_read_timeout_ms = 300"), dir.path()).await;
+    let mut conn = connect(&server).await;
+    conn.write_all(b"POST /probe/p/json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let sent = read_to_close(&mut conn).await;
+    assert!(sent.starts_with("HTTP/1.1 408"), "{sent}");
+    assert!(sent.contains("did not arrive within 300 ms"), "{sent}");
+    // The object never saw the request.
+    let r: Value = client()
+        .get(server.url("/probe/p/get?key=a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"value": null}));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_while_the_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = probe_config("max_connections = 2\nheader_read_timeout_ms = 600000");
+    let server = TestServer::start(&config, dir.path()).await;
+    let mut first = connect(&server).await;
+    let mut second = connect(&server).await;
+    // The server accepts in order, so the third finds both places taken.
+    let mut third = connect(&server).await;
+    let sent = read_to_close(&mut third).await;
+    assert!(sent.starts_with("HTTP/1.1 503"), "{sent}");
+    assert!(sent.to_lowercase().contains("retry-after: 1"), "{sent}");
+    assert!(sent.contains("too many open connections"), "{sent}");
+
+    // The open ones are still served.
+    for conn in [&mut first, &mut second] {
+        conn.write_all(
+            b"POST /counter/cap/increment HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (head, _) = read_response(conn).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    // Once one closes, a new client gets its place.
+    drop(second);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut conn = connect(&server).await;
+        conn.write_all(b"GET /counter/cap HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let sent = read_to_close(&mut conn).await;
+        if sent.starts_with("HTTP/1.1 200") {
+            assert!(sent.ends_with(r#"{"value":2}"#), "{sent}");
+            break;
+        }
+        assert!(
+            sent.starts_with("HTTP/1.1 503") || sent.is_empty(),
+            "{sent}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection's place was never given to another"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(first);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_outlive_the_http_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = probe_config("header_read_timeout_ms = 300\nkeep_alive_timeout_ms = 300");
+    let server = TestServer::start(&config, dir.path()).await;
+    let mut ws = common::ws::connect(&server, "/echo/e?tag=a").await;
+    // A connection opened after the upgrade and cut by the header timeout shows that more
+    // than both timeouts have passed since the upgrade.
+    let mut silent = connect(&server).await;
+    assert_eq!(read_to_close(&mut silent).await, "");
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::text("still here"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(common::ws::next_text(&mut ws).await, "echo:still here");
+    server.stop().await;
+}
 
 // ---- 8. The client address behind a proxy ----
 
