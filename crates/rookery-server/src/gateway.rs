@@ -12,7 +12,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rookery::{Error, Request, Response, SocketLink, percent_decode};
 
@@ -30,6 +30,20 @@ const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-re
 /// Where the runtime's counters are served (JSON), ahead of the configured routes.
 pub const STATS_PATH: &str = "/_rookery/stats";
 
+/// The prefix of every path the runtime serves itself; configured routes never see these.
+const RUNTIME_PREFIX: &str = "/_rookery/";
+
+/// Who may use the runtime's own endpoints (`/_rookery/...`).
+#[derive(Debug)]
+pub(crate) enum RuntimeAccess {
+    /// Callers presenting this bearer token (`[server] stats_token`).
+    Token(String),
+    /// Anyone: no token is set and `[auth]` has no tokens either (the demo).
+    Open,
+    /// No one: `[auth]` has tokens but no `stats_token` is set.
+    Closed,
+}
+
 /// Everything the gateway needs per request.
 pub(crate) struct Gateway {
     pub(crate) routes: Routes,
@@ -40,6 +54,7 @@ pub(crate) struct Gateway {
     /// Time a client has to send the whole request body.
     pub(crate) body_read_timeout: Duration,
     pub(crate) auth: Authenticator,
+    pub(crate) runtime_access: RuntimeAccess,
     pub(crate) connections: Arc<Connections>,
     pub(crate) request_ids: RequestIds,
 }
@@ -113,6 +128,11 @@ fn failure(e: &Error) -> axum::response::Response {
     error_response(status, &e.to_string())
 }
 
+/// Whether two secrets are equal, in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn into_axum(resp: Response) -> axum::response::Response {
     let (status, headers, body) = resp.into_parts();
     let mut out = axum::response::Response::new(Body::from(body));
@@ -127,8 +147,8 @@ impl Gateway {
         peer: SocketAddr,
         req: axum::extract::Request,
     ) -> axum::response::Response {
-        if req.uri().path() == STATS_PATH && req.method() == http::Method::GET {
-            return self.stats();
+        if req.uri().path().starts_with(RUNTIME_PREFIX) {
+            return self.runtime_endpoint(&req);
         }
         let Some(matched) = self.routes.find(req.uri().path()) else {
             return error_response(StatusCode::NOT_FOUND, "Not found");
@@ -169,6 +189,36 @@ impl Gateway {
                 .insert(RATE_LIMIT_REMAINING, HeaderValue::from(remaining));
         }
         response
+    }
+
+    /// The runtime's own endpoints, behind their own access setting.
+    fn runtime_endpoint(&self, req: &axum::extract::Request) -> axum::response::Response {
+        match &self.runtime_access {
+            RuntimeAccess::Open => {}
+            RuntimeAccess::Token(token) => {
+                let presented = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+                    return unauthorized(
+                        "the runtime's endpoints need the stats token as a bearer token",
+                    );
+                }
+            }
+            RuntimeAccess::Closed => {
+                return unauthorized(
+                    "the runtime's endpoints are closed because [auth] has tokens; set \
+                     [server] stats_token and send it as a bearer token",
+                );
+            }
+        }
+        if req.uri().path() == STATS_PATH && req.method() == Method::GET {
+            return self.stats();
+        }
+        error_response(StatusCode::NOT_FOUND, "Not found")
     }
 
     /// The runtime's counters as JSON.
@@ -302,6 +352,16 @@ impl Gateway {
             }
         }
     }
+}
+
+/// An answer to a caller without the access the runtime's endpoints need.
+fn unauthorized(message: &str) -> axum::response::Response {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"rookery\""),
+    );
+    response
 }
 
 /// Whether the request asks for a WebSocket upgrade.

@@ -25,7 +25,7 @@ pub use config::{Config, ConfigError};
 pub use gateway::{REQUEST_ID, STATS_PATH};
 
 use conn::{ConnLimits, Connections};
-use gateway::{Gateway, RequestIds};
+use gateway::{Gateway, RequestIds, RuntimeAccess};
 use routes::Routes;
 
 /// Why the server cannot start or stopped.
@@ -49,6 +49,17 @@ pub enum ServerError {
 pub struct Server {
     runtime: Runtime,
     gateway: Arc<Gateway>,
+}
+
+/// Who may use `/_rookery/...`: the stats token's holders; without one, anyone only while no
+/// bearer tokens are configured (the demo), since a deployment with tokens expects no public
+/// endpoints.
+fn runtime_access(config: &Config) -> RuntimeAccess {
+    match &config.server.stats_token {
+        Some(token) => RuntimeAccess::Token(token.trim().to_string()),
+        None if config.auth.tokens.is_empty() => RuntimeAccess::Open,
+        None => RuntimeAccess::Closed,
+    }
 }
 
 impl Server {
@@ -99,6 +110,7 @@ impl Server {
             max_message_bytes: server.max_ws_message_bytes,
             body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
             auth: identity::Authenticator::new(&config.auth),
+            runtime_access: runtime_access(config),
             connections,
             request_ids: RequestIds::new(),
         });

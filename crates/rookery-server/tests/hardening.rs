@@ -1,11 +1,12 @@
 //! The gateway against hostile and careless clients: slow and idle connections, too many
-//! connections, forged client addresses.
+//! connections, forged client addresses, the runtime's own endpoints.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{PATIENCE, PROBE_CONFIG, TestServer, client};
+use rookery_server::config::DEMO_CONFIG;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -275,5 +276,71 @@ async fn the_proxys_address_keys_the_rate_limit() {
     assert_eq!(status(&["2001:db8:1:2::1"]).await, 200);
     assert_eq!(status(&["2001:db8:1:2:ffff:ffff:ffff:fffe"]).await, 429);
     assert_eq!(status(&["2001:db8:1:3::1"]).await, 200);
+    server.stop().await;
+}
+
+// ---- 9. The runtime's own endpoints ----
+
+const TOKENS: &str = "\n[auth.tokens]\n\"user-token\" = { user = \"u1\" }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_endpoints_are_closed_when_auth_has_tokens_and_no_stats_token_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&format!("{PROBE_CONFIG}{TOKENS}"), dir.path()).await;
+    let c = client();
+    for auth in [None, Some("Bearer user-token")] {
+        let mut req = c.get(server.url("/_rookery/stats"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("stats_token"),
+            "says how to enable them: {body}"
+        );
+    }
+    // The application's routes are not affected.
+    let r = c.get(server.url("/counter/a")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_endpoints_need_the_stats_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{TOKENS}", probe_config("stats_token = \"s3cret-stats\""));
+    let server = TestServer::start(&config, dir.path()).await;
+    let c = client();
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer user-token"),
+        Some("s3cret-stats"),
+    ] {
+        let mut req = c.get(server.url("/_rookery/stats"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+    let r = c
+        .get(server.url("/_rookery/stats"))
+        .header("authorization", "Bearer s3cret-stats")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["runtime"].is_object(), "{body}");
+    // Without [auth] tokens and without a stats token (the demo), they stay open.
+    server.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(DEMO_CONFIG, dir.path()).await;
+    let r = c.get(server.url("/_rookery/stats")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     server.stop().await;
 }
