@@ -100,7 +100,7 @@ pub(crate) async fn handle(
     let request_id = gw.request_ids.for_request(req.headers());
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
-    let mut response = gw.serve(peer, req).await;
+    let mut response = gw.serve(peer, req, &request_id).await;
     if let Some((method, path)) = logged {
         tracing::debug!(
             request_id = ?request_id,
@@ -120,12 +120,49 @@ pub(crate) fn error_response(status: StatusCode, message: &str) -> axum::respons
     into_axum(Response::error(status, message))
 }
 
-fn failure(e: &Error) -> axum::response::Response {
+/// The answer to a failed request: the error's client-safe message (and, for a 5xx, the
+/// request id, to find the log line) with its status and `Retry-After` when waiting helps.
+/// The whole error, with its causes, goes to the log only: it can name files and SQLite
+/// internals.
+fn failure(e: &Error, request_id: &HeaderValue) -> axum::response::Response {
     let status = e.status();
-    if status.is_server_error() {
-        tracing::warn!(error = %e, "request failed");
+    let public = e.public_message();
+    let id = request_id.to_str().unwrap_or("-");
+    let error = error_chain(e);
+    if public != e.to_string() {
+        tracing::error!(request_id = id, status = status.as_u16(), %error, "request failed");
+    } else if status.is_server_error() {
+        tracing::warn!(request_id = id, status = status.as_u16(), %error, "request failed");
+    } else {
+        tracing::debug!(request_id = id, status = status.as_u16(), %error, "request refused");
     }
-    error_response(status, &e.to_string())
+    let mut body = serde_json::json!({ "error": public });
+    if status.is_server_error() {
+        body["requestId"] = id.into();
+    }
+    let mut response = into_axum(Response::json_bytes(body.to_string()).with_status(status));
+    if let Some(seconds) = e.retry_after() {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// An error and every error under it, `outer: inner: innermost`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Wrappers often repeat their cause's text; say it once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether two secrets are equal, in time that does not depend on where they differ.
@@ -146,6 +183,7 @@ impl Gateway {
         &self,
         peer: SocketAddr,
         req: axum::extract::Request,
+        request_id: &HeaderValue,
     ) -> axum::response::Response {
         if req.uri().path().starts_with(RUNTIME_PREFIX) {
             return self.runtime_endpoint(&req);
@@ -161,7 +199,7 @@ impl Gateway {
         }
         let object = match self.pick(&matched) {
             Ok(object) => object,
-            Err(e) => return failure(&e),
+            Err(e) => return failure(&e, request_id),
         };
         let remaining = match &route.rate_limit {
             None => None,
@@ -172,7 +210,7 @@ impl Gateway {
                     Ok(None) => {
                         return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited");
                     }
-                    Err(e) => return failure(&e),
+                    Err(e) => return failure(&e, request_id),
                 }
             }
         };
@@ -180,7 +218,7 @@ impl Gateway {
             None => into_axum(Response::json_bytes(Bytes::from_static(b"{\"ok\":true}"))),
             Some((stub, path)) => match self.forward(stub, path, req).await {
                 Ok(resp) => resp,
-                Err(e) => failure(&e),
+                Err(e) => failure(&e, request_id),
             },
         };
         if let Some(remaining) = remaining {

@@ -1,11 +1,15 @@
 //! The gateway against hostile and careless clients: slow and idle connections, too many
-//! connections, forged client addresses, the runtime's own endpoints.
+//! connections, forged client addresses, the runtime's own endpoints, what error bodies may
+//! say, and Retry-After.
 
 mod common;
 
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{PATIENCE, PROBE_CONFIG, TestServer, client};
+use common::{PATIENCE, PROBE_CONFIG, TestServer, client, gate, wait_until};
 use rookery_server::config::DEMO_CONFIG;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -342,5 +346,132 @@ async fn runtime_endpoints_need_the_stats_token_when_one_is_set() {
     let server = TestServer::start(DEMO_CONFIG, dir.path()).await;
     let r = c.get(server.url("/_rookery/stats")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+// ---- 11. What error bodies may say ----
+
+/// Everything logged at WARN and above by every server of this test binary.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .try_init();
+        logs
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_failures_reach_the_client_as_a_short_message_and_the_log_in_full() {
+    let logs = captured_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let c = client();
+    for (path, body, internals) in [
+        (
+            "/probe/p/sql",
+            "SELECT * FROM no_such_table",
+            "no such table",
+        ),
+        ("/probe/p/internal", "", "/var/lib/rookery-secret"),
+    ] {
+        let r = c.post(server.url(path)).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 500, "{path}");
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let answer = r.text().await.unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&answer).unwrap(),
+            json!({"error": "internal error", "requestId": id}),
+            "{path}"
+        );
+        assert!(!answer.contains(internals), "{answer}");
+        let log_line = |logs: &[u8]| {
+            String::from_utf8_lossy(logs)
+                .lines()
+                .find(|l| l.contains(&id))
+                .map(str::to_string)
+        };
+        let line = log_line(&logs.lock().unwrap()).expect("the failure is logged with its id");
+        assert!(line.contains(internals), "{line}");
+        if path.ends_with("internal") {
+            assert!(
+                line.contains("disk on fire"),
+                "the cause is logged too: {line}"
+            );
+        }
+    }
+    // Errors about the request itself still say what is wrong.
+    let r = c
+        .post(server.url("/probe/p/json"))
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid JSON"),
+        "{body}"
+    );
+    assert!(body.get("requestId").is_none(), "{body}");
+    server.stop().await;
+}
+
+// ---- 13. Smaller surprises ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_object_says_when_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    // PROBE_CONFIG sets mailbox_capacity = 4.
+    let server = TestServer::start(PROBE_CONFIG, dir.path()).await;
+    let c = client();
+    let (release, entered) = gate("retry-after");
+    let first = tokio::spawn(c.get(server.url("/probe/retry-after/wait")).send());
+    wait_until("the first request holds the object", || {
+        entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let more: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(c.get(server.url("/probe/retry-after/wait")).send()))
+        .collect();
+    wait_until("one request is refused", || {
+        more.iter().filter(|t| t.is_finished()).count() == 1
+    })
+    .await;
+    release.add_permits(5);
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    let mut refused = 0;
+    for task in more {
+        let r = task.await.unwrap().unwrap();
+        if r.status() == 503 {
+            refused += 1;
+            assert_eq!(r.headers()["retry-after"], "1");
+            let body: Value = r.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains("overloaded"));
+        } else {
+            assert_eq!(r.status(), 200);
+            assert!(!r.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(refused, 1);
     server.stop().await;
 }
