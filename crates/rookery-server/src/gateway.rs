@@ -94,13 +94,21 @@ impl RequestIds {
 pub(crate) async fn handle(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
 ) -> axum::response::Response {
     let started = Instant::now();
     let request_id = gw.request_ids.for_request(req.headers());
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
+    // HEAD is GET without the body: routes, methods and objects see GET.
+    let head = req.method() == Method::HEAD;
+    if head {
+        *req.method_mut() = Method::GET;
+    }
     let mut response = gw.serve(peer, req, &request_id).await;
+    if head {
+        response = without_body(response);
+    }
     if let Some((method, path)) = logged {
         tracing::debug!(
             request_id = ?request_id,
@@ -165,6 +173,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The response to a HEAD request: the GET response's status and headers, with the length of
+/// the body it would have had, and no body.
+fn without_body(mut response: axum::response::Response) -> axum::response::Response {
+    let length = http_body::Body::size_hint(response.body()).exact();
+    if let Some(length) = length
+        && !response
+            .headers()
+            .contains_key(http::header::CONTENT_LENGTH)
+    {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    *response.body_mut() = Body::empty();
+    response
+}
+
 /// Whether two secrets are equal, in time that does not depend on where they differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -192,10 +217,11 @@ impl Gateway {
             return error_response(StatusCode::NOT_FOUND, "Not found");
         };
         let route = matched.route;
+        // As the seed's Worker does: a method the route does not take finds nothing.
         if let Some(methods) = &route.methods
             && !methods.contains(req.method())
         {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+            return error_response(StatusCode::NOT_FOUND, "Not found");
         }
         let object = match self.pick(&matched) {
             Ok(object) => object,
@@ -278,6 +304,11 @@ impl Gateway {
         let id = match &target.pick {
             Pick::Name(param) => {
                 let raw = m.params.get(param).unwrap_or("");
+                if raw.is_empty() {
+                    return Err(Error::bad_request(format!(
+                        "the object name (path parameter {param:?}) is empty"
+                    )));
+                }
                 let name = percent_decode(raw)
                     .ok_or_else(|| Error::bad_request("the object name is not valid UTF-8"))?;
                 ns.id_from_name(&name)

@@ -1,6 +1,6 @@
 //! The gateway against hostile and careless clients: slow and idle connections, too many
 //! connections, forged client addresses, the runtime's own endpoints, what error bodies may
-//! say, and Retry-After.
+//! say, and the smaller surprises (HEAD, unrouted methods, empty names, Retry-After).
 
 mod common;
 
@@ -473,5 +473,87 @@ async fn an_overloaded_object_says_when_to_retry() {
         }
     }
     assert_eq!(refused, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_get_without_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(DEMO_CONFIG, dir.path()).await;
+    let c = client();
+    c.post(server.url("/counter/h/increment?amount=12345"))
+        .send()
+        .await
+        .unwrap();
+    let get = c.get(server.url("/counter/h")).send().await.unwrap();
+    let get_type = get.headers()["content-type"].clone();
+    let get_body = get.text().await.unwrap();
+    assert_eq!(get_body, r#"{"value":12345}"#);
+
+    let mut conn = connect(&server).await;
+    conn.write_all(b"HEAD /counter/h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let sent = read_to_close(&mut conn).await;
+    let (head, body) = sent.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head = head.to_lowercase();
+    assert!(
+        head.contains(&format!("content-length: {}", get_body.len())),
+        "the length of the GET body: {head}"
+    );
+    assert!(
+        head.contains(&format!("content-type: {}", get_type.to_str().unwrap())),
+        "{head}"
+    );
+    assert_eq!(body, "", "no body");
+
+    // A route that takes only GET takes HEAD too.
+    let r = c.head(server.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "99");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_the_route_does_not_take_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(DEMO_CONFIG, dir.path()).await;
+    let r = client().post(server.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"error": "Not found"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_object_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(DEMO_CONFIG, dir.path()).await;
+    let c = client();
+    for (method, path) in [
+        ("POST", "/counter//increment"),
+        ("GET", "/counter//anything"),
+        ("GET", "/room//history"),
+    ] {
+        let r = c
+            .request(method.parse().unwrap(), server.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("empty"),
+            "{path}: {body}"
+        );
+    }
+    assert_eq!(
+        server.runtime.stats().activations,
+        0,
+        "no object was created"
+    );
     server.stop().await;
 }
