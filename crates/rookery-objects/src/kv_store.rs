@@ -12,9 +12,15 @@
 //! alarm deletes them, within milliseconds of their time and also after a restart. Until the
 //! alarm has run, an expired key can still be read. Writing a key again without `ttl_ms`
 //! makes it permanent.
+//!
+//! Values are kept as the JSON text the client sent (checked to be JSON, never re-encoded), so
+//! integers beyond 64 bits and floats come back exactly as they went in.
+
+use std::collections::BTreeMap;
 
 use rookery::prelude::*;
-use serde_json::{Value, json};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 /// A key-value store object.
 pub struct KvStore {
@@ -25,7 +31,7 @@ pub struct KvStore {
 #[serde(deny_unknown_fields)]
 struct Batch {
     #[serde(default)]
-    put: serde_json::Map<String, Value>,
+    put: BTreeMap<String, Box<RawValue>>,
     #[serde(default)]
     delete: Vec<String>,
     #[serde(default)]
@@ -83,18 +89,34 @@ impl KvStore {
             limit: req.query("limit")?,
             reverse: req.query("reverse")?.unwrap_or(false),
         };
-        let entries: Vec<(String, Value)> = self.state.storage().list(&options)?;
-        let entries: Vec<Value> = entries
+        #[derive(serde::Serialize)]
+        struct Entry {
+            key: String,
+            // Written out as stored: a `serde_json::Value` would round big integers.
+            value: Box<RawValue>,
+        }
+        #[derive(serde::Serialize)]
+        struct Listing {
+            entries: Vec<Entry>,
+        }
+        let entries = self
+            .state
+            .storage()
+            .list::<Box<RawValue>>(&options)?
             .into_iter()
-            .map(|(key, value)| json!({ "key": key, "value": value }))
+            .map(|(key, value)| Entry { key, value })
             .collect();
-        Response::json(&json!({ "entries": entries }))
+        Response::json(&Listing { entries })
     }
 
     fn batch(&self, req: &Request) -> Result<Response> {
         let batch: Batch = req.json()?;
         let storage = self.state.storage();
-        let puts: Vec<(&String, &Value)> = batch.put.iter().collect();
+        let puts: Vec<(&String, &RawValue)> = batch
+            .put
+            .iter()
+            .map(|(key, value)| (key, value.as_ref()))
+            .collect();
         for chunk in puts.chunks(storage.limits().max_batch_keys) {
             storage.put_many(chunk)?;
         }
@@ -140,7 +162,7 @@ impl DurableObject for KvStore {
                 None => Ok(Response::not_found()),
             },
             Method::PUT => {
-                let value: Value = req.json()?;
+                let value: Box<RawValue> = req.json()?;
                 storage.put(&key, &value)?;
                 self.set_expiry(&key, req.query("ttl_ms")?)?;
                 Response::json(&json!({ "ok": true }))
@@ -188,5 +210,89 @@ impl KvStore {
             Some(at) => storage.set_alarm(at),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rookery::testing::TestHarness;
+
+    async fn send(h: &TestHarness, method: Method, uri: &str, body: &str) -> Response {
+        let req = Request::from_parts(
+            method,
+            uri.parse().unwrap(),
+            rookery::HeaderMap::new(),
+            bytes_of(body),
+        );
+        h.fetch("kv", req).await.unwrap()
+    }
+
+    fn bytes_of(s: &str) -> rookery::Bytes {
+        rookery::Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn text(resp: &Response) -> &str {
+        std::str::from_utf8(resp.body()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn numbers_come_back_exactly_as_sent() {
+        let h = TestHarness::new::<KvStore>().unwrap();
+        let values = [
+            "123456789012345678901234567890",
+            "-123456789012345678901234567890",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "0.1",
+            "1e400",
+            "3.141592653589793238462643383279",
+            "1.0",
+            r#"{"n":123456789012345678901234567890,"f":2.50,"list":[18446744073709551616,-1e-400]}"#,
+        ];
+        for (i, v) in values.iter().enumerate() {
+            let r = send(&h, Method::PUT, &format!("/k{i}"), v).await;
+            assert_eq!(r.status(), StatusCode::OK, "PUT {v}: {}", text(&r));
+            let r = send(&h, Method::GET, &format!("/k{i}"), "").await;
+            assert_eq!(text(&r), *v, "GET gives back what PUT sent");
+        }
+        // A batch and a listing keep them too.
+        let batch =
+            r#"{"put":{"b1":98765432109876543210987654321,"b2":{"x":-18446744073709551617}}}"#;
+        let r = send(&h, Method::POST, "/", batch).await;
+        assert_eq!(r.status(), StatusCode::OK, "{}", text(&r));
+        let r = send(&h, Method::GET, "/b1", "").await;
+        assert_eq!(text(&r), "98765432109876543210987654321");
+        let r = send(&h, Method::GET, "/?prefix=b", "").await;
+        assert_eq!(
+            text(&r),
+            r#"{"entries":[{"key":"b1","value":98765432109876543210987654321},{"key":"b2","value":{"x":-18446744073709551617}}]}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn values_that_are_not_json_are_refused() {
+        let h = TestHarness::new::<KvStore>().unwrap();
+        for bad in ["", "{oops", "1 2", "[1,]", "NaN"] {
+            let r = h
+                .fetch(
+                    "kv",
+                    Request::from_parts(
+                        Method::PUT,
+                        "/k".parse().unwrap(),
+                        rookery::HeaderMap::new(),
+                        bytes_of(bad),
+                    ),
+                )
+                .await;
+            let status = match r {
+                Ok(r) => r.status(),
+                Err(e) => e.status(),
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+        let r = send(&h, Method::GET, "/k", "").await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing was stored");
     }
 }

@@ -107,6 +107,18 @@ pub struct ServerConfig {
     pub max_batch_keys: usize,
     /// Largest database of one object, in bytes.
     pub max_object_bytes: u64,
+    /// Time a client has to send a complete request head, from connecting or from the first
+    /// byte of a later request on the same connection, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Idle time allowed between requests on one connection, in milliseconds.
+    pub keep_alive_timeout_ms: u64,
+    /// Time a client has to send the whole request body, in milliseconds; then 408.
+    pub body_read_timeout_ms: u64,
+    /// Most HTTP connections open at once; beyond it new ones are closed at once with a 503.
+    pub max_connections: usize,
+    /// Bearer token for the runtime's own endpoints (`/_rookery/...`). Without one they are
+    /// open only while `[auth]` has no tokens.
+    pub stats_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +142,11 @@ impl Default for ServerConfig {
             max_value_bytes: storage.max_value_bytes,
             max_batch_keys: storage.max_batch_keys,
             max_object_bytes: storage.max_object_bytes,
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 10_000,
+            stats_token: None,
         }
     }
 }
@@ -323,10 +340,14 @@ impl Config {
 
     /// Parses and checks configuration `text` read from `source`.
     pub fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: source.to_string(),
-            line: e.span().map_or(0, |s| line_of(text, s.start)),
-            message: e.message().trim().to_string(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(text, s.start));
+            ConfigError {
+                file: source.to_string(),
+                line,
+                message: unknown_key_message(text, line, e.message().trim())
+                    .unwrap_or_else(|| e.message().trim().to_string()),
+            }
         })?;
         for key in raw.other.keys() {
             tracing::warn!(file = source, key = %key, "ignoring a configuration key Rookery does not use");
@@ -362,7 +383,60 @@ impl Config {
         }
     }
 
+    /// The line of `key = ...` in `[server]`, or 0 if the text does not set it.
+    fn server_key_line(&self, key: &str) -> usize {
+        let mut in_server = false;
+        for (i, line) in self.text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.starts_with('[') {
+                in_server = line.starts_with("[server]");
+            } else if in_server
+                && line
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            {
+                return i + 1;
+            }
+        }
+        0
+    }
+
+    fn check_server(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let error = |key: &str, message: &str| ConfigError {
+            file: self.source.clone(),
+            line: self.server_key_line(key),
+            message: format!("{key}: {message}"),
+        };
+        for (key, value) in [
+            ("header_read_timeout_ms", s.header_read_timeout_ms),
+            ("keep_alive_timeout_ms", s.keep_alive_timeout_ms),
+            ("body_read_timeout_ms", s.body_read_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(error(key, "must be above zero"));
+            }
+        }
+        if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&s.max_connections) {
+            return Err(error(
+                "max_connections",
+                &format!(
+                    "must be between 1 and {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                ),
+            ));
+        }
+        if s.stats_token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(error(
+                "stats_token",
+                "must not be empty (leave it out to keep the endpoints closed)",
+            ));
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
+        self.check_server()?;
         let mut bindings = HashSet::new();
         for b in &self.bindings {
             if !bindings.insert(b.name.get_ref().as_str()) {
@@ -447,6 +521,38 @@ impl Config {
     }
 }
 
+/// Serde's "unknown field `k`, expected one of `a`, `b`" for a key of Rookery's own sections,
+/// said as what it is: the key, where it is, and every key that is valid there.
+fn unknown_key_message(text: &str, line: usize, message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field ")?;
+    // Backquoted names: the unknown key, then every field of the table (serde lists them all).
+    let mut names = rest.split('`').skip(1).step_by(2);
+    let key = names.next()?;
+    let valid: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .get(..line.saturating_sub(1))
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .find(|l| l.starts_with('['));
+    let inline = lines
+        .get(line.saturating_sub(1))
+        .is_some_and(|l| l.contains('{'));
+    let place = match (header, inline) {
+        (Some(h), false) => format!(" in {h}"),
+        (Some(h), true) => format!(" in an inline table under {h}"),
+        (None, _) => String::new(),
+    };
+    let valid = if valid.is_empty() {
+        "none".to_string()
+    } else {
+        valid.join(", ")
+    };
+    Some(format!("unknown key `{key}`{place}; valid keys: {valid}"))
+}
+
 /// The 1-based line of byte offset `at` in `text`.
 fn line_of(text: &str, at: usize) -> usize {
     text.as_bytes()[..at.min(text.len())]
@@ -483,6 +589,139 @@ mod tests {
         let e = Config::parse("x.toml", "[server]\n\nlisten_on = \"a\"\n").unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.message.contains("listen_on"), "{e}");
+    }
+
+    /// Every key `[server]` takes, as README documents them.
+    const SERVER_KEYS: &[&str] = &[
+        "listen",
+        "data_dir",
+        "client_ip_header",
+        "max_body_bytes",
+        "durability",
+        "mailbox_capacity",
+        "turn_timeout_ms",
+        "idle_timeout_ms",
+        "hibernation_idle_ms",
+        "max_sockets_per_object",
+        "max_ws_message_bytes",
+        "max_live_objects",
+        "max_key_bytes",
+        "max_value_bytes",
+        "max_batch_keys",
+        "max_object_bytes",
+        "header_read_timeout_ms",
+        "keep_alive_timeout_ms",
+        "body_read_timeout_ms",
+        "max_connections",
+        "stats_token",
+    ];
+
+    #[test]
+    fn an_unknown_key_names_itself_its_place_and_every_valid_key() {
+        let cases: &[(&str, usize, &str, &str, &[&str])] = &[
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\nmax_conections = 5\n",
+                3,
+                "max_conections",
+                "in [server]",
+                SERVER_KEYS,
+            ),
+            (
+                "[[routes]]  # the API\npath = \"/a\"\nbindng = \"X\"\n",
+                3,
+                "bindng",
+                "in [[routes]]",
+                &[
+                    "path",
+                    "methods",
+                    "binding",
+                    "name_from",
+                    "id_from",
+                    "rewrite",
+                    "rate_limit",
+                ],
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nrate_limit = { binding = \"R\", limt = 5 }\n",
+                3,
+                "limt",
+                "in an inline table under [[routes]]",
+                &["binding", "limit", "window_ms"],
+            ),
+            (
+                "[auth]\nquery = true\n",
+                2,
+                "query",
+                "in [auth]",
+                &["query_identity", "tokens"],
+            ),
+            (
+                "[durable_objects]\nbindings = [{ name = \"A\", class_name = \"B\", script_name = \"c\" }]\n",
+                2,
+                "script_name",
+                "in an inline table under [durable_objects]",
+                &["name", "class_name"],
+            ),
+            (
+                "[[migrations]]\ntag = \"v1\"\nnew_clases = []\n",
+                3,
+                "new_clases",
+                "in [[migrations]]",
+                &[
+                    "tag",
+                    "new_sqlite_classes",
+                    "new_classes",
+                    "renamed_classes",
+                    "deleted_classes",
+                ],
+            ),
+        ];
+        for (text, line, key, place, valid) in cases {
+            let e = Config::parse("x.toml", text).unwrap_err();
+            assert_eq!((e.file.as_str(), e.line), ("x.toml", *line), "{e}");
+            assert!(
+                e.message
+                    .starts_with(&format!("unknown key `{key}` {place};")),
+                "{e}"
+            );
+            let listed = e.message.split("valid keys: ").nth(1).unwrap_or_default();
+            let listed: Vec<&str> = listed.split(", ").map(|k| k.trim_matches('`')).collect();
+            assert_eq!(listed, *valid, "{e}");
+        }
+    }
+
+    #[test]
+    fn wrangler_keys_rookery_does_not_use_are_only_warned_about() {
+        let c = Config::parse(
+            "wrangler.toml",
+            "name = \"app\"\nmain = \"src/index.ts\"\ncompatibility_date = \"2024-01-01\"\n[vars]\nA = \"1\"\n[server]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 1)));
+    }
+
+    #[test]
+    fn connection_settings_have_defaults_and_must_be_above_zero() {
+        let c = Config::parse("x.toml", "").unwrap();
+        assert_eq!(c.server.header_read_timeout_ms, 10_000);
+        assert_eq!(c.server.keep_alive_timeout_ms, 60_000);
+        assert_eq!(c.server.body_read_timeout_ms, 30_000);
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.server.stats_token, None);
+        for key in [
+            "header_read_timeout_ms",
+            "keep_alive_timeout_ms",
+            "body_read_timeout_ms",
+            "max_connections",
+        ] {
+            let e =
+                Config::parse("x.toml", &format!("[server]\n# limits\n{key} = 0\n")).unwrap_err();
+            assert_eq!(e.line, 3, "{e}");
+            assert!(e.message.starts_with(key), "{e}");
+        }
+        let e = Config::parse("x.toml", "[server]\nstats_token = \" \"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.starts_with("stats_token"), "{e}");
     }
 
     #[test]

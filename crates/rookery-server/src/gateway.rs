@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
@@ -12,10 +12,12 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rookery::{Error, Request, Response, percent_decode};
 
+use crate::client_ip::{client_ip, rate_limit_key};
+use crate::conn::Connections;
 use crate::identity::Authenticator;
 use crate::socket_io;
 
@@ -28,6 +30,20 @@ const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-re
 /// Where the runtime's counters are served (JSON), ahead of the configured routes.
 pub const STATS_PATH: &str = "/_rookery/stats";
 
+/// The prefix of every path the runtime serves itself; configured routes never see these.
+const RUNTIME_PREFIX: &str = "/_rookery/";
+
+/// Who may use the runtime's own endpoints (`/_rookery/...`).
+#[derive(Debug)]
+pub(crate) enum RuntimeAccess {
+    /// Callers presenting this bearer token (`[server] stats_token`).
+    Token(String),
+    /// Anyone: no token is set and `[auth]` has no tokens either (the demo).
+    Open,
+    /// No one: `[auth]` has tokens but no `stats_token` is set.
+    Closed,
+}
+
 /// Everything the gateway needs per request.
 pub(crate) struct Gateway {
     pub(crate) routes: Routes,
@@ -35,7 +51,11 @@ pub(crate) struct Gateway {
     pub(crate) client_ip_header: Option<HeaderName>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_message_bytes: usize,
+    /// Time a client has to send the whole request body.
+    pub(crate) body_read_timeout: Duration,
     pub(crate) auth: Authenticator,
+    pub(crate) runtime_access: RuntimeAccess,
+    pub(crate) connections: Arc<Connections>,
     pub(crate) request_ids: RequestIds,
 }
 
@@ -74,13 +94,21 @@ impl RequestIds {
 pub(crate) async fn handle(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
 ) -> axum::response::Response {
     let started = Instant::now();
     let request_id = gw.request_ids.for_request(req.headers());
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
-    let mut response = gw.serve(peer, req).await;
+    // HEAD is GET without the body: routes, methods and objects see GET.
+    let head = req.method() == Method::HEAD;
+    if head {
+        *req.method_mut() = Method::GET;
+    }
+    let mut response = gw.serve(peer, req, &request_id).await;
+    if head {
+        response = without_body(response);
+    }
     if let Some((method, path)) = logged {
         tracing::debug!(
             request_id = ?request_id,
@@ -100,12 +128,71 @@ pub(crate) fn error_response(status: StatusCode, message: &str) -> axum::respons
     into_axum(Response::error(status, message))
 }
 
-fn failure(e: &Error) -> axum::response::Response {
+/// The answer to a failed request: the error's client-safe message (and, for a 5xx, the
+/// request id, to find the log line) with its status and `Retry-After` when waiting helps.
+/// The whole error, with its causes, goes to the log only: it can name files and SQLite
+/// internals.
+fn failure(e: &Error, request_id: &HeaderValue) -> axum::response::Response {
     let status = e.status();
-    if status.is_server_error() {
-        tracing::warn!(error = %e, "request failed");
+    let public = e.public_message();
+    let id = request_id.to_str().unwrap_or("-");
+    let error = error_chain(e);
+    if public != e.to_string() {
+        tracing::error!(request_id = id, status = status.as_u16(), %error, "request failed");
+    } else if status.is_server_error() {
+        tracing::warn!(request_id = id, status = status.as_u16(), %error, "request failed");
+    } else {
+        tracing::debug!(request_id = id, status = status.as_u16(), %error, "request refused");
     }
-    error_response(status, &e.to_string())
+    let mut body = serde_json::json!({ "error": public });
+    if status.is_server_error() {
+        body["requestId"] = id.into();
+    }
+    let mut response = into_axum(Response::json_bytes(body.to_string()).with_status(status));
+    if let Some(seconds) = e.retry_after() {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// An error and every error under it, `outer: inner: innermost`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Wrappers often repeat their cause's text; say it once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The response to a HEAD request: the GET response's status and headers, with the length of
+/// the body it would have had, and no body.
+fn without_body(mut response: axum::response::Response) -> axum::response::Response {
+    let length = http_body::Body::size_hint(response.body()).exact();
+    if let Some(length) = length
+        && !response
+            .headers()
+            .contains_key(http::header::CONTENT_LENGTH)
+    {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    *response.body_mut() = Body::empty();
+    response
+}
+
+/// Whether two secrets are equal, in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn into_axum(resp: Response) -> axum::response::Response {
@@ -121,36 +208,43 @@ impl Gateway {
         &self,
         peer: SocketAddr,
         req: axum::extract::Request,
+        request_id: &HeaderValue,
     ) -> axum::response::Response {
-        if req.uri().path() == STATS_PATH && req.method() == http::Method::GET {
-            return self.stats();
+        if req.uri().path().starts_with(RUNTIME_PREFIX) {
+            return self.runtime_endpoint(&req);
         }
         let Some(matched) = self.routes.find(req.uri().path()) else {
             return error_response(StatusCode::NOT_FOUND, "Not found");
         };
         let route = matched.route;
+        // As the seed's Worker does: a method the route does not take finds nothing.
         if let Some(methods) = &route.methods
             && !methods.contains(req.method())
         {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+            return error_response(StatusCode::NOT_FOUND, "Not found");
         }
         let object = match self.pick(&matched) {
             Ok(object) => object,
-            Err(e) => return failure(&e),
+            Err(e) => return failure(&e, request_id),
         };
         let remaining = match &route.rate_limit {
             None => None,
-            Some(rl) => match self.check_rate(rl, self.client_ip(&req, peer)).await {
-                Ok(Some(remaining)) => Some(remaining),
-                Ok(None) => return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited"),
-                Err(e) => return failure(&e),
-            },
+            Some(rl) => {
+                let ip = client_ip(req.headers(), self.client_ip_header.as_ref(), peer.ip());
+                match self.check_rate(rl, ip).await {
+                    Ok(Some(remaining)) => Some(remaining),
+                    Ok(None) => {
+                        return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited");
+                    }
+                    Err(e) => return failure(&e, request_id),
+                }
+            }
         };
         let mut response = match object {
             None => into_axum(Response::json_bytes(Bytes::from_static(b"{\"ok\":true}"))),
             Some((stub, path)) => match self.forward(stub, path, req).await {
                 Ok(resp) => resp,
-                Err(e) => failure(&e),
+                Err(e) => failure(&e, request_id),
             },
         };
         if let Some(remaining) = remaining {
@@ -161,11 +255,42 @@ impl Gateway {
         response
     }
 
+    /// The runtime's own endpoints, behind their own access setting.
+    fn runtime_endpoint(&self, req: &axum::extract::Request) -> axum::response::Response {
+        match &self.runtime_access {
+            RuntimeAccess::Open => {}
+            RuntimeAccess::Token(token) => {
+                let presented = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+                    return unauthorized(
+                        "the runtime's endpoints need the stats token as a bearer token",
+                    );
+                }
+            }
+            RuntimeAccess::Closed => {
+                return unauthorized(
+                    "the runtime's endpoints are closed because [auth] has tokens; set \
+                     [server] stats_token and send it as a bearer token",
+                );
+            }
+        }
+        if req.uri().path() == STATS_PATH && req.method() == Method::GET {
+            return self.stats();
+        }
+        error_response(StatusCode::NOT_FOUND, "Not found")
+    }
+
     /// The runtime's counters as JSON.
     fn stats(&self) -> axum::response::Response {
         let body = serde_json::json!({
             "runtime": self.runtime.stats(),
             "alarms": self.runtime.alarm_stats(),
+            "connections": self.connections.stats(),
         });
         into_axum(Response::json_bytes(body.to_string()))
     }
@@ -179,6 +304,11 @@ impl Gateway {
         let id = match &target.pick {
             Pick::Name(param) => {
                 let raw = m.params.get(param).unwrap_or("");
+                if raw.is_empty() {
+                    return Err(Error::bad_request(format!(
+                        "the object name (path parameter {param:?}) is empty"
+                    )));
+                }
                 let name = percent_decode(raw)
                     .ok_or_else(|| Error::bad_request("the object name is not valid UTF-8"))?;
                 ns.id_from_name(&name)
@@ -188,18 +318,6 @@ impl Gateway {
         Ok(Some((ns.get(id), m.object_path())))
     }
 
-    fn client_ip(&self, req: &axum::extract::Request, peer: SocketAddr) -> IpAddr {
-        self.client_ip_header
-            .as_ref()
-            .and_then(|h| req.headers().get(h))
-            .and_then(|v| v.to_str().ok())
-            // Proxies append to lists like X-Forwarded-For: the last address is the one our
-            // trusted proxy saw; earlier ones are whatever the client sent.
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(peer.ip())
-    }
-
     /// Asks the client's limiter object; `Some(remaining)` if the request may pass.
     async fn check_rate(&self, rl: &RateLimit, ip: IpAddr) -> rookery::Result<Option<u64>> {
         #[derive(serde::Deserialize)]
@@ -207,12 +325,27 @@ impl Gateway {
             allowed: bool,
             remaining: u64,
         }
-        let stub = rl.namespace.get_by_name(&ip.to_string());
+        let stub = rl.namespace.get_by_name(&rate_limit_key(ip));
         let resp = stub.fetch(Request::get(&rl.uri)?).await?;
         let verdict: Verdict = resp
             .json_body()
             .map_err(|e| Error::msg(format!("the rate limiter answered {}: {e}", resp.status())))?;
         Ok(verdict.allowed.then_some(verdict.remaining))
+    }
+
+    /// 408 for a body that did not arrive in time; the connection closes after it, since the
+    /// rest of the body may still be on its way.
+    fn body_too_slow(&self) -> axum::response::Response {
+        let millis = self.body_read_timeout.as_millis();
+        tracing::debug!(millis, "request body too slow");
+        let mut response = error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {millis} ms"),
+        );
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        response
     }
 
     async fn forward(
@@ -234,7 +367,12 @@ impl Gateway {
         } else {
             None
         };
-        let body = match Limited::new(body, self.max_body_bytes).collect().await {
+        let collect = Limited::new(body, self.max_body_bytes).collect();
+        let body = match tokio::time::timeout(self.body_read_timeout, collect).await {
+            Err(_elapsed) => return Ok(self.body_too_slow()),
+            Ok(collected) => collected,
+        };
+        let body = match body {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(Error::LimitExceeded(format!(
@@ -275,6 +413,16 @@ impl Gateway {
             )),
         }
     }
+}
+
+/// An answer to a caller without the access the runtime's endpoints need.
+fn unauthorized(message: &str) -> axum::response::Response {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"rookery\""),
+    );
+    response
 }
 
 /// Whether the request asks for a WebSocket upgrade.

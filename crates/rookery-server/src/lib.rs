@@ -3,7 +3,9 @@
 //! The `rookery` binary is thin glue over [`Server`]; tests and embedders use it directly, with
 //! their own object classes.
 
+mod client_ip;
 pub mod config;
+mod conn;
 mod gateway;
 pub mod identity;
 mod route_pattern;
@@ -11,8 +13,8 @@ mod routes;
 mod socket_io;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use http::HeaderName;
@@ -22,7 +24,8 @@ use tokio::net::TcpListener;
 pub use config::{Config, ConfigError};
 pub use gateway::{REQUEST_ID, STATS_PATH};
 
-use gateway::{Gateway, RequestIds};
+use conn::{ConnLimits, Connections};
+use gateway::{Gateway, RequestIds, RuntimeAccess};
 use routes::Routes;
 
 /// Why the server cannot start or stopped.
@@ -46,6 +49,17 @@ pub enum ServerError {
 pub struct Server {
     runtime: Runtime,
     gateway: Arc<Gateway>,
+}
+
+/// Who may use `/_rookery/...`: the stats token's holders; without one, anyone only while no
+/// bearer tokens are configured (the demo), since a deployment with tokens expects no public
+/// endpoints.
+fn runtime_access(config: &Config) -> RuntimeAccess {
+    match &config.server.stats_token {
+        Some(token) => RuntimeAccess::Token(token.trim().to_string()),
+        None if config.auth.tokens.is_empty() => RuntimeAccess::Open,
+        None => RuntimeAccess::Closed,
+    }
 }
 
 impl Server {
@@ -84,13 +98,22 @@ impl Server {
             })?),
             None => None,
         };
+        let server = &config.server;
+        let connections = Arc::new(Connections::new(ConnLimits {
+            header_read: Duration::from_millis(server.header_read_timeout_ms),
+            keep_alive: Duration::from_millis(server.keep_alive_timeout_ms),
+            max_connections: server.max_connections,
+        }));
         let gateway = Arc::new(Gateway {
             routes: Routes::build(config, &runtime)?,
             runtime: runtime.clone(),
             client_ip_header,
-            max_body_bytes: config.server.max_body_bytes,
-            max_message_bytes: config.server.max_ws_message_bytes,
+            max_body_bytes: server.max_body_bytes,
+            max_message_bytes: server.max_ws_message_bytes,
+            body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
             auth: identity::Authenticator::new(&config.auth),
+            runtime_access: runtime_access(config),
+            connections,
             request_ids: RequestIds::new(),
         });
         Ok(Self { runtime, gateway })
@@ -101,7 +124,9 @@ impl Server {
         &self.runtime
     }
 
-    /// The HTTP application, for embedding in another server.
+    /// The HTTP application, for embedding in another server. It needs the peer address as
+    /// axum's `ConnectInfo<SocketAddr>`; the connection timeouts and limit are
+    /// [`Server::serve`]'s, not the router's.
     pub fn router(&self) -> Router {
         Router::new()
             .fallback(gateway::handle)
@@ -110,37 +135,30 @@ impl Server {
 
     /// Serves on `listener` until `shutdown` completes; then stops accepting, lets running
     /// requests finish and closes every object's storage.
+    ///
+    /// Connections follow `[server]`: `header_read_timeout_ms`, `keep_alive_timeout_ms` and
+    /// `max_connections` (see `conn.rs`); the gateway applies `body_read_timeout_ms`.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let (signalled, mut signal) = tokio::sync::watch::channel(false);
-        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = signalled.send(true);
-        });
         // Running requests get as long as a turn may take; a request stuck beyond that must
         // not keep the process from stopping.
-        let grace = self.runtime.options().host.turn_timeout + std::time::Duration::from_secs(5);
-        let served = tokio::select! {
-            served = serving => served,
-            () = async {
-                let _ = signal.wait_for(|s| *s).await;
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!(?grace, "requests still running after the grace period; stopping anyway");
-                Ok(())
-            }
-        };
+        let grace = self.runtime.options().host.turn_timeout + Duration::from_secs(5);
+        conn::serve(
+            listener,
+            self.router(),
+            self.gateway.connections.clone(),
+            shutdown,
+            grace,
+        )
+        .await;
         tracing::info!("no more requests; closing objects");
         if !self.runtime.shutdown().await {
             tracing::warn!("some objects did not close in time");
         }
-        served.map_err(ServerError::Io)
+        Ok(())
     }
 }
 

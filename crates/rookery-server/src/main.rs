@@ -43,6 +43,9 @@ struct ServeArgs {
     /// `strict` (survives power loss) or `relaxed` (survives a process crash).
     #[arg(long, value_parser = parse_durability)]
     durability: Option<Durability>,
+    /// Most HTTP connections open at once, overriding the configuration.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -81,6 +84,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(durability) = args.durability {
         config.server.durability = durability;
+    }
+    if let Some(max) = args.max_connections {
+        config.server.max_connections = usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
     }
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()

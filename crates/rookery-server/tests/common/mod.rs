@@ -276,6 +276,16 @@ impl DurableObject for Probe {
                 Response::json(&json!({ "echo": body }))
             }
             "/instance" => Response::json(&json!({ "instance": self.instance })),
+            "/sql" => {
+                // Runs the body as SQL: bad SQL fails with SQLite's own message.
+                let sql = std::str::from_utf8(req.body()).map_err(Error::bad_request)?;
+                storage.sql().exec(sql, &[])?;
+                Response::json(&json!({ "ok": true }))
+            }
+            "/internal" => Err(Error::internal(
+                "cannot open /var/lib/rookery-secret/objects/probe.sqlite",
+                std::io::Error::other("disk on fire"),
+            )),
             "/wait" => {
                 let name = self.state.id().name().unwrap_or("").to_string();
                 let (sem, entered) = gate(&name);
