@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{PATIENCE, PROBE_CONFIG, TestServer, client, gate, wait_until};
+use common::{PATIENCE, PROBE_CONFIG, TestServer, captured_logs, client, gate, wait_until};
 use rookery_server::config::DEMO_CONFIG;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -350,35 +348,6 @@ async fn runtime_endpoints_need_the_stats_token_when_one_is_set() {
 }
 
 // ---- 11. What error bodies may say ----
-
-/// Everything logged at WARN and above by every server of this test binary.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(sink.clone()))
-            .try_init();
-        logs
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_failures_reach_the_client_as_a_short_message_and_the_log_in_full() {

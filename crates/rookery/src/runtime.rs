@@ -19,8 +19,8 @@ use crate::host::activation::{ClassFactory, Factory};
 use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement};
 use crate::object::DurableObject;
 use crate::storage::{
-    AlarmIndex, Catalog, ClassRecord, CommitLog, DirLock, Durability, LocalCommitLog, Migration,
-    StorageContext, StorageLimits, SyncHook, Syncer, scan_objects,
+    AlarmIndex, Catalog, ClassRecord, CommitLog, DirHealth, DirLock, Durability, LocalCommitLog,
+    Migration, StorageContext, StorageLimits, SyncHook, Syncer, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
 
@@ -217,9 +217,26 @@ impl RuntimeBuilder {
         }
         let wake = Arc::new(Wake::new());
         let index_path = self.data_dir.as_ref().map(|d| d.join("alarms.sqlite"));
-        let fresh_index = index_path.as_ref().is_some_and(|p| !p.exists());
+        let mut fresh_index = index_path.as_ref().is_some_and(|p| !p.exists());
         let alarms =
-            AlarmIndex::open(index_path.as_deref(), self.options.durability, wake.clone())?;
+            match AlarmIndex::open(index_path.as_deref(), self.options.durability, wake.clone()) {
+                Ok(index) => index,
+                // The index is derived data: a damaged one is set aside and rebuilt.
+                Err(e) => {
+                    let Some(path) = index_path.as_deref() else {
+                        return Err(e.into());
+                    };
+                    let aside = set_aside(path)?;
+                    tracing::error!(
+                        index = %path.display(),
+                        moved_to = %aside.display(),
+                        error = %e,
+                        "the alarm index cannot be used; rebuilding it from the objects"
+                    );
+                    fresh_index = true;
+                    AlarmIndex::open(Some(path), self.options.durability, wake.clone())?
+                }
+            };
         if fresh_index {
             // A data directory without its index (first start, or the index was removed):
             // rebuild it from the objects' own records.
@@ -233,16 +250,21 @@ impl RuntimeBuilder {
             }
             alarms.replace_all(&scan.found, scanned_at, &scan.busy)?;
         }
+        let health = match &self.data_dir {
+            Some(dir) => Some(Arc::new(DirHealth::new(dir)?)),
+            None => None,
+        };
         let hosted: Vec<Arc<str>> = classes.iter().map(|c| c.info.uid.clone()).collect();
         alarms.set_hosted(&hosted)?;
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
             durability: self.options.durability,
-            syncer: Syncer::start(&catalog.objects_dir, self.sync_hook)?,
+            syncer: Syncer::start(&catalog.objects_dir, self.sync_hook, health.clone())?,
             commit_log: self.commit_log,
             commits: AtomicU64::new(0),
             alarms,
             clock: self.clock,
+            health,
         });
         let mut options = self.options;
         if options.host.max_live_objects == 0 {
@@ -271,6 +293,23 @@ impl RuntimeBuilder {
             }),
         })
     }
+}
+
+/// Moves a damaged database file aside, for inspection (its WAL and shared-memory files are
+/// removed: they belong to the damaged file); returns where it went.
+fn set_aside(path: &Path) -> Result<PathBuf, StartError> {
+    let stamp = crate::clock::system_now_ms();
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".damaged-{stamp}"));
+    let aside = PathBuf::from(aside);
+    fs::rename(path, &aside)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        // Absent side files are the common case.
+        let _ = fs::remove_file(PathBuf::from(side));
+    }
+    Ok(aside)
 }
 
 /// Refuses bindings that name a class that will not exist, or that this server cannot run.

@@ -2,7 +2,6 @@
 
 use std::marker::PhantomData;
 
-use http::StatusCode;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -282,7 +281,8 @@ fn reset<I>(instance: &mut Option<I>, state: &ObjectState) {
 }
 
 /// Ends an activation that cannot run: leaves the registry, then refuses `first` and every
-/// event still queued with `message`.
+/// event still queued. The callers hear a storage failure (`message` is for the log; it may
+/// name paths), or that storage is unavailable when the data directory is gone.
 async fn fail(
     act: &Activation,
     mut mailbox: mpsc::Receiver<Event>,
@@ -291,30 +291,37 @@ async fn fail(
 ) {
     act.host.forget(&act.addr.key(), act.generation);
     mailbox.close();
+    let unavailable = act
+        .host
+        .storage()
+        .health
+        .as_ref()
+        .filter(|h| !h.is_ok())
+        .map(|h| h.problem());
+    let error = || match &unavailable {
+        Some(problem) => Error::StorageUnavailable(problem.clone()),
+        None => Error::Other(message.to_string()),
+    };
     if let Some(event) = first {
-        reject(event, message);
+        reject(event, error());
     }
     while let Some(event) = mailbox.recv().await {
-        reject(event, message);
+        reject(event, error());
     }
 }
 
-/// Answers an event that cannot be handled.
-fn reject(event: Event, message: &str) {
-    let error = || Error::ObjectFailed {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: message.to_string(),
-    };
+/// Answers an event that cannot be handled with `error`.
+fn reject(event: Event, error: Error) {
     match event {
         Event::Fetch { reply, .. } => {
             let _ = reply.send(TurnOutput {
-                result: Err(error()),
+                result: Err(error),
                 gate: OutputGate::open(),
             });
         }
         Event::Run { reply, .. } => {
             let _ = reply.send(TurnOutput {
-                result: Err(error()),
+                result: Err(error),
                 gate: OutputGate::open(),
             });
         }

@@ -86,6 +86,15 @@ pub(crate) async fn run<T>(
 /// result (a failed commit turns `Ok` into that error) and the gate its outputs must pass.
 pub(crate) async fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result<T>, OutputGate) {
     let storage = state.storage();
+    if let Err(e @ (Error::Sqlite(_) | Error::Io(_) | Error::Internal { .. })) = &result {
+        // The client learns only that something failed inside; the log says where.
+        tracing::error!(
+            object = %state.sockets().addr.describe(),
+            path = %storage.path().map_or_else(|| "(memory)".into(), |p| p.display().to_string()),
+            error = %e,
+            "the turn failed in the runtime"
+        );
+    }
     let sent = state.sockets().take_outbox();
     // A socket accepted but handed to no connection would never hear from one.
     state.sockets().end_unclaimed();

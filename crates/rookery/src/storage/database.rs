@@ -171,7 +171,7 @@ impl Database {
         self.user_sql.store(false, Ordering::Relaxed);
         let result = result.map_err(|e| match self.policy.take_refusal() {
             Some(why) => Error::SqlRefused(why),
-            None => map_sqlite(e),
+            None => map_sqlite(&self.conn, e),
         });
         let result = match result {
             Ok(value) if self.schema_version()? != schema_before => {
@@ -213,6 +213,11 @@ impl Database {
         Ok(())
     }
 
+    /// Whether the turn's transaction has written something.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.in_txn && self.dirty
+    }
+
     /// Commits the turn's transaction; returns whether it wrote anything.
     pub(crate) fn commit(&mut self) -> Result<bool> {
         if !self.in_txn {
@@ -234,8 +239,9 @@ impl Database {
                 Ok(wrote)
             }
             Err(e) => {
+                let e = map_sqlite(&self.conn, e);
                 self.rollback();
-                Err(map_sqlite(e))
+                Err(e)
             }
         }
     }
@@ -261,16 +267,35 @@ impl Database {
     }
 }
 
-/// Turns SQLite's "database or disk is full" into the size-limit error a handler can act on.
-pub(crate) fn map_sqlite(e: rusqlite::Error) -> Error {
+/// Turns SQLite's errors that a handler or client can act on into their own kinds: the turn's
+/// time limit, the object's size limit, and a full disk (both of the last two are SQLite's
+/// "database or disk is full"; the page count of `conn` tells which).
+pub(crate) fn map_sqlite(conn: &Connection, e: rusqlite::Error) -> Error {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::OperationInterrupted) => Error::ObjectFailed {
             status: http::StatusCode::INTERNAL_SERVER_ERROR,
             message: "the turn exceeded its time limit inside a storage call".into(),
         },
-        Some(rusqlite::ErrorCode::DiskFull) => {
+        Some(rusqlite::ErrorCode::DiskFull) if at_page_limit(conn) => {
             Error::LimitExceeded("the object's storage is full".into())
         }
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            Error::InsufficientStorage(format!("the disk is full: {e}"))
+        }
         _ => Error::Sqlite(e),
+    }
+}
+
+/// Whether the database has reached its page limit (the object's size limit), as opposed to
+/// the disk being full.
+fn at_page_limit(conn: &Connection) -> bool {
+    let pages = |pragma: &str| conn.query_row(pragma, [], |r| r.get::<_, i64>(0)).ok();
+    match (
+        pages("PRAGMA main.page_count"),
+        pages("PRAGMA main.max_page_count"),
+    ) {
+        // A write that needs a few more pages than are left fails just below the limit.
+        (Some(count), Some(max)) => count + 16 >= max,
+        _ => false,
     }
 }

@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::dir_health::DirHealth;
 use crate::error::{Error, Result};
 
 /// What a committed write survives before its outputs are released.
@@ -178,8 +180,13 @@ enum Job {
 }
 
 impl Syncer {
-    /// Starts the syncer thread for objects stored under `root`.
-    pub(crate) fn start(root: &Path, hook: Option<SyncHook>) -> Result<Self> {
+    /// Starts the syncer thread for objects stored under `root`, checking `health` (the data
+    /// directory's) before every round and between rounds.
+    pub(crate) fn start(
+        root: &Path,
+        hook: Option<SyncHook>,
+        health: Option<Arc<DirHealth>>,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         let mut worker = Worker {
@@ -187,6 +194,7 @@ impl Syncer {
             counters: counters.clone(),
             root: File::open(root).ok(),
             hook,
+            health,
         };
         let thread = std::thread::Builder::new()
             .name("rookery-sync".into())
@@ -237,14 +245,30 @@ struct Worker {
     /// The objects directory: any descriptor on the file system will do for `syncfs`.
     root: Option<File>,
     hook: Option<SyncHook>,
+    health: Option<Arc<DirHealth>>,
 }
+
+/// How often the data directory is checked fully while no round runs.
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
 
 impl Worker {
     fn run(&mut self) {
         let mut batch = Vec::new();
         let mut stop = false;
+        let mut checked = Instant::now();
         while !stop {
-            let Ok(first) = self.rx.recv() else { break };
+            if let Some(health) = &self.health
+                && checked.elapsed() >= HEALTH_EVERY
+            {
+                // A failure is logged and remembered by the check itself.
+                let _ = health.check_full();
+                checked = Instant::now();
+            }
+            let first = match self.rx.recv_timeout(HEALTH_EVERY) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             for job in std::iter::once(first).chain(self.rx.try_iter()) {
                 match job {
                     Job::Sync(object) => batch.push(object),
@@ -269,7 +293,12 @@ impl Worker {
                 o.committed.load(Ordering::SeqCst)
             })
             .collect();
+        // Nothing is durable in a directory that is gone: its files have no names any more.
+        let dir_problem = self.health.as_ref().and_then(|h| h.check_quick().err());
         let outcome = match self.hook.as_ref().map(|hook| hook()) {
+            _ if dir_problem.is_some() => {
+                Err(std::io::Error::other(dir_problem.unwrap_or_default()))
+            }
             Some(Err(e)) => Err(e),
             _ if batch.len() > SYNCFS_ABOVE && self.root.is_some() => self.sync_all(batch),
             _ => Ok(()),

@@ -228,7 +228,7 @@ impl Storage {
         )?;
         for (key, bytes) in encoded {
             stmt.execute(params![key.as_bytes(), bytes])
-                .map_err(map_sqlite)?;
+                .map_err(|e| map_sqlite(conn, e))?;
         }
         Ok(())
     }
@@ -243,7 +243,7 @@ impl Storage {
             "INSERT OR REPLACE INTO main._rookery_kv (key, value) VALUES (?1, ?2)",
         )?;
         stmt.execute(params![key.as_bytes(), bytes])
-            .map_err(map_sqlite)?;
+            .map_err(|e| map_sqlite(conn, e))?;
         Ok(())
     }
 
@@ -253,7 +253,10 @@ impl Storage {
         let mut turn = self.lock();
         let conn = turn.db.txn_for_write()?;
         let mut stmt = conn.prepare_cached("DELETE FROM main._rookery_kv WHERE key = ?1")?;
-        Ok(stmt.execute([key.as_bytes()]).map_err(map_sqlite)? > 0)
+        Ok(stmt
+            .execute([key.as_bytes()])
+            .map_err(|e| map_sqlite(conn, e))?
+            > 0)
     }
 
     /// Deletes `keys` (at most the batch limit); returns how many existed.
@@ -269,7 +272,7 @@ impl Storage {
         for key in keys {
             deleted += stmt
                 .execute([key.as_ref().as_bytes()])
-                .map_err(map_sqlite)?;
+                .map_err(|e| map_sqlite(conn, e))?;
         }
         Ok(deleted)
     }

@@ -6,6 +6,7 @@ mod alarm_index;
 mod catalog;
 mod commit_log;
 mod database;
+mod dir_health;
 mod dir_lock;
 mod durability;
 mod kv;
@@ -24,6 +25,7 @@ pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
 pub(crate) use alarm_index::{AlarmIndex, AlarmListener, scan_objects};
 pub(crate) use catalog::{Catalog, ClassRecord};
+pub(crate) use dir_health::DirHealth;
 pub(crate) use dir_lock::DirLock;
 pub(crate) use durability::{ObjectSync, Syncer};
 
@@ -32,7 +34,7 @@ use rusqlite::OptionalExtension;
 
 use crate::addr::{AlarmKey, Location, ObjectAddr};
 use crate::clock::Clock;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::ObjectId;
 
 /// Limits on what an object may store; each breach is an error to the handler.
@@ -71,6 +73,26 @@ pub(crate) struct StorageContext {
     pub(crate) alarms: AlarmIndex,
     /// The clock alarms run by.
     pub(crate) clock: Arc<dyn Clock>,
+    /// Whether the data directory is usable (`None` in memory).
+    pub(crate) health: Option<Arc<DirHealth>>,
+}
+
+impl StorageContext {
+    /// Refuses commits while the data directory is gone or unwritable; in relaxed durability,
+    /// where no sync round checks it, it is checked here.
+    fn check_dir(&self) -> Result<()> {
+        let Some(health) = &self.health else {
+            return Ok(());
+        };
+        let checked = if self.durability == Durability::Relaxed {
+            health.check_quick()
+        } else if health.is_ok() {
+            Ok(())
+        } else {
+            Err(health.problem())
+        };
+        checked.map_err(Error::StorageUnavailable)
+    }
 }
 
 /// How a turn changed the object's alarm.
@@ -135,7 +157,20 @@ impl Storage {
             Location::File(path) => !path.exists(),
             Location::Memory => false,
         };
-        let db = Database::open(location, ctx.limits.max_object_bytes)?;
+        let db = Database::open(location, ctx.limits.max_object_bytes).map_err(|e| match e {
+            Error::Sqlite(_) | Error::Io(_) => Error::internal(
+                format!(
+                    "the database of {} at {} cannot be opened",
+                    addr.describe(),
+                    match location {
+                        Location::File(path) => path.display().to_string(),
+                        Location::Memory => "(memory)".to_string(),
+                    }
+                ),
+                e,
+            ),
+            e => e,
+        })?;
         let sync = ObjectSync::new(db.path().unwrap_or(Path::new("")), new_db);
         let seq = u64::from(leftover_wal && ctx.durability == Durability::Strict);
         if seq > 0 {
@@ -296,6 +331,12 @@ impl Storage {
             }
         }
         let mut turn = self.lock();
+        if turn.db.is_dirty()
+            && let Err(e) = self.ctx.check_dir()
+        {
+            turn.db.rollback();
+            return Err(e);
+        }
         if !turn.db.commit()? {
             return Ok(self.sync.gate(turn.seq));
         }
@@ -379,6 +420,11 @@ impl Storage {
     pub(crate) fn settled(&self) -> OutputGate {
         let seq = self.lock().seq;
         self.sync.gate(seq)
+    }
+
+    /// The object's database file, if it has one.
+    pub(crate) fn path(&self) -> Option<PathBuf> {
+        self.lock().db.path().map(Path::to_path_buf)
     }
 
     /// Whether making a commit durable failed; the object must then be reset.
