@@ -252,6 +252,11 @@ impl DurableObject for Probe {
                 storage.put(&key, &req.query_raw("value").unwrap_or(""))?;
                 Response::json(&json!({ "ok": true }))
             }
+            "/delete" => Response::json(&json!({ "deleted": storage.delete(&key)? })),
+            "/delete-all" => {
+                storage.delete_all()?;
+                Response::json(&json!({ "ok": true }))
+            }
             "/put-then-fail" => {
                 storage.put(&key, &req.query_raw("value").unwrap_or(""))?;
                 Err(Error::msg("deliberate failure after a write"))

@@ -62,6 +62,8 @@ impl Activation {
     /// Opens the object's storage on the blocking pool: creating a database touches the disk,
     /// and must not hold up the other objects on this worker.
     async fn open(&self) -> Result<ObjectState> {
+        // A predecessor that is still closing holds the file (and may remove it if empty).
+        self.host.wait_retired(&self.addr.key()).await;
         let (host, addr) = (self.host.clone(), self.addr.clone());
         tokio::task::spawn_blocking(move || open_state(&host, &addr))
             .await
@@ -107,6 +109,8 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
     let mut instance: Option<I> = None;
     let mut pressure = act.host.pressure();
     pressure.mark_unchanged();
+    // Held from leaving the registry until the storage is closed.
+    let mut retiring = None;
     loop {
         let sockets = state.sockets();
         // Plain sockets belong to the live instance; with only hibernatable ones the object
@@ -135,17 +139,25 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
             Err(Wake::Pressure) => {
-                if act.host.take_eviction() && act.host.evict(&key, act.generation, &mailbox) {
-                    tracing::debug!("evicted to make room");
-                    break;
+                if act.host.take_eviction() {
+                    let leaving = act.host.begin_retiring(key, act.generation);
+                    if act.host.evict(&key, act.generation, &mailbox) {
+                        tracing::debug!("evicted to make room");
+                        retiring = Some(leaving);
+                        break;
+                    }
                 }
                 continue;
             }
             Err(Wake::Idle) => {
                 // An object kept in memory only would lose its state: it stays.
-                if durable && act.host.evict(&key, act.generation, &mailbox) {
-                    tracing::debug!("evicted after idling");
-                    break;
+                if durable {
+                    let leaving = act.host.begin_retiring(key, act.generation);
+                    if act.host.evict(&key, act.generation, &mailbox) {
+                        tracing::debug!("evicted after idling");
+                        retiring = Some(leaving);
+                        break;
+                    }
                 }
                 continue;
             }
@@ -188,6 +200,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
     {
         tracing::error!("closing the object's database panicked");
     }
+    drop(retiring);
     tracing::debug!("closed");
 }
 

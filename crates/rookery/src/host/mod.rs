@@ -129,6 +129,9 @@ pub(crate) struct HostInner {
     pressure: watch::Sender<u64>,
     /// How many more idle activations should leave.
     evictions_wanted: AtomicI64,
+    /// Activations that left the registry and are still closing their storage, by key: a new
+    /// activation of the same object waits until its predecessor has let go of the files.
+    retiring: DashMap<ObjectKey, (u64, watch::Sender<()>)>,
 }
 
 /// Puts `event` in `mailbox`: `Ok(None)` when queued, `Ok(Some(event))` back when the mailbox
@@ -165,6 +168,7 @@ impl Host {
             closing: AtomicBool::new(false),
             live: watch::Sender::new(0),
             activations: AtomicU64::new(0),
+            retiring: DashMap::new(),
         }))
     }
 
@@ -361,6 +365,30 @@ impl Host {
             .is_some()
     }
 
+    /// Announces that activation `generation` of `key` may leave and close its storage; a new
+    /// activation of the object waits for the returned guard to drop.
+    fn begin_retiring(&self, key: ObjectKey, generation: u64) -> Retiring {
+        self.0
+            .retiring
+            .insert(key, (generation, watch::Sender::new(())));
+        Retiring {
+            host: self.clone(),
+            key,
+            generation,
+        }
+    }
+
+    /// Waits until no earlier activation of `key` is still closing.
+    async fn wait_retired(&self, key: &ObjectKey) {
+        let closed = match self.0.retiring.get(key) {
+            Some(entry) => entry.1.subscribe(),
+            None => return,
+        };
+        let mut closed = closed;
+        // The sender is dropped when the predecessor is done; `changed` then ends.
+        while closed.changed().await.is_ok() {}
+    }
+
     /// Removes a failed activation's slot.
     fn forget(&self, key: &ObjectKey, generation: u64) {
         self.0
@@ -382,6 +410,24 @@ impl Host {
         tokio::time::timeout(wait, live.wait_for(|n| *n == 0))
             .await
             .is_ok()
+    }
+}
+
+/// An activation that is leaving: while it lives, a new activation of the object waits.
+struct Retiring {
+    host: Host,
+    key: ObjectKey,
+    generation: u64,
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        self.host
+            .0
+            .retiring
+            .remove_if(&self.key, |_, (generation, _)| {
+                *generation == self.generation
+            });
     }
 }
 

@@ -314,8 +314,15 @@ pub(crate) fn scan_objects(objects_dir: &Path) -> Result<Scan> {
                 if hex::decode_to_slice(stem, &mut id).is_err() {
                     continue;
                 }
-                let conn =
-                    Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                // An object that emptied its storage may remove its file while the scan runs.
+                let conn = match Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                ) {
+                    Ok(conn) => conn,
+                    Err(_) if !path.exists() => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let key = AlarmKey {
                     class_uid: uid.clone(),
                     id,

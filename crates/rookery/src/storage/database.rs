@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::policy::{Policy, RESERVED_PREFIX, reserved};
 use crate::addr::Location;
@@ -29,6 +29,12 @@ pub(crate) const PAGE_SIZE: u64 = 4096;
 pub(crate) struct Database {
     pub(crate) conn: Connection,
     location: Location,
+    /// The file does not exist yet; `conn` is an empty in-memory stand-in.
+    absent: bool,
+    /// The size limit, applied to every connection.
+    max_bytes: u64,
+    /// The object's name, recorded with its first write.
+    pending_name: Option<String>,
     in_txn: bool,
     dirty: bool,
     /// Depth of nested `transaction` savepoints.
@@ -47,33 +53,36 @@ pub(crate) fn process_ms() -> u64 {
 }
 
 impl Database {
-    /// Opens (creating if needed) the database at `location`, limited to `max_bytes` of pages.
+    /// Opens the database at `location`, limited to `max_bytes` of pages. A file that does not
+    /// exist yet is not made here: until the object first writes, an empty database in memory
+    /// stands in for it, so that reading an object that never wrote leaves nothing on disk.
     pub(crate) fn open(location: &Location, max_bytes: u64) -> Result<Self> {
-        let conn = match location {
-            Location::File(path) => {
-                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let conn = Connection::open_with_flags(path, flags)?;
-                // Another connection can only exist for a moment, while an evicted activation
-                // closes and a new one opens; wait for it rather than fail.
-                conn.busy_timeout(Duration::from_secs(5))?;
-                // One connection per object: an exclusive lock taken once saves the file locks
-                // of every transaction, and the WAL index lives in the heap, not in a `-shm`
-                // file. Switching a new file to WAL needs neither a rollback journal nor a sync:
-                // until its first commit is synced, an empty database is all there is to lose.
-                conn.execute_batch(&format!(
-                    "PRAGMA locking_mode = EXCLUSIVE;
-                     PRAGMA synchronous = OFF;
-                     PRAGMA page_size = {PAGE_SIZE};
-                     PRAGMA journal_mode = OFF;
-                     PRAGMA journal_mode = WAL;
-                     PRAGMA synchronous = NORMAL;"
-                ))?;
-                conn
-            }
-            Location::Memory => Connection::open_in_memory()?,
+        let (conn, absent) = match location {
+            Location::File(path) if !path.exists() => (Connection::open_in_memory()?, true),
+            Location::File(path) => (open_file(path)?, false),
+            Location::Memory => (Connection::open_in_memory()?, false),
         };
+        let mut db = Self {
+            conn,
+            location: location.clone(),
+            absent,
+            max_bytes,
+            pending_name: None,
+            in_txn: false,
+            dirty: false,
+            savepoints: 0,
+            user_sql: Arc::new(AtomicBool::new(false)),
+            policy: Arc::new(Policy::default()),
+            deadline: Arc::new(AtomicU64::new(u64::MAX)),
+        };
+        db.prepare_conn()?;
+        Ok(db)
+    }
+
+    /// Readies a fresh connection: safety settings, the runtime's tables, the size limit, the
+    /// SQL policy and the turn's time limit.
+    fn prepare_conn(&mut self) -> Result<()> {
+        let conn = &self.conn;
         // Refuse writes to the schema table and other ways to corrupt the file from SQL.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         conn.execute_batch(&format!(
@@ -88,27 +97,75 @@ impl Database {
                  value ANY
              ) WITHOUT ROWID;
              COMMIT;",
-            (max_bytes / PAGE_SIZE).max(16)
+            (self.max_bytes / PAGE_SIZE).max(16)
         ))?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut db = Self {
-            conn,
-            location: location.clone(),
-            in_txn: false,
-            dirty: false,
-            savepoints: 0,
-            user_sql: Arc::new(AtomicBool::new(false)),
-            policy: Arc::new(Policy::default()),
-            deadline: Arc::new(AtomicU64::new(u64::MAX)),
-        };
-        db.install_authorizer()?;
+        self.install_authorizer()?;
         // A turn's time limit must also stop runaway SQL, which never yields to the runtime.
-        let deadline = db.deadline.clone();
-        db.conn.progress_handler(
+        let deadline = self.deadline.clone();
+        self.conn.progress_handler(
             10_000,
             Some(move || process_ms() > deadline.load(Ordering::Relaxed)),
         )?;
-        Ok(db)
+        Ok(())
+    }
+
+    /// The name the object was first addressed by, as recorded in its database; records
+    /// `name` (now, or with the first write if the file is not made yet) if none is recorded.
+    pub(crate) fn remember_name(&mut self, name: Option<&str>) -> Result<Option<String>> {
+        let stored: Option<String> = self
+            .conn
+            .prepare_cached("SELECT value FROM main._rookery_meta WHERE key = 'name'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        if let (None, Some(name)) = (&stored, name) {
+            if self.absent {
+                self.pending_name = Some(name.to_string());
+            } else {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO main._rookery_meta (key, value) VALUES ('name', ?1)",
+                    )?
+                    .execute([name])?;
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Makes the object's file, for its first write: the in-memory stand-in held nothing but
+    /// reads, so the turn goes on in a transaction on the file.
+    fn materialize(&mut self) -> Result<()> {
+        let Location::File(path) = &self.location else {
+            return Ok(());
+        };
+        if !self.absent {
+            return Ok(());
+        }
+        let conn = open_file(path).map_err(|e| match e {
+            // The shard directory is gone: the data directory was removed under us.
+            Error::Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) => {
+                Error::StorageUnavailable(format!("cannot create {}: {e}", path.display()))
+            }
+            e => e,
+        })?;
+        if self.in_txn && !self.conn.is_autocommit() {
+            // Only reads ran on the stand-in: nothing to carry over.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.in_txn = false;
+        self.savepoints = 0;
+        self.conn = conn;
+        self.absent = false;
+        self.prepare_conn()?;
+        if let Some(name) = self.pending_name.take() {
+            self.txn()?;
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO main._rookery_meta (key, value) VALUES ('name', ?1)",
+                )?
+                .execute([name])?;
+        }
+        Ok(())
     }
 
     fn install_authorizer(&mut self) -> Result<()> {
@@ -148,18 +205,44 @@ impl Database {
         Ok(&self.conn)
     }
 
-    /// The connection, inside the turn's transaction, for an operation that writes.
+    /// The connection, inside the turn's transaction, for an operation that writes (making
+    /// the object's file first if it has none).
     pub(crate) fn txn_for_write(&mut self) -> Result<&Connection> {
+        if self.absent {
+            self.materialize()?;
+        }
         self.dirty = true;
         self.txn()
     }
 
     /// Runs `f` with the object's own SQL judged by the policy; maps refusals to clear errors.
+    /// On an object with no file yet, SQL that only reads runs on the empty stand-in; SQL that
+    /// changes anything is undone there and runs again on the file, made for it.
     pub(crate) fn as_user<T>(
         &mut self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        f: impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
+        if self.absent {
+            let changes = self.conn.total_changes();
+            let schema = self.schema_version()?;
+            let (result, changed) = self.user_call(&f, true)?;
+            if !changed && self.conn.total_changes() == changes && self.schema_version()? == schema
+            {
+                return result;
+            }
+            self.materialize()?;
+        }
         self.dirty = true;
+        self.user_call(&f, false).map(|(result, _)| result)?
+    }
+
+    /// One call of the object's SQL in its own savepoint; with `probe`, the savepoint is
+    /// always undone. Returns the result and whether the schema changed.
+    fn user_call<T>(
+        &mut self,
+        f: &impl Fn(&Connection) -> rusqlite::Result<T>,
+        probe: bool,
+    ) -> Result<(Result<T>, bool)> {
         self.txn()?;
         // Each call is all or nothing, and can be undone if it turns out to have renamed
         // something into the runtime's names (the authorizer never sees a rename's new name).
@@ -173,13 +256,12 @@ impl Database {
             Some(why) => Error::SqlRefused(why),
             None => map_sqlite(&self.conn, e),
         });
+        let schema_changed = self.schema_version()? != schema_before;
         let result = match result {
-            Ok(value) if self.schema_version()? != schema_before => {
-                self.check_reserved_names().map(|()| value)
-            }
+            Ok(value) if schema_changed => self.check_reserved_names().map(|()| value),
             other => other,
         };
-        let end = if result.is_ok() {
+        let end = if result.is_ok() && !probe {
             "RELEASE rookery_sql"
         } else {
             "ROLLBACK TO rookery_sql; RELEASE rookery_sql"
@@ -187,7 +269,7 @@ impl Database {
         if !self.conn.is_autocommit() {
             self.conn.execute_batch(end)?;
         }
-        result
+        Ok((result, schema_changed))
     }
 
     fn schema_version(&self) -> Result<i64> {
@@ -260,11 +342,67 @@ impl Database {
         }
     }
 
-    /// Closes the database, checkpointing its WAL.
+    /// Whether the object stores nothing: no key, no table of its own, no alarm.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM main._rookery_kv)
+                AND NOT EXISTS (SELECT 1 FROM main._rookery_meta
+                                WHERE key IN ('alarm', 'alarm_retries'))
+                AND NOT EXISTS (SELECT 1 FROM main.sqlite_schema
+                                WHERE name NOT LIKE '\\_rookery\\_%' ESCAPE '\\'
+                                  AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Closes the database, checkpointing its WAL. A file that holds nothing any more is
+    /// removed: an object that stores nothing has no file.
     pub(crate) fn close(mut self) -> Result<()> {
         self.rollback();
-        self.conn.close().map_err(|(_, e)| Error::Sqlite(e))
+        let empty = match &self.location {
+            Location::File(path) if !self.absent && self.is_empty()? => Some(path.clone()),
+            _ => None,
+        };
+        self.conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        if let Some(path) = empty {
+            // The WAL goes first: a database file without its WAL is whole, a WAL alone is not.
+            for suffix in ["-wal", "-shm", ""] {
+                let mut file = path.as_os_str().to_owned();
+                file.push(suffix);
+                match std::fs::remove_file(std::path::PathBuf::from(file)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
     }
+}
+
+/// Opens (creating if needed) an object's database file in WAL mode with an exclusive lock.
+fn open_file(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    // Another connection can only exist for a moment, while an evicted activation closes and a
+    // new one opens; wait for it rather than fail.
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // One connection per object: an exclusive lock taken once saves the file locks of every
+    // transaction, and the WAL index lives in the heap, not in a `-shm` file. Switching a new
+    // file to WAL needs neither a rollback journal nor a sync: until its first commit is
+    // synced, an empty database is all there is to lose.
+    conn.execute_batch(&format!(
+        "PRAGMA locking_mode = EXCLUSIVE;
+         PRAGMA synchronous = OFF;
+         PRAGMA page_size = {PAGE_SIZE};
+         PRAGMA journal_mode = OFF;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;"
+    ))?;
+    Ok(conn)
 }
 
 /// Turns SQLite's errors that a handler or client can act on into their own kinds: the turn's

@@ -30,7 +30,6 @@ pub(crate) use dir_lock::DirLock;
 pub(crate) use durability::{ObjectSync, Syncer};
 
 use database::Database;
-use rusqlite::OptionalExtension;
 
 use crate::addr::{AlarmKey, Location, ObjectAddr};
 use crate::clock::Clock;
@@ -203,17 +202,7 @@ impl Storage {
     /// The name the object was first addressed by, as recorded in its database; records
     /// `name` if none is recorded yet. Objects woken by id alone (alarms) learn their name here.
     pub(crate) fn remember_name(&self, name: Option<&str>) -> Result<Option<String>> {
-        let turn = self.lock();
-        let conn = &turn.db.conn;
-        let stored: Option<String> = conn
-            .prepare_cached("SELECT value FROM main._rookery_meta WHERE key = 'name'")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
-        if let (None, Some(name)) = (&stored, name) {
-            conn.prepare_cached("INSERT INTO main._rookery_meta (key, value) VALUES ('name', ?1)")?
-                .execute([name])?;
-        }
-        Ok(stored)
+        self.lock().db.remember_name(name)
     }
 
     /// Sets when the current turn's storage calls must stop (`None`: no limit).
