@@ -40,6 +40,8 @@ pub(crate) struct Live {
 pub(crate) struct Shared {
     pub(crate) live: Mutex<Live>,
     pub(crate) counts: Counters,
+    /// How long each `fsync`/`fdatasync` takes, in microseconds (a disk's cache flush).
+    pub(crate) sync_delay_us: AtomicU64,
 }
 
 impl Shared {
@@ -319,6 +321,11 @@ impl Filesystem for FuseFs {
                 &self.shared.counts.fsync
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            let delay = self.shared.sync_delay_us.load(Ordering::Relaxed);
+            if delay > 0 {
+                // Requests are served one at a time: everything waits, as behind a flush.
+                std::thread::sleep(Duration::from_micros(delay));
+            }
         }
         trace!(ino = ino.0, datasync, "fsync");
         match self.with(|s| s.fsync(ino.0)) {

@@ -69,8 +69,8 @@
 //! direct I/O there are no dirty pages for `sync` to write back. So `syncfs` and `sync` make
 //! nothing durable here, and writes that only they covered are lost at a power cut. That is
 //! stricter than ext4 or xfs, where `syncfs` writes and flushes everything: a program that
-//! relies on `syncfs` (as Rookery does for sync rounds of more than 4 objects) will see those
-//! writes lost on this filesystem although a real disk would have kept them.
+//! relies on `syncfs` will see those writes lost on this filesystem although a real disk would
+//! have kept them (Rookery stopped relying on it when this was measured).
 //!
 //! # Limits
 //!
@@ -113,7 +113,7 @@ mod sys;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -192,6 +192,7 @@ impl PowerLossFs {
                 state: Some(state),
             }),
             counts: Counters::default(),
+            sync_delay_us: AtomicU64::new(0),
         });
         let session = start_session(&shared, 1, &mountpoint)?;
         info!(backing = %backing.display(), mountpoint = %mountpoint.display(), "mounted");
@@ -227,6 +228,14 @@ impl PowerLossFs {
         *session = Some(start_session(&self.shared, epoch, &self.mountpoint)?);
         info!(mountpoint = %self.mountpoint.display(), epoch, "power cut");
         Ok(())
+    }
+
+    /// Makes every file `fsync`/`fdatasync` take `delay`, like a disk whose cache flush takes
+    /// that long (requests wait behind it). Writes acknowledged before their sync then stay
+    /// unsynced for a while, so a test that cuts the power finds them.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.shared.sync_delay_us.store(micros, Ordering::Relaxed);
     }
 
     /// The sync requests received so far.

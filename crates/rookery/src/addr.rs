@@ -7,6 +7,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::durable_dir::{create_dir_durable, sync_dir};
 use crate::error::Result;
 use crate::id::{ID_BYTES, IdMinter, ObjectId};
 
@@ -33,19 +34,17 @@ impl ClassInfo {
         let Some(root) = &self.dir else {
             return Ok(());
         };
-        let mut created = false;
+        let mut created = create_dir_durable(root)?;
         for shard in "0123456789abcdef".chars() {
             let dir = root.join(shard.to_string());
             if !dir.is_dir() {
-                fs::create_dir_all(&dir)?;
+                fs::create_dir(&dir)?;
                 created = true;
             }
         }
         if created {
-            // New directory entries must be durable before any object inside them is.
-            for d in [root.as_path(), root.parent().unwrap_or(root)] {
-                fs::File::open(d)?.sync_all()?;
-            }
+            // The shard directories' names must be durable before any object inside them is.
+            sync_dir(root)?;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@
 // values
 mod addr;
 mod clock;
+mod durable_dir;
 mod error;
 mod id;
 pub mod identity;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::addr::ClassInfo;
 use crate::alarm::{AlarmStats, Scheduler, Wake};
 use crate::clock::{Clock, SystemClock};
+use crate::durable_dir::create_dir_durable;
 use crate::error::{Error, Result, StartError};
 use crate::host::activation::{ClassFactory, Factory};
 use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement};
@@ -159,7 +160,7 @@ impl RuntimeBuilder {
         // The lock comes first: nothing of the directory is read or changed without it.
         let (lock, mut catalog) = match &self.data_dir {
             Some(dir) => {
-                fs::create_dir_all(dir)?;
+                create_dir_durable(dir)?;
                 let lock = DirLock::acquire(dir)?;
                 (Some(lock), Catalog::open(dir)?)
             }
@@ -259,7 +260,7 @@ impl RuntimeBuilder {
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
             durability: self.options.durability,
-            syncer: Syncer::start(&catalog.objects_dir, self.sync_hook, health.clone())?,
+            syncer: Syncer::start(self.sync_hook, health.clone())?,
             commit_log: self.commit_log,
             commits: AtomicU64::new(0),
             alarms,

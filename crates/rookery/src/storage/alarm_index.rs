@@ -61,7 +61,12 @@ impl AlarmIndex {
         let conn = match path {
             Some(path) => {
                 let conn = Connection::open(path)?;
-                conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+                // One process serves a data directory (its lock): an exclusive lock keeps the
+                // WAL index in the heap, with no shared-memory file to map.
+                conn.execute_batch(
+                    "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;
+                     PRAGMA synchronous = NORMAL;",
+                )?;
                 conn
             }
             None => Connection::open_in_memory()?,

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::durable_dir::create_dir_durable;
 use crate::error::StartError;
 
 type Result<T, E = StartError> = std::result::Result<T, E>;
@@ -69,9 +70,14 @@ impl Catalog {
                 objects_dir.display(),
             )));
         }
-        fs::create_dir_all(&objects_dir)?;
+        create_dir_durable(&objects_dir)?;
         let opened = Connection::open(&path).and_then(|conn| {
-            conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+            // One process serves a data directory (its lock): an exclusive lock keeps the WAL
+            // index in the heap, with no shared-memory file to map.
+            conn.execute_batch(
+                "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;",
+            )?;
             Ok(conn)
         });
         let conn = opened.map_err(|e| unusable(&path, e))?;
@@ -152,6 +158,12 @@ impl Catalog {
         }
         check(&class_records(&tx, &self.objects_dir)?)?;
         tx.commit()?;
+        if !done.is_empty() && !self.in_memory {
+            // The catalog changes only here: fold the change into the main file, so that a
+            // copy of `rookery.sqlite` alone is a whole catalog.
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
         for tag in &done {
             tracing::info!(tag = %tag, "applied migration");
         }
@@ -178,7 +190,9 @@ impl Catalog {
         for (uid, name) in pending {
             let dir = self.objects_dir.join(&uid);
             tracing::info!(class = %name, dir = %dir.display(), "removing the data of a deleted class");
-            if remove_dir(&dir) {
+            // The removal must be durable before its record goes, or a power cut could bring
+            // back a directory that no record explains.
+            if remove_dir(&dir) && crate::durable_dir::sync_dir(&self.objects_dir).is_ok() {
                 self.conn
                     .execute("DELETE FROM deleted_classes WHERE uid = ?1", [&uid])?;
             }

@@ -59,7 +59,7 @@ impl Database {
     pub(crate) fn open(location: &Location, max_bytes: u64) -> Result<Self> {
         let (conn, absent) = match location {
             Location::File(path) if !path.exists() => (Connection::open_in_memory()?, true),
-            Location::File(path) => (open_file(path)?, false),
+            Location::File(path) => (open_file(path, false)?, false),
             Location::Memory => (Connection::open_in_memory()?, false),
         };
         let mut db = Self {
@@ -141,7 +141,7 @@ impl Database {
         if !self.absent {
             return Ok(());
         }
-        let conn = open_file(path).map_err(|e| match e {
+        let conn = open_file(path, true).map_err(|e| match e {
             // The shard directory is gone: the data directory was removed under us.
             Error::Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) => {
                 Error::StorageUnavailable(format!("cannot create {}: {e}", path.display()))
@@ -381,27 +381,41 @@ impl Database {
     }
 }
 
-/// Opens (creating if needed) an object's database file in WAL mode with an exclusive lock.
-fn open_file(path: &Path) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+/// Opens an object's database file in WAL mode with an exclusive lock, creating it if `new`.
+fn open_file(path: &Path, new: bool) -> Result<Connection> {
+    let flags = if new {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
     let conn = Connection::open_with_flags(path, flags)?;
     // Another connection can only exist for a moment, while an evicted activation closes and a
     // new one opens; wait for it rather than fail.
     conn.busy_timeout(Duration::from_secs(5))?;
     // One connection per object: an exclusive lock taken once saves the file locks of every
-    // transaction, and the WAL index lives in the heap, not in a `-shm` file. Switching a new
-    // file to WAL needs neither a rollback journal nor a sync: until its first commit is
-    // synced, an empty database is all there is to lose.
-    conn.execute_batch(&format!(
-        "PRAGMA locking_mode = EXCLUSIVE;
-         PRAGMA synchronous = OFF;
-         PRAGMA page_size = {PAGE_SIZE};
-         PRAGMA journal_mode = OFF;
-         PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;"
-    ))?;
+    // transaction, and the WAL index lives in the heap, not in a `-shm` file.
+    if new {
+        // Switching a new, empty file to WAL needs neither a rollback journal nor a sync:
+        // until its first commit is synced, an empty database is all there is to lose.
+        conn.execute_batch(&format!(
+            "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA synchronous = OFF;
+             PRAGMA page_size = {PAGE_SIZE};
+             PRAGMA journal_mode = OFF;
+             PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;"
+        ))?;
+    } else {
+        // Never the trick above on an existing file: leaving WAL mode checkpoints a WAL a
+        // crash left behind, without syncing it, and deletes it.
+        conn.execute_batch(
+            "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;",
+        )?;
+    }
     Ok(conn)
 }
 

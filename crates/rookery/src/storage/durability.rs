@@ -2,11 +2,14 @@
 //!
 //! A turn commits to SQLite without waiting for the disk (`synchronous = NORMAL`), then asks the
 //! [`Syncer`] to make its object's WAL durable. The object goes on with its next turn at once.
-//! The syncer thread takes every object that committed since its last round and makes all of
-//! them durable together: with few objects it `fdatasync`s each object's WAL once (one sync
-//! covers every turn that object committed meanwhile); with more it issues a single `syncfs` of
-//! the data directory's file system, one flush for all of them. It then raises each object's
-//! durable sequence number. Outputs of a turn hold an [`OutputGate`] that opens when the durable
+//! The syncer thread takes every object that committed since its last round and `fdatasync`s
+//! each object's WAL once (one sync covers every turn that object committed meanwhile), then
+//! raises each object's durable sequence number.
+//!
+//! Durability rests on `fdatasync` of the files themselves, never on `syncfs`: `syncfs` reports
+//! no error for a file whose write-back failed, and file systems that cannot see it (FUSE, which
+//! the power-loss tests run on) would take it as a no-op. One `fdatasync` per object per round
+//! is what the node commit log is there to replace. Outputs of a turn hold an [`OutputGate`] that opens when the durable
 //! sequence reaches the turn's sequence and the commit log has acknowledged it.
 //!
 //! With [`Durability::Relaxed`] there is no sync: a commit counts as durable as soon as SQLite
@@ -38,9 +41,6 @@ pub enum Durability {
 /// A hook run at the start of every sync round; an error fails the round. For tests that need
 /// a slow or failing disk.
 pub type SyncHook = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
-
-/// With more objects than this in one round, one `syncfs` replaces their `fdatasync`s.
-const SYNCFS_ABOVE: usize = 4;
 
 /// How far an object's commits have been made durable.
 #[derive(Debug, Clone, Copy, Default)]
@@ -180,19 +180,14 @@ enum Job {
 }
 
 impl Syncer {
-    /// Starts the syncer thread for objects stored under `root`, checking `health` (the data
-    /// directory's) before every round and between rounds.
-    pub(crate) fn start(
-        root: &Path,
-        hook: Option<SyncHook>,
-        health: Option<Arc<DirHealth>>,
-    ) -> Result<Self> {
+    /// Starts the syncer thread, checking `health` (the data directory's) before every round
+    /// and between rounds.
+    pub(crate) fn start(hook: Option<SyncHook>, health: Option<Arc<DirHealth>>) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         let mut worker = Worker {
             rx,
             counters: counters.clone(),
-            root: File::open(root).ok(),
             hook,
             health,
         };
@@ -242,8 +237,6 @@ impl Syncer {
 struct Worker {
     rx: mpsc::Receiver<Job>,
     counters: Arc<Counters>,
-    /// The objects directory: any descriptor on the file system will do for `syncfs`.
-    root: Option<File>,
     hook: Option<SyncHook>,
     health: Option<Arc<DirHealth>>,
 }
@@ -300,14 +293,11 @@ impl Worker {
                 Err(std::io::Error::other(dir_problem.unwrap_or_default()))
             }
             Some(Err(e)) => Err(e),
-            _ if batch.len() > SYNCFS_ABOVE && self.root.is_some() => self.sync_all(batch),
             _ => Ok(()),
         };
-        let whole_fs = outcome.is_ok() && batch.len() > SYNCFS_ABOVE && self.root.is_some();
         for (object, seq) in batch.drain(..).zip(targets) {
             let result = match &outcome {
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                Ok(()) if whole_fs => Ok(()),
                 Ok(()) => {
                     self.counters.syncs.fetch_add(1, Ordering::Relaxed);
                     object.sync_wal()
@@ -322,36 +312,6 @@ impl Worker {
             }
         }
     }
-
-    /// One `syncfs` for the whole file system.
-    fn sync_all(&self, batch: &[Arc<ObjectSync>]) -> std::io::Result<()> {
-        for object in batch {
-            object.db_unsynced.store(false, Ordering::Release);
-        }
-        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        syncfs(self.root.as_ref())
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn syncfs(root: Option<&File>) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let Some(root) = root else {
-        return Err(std::io::Error::other("no file system to sync"));
-    };
-    // SAFETY: syncfs only reads the descriptor, which `root` keeps open.
-    if unsafe { libc::syncfs(root.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn syncfs(_root: Option<&File>) -> std::io::Result<()> {
-    // SAFETY: sync has no arguments; it flushes every file system.
-    unsafe { libc::sync() };
-    Ok(())
 }
 
 /// Holds back a turn's outputs until the writes they follow are durable.
