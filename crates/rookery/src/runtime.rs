@@ -21,7 +21,7 @@ use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Pla
 use crate::object::DurableObject;
 use crate::storage::{
     AlarmIndex, Catalog, ClassRecord, CommitLog, DirHealth, DirLock, Durability, LocalCommitLog,
-    Migration, StorageContext, StorageLimits, SyncHook, Syncer, scan_objects,
+    Migration, NodeLog, StorageContext, StorageLimits, SyncHook, Syncer, recover, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
 
@@ -216,6 +216,20 @@ impl RuntimeBuilder {
                 });
             }
         }
+        // The node log first: every object's file is brought up to date with it before
+        // anything (the alarm index rebuild included) reads one.
+        let log = match &self.data_dir {
+            Some(dir) => {
+                let log_dir = dir.join("log");
+                let recovered = recover(&log_dir, &catalog.objects_dir)?;
+                Some(Arc::new(NodeLog::open(
+                    &log_dir,
+                    recovered.next,
+                    std::collections::BTreeMap::new(),
+                )?))
+            }
+            None => None,
+        };
         let wake = Arc::new(Wake::new());
         let index_path = self.data_dir.as_ref().map(|d| d.join("alarms.sqlite"));
         let mut fresh_index = index_path.as_ref().is_some_and(|p| !p.exists());
@@ -260,12 +274,18 @@ impl RuntimeBuilder {
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
             durability: self.options.durability,
-            syncer: Syncer::start(self.sync_hook, health.clone())?,
+            syncer: Syncer::start(
+                self.sync_hook,
+                health.clone(),
+                log.clone(),
+                self.options.durability,
+            )?,
             commit_log: self.commit_log,
             commits: AtomicU64::new(0),
             alarms,
             clock: self.clock,
             health,
+            log,
         });
         let mut options = self.options;
         if options.host.max_live_objects == 0 {
