@@ -379,7 +379,10 @@ async fn websocket_sends_wait_for_the_disk_leave_in_turn_order_and_die_with_a_fa
         turns("ws") == turns_before + 21
     })
     .await;
-    assert!(disk.rounds.load(Ordering::SeqCst) >= 1);
+    wait_until("their sync waits for the disk", || {
+        disk.rounds.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     let mut got = Vec::new();
     link.take_outgoing(&mut got);
     assert!(
