@@ -454,17 +454,19 @@ async fn too_many_live_objects_make_idle_ones_leave() {
 }
 
 /// A tokio runtime that is shut down without waiting for its threads when dropped.
-struct Detached(tokio::runtime::Runtime);
+struct Detached(Option<tokio::runtime::Runtime>);
+
+impl Detached {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.0.as_ref().expect("the runtime runs").block_on(future)
+    }
+}
 
 impl Drop for Detached {
     fn drop(&mut self) {
-        let rt = std::mem::replace(
-            &mut self.0,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap(),
-        );
-        rt.shutdown_background();
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -473,19 +475,19 @@ impl Drop for Detached {
 /// test fail instead of hanging.
 #[test]
 fn runaway_sql_is_stopped_by_the_turn_time_limit() {
-    let server_rt = Detached(
+    let server_rt = Detached(Some(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap(),
-    );
+    ));
     let dir = tempfile::tempdir().unwrap();
     let config = PROBE_CONFIG.replace(
         "mailbox_capacity = 4",
         "mailbox_capacity = 4\nturn_timeout_ms = 200",
     );
-    let server = server_rt.0.block_on(TestServer::start(&config, dir.path()));
+    let server = server_rt.block_on(TestServer::start(&config, dir.path()));
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -519,7 +521,7 @@ fn runaway_sql_is_stopped_by_the_turn_time_limit() {
             .unwrap();
         assert_eq!(r, json!({"value": "before"}));
     });
-    server_rt.0.block_on(server.stop());
+    server_rt.block_on(server.stop());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
