@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rookery::{Durability, HostOptions, Migration, RuntimeOptions, StorageLimits};
+use rookery::{Durability, HistoryOptions, HostOptions, Migration, RuntimeOptions, StorageLimits};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -119,12 +119,18 @@ pub struct ServerConfig {
     /// Bearer token for the runtime's own endpoints (`/_rookery/...`). Without one they are
     /// open only while `[auth]` has no tokens.
     pub stats_token: Option<String>,
+    /// How far back objects can be restored (point-in-time recovery), in hours; 0 turns
+    /// history off.
+    pub history_retention_hours: u64,
+    /// The most log kept as history, in bytes.
+    pub history_max_bytes: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         let host = HostOptions::default();
         let storage = StorageLimits::default();
+        let history = HistoryOptions::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             data_dir: PathBuf::from("./rookery-data"),
@@ -147,6 +153,8 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,
             stats_token: None,
+            history_retention_hours: millis(history.retention) / 3_600_000,
+            history_max_bytes: history.max_bytes,
         }
     }
 }
@@ -175,6 +183,10 @@ impl ServerConfig {
                 max_object_bytes: self.max_object_bytes,
             },
             durability: self.durability,
+            history: HistoryOptions {
+                retention: Duration::from_secs(self.history_retention_hours.saturating_mul(3600)),
+                max_bytes: self.history_max_bytes,
+            },
         }
     }
 }
@@ -614,6 +626,8 @@ mod tests {
         "body_read_timeout_ms",
         "max_connections",
         "stats_token",
+        "history_retention_hours",
+        "history_max_bytes",
     ];
 
     #[test]

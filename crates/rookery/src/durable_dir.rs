@@ -31,6 +31,26 @@ pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Replaces the file at `path` with `bytes`, durably and atomically (a temporary file,
+/// synced, renamed over it, the directory synced).
+pub(crate) fn write_file_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+}
+
 /// Makes the entries of `dir` (names made, removed or renamed in it) durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

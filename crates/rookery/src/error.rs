@@ -57,6 +57,10 @@ pub enum Error {
     /// The data directory is gone or cannot be written; writes are refused, not lost.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// The commit log refused a commit: this node no longer owns the object (its epoch is
+    /// stale). The write is not acknowledged; a retry reaches the owner.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The embedded database failed.
     #[error("storage error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -167,6 +171,7 @@ impl Error {
             | Error::ShuttingDown => Cow::Owned(self.to_string()),
             Error::InsufficientStorage(_) => Cow::Borrowed("insufficient storage"),
             Error::StorageUnavailable(_) => Cow::Borrowed("storage unavailable"),
+            Error::Fenced(_) => Cow::Borrowed("the object is owned by another node; retry"),
             Error::Durability(_) => Cow::Borrowed("the write could not be made durable"),
             Error::Sqlite(_)
             | Error::Json(_)
@@ -179,7 +184,10 @@ impl Error {
     /// Seconds a client should wait before retrying, for errors that pass with time.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            Error::Overloaded | Error::ShuttingDown | Error::StorageUnavailable(_) => Some(1),
+            Error::Overloaded
+            | Error::ShuttingDown
+            | Error::StorageUnavailable(_)
+            | Error::Fenced(_) => Some(1),
             _ => None,
         }
     }
@@ -196,7 +204,7 @@ impl Error {
             Error::ObjectFailed { status, .. } => *status,
             Error::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::StorageUnavailable(_) | Error::Fenced(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Durability(_)
             | Error::SqlRefused(_)
             | Error::Sqlite(_)

@@ -66,8 +66,9 @@ pub use socket::{
 };
 pub use state::ObjectState;
 pub use storage::{
-    ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, ListOptions, LocalCommitLog,
-    Migration, OutputGate, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
+    ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, HistoryOptions, ListOptions,
+    LocalCommitLog, Migration, OutputGate, PageWrite, Sql, SqlCursor, SqlRow, SqlValue, Storage,
+    StorageLimits, SyncHook,
 };
 pub use stub::{Namespace, Stub};
 

@@ -20,8 +20,9 @@ use crate::host::activation::{ClassFactory, Factory};
 use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement};
 use crate::object::DurableObject;
 use crate::storage::{
-    AlarmIndex, Catalog, ClassRecord, CommitLog, DirHealth, DirLock, Durability, LocalCommitLog,
-    Migration, NodeLog, StorageContext, StorageLimits, SyncHook, Syncer, recover, scan_objects,
+    AlarmIndex, Catalog, ClassRecord, CommitLog, DirHealth, DirLock, Durability, History,
+    HistoryOptions, LocalCommitLog, Migration, NodeLog, StorageContext, StorageLimits, SyncHook,
+    Syncer, recover, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
 
@@ -34,6 +35,8 @@ pub struct RuntimeOptions {
     pub storage: StorageLimits,
     /// What a commit survives before its outputs are released.
     pub durability: Durability,
+    /// How much history is kept for point-in-time recovery.
+    pub history: HistoryOptions,
 }
 
 /// The object classes a runtime can host, by class name.
@@ -95,6 +98,7 @@ pub struct RuntimeBuilder {
     commit_log: Arc<dyn CommitLog>,
     placement: Arc<dyn Placement>,
     sync_hook: Option<SyncHook>,
+    log_segment_bytes: u64,
     clock: Arc<dyn Clock>,
 }
 
@@ -146,6 +150,13 @@ impl RuntimeBuilder {
     /// For tests that simulate a slow or failing disk.
     pub fn sync_hook(mut self, hook: SyncHook) -> Self {
         self.sync_hook = Some(hook);
+        self
+    }
+
+    /// Begins a new node log segment once the current one holds `bytes` (default 64 MiB);
+    /// history is compacted and retired a segment at a time.
+    pub fn log_segment_bytes(mut self, bytes: u64) -> Self {
+        self.log_segment_bytes = bytes.max(4096);
         self
     }
 
@@ -218,14 +229,24 @@ impl RuntimeBuilder {
         }
         // The node log first: every object's file is brought up to date with it before
         // anything (the alarm index rebuild included) reads one.
+        let history = match &self.data_dir {
+            Some(dir) if self.options.history.enabled() => Some(Arc::new(History::open(
+                &dir.join("history"),
+                self.options.history,
+            )?)),
+            _ => None,
+        };
         let log = match &self.data_dir {
             Some(dir) => {
                 let log_dir = dir.join("log");
-                let recovered = recover(&log_dir, &catalog.objects_dir)?;
+                let keep = history.is_some();
+                let recovered = recover(&log_dir, &catalog.objects_dir, keep)?;
                 Some(Arc::new(NodeLog::open(
                     &log_dir,
                     recovered.next,
-                    std::collections::BTreeMap::new(),
+                    recovered.history,
+                    keep,
+                    self.log_segment_bytes,
                 )?))
             }
             None => None,
@@ -286,6 +307,7 @@ impl RuntimeBuilder {
             clock: self.clock,
             health,
             log,
+            history,
         });
         let mut options = self.options;
         if options.host.max_live_objects == 0 {
@@ -303,6 +325,9 @@ impl RuntimeBuilder {
         })?;
         let scheduler = Arc::new(Scheduler::new(wake));
         scheduler.start(&host, &handle);
+        if storage.history.is_some() {
+            compact_history_periodically(&storage, &handle, self.options.history);
+        }
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 host,
@@ -314,6 +339,32 @@ impl RuntimeBuilder {
             }),
         })
     }
+}
+
+/// Compacts expired history now and then (a tenth of the retention, at most once a minute),
+/// until the runtime is dropped.
+fn compact_history_periodically(
+    storage: &Arc<StorageContext>,
+    handle: &tokio::runtime::Handle,
+    options: HistoryOptions,
+) {
+    let every = (options.retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let storage = Arc::downgrade(storage);
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(storage) = storage.upgrade() else {
+                break;
+            };
+            let compacted = tokio::task::spawn_blocking(move || storage.compact_history()).await;
+            if let Ok(Err(e)) = compacted {
+                tracing::warn!(error = %e, "compacting the log's history");
+            }
+        }
+    });
 }
 
 /// Moves a damaged database file aside, for inspection (its WAL and shared-memory files are
@@ -439,6 +490,7 @@ impl Runtime {
             commit_log: Arc::new(LocalCommitLog),
             placement: Arc::new(LocalPlacement),
             sync_hook: None,
+            log_segment_bytes: crate::storage::SEGMENT_BYTES,
             clock: Arc::new(SystemClock),
         }
     }
@@ -499,6 +551,16 @@ impl Runtime {
             .alarms
             .replace_all(&scan.found, scanned_at, &scan.busy)?;
         Ok(scan.found.len() + scan.busy.len())
+    }
+
+    /// Compacts the history that is past its retention (or its byte cap) into snapshots now,
+    /// as the runtime does by itself now and then; returns how many log segments it folded.
+    pub async fn compact_history(&self) -> Result<usize> {
+        let storage = self.inner.storage.clone();
+        let compacted = tokio::task::spawn_blocking(move || storage.compact_history())
+            .await
+            .map_err(|e| Error::internal("compacting the history failed", e))?;
+        Ok(compacted?)
     }
 
     /// The clock alarms run by.

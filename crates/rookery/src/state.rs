@@ -20,6 +20,8 @@ pub(crate) struct ObjectCore {
     pub(crate) class: Arc<str>,
     pub(crate) storage: Storage,
     pub(crate) sockets: Arc<ObjectSockets>,
+    /// Set by [`ObjectState::abort`]; read once the turn ends.
+    pub(crate) aborted: std::sync::atomic::AtomicBool,
 }
 
 impl ObjectState {
@@ -42,6 +44,24 @@ impl ObjectState {
     /// Now, in milliseconds since the Unix epoch, by the runtime's clock (which tests can move).
     pub fn now_ms(&self) -> i64 {
         self.core.storage.clock().now_ms()
+    }
+
+    /// Restarts the object once the current turn ends: the instance is dropped, its sockets
+    /// are closed with 1012 (service restart) and the next event opens the object afresh,
+    /// applying a restore asked for with
+    /// [`Storage::on_next_session_restore_bookmark`](crate::Storage::on_next_session_restore_bookmark).
+    /// What the turn committed stands.
+    pub fn abort(&self) {
+        self.core
+            .aborted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`ObjectState::abort`] was called (and clears it).
+    pub(crate) fn take_abort(&self) -> bool {
+        self.core
+            .aborted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// This object's transactional storage.

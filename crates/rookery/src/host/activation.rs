@@ -82,6 +82,7 @@ fn open_state(host: &Host, addr: &ObjectAddr) -> Result<ObjectState> {
         class: addr.class.name.clone(),
         storage,
         sockets: host.sockets_for(addr),
+        aborted: Default::default(),
     }))
 }
 
@@ -182,6 +183,34 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             };
         }
         handle(&act, &state, &mut instance, event).await;
+        if state.take_abort() {
+            tracing::info!("restarting the object: it aborted");
+            instance = None;
+            state
+                .sockets()
+                .close_all(close_code::SERVICE_RESTART, "the object restarted", true);
+            if let Err(e) = state.settled().wait().await {
+                tracing::error!(error = %e, "restarting with writes that are not durable");
+            }
+            state.storage().wait_logged().await;
+            let closing = state;
+            if tokio::task::spawn_blocking(move || close(closing))
+                .await
+                .is_err()
+            {
+                tracing::error!("closing the object's database panicked");
+            }
+            state = match act.open().await {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    let message = format!("the object's storage cannot be reopened: {e}");
+                    tracing::error!("{message}");
+                    fail(&act, mailbox, None, &message).await;
+                    return;
+                }
+            };
+            continue;
+        }
         state.storage().maybe_checkpoint();
     }
     drop(instance);

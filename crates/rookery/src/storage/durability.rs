@@ -1,19 +1,19 @@
-//! The durability pipeline: group sync of committed turns, and the output gate.
+//! The durability pipeline: group sync of the node log, and the output gate.
 //!
-//! A turn commits to SQLite without waiting for the disk (`synchronous = NORMAL`), then asks the
-//! [`Syncer`] to make its object's WAL durable. The object goes on with its next turn at once.
-//! The syncer thread takes every object that committed since its last round and `fdatasync`s
-//! each object's WAL once (one sync covers every turn that object committed meanwhile), then
-//! raises each object's durable sequence number.
+//! A turn commits to SQLite without waiting for the disk (`synchronous = OFF`) and appends its
+//! pages to the node log; the object goes on with its next turn at once. The [`Syncer`] thread
+//! writes what was appended and `fdatasync`s the log once per round, for every object that
+//! committed in it, then raises each of those objects' durable sequence numbers. It also syncs
+//! the files that ask for it (checkpointed objects, the alarm index).
 //!
 //! Durability rests on `fdatasync` of the files themselves, never on `syncfs`: `syncfs` reports
 //! no error for a file whose write-back failed, and file systems that cannot see it (FUSE, which
-//! the power-loss tests run on) would take it as a no-op. One `fdatasync` per object per round
-//! is what the node commit log is there to replace. Outputs of a turn hold an [`OutputGate`] that opens when the durable
-//! sequence reaches the turn's sequence and the commit log has acknowledged it.
+//! the power-loss tests run on) would take it as a no-op. Outputs of a turn hold an
+//! [`OutputGate`] that opens when the durable sequence reaches the turn's sequence and the
+//! commit log has acknowledged it.
 //!
-//! With [`Durability::Relaxed`] there is no sync: a commit counts as durable as soon as SQLite
-//! has it in the WAL, which survives a crash of the process but not of the machine.
+//! With [`Durability::Relaxed`] a commit counts as durable once its record is written to the
+//! log (the page cache), which survives a crash of the process; the log is synced on a timer.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,8 @@ pub(crate) struct DurableState {
     pub(crate) logged: u64,
     /// Making a commit durable failed: nothing after the last durable point may be released.
     pub(crate) failed: bool,
+    /// The failure was the commit log's refusal of a stale epoch.
+    pub(crate) fenced: bool,
 }
 
 impl DurableState {
@@ -124,6 +126,14 @@ impl ObjectSync {
     /// Records that a commit could not be made durable.
     pub(crate) fn fail(&self) {
         self.state.send_modify(|s| s.failed = true);
+    }
+
+    /// Records that the commit log refused a commit for a stale epoch.
+    pub(crate) fn fence(&self) {
+        self.state.send_modify(|s| {
+            s.failed = true;
+            s.fenced = true;
+        });
     }
 
     /// Whether making a commit durable ever failed.
@@ -471,6 +481,11 @@ impl OutputGate {
                 .wait_for(|s| s.failed || s.covers(seq))
                 .await
                 .map_err(|_| Error::Durability("the object's storage closed".into()))?;
+            if state.fenced && !state.covers(seq) {
+                return Err(Error::Fenced(
+                    "the commit log refused the write: another node owns the object".into(),
+                ));
+            }
             if !state.covers(seq) {
                 return Err(Error::Durability(
                     "the write could not be made durable".into(),

@@ -1,11 +1,12 @@
 //! The records of the node log and their encoding.
 //!
 //! A record is `len: u32 | crc: u32 | body`, little-endian, where `crc` is the CRC-32 of the
-//! body and `len` its length. The body starts with its kind, the time it was appended and the
-//! object it is about:
+//! body and `len` its length. The body starts with the record's own LSN (so that a record left
+//! in a recycled segment by an earlier use can never pass for a new one), its kind, the time it
+//! was appended and the object it is about:
 //!
 //! ```text
-//! kind: u8 | time_ms: i64 | class_uid_len: u16 | class_uid | id: [u8; 32] | value: u64 | ...
+//! lsn: u64 | kind: u8 | time_ms: i64 | class_uid_len: u16 | class_uid | id: [u8; 32] | value: u64 | ...
 //! ```
 //!
 //! - **Commit** (`value` = the object's commit sequence): `db_pages: u32 | frames: u32`, then per
@@ -59,16 +60,18 @@ pub(crate) struct Frame<'a> {
     pub(crate) page: &'a [u8],
 }
 
-/// Appends a commit record for `key` to `out`.
+/// Appends a commit record for `key` to `out`, at log position `lsn`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_commit(
     out: &mut Vec<u8>,
+    lsn: Lsn,
     time_ms: i64,
     key: &AlarmKey,
     seq: u64,
     db_pages: u32,
     frames: &[Frame<'_>],
 ) {
-    let start = begin(out, Kind::Commit, time_ms, key, seq);
+    let start = begin(out, lsn, Kind::Commit, time_ms, key, seq);
     out.extend_from_slice(&db_pages.to_le_bytes());
     out.extend_from_slice(
         &u32::try_from(frames.len())
@@ -82,21 +85,31 @@ pub(crate) fn encode_commit(
     finish(out, start);
 }
 
-/// Appends a checkpoint or removal record for `key`, covering its commits up to `through`.
+/// Appends a checkpoint or removal record for `key` at `lsn`, covering its commits up to
+/// `through`.
 pub(crate) fn encode_cover(
     out: &mut Vec<u8>,
+    lsn: Lsn,
     kind: Kind,
     time_ms: i64,
     key: &AlarmKey,
     through: Lsn,
 ) {
-    let start = begin(out, kind, time_ms, key, through);
+    let start = begin(out, lsn, kind, time_ms, key, through);
     finish(out, start);
 }
 
-fn begin(out: &mut Vec<u8>, kind: Kind, time_ms: i64, key: &AlarmKey, value: u64) -> usize {
+fn begin(
+    out: &mut Vec<u8>,
+    lsn: Lsn,
+    kind: Kind,
+    time_ms: i64,
+    key: &AlarmKey,
+    value: u64,
+) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.extend_from_slice(&lsn.to_le_bytes());
     out.push(kind as u8);
     out.extend_from_slice(&time_ms.to_le_bytes());
     let uid = key.class_uid.as_bytes();
@@ -130,6 +143,32 @@ pub(crate) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
+    /// Whether the object's whole state follows from this record alone: a removal (nothing),
+    /// or a commit that wrote every page of the database (a new object's first commit, a
+    /// restore). History can be rebuilt from such a record on.
+    pub(crate) fn is_base(&self) -> bool {
+        match self.kind {
+            Kind::Removed => true,
+            Kind::Checkpoint => false,
+            Kind::Commit => {
+                let pages = self.db_pages as usize;
+                if self.frame_count < pages {
+                    return false;
+                }
+                let mut seen = vec![false; pages];
+                for frame in self.frames() {
+                    if let Some(slot) = (frame.pgno as usize)
+                        .checked_sub(1)
+                        .and_then(|i| seen.get_mut(i))
+                    {
+                        *slot = true;
+                    }
+                }
+                seen.iter().all(|s| *s)
+            }
+        }
+    }
+
     /// The pages of a commit, in the order they were written.
     pub(crate) fn frames(&self) -> impl Iterator<Item = Frame<'a>> + 'a {
         let bytes = self.frames;
@@ -154,14 +193,16 @@ pub(crate) enum End {
     Torn,
 }
 
-/// Decodes the record at the start of `bytes`; `Err` says why there is none. Returns the record
-/// and its whole length.
-pub(crate) fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), End> {
-    if bytes.is_empty() {
-        return Err(End::Clean);
-    }
-    if bytes.len() < RECORD_HEADER {
-        return Err(End::Torn);
+/// Decodes the record at the start of `bytes`, which must be the one at log position `lsn`;
+/// `Err` says why there is none. Returns the record and its whole length.
+pub(crate) fn decode(bytes: &[u8], lsn: Lsn) -> Result<(Record<'_>, usize), End> {
+    // The end of what was written, or the zeros a new segment is filled with.
+    if bytes.len() < RECORD_HEADER || bytes[..RECORD_HEADER] == [0u8; RECORD_HEADER] {
+        return if bytes.iter().take(RECORD_HEADER).all(|b| *b == 0) {
+            Err(End::Clean)
+        } else {
+            Err(End::Torn)
+        };
     }
     let len = u32::from_le_bytes(take4(bytes, 0)) as usize;
     let crc = u32::from_le_bytes(take4(bytes, 4));
@@ -172,9 +213,23 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), End> {
     if crc32fast::hash(body) != crc {
         return Err(End::Torn);
     }
-    parse(body)
-        .map(|record| (record, RECORD_HEADER + len))
-        .ok_or(End::Torn)
+    match parse(body) {
+        Some((at, record)) if at == lsn => Ok((record, RECORD_HEADER + len)),
+        // A record an earlier use of a recycled segment left: the log ends here.
+        Some(_) => Err(End::Clean),
+        None => Err(End::Torn),
+    }
+}
+
+/// The records of a segment that starts at `start`, with their LSNs, up to where it ends.
+pub(crate) fn records(bytes: &[u8], start: Lsn) -> impl Iterator<Item = (Lsn, Record<'_>)> {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let lsn = start + at as u64;
+        let (record, len) = decode(bytes.get(at..)?, lsn).ok()?;
+        at += len;
+        Some((lsn, record))
+    })
 }
 
 fn take4(bytes: &[u8], at: usize) -> [u8; 4] {
@@ -183,8 +238,9 @@ fn take4(bytes: &[u8], at: usize) -> [u8; 4] {
     b
 }
 
-fn parse(body: &[u8]) -> Option<Record<'_>> {
+fn parse(body: &[u8]) -> Option<(Lsn, Record<'_>)> {
     let mut r = Reader { bytes: body, at: 0 };
+    let lsn = u64::from_le_bytes(r.bytes(8)?.try_into().ok()?);
     let kind = Kind::from_u8(r.bytes(1)?[0])?;
     let time_ms = i64::from_le_bytes(r.bytes(8)?.try_into().ok()?);
     let uid_len = u16::from_le_bytes(r.bytes(2)?.try_into().ok()?) as usize;
@@ -203,18 +259,21 @@ fn parse(body: &[u8]) -> Option<Record<'_>> {
     if r.at != body.len() {
         return None;
     }
-    Some(Record {
-        kind,
-        time_ms,
-        key: AlarmKey {
-            class_uid: Arc::from(uid),
-            id,
+    Some((
+        lsn,
+        Record {
+            kind,
+            time_ms,
+            key: AlarmKey {
+                class_uid: Arc::from(uid),
+                id,
+            },
+            value,
+            db_pages,
+            frames,
+            frame_count,
         },
-        value,
-        db_pages,
-        frames,
-        frame_count,
-    })
+    ))
 }
 
 struct Reader<'a> {
@@ -257,9 +316,10 @@ mod tests {
                 page: &page_b,
             },
         ];
-        encode_commit(&mut log, 1_000, &key(), 5, 3, &frames);
-        encode_cover(&mut log, Kind::Checkpoint, 2_000, &key(), 0);
-        let (commit, used) = decode(&log).unwrap();
+        encode_commit(&mut log, 100, 1_000, &key(), 5, 3, &frames);
+        let second = 100 + log.len() as u64;
+        encode_cover(&mut log, second, Kind::Checkpoint, 2_000, &key(), 0);
+        let (commit, used) = decode(&log, 100).unwrap();
         assert_eq!(commit.kind, Kind::Commit);
         assert_eq!(
             (commit.value, commit.db_pages, commit.time_ms),
@@ -268,13 +328,20 @@ mod tests {
         assert_eq!(commit.key, key());
         let pages: Vec<(u32, u8)> = commit.frames().map(|f| (f.pgno, f.page[0])).collect();
         assert_eq!(pages, [(1, 1), (3, 2)]);
-        let (cover, used2) = decode(&log[used..]).unwrap();
+        let (cover, used2) = decode(&log[used..], second).unwrap();
         assert_eq!((cover.kind, cover.value), (Kind::Checkpoint, 0));
-        assert_eq!(decode(&log[used + used2..]).unwrap_err(), End::Clean);
+        assert_eq!(
+            decode(&log[used + used2..], second + used2 as u64).unwrap_err(),
+            End::Clean
+        );
+        // Zeros (a new segment's filling) end the log cleanly.
+        assert_eq!(decode(&[0u8; 64], 0).unwrap_err(), End::Clean);
         // A record cut short, or with a flipped bit, is a torn tail.
-        assert_eq!(decode(&log[..used - 1]).unwrap_err(), End::Torn);
+        assert_eq!(decode(&log[..used - 1], 100).unwrap_err(), End::Torn);
         let mut flipped = log.clone();
         flipped[used / 2] ^= 1;
-        assert_eq!(decode(&flipped).unwrap_err(), End::Torn);
+        assert_eq!(decode(&flipped, 100).unwrap_err(), End::Torn);
+        // A valid record at another position is one an earlier use of the segment left.
+        assert_eq!(decode(&log, 200).unwrap_err(), End::Clean);
     }
 }

@@ -9,11 +9,13 @@ mod database;
 mod dir_health;
 mod dir_lock;
 mod durability;
+mod history;
 mod kv;
 mod log_record;
 mod node_log;
 mod policy;
 mod recovery;
+mod restore;
 mod sql;
 
 use std::path::{Path, PathBuf};
@@ -21,8 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use catalog::Migration;
-pub use commit_log::{CommitLog, CommitRecord, LocalCommitLog};
+pub use commit_log::{CommitLog, CommitRecord, LocalCommitLog, PageWrite};
 pub use durability::{Durability, OutputGate, SyncHook};
+pub use history::HistoryOptions;
 pub use kv::ListOptions;
 pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
@@ -31,7 +34,8 @@ pub(crate) use catalog::{Catalog, ClassRecord};
 pub(crate) use dir_health::DirHealth;
 pub(crate) use dir_lock::DirLock;
 pub(crate) use durability::{ObjectSync, Syncer};
-pub(crate) use node_log::NodeLog;
+pub(crate) use history::History;
+pub(crate) use node_log::{NodeLog, SEGMENT_BYTES};
 pub(crate) use recovery::recover;
 
 use database::{Closed, Database, FRAME_BYTES};
@@ -81,9 +85,19 @@ pub(crate) struct StorageContext {
     pub(crate) health: Option<Arc<DirHealth>>,
     /// The node log every object's commits go to (`None` in memory).
     pub(crate) log: Option<Arc<NodeLog>>,
+    /// The log's retained history (`None` in memory or with history off).
+    pub(crate) history: Option<Arc<History>>,
 }
 
 impl StorageContext {
+    /// Compacts the log's expired history into snapshots; how many segments it folded.
+    pub(crate) fn compact_history(&self) -> std::io::Result<usize> {
+        match (&self.log, &self.history) {
+            (Some(log), Some(history)) => history.compact(log, self.clock.now_ms()),
+            _ => Ok(0),
+        }
+    }
+
     /// Refuses commits while the data directory is gone or unwritable; in relaxed durability,
     /// where no sync round checks it, it is checked here.
     fn check_dir(&self) -> Result<()> {
@@ -129,6 +143,10 @@ pub struct Storage {
     class: Arc<str>,
     id: ObjectId,
     alarm_key: AlarmKey,
+    /// Where the object's database lives (`None` in memory).
+    db_path: Option<PathBuf>,
+    /// The epoch the commit log gave this activation.
+    epoch: u64,
     /// See [`Storage::take_index_update`].
     index_update: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -149,21 +167,19 @@ impl Storage {
     pub(crate) fn open(addr: &ObjectAddr, ctx: Arc<StorageContext>) -> Result<Self> {
         let location = &addr.location();
         let alarm_key = addr.alarm_key();
+        let epoch = ctx.commit_log.activate(&addr.class.name, &addr.id)?;
+        if let Location::File(path) = location
+            && let Some(at) = restore::pending(path)?
+        {
+            restore::run(&ctx, &alarm_key, path, at)?;
+        }
         // A WAL at open is a crash's: what it holds that the node log has was replayed into the
         // file at start-up, and the rest never became durable. Only when this process's log
         // still holds commits the file lacks (an earlier activation could not close) does the
         // WAL count, and it is folded into the file at once.
         let behind = ctx.log.as_ref().is_some_and(|log| log.behind(&alarm_key));
         if let (Location::File(path), false) = (location, behind) {
-            for suffix in ["-wal", "-shm"] {
-                let mut side = path.as_os_str().to_owned();
-                side.push(suffix);
-                match std::fs::remove_file(PathBuf::from(side)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            recovery::discard_wal(path)?;
         }
         let mut db =
             Database::open(location, ctx.limits.max_object_bytes).map_err(|e| match e {
@@ -196,6 +212,11 @@ impl Storage {
             class: addr.class.name.clone(),
             id: addr.id.clone(),
             alarm_key,
+            epoch,
+            db_path: match location {
+                Location::File(path) => Some(path.clone()),
+                Location::Memory => None,
+            },
             index_update: Mutex::new(None),
         })
     }
@@ -262,6 +283,51 @@ impl Storage {
         };
         turn.db.conn.execute_batch(&end)?;
         result
+    }
+
+    /// A bookmark for the object's state as of now (everything committed so far), for
+    /// [`Storage::on_next_session_restore_bookmark`].
+    pub fn get_current_bookmark(&self) -> Result<String> {
+        let (log, _) = self.history()?;
+        Ok(history::format_bookmark(log.next_lsn()))
+    }
+
+    /// A bookmark for the object's state at `time_ms` (ms since the Unix epoch, by the
+    /// runtime's clock): after every commit made at or before it. Refused when that time is
+    /// older than the retained history.
+    pub fn get_bookmark_for_time(&self, time_ms: i64) -> Result<String> {
+        let (log, history) = self.history()?;
+        Ok(history::format_bookmark(
+            history.bookmark_for_time(log, time_ms)?,
+        ))
+    }
+
+    /// Asks for the object to start over at `bookmark` the next time it opens (call
+    /// [`ObjectState::abort`](crate::ObjectState::abort) to make that now). Returns a bookmark
+    /// of the state as of now, which undoes the restore.
+    pub fn on_next_session_restore_bookmark(&self, bookmark: &str) -> Result<String> {
+        let at = history::parse_bookmark(bookmark)?;
+        let (log, history) = self.history()?;
+        history.check(log, at)?;
+        let Some(path) = &self.db_path else {
+            return Err(Error::BadRequest(
+                "an object kept in memory has no history".into(),
+            ));
+        };
+        restore::request(path, at)?;
+        Ok(history::format_bookmark(log.next_lsn()))
+    }
+
+    fn history(&self) -> Result<(&NodeLog, &History)> {
+        match (&self.ctx.log, &self.ctx.history, &self.db_path) {
+            (Some(log), Some(history), Some(_)) => Ok((log, history)),
+            (Some(_), None, Some(_)) => Err(Error::BadRequest(
+                "point-in-time recovery is off on this server (history retention is zero)".into(),
+            )),
+            _ => Err(Error::BadRequest(
+                "an object kept in memory has no history".into(),
+            )),
+        }
     }
 
     /// Deletes every key, every table of the object's own SQL and the alarm.
@@ -342,19 +408,26 @@ impl Storage {
         let relaxed = self.ctx.durability == Durability::Relaxed;
         let logged = match &self.ctx.log {
             Some(log) => self.log_commit(log, &mut turn.db, seq, relaxed),
-            None => Ok(false),
+            None => Ok(None),
         };
         drop(turn);
-        match logged {
+        let logged = match logged {
             // Strict: the gate opens when the log round that holds the record is synced.
-            Ok(true) if !relaxed => self.ctx.syncer.log_appended(),
+            Ok(Some(logged)) if !relaxed => {
+                self.ctx.syncer.log_appended();
+                Some(logged)
+            }
             // Relaxed: the record is written; the log is synced on a timer.
-            Ok(true) => {
+            Ok(Some(logged)) => {
                 self.ctx.syncer.log_appended();
                 self.sync.mark(seq, true, false);
+                Some(logged)
             }
             // No log (memory): as durable as it gets.
-            Ok(false) => self.sync.mark(seq, true, false),
+            Ok(None) => {
+                self.sync.mark(seq, true, false);
+                None
+            }
             Err(e) => {
                 // The commit stands in SQLite but can never become durable: the object resets,
                 // and the node takes no writes until it restarts (and recovers from the log).
@@ -364,11 +437,27 @@ impl Storage {
                     "the node log cannot take writes ({e}); restart the server"
                 )));
             }
-        }
+        };
+        // Only a log that replicates gets the pages: gathering them allocates.
+        let pages: Vec<PageWrite<'_>> = match &logged {
+            Some(logged) if self.ctx.commit_log.wants_pages() => logged
+                .raw
+                .chunks_exact(FRAME_BYTES)
+                .map(|f| PageWrite {
+                    pgno: u32::from_be_bytes([f[0], f[1], f[2], f[3]]),
+                    page: &f[24..],
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let ack = self.ctx.commit_log.append(&CommitRecord {
             class: &self.class,
             object: &self.id,
             seq,
+            epoch: self.epoch,
+            lsn: logged.as_ref().map(|l| l.lsn),
+            db_pages: logged.as_ref().map_or(0, |l| l.db_pages),
+            pages: &pages,
         });
         match ack {
             None => self.sync.mark(seq, false, true),
@@ -377,6 +466,14 @@ impl Storage {
                 tokio::spawn(async move {
                     match ack.await {
                         Ok(Ok(())) => sync.mark(seq, false, true),
+                        Ok(Err(Error::Fenced(reason))) => {
+                            tracing::warn!(
+                                reason,
+                                seq,
+                                "the commit log fenced this node off the object"
+                            );
+                            sync.fence();
+                        }
                         Ok(Err(e)) => {
                             tracing::error!(error = %e, seq, "the commit log refused a commit");
                             sync.fail();
@@ -393,16 +490,16 @@ impl Storage {
     }
 
     /// Appends the commit just made (sequence `seq`) to the node log: the frames it wrote to
-    /// the WAL, read back. Whether there was anything to log.
+    /// the WAL, read back. What was logged, if anything.
     fn log_commit(
         &self,
         log: &NodeLog,
         db: &mut Database,
         seq: u64,
         write_now: bool,
-    ) -> Result<bool> {
+    ) -> Result<Option<Logged>> {
         let Some((db_pages, raw)) = db.take_commit_frames()? else {
-            return Ok(false);
+            return Ok(None);
         };
         let frames: Vec<log_record::Frame<'_>> = raw
             .chunks_exact(FRAME_BYTES)
@@ -411,7 +508,7 @@ impl Storage {
                 page: &f[24..],
             })
             .collect();
-        log.append_commit(
+        let lsn = log.append_commit(
             self.ctx.clock.now_ms(),
             &self.alarm_key,
             seq,
@@ -421,7 +518,7 @@ impl Storage {
             write_now,
         )?;
         db.frames_logged();
-        Ok(true)
+        Ok(Some(Logged { lsn, db_pages, raw }))
     }
 
     /// Whether the node log holds, durably, every commit of this object.
@@ -560,6 +657,14 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// A commit as the node log took it.
+struct Logged {
+    lsn: log_record::Lsn,
+    db_pages: u32,
+    /// The WAL frames (24-byte header and page each).
+    raw: Vec<u8>,
 }
 
 /// A WAL longer than this many frames is folded into its file between turns.

@@ -6,7 +6,8 @@
 //! result is the object's last durable commit: pages the file lacks come from the log, pages a
 //! torn checkpoint wrote half are written again, and the WAL (which may hold commits that never
 //! became durable) is discarded. Once every object is brought up to date, the old segments are
-//! no longer needed and are removed.
+//! no longer needed for recovery: they are kept as history (point-in-time recovery) or retired,
+//! and `log/start` says that the next recovery begins after them.
 //!
 //! A data directory from before the node log (no `log/` directory) is brought over first: every
 //! object's WAL is checkpointed into its file by SQLite and the file synced.
@@ -18,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::log_record::{self, End, Kind, Lsn, PAGE_BYTES};
-use super::node_log::{segment_name, segment_start};
+use super::node_log::{SPARE_PREFIX, read_start, segment_name, segment_start, write_start};
 use crate::addr::AlarmKey;
 use crate::durable_dir::{create_dir_durable, sync_dir};
 
@@ -33,6 +34,8 @@ pub(crate) struct Recovered {
     pub(crate) removed: usize,
     /// When the newest commit replayed was made (ms since the epoch).
     pub(crate) newest_ms: Option<i64>,
+    /// The segments kept as history, by where each starts.
+    pub(crate) history: BTreeMap<Lsn, PathBuf>,
 }
 
 /// Where one object's commits to apply are.
@@ -48,9 +51,13 @@ struct Pending {
     last_seq: u64,
 }
 
-/// Brings every object's file up to date with the log in `log_dir` and removes the old
-/// segments. `objects_dir` holds `<class uid>/<x>/<id>.sqlite`.
-pub(crate) fn recover(log_dir: &Path, objects_dir: &Path) -> io::Result<Recovered> {
+/// Brings every object's file up to date with the log in `log_dir`, then keeps the segments as
+/// history (`keep_history`) or retires them. `objects_dir` holds `<class uid>/<x>/<id>.sqlite`.
+pub(crate) fn recover(
+    log_dir: &Path,
+    objects_dir: &Path,
+    keep_history: bool,
+) -> io::Result<Recovered> {
     if !log_dir.exists() {
         let moved = checkpoint_legacy_wals(objects_dir)?;
         if moved > 0 {
@@ -73,8 +80,12 @@ pub(crate) fn recover(log_dir: &Path, objects_dir: &Path) -> io::Result<Recovere
             segments.insert(start, path);
         }
     }
+    // Segments before the recorded start hold no commit an object's file lacks.
+    let first = read_start(log_dir)?.unwrap_or(0);
+    let rest = segments.split_off(&first);
+    let history_only = std::mem::replace(&mut segments, rest);
     let mut pending: HashMap<AlarmKey, Pending> = HashMap::new();
-    let mut next: Lsn = segments.keys().next().copied().unwrap_or(0);
+    let mut next: Lsn = segments.keys().next().copied().unwrap_or(first);
     let mut torn_at: Option<Lsn> = None;
     let mut newest_ms = None;
     for (&start, path) in &segments {
@@ -91,11 +102,16 @@ pub(crate) fn recover(log_dir: &Path, objects_dir: &Path) -> io::Result<Recovere
         let bytes = fs::read(path)?;
         let mut at = 0usize;
         loop {
-            match log_record::decode(&bytes[at..]) {
+            match log_record::decode(&bytes[at..], start + at as u64) {
                 Ok((record, len)) => {
                     let p = pending.entry(record.key.clone()).or_default();
                     match record.kind {
                         Kind::Commit => {
+                            if record.is_base() {
+                                // A whole image (a restore): what came before does not matter.
+                                p.commits.clear();
+                                p.from_empty = true;
+                            }
                             p.commits.push((start, at, len));
                             p.last_seq = record.value;
                             newest_ms = newest_ms.max(Some(record.time_ms));
@@ -114,6 +130,9 @@ pub(crate) fn recover(log_dir: &Path, objects_dir: &Path) -> io::Result<Recovere
                     at += len;
                 }
                 Err(End::Clean) => break,
+                // A segment is closed after its last record: what follows in a reused file is
+                // an earlier use's leftovers, not a torn write.
+                Err(End::Torn) if at > 0 && segments.contains_key(&(start + at as u64)) => break,
                 Err(End::Torn) => {
                     torn_at = Some(start + at as u64);
                     if at < bytes.len() {
@@ -167,12 +186,6 @@ pub(crate) fn recover(log_dir: &Path, objects_dir: &Path) -> io::Result<Recovere
     for dir in dirs_to_sync {
         sync_dir(&dir)?;
     }
-    // Every object's file now holds all it ever committed durably: the log's history is no
-    // longer needed.
-    for path in segments.values() {
-        fs::remove_file(path)?;
-    }
-    sync_dir(log_dir)?;
     if done.replayed + done.removed > 0 {
         tracing::info!(
             replayed = done.replayed,
@@ -181,16 +194,41 @@ pub(crate) fn recover(log_dir: &Path, objects_dir: &Path) -> io::Result<Recovere
             "recovered the objects from the node log"
         );
     }
+    // Every object's file now holds all it ever committed durably: recovery needs no segment
+    // so far again.
+    if read_start(log_dir)? != Some(next) {
+        write_start(log_dir, next)?;
+    }
+    if keep_history {
+        let mut history = history_only;
+        history.extend(segments);
+        done.history = history;
+        return Ok(done);
+    }
+    segments.extend(history_only);
+    // A few segments are kept for reuse (allocated already).
+    let mut kept = fs::read_dir(log_dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(SPARE_PREFIX))
+        })
+        .count();
+    for (start, path) in &segments {
+        if kept < 2 {
+            fs::rename(path, log_dir.join(format!("{SPARE_PREFIX}{start}")))?;
+            kept += 1;
+        } else {
+            fs::remove_file(path)?;
+        }
+    }
+    sync_dir(log_dir)?;
     Ok(done)
 }
 
-/// Applies the commits at `commits` (in order) to the database file `db`, discarding its WAL.
-fn apply(
-    db: &Path,
-    segments: &BTreeMap<Lsn, PathBuf>,
-    commits: &[(Lsn, usize, usize)],
-    from_empty: bool,
-) -> io::Result<()> {
+/// Removes the WAL and shared-memory files of database `db`, if there are any.
+pub(crate) fn discard_wal(db: &Path) -> io::Result<()> {
     for suffix in ["-wal", "-shm"] {
         let mut side = db.as_os_str().to_owned();
         side.push(suffix);
@@ -200,6 +238,17 @@ fn apply(
             Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// Applies the commits at `commits` (in order) to the database file `db`, discarding its WAL.
+fn apply(
+    db: &Path,
+    segments: &BTreeMap<Lsn, PathBuf>,
+    commits: &[(Lsn, usize, usize)],
+    from_empty: bool,
+) -> io::Result<()> {
+    discard_wal(db)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -221,7 +270,7 @@ fn apply(
         };
         buf.resize(len, 0);
         seg.read_exact_at(&mut buf, offset as u64)?;
-        let (record, _) = log_record::decode(&buf)
+        let (record, _) = log_record::decode(&buf, segment + offset as u64)
             .map_err(|_| io::Error::other("a log record changed while recovering"))?;
         for frame in record.frames() {
             let at = u64::from(frame.pgno.saturating_sub(1)) * PAGE_BYTES as u64;
