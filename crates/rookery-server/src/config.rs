@@ -119,6 +119,8 @@ pub struct ServerConfig {
     /// Bearer token for the runtime's own endpoints (`/_rookery/...`). Without one they are
     /// open only while `[auth]` has no tokens.
     pub stats_token: Option<String>,
+    /// Bearer token for the admin API (`/_rookery/admin/...`); without one it is off.
+    pub admin_token: Option<String>,
     /// How far back objects can be restored (point-in-time recovery), in hours; 0 turns
     /// history off.
     pub history_retention_hours: u64,
@@ -153,6 +155,7 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,
             stats_token: None,
+            admin_token: None,
             history_retention_hours: millis(history.retention) / 3_600_000,
             history_max_bytes: history.max_bytes,
         }
@@ -438,6 +441,12 @@ impl Config {
                 ),
             ));
         }
+        if s.admin_token.as_ref().is_some_and(|t| t.trim().len() < 16) {
+            return Err(error(
+                "admin_token",
+                "must be at least 16 characters (leave it out to keep the admin API off)",
+            ));
+        }
         if s.stats_token.as_ref().is_some_and(|t| t.trim().is_empty()) {
             return Err(error(
                 "stats_token",
@@ -626,6 +635,7 @@ mod tests {
         "body_read_timeout_ms",
         "max_connections",
         "stats_token",
+        "admin_token",
         "history_retention_hours",
         "history_max_bytes",
     ];

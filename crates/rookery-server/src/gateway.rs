@@ -55,6 +55,8 @@ pub(crate) struct Gateway {
     pub(crate) body_read_timeout: Duration,
     pub(crate) auth: Authenticator,
     pub(crate) runtime_access: RuntimeAccess,
+    /// The admin API's bearer token; `None` turns the API off.
+    pub(crate) admin_token: Option<String>,
     pub(crate) connections: Arc<Connections>,
     pub(crate) request_ids: RequestIds,
 }
@@ -132,7 +134,7 @@ pub(crate) fn error_response(status: StatusCode, message: &str) -> axum::respons
 /// request id, to find the log line) with its status and `Retry-After` when waiting helps.
 /// The whole error, with its causes, goes to the log only: it can name files and SQLite
 /// internals.
-fn failure(e: &Error, request_id: &HeaderValue) -> axum::response::Response {
+pub(crate) fn failure(e: &Error, request_id: &HeaderValue) -> axum::response::Response {
     let status = e.status();
     let public = e.public_message();
     let id = request_id.to_str().unwrap_or("-");
@@ -191,11 +193,11 @@ fn without_body(mut response: axum::response::Response) -> axum::response::Respo
 }
 
 /// Whether two secrets are equal, in time that does not depend on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn into_axum(resp: Response) -> axum::response::Response {
+pub(crate) fn into_axum(resp: Response) -> axum::response::Response {
     let (status, headers, body) = resp.into_parts();
     let mut out = axum::response::Response::new(Body::from(body));
     *out.status_mut() = status;
@@ -210,6 +212,9 @@ impl Gateway {
         req: axum::extract::Request,
         request_id: &HeaderValue,
     ) -> axum::response::Response {
+        if req.uri().path().starts_with(crate::admin::ADMIN_PREFIX) {
+            return crate::admin::serve(self, req, request_id).await;
+        }
         if req.uri().path().starts_with(RUNTIME_PREFIX) {
             return self.runtime_endpoint(&req);
         }
@@ -416,7 +421,7 @@ impl Gateway {
 }
 
 /// An answer to a caller without the access the runtime's endpoints need.
-fn unauthorized(message: &str) -> axum::response::Response {
+pub(crate) fn unauthorized(message: &str) -> axum::response::Response {
     let mut response = error_response(StatusCode::UNAUTHORIZED, message);
     response.headers_mut().insert(
         http::header::WWW_AUTHENTICATE,

@@ -3,6 +3,7 @@
 //! The `rookery` binary is thin glue over [`Server`]; tests and embedders use it directly, with
 //! their own object classes.
 
+mod admin;
 mod client_ip;
 pub mod config;
 mod conn;
@@ -113,6 +114,7 @@ impl Server {
             body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
             auth: identity::Authenticator::new(&config.auth),
             runtime_access: runtime_access(config),
+            admin_token: server.admin_token.as_ref().map(|t| t.trim().to_string()),
             connections,
             request_ids: RequestIds::new(),
         });

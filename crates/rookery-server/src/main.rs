@@ -46,6 +46,10 @@ struct ServeArgs {
     /// Most HTTP connections open at once, overriding the configuration.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
+    /// Turns the admin API on with this bearer token (at least 16 characters), overriding the
+    /// configuration.
+    #[arg(long)]
+    admin_token: Option<String>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -84,6 +88,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(durability) = args.durability {
         config.server.durability = durability;
+    }
+    if let Some(token) = args.admin_token {
+        anyhow::ensure!(
+            token.trim().len() >= 16,
+            "--admin-token must be at least 16 characters"
+        );
+        config.server.admin_token = Some(token);
     }
     if let Some(max) = args.max_connections {
         config.server.max_connections = usize::try_from(max)

@@ -563,6 +563,47 @@ impl Runtime {
         Ok(compacted?)
     }
 
+    /// A bookmark of the object `name` of `binding`: of its state now, or at `time_ms`
+    /// (point-in-time recovery; see [`crate::Storage::get_bookmark_for_time`]).
+    pub async fn object_bookmark(
+        &self,
+        binding: &str,
+        name: &str,
+        time_ms: Option<i64>,
+    ) -> Result<String> {
+        let stub = self.namespace(binding)?.get_by_name(name);
+        stub.run(move |state| match time_ms {
+            Some(t) => state.storage().get_bookmark_for_time(t),
+            None => state.storage().get_current_bookmark(),
+        })
+        .await
+    }
+
+    /// Restores the object `name` of `binding` to `bookmark` now (its instance restarts, its
+    /// sockets close with 1012); returns a bookmark that undoes the restore.
+    pub async fn restore_object(
+        &self,
+        binding: &str,
+        name: &str,
+        bookmark: &str,
+    ) -> Result<String> {
+        let stub = self.namespace(binding)?.get_by_name(name);
+        let bookmark = bookmark.to_string();
+        let undo = stub
+            .run(move |state| {
+                let undo = state
+                    .storage()
+                    .on_next_session_restore_bookmark(&bookmark)?;
+                state.abort();
+                Ok(undo)
+            })
+            .await?;
+        // The restore is applied when the object opens again; an empty turn opens it and
+        // fails if the restore cannot be made.
+        stub.run(|_| Ok(())).await?;
+        Ok(undo)
+    }
+
     /// The clock alarms run by.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.storage.clock
