@@ -89,6 +89,8 @@ pub struct ServerConfig {
     pub mailbox_capacity: usize,
     /// Wall-time limit of one turn, in milliseconds.
     pub turn_timeout_ms: u64,
+    /// Wall-time limit of an alarm handler's turn, in milliseconds.
+    pub alarm_timeout_ms: u64,
     /// Idle time before an object is evicted, in milliseconds.
     pub idle_timeout_ms: u64,
     /// Idle time before an object whose only activity is hibernatable WebSockets is evicted.
@@ -133,6 +135,7 @@ impl Default for ServerConfig {
             durability: Durability::Strict,
             mailbox_capacity: host.mailbox_capacity,
             turn_timeout_ms: millis(host.turn_timeout),
+            alarm_timeout_ms: millis(host.alarm_timeout),
             idle_timeout_ms: millis(host.idle_timeout),
             hibernation_idle_ms: millis(host.hibernation_idle),
             max_sockets_per_object: host.max_sockets_per_object,
@@ -162,6 +165,7 @@ impl ServerConfig {
             host: HostOptions {
                 mailbox_capacity: self.mailbox_capacity,
                 turn_timeout: Duration::from_millis(self.turn_timeout_ms),
+                alarm_timeout: Duration::from_millis(self.alarm_timeout_ms),
                 idle_timeout: Duration::from_millis(self.idle_timeout_ms),
                 hibernation_idle: Duration::from_millis(self.hibernation_idle_ms),
                 max_sockets_per_object: self.max_sockets_per_object,
@@ -574,6 +578,21 @@ mod tests {
     }
 
     #[test]
+    fn alarm_handlers_have_their_own_time_limit() {
+        let limits = |text: &str| {
+            Config::parse("x.toml", text)
+                .unwrap()
+                .server
+                .runtime_options()
+        };
+        let default = limits("");
+        assert_eq!(default.host.alarm_timeout, Duration::from_secs(15 * 60));
+        assert_eq!(default.host.turn_timeout, Duration::from_secs(30));
+        let set = limits("[server]\nalarm_timeout_ms = 60000\n");
+        assert_eq!(set.host.alarm_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
     fn syntax_errors_name_file_and_line() {
         let e = Config::parse(
             "x.toml",
@@ -600,6 +619,7 @@ mod tests {
         "durability",
         "mailbox_capacity",
         "turn_timeout_ms",
+        "alarm_timeout_ms",
         "idle_timeout_ms",
         "hibernation_idle_ms",
         "max_sockets_per_object",

@@ -36,7 +36,8 @@ pub trait DurableObject: Sized + Send + 'static {
     }
 
     /// Handles the object's alarm, set with `storage.set_alarm`. Runs as a turn like any other;
-    /// the alarm is cleared when the turn starts (set it again from here to repeat). If this
+    /// the alarm is cleared when the turn starts (set it again from here to repeat). Its time
+    /// limit is the alarm's own (`alarm_timeout`, 15 minutes), not a request's. If this
     /// returns `Err`, panics or times out, the alarm is retried with exponential backoff (2 s,
     /// doubling, at most 6 retries) unless this handler set or deleted the alarm itself.
     fn alarm(&mut self, info: AlarmInfo) -> impl Future<Output = Result<()>> + Send {

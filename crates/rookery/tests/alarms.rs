@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rookery::prelude::*;
 use rookery::testing::{TestHarness, wait_until};
-use rookery::{AlarmOutcome, Clock, Runtime, backoff_ms};
+use rookery::{AlarmOutcome, Clock, HostOptions, Runtime, RuntimeOptions, backoff_ms};
 use serde_json::json;
 
 /// One handler call: (retry_count, is_retry, clock at the call, scheduled time).
@@ -17,6 +17,9 @@ type Call = (u32, bool, i64, i64);
 static CALLS: LazyLock<Mutex<HashMap<String, Vec<Call>>>> = LazyLock::new(Default::default);
 static BUSY: AtomicBool = AtomicBool::new(false);
 static OVERLAP: AtomicBool = AtomicBool::new(false);
+
+/// How long a lingering handler takes: longer than the request limit of the limit test.
+const LINGER: Duration = Duration::from_millis(300);
 
 fn calls(name: &str) -> Vec<Call> {
     CALLS.lock().unwrap().get(name).cloned().unwrap_or_default()
@@ -61,6 +64,10 @@ impl DurableObject for Alarmist {
                 }
                 Response::json(&json!({}))
             }
+            "/linger" => {
+                tokio::time::sleep(LINGER).await;
+                Response::json(&json!({}))
+            }
             _ => Ok(Response::not_found()),
         }
     }
@@ -91,6 +98,10 @@ impl DurableObject for Alarmist {
             Some("delete-and-fail") => {
                 s.delete_alarm()?;
                 Err(Error::msg("fails after deleting"))
+            }
+            Some("linger") => {
+                tokio::time::sleep(LINGER).await;
+                Ok(())
             }
             Some("slow") => {
                 BUSY.store(true, Ordering::SeqCst);
@@ -361,4 +372,46 @@ async fn a_burst_of_due_alarms_is_worked_off() {
     for i in (0..1_000).step_by(97) {
         assert_eq!(calls(&format!("burst-{i}")).len(), 1);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_handler_has_its_own_time_limit() {
+    let limits = |turn_timeout, alarm_timeout| {
+        let options = RuntimeOptions {
+            host: HostOptions {
+                turn_timeout,
+                alarm_timeout,
+                ..HostOptions::default()
+            },
+            ..RuntimeOptions::default()
+        };
+        TestHarness::from_builder::<Alarmist>(Runtime::builder_in_memory().options(options))
+            .unwrap()
+    };
+    assert_eq!(
+        HostOptions::default().alarm_timeout,
+        Duration::from_secs(15 * 60),
+        "as on Cloudflare"
+    );
+    // Requests get less than the handler takes; alarms more.
+    let h = limits(LINGER / 3, LINGER * 100);
+    let r = h
+        .fetch("long", Request::post("/linger").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(r, Error::Timeout(_)),
+        "a request keeps its limit: {r}"
+    );
+    post(&h, "long", "/set?at=0&mode=linger").await;
+    assert_eq!(h.fire_alarm("long").await.unwrap(), AlarmOutcome::Succeeded);
+    let fired = h
+        .run("long", |s| s.storage().get::<i64>("fired"))
+        .await
+        .unwrap();
+    assert_eq!(fired, Some(1), "the handler's write committed");
+    // The alarm's own limit still holds.
+    let h = limits(LINGER * 100, LINGER / 3);
+    post(&h, "short", "/set?at=0&mode=linger").await;
+    assert_eq!(h.fire_alarm("short").await.unwrap(), AlarmOutcome::Retrying);
 }

@@ -44,6 +44,8 @@ pub struct HostOptions {
     pub mailbox_capacity: usize,
     /// Wall-time limit of one turn.
     pub turn_timeout: Duration,
+    /// Wall-time limit of an alarm handler's turn (longer: alarms do background work).
+    pub alarm_timeout: Duration,
     /// How long an object stays in memory without events.
     pub idle_timeout: Duration,
     /// How long an object whose only activity is hibernatable WebSockets stays in memory.
@@ -62,6 +64,7 @@ impl Default for HostOptions {
         Self {
             mailbox_capacity: 1000,
             turn_timeout: Duration::from_secs(30),
+            alarm_timeout: Duration::from_secs(15 * 60),
             idle_timeout: Duration::from_secs(70),
             hibernation_idle: Duration::from_secs(10),
             max_sockets_per_object: 32_768,
