@@ -44,6 +44,17 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[auth]`.
     pub auth: AuthConfig,
+    /// `[worker]`: the code in front of the objects, if any.
+    pub worker: Option<WorkerConfig>,
+}
+
+/// `[worker]`: a worker the server's code registered (`Classes::with_worker`), picked by name.
+/// It sees every request no route takes, and those of routes with `worker = true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The worker's name, e.g. `Demo`.
+    pub name: Spanned<String>,
 }
 
 /// `[auth]`: who the caller is, passed to objects in trusted headers.
@@ -292,6 +303,10 @@ pub struct RouteConfig {
     /// A rate limit checked before the route is served.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// The worker takes this route's requests (after its method filter and rate limit), with
+    /// their path as the client sent it.
+    #[serde(default)]
+    pub worker: bool,
 }
 
 fn default_rewrite() -> String {
@@ -310,6 +325,8 @@ struct RawConfig {
     routes: Vec<RouteConfig>,
     #[serde(default)]
     auth: AuthConfig,
+    #[serde(default)]
+    worker: Option<WorkerConfig>,
     /// Keys of `wrangler.toml` that Rookery does not use (name, main, compatibility_date, ...).
     #[serde(flatten)]
     other: BTreeMap<String, toml::Value>,
@@ -364,6 +381,7 @@ impl Config {
             migrations: raw.migrations,
             routes: raw.routes,
             auth: raw.auth,
+            worker: raw.worker,
         };
         config.check()?;
         Ok(config)
@@ -477,7 +495,19 @@ impl Config {
             if !r.rewrite.starts_with('/') {
                 return Err(self.error_at(at, "a route's rewrite must start with '/'"));
             }
-            if let Some(b) = &r.binding {
+            if r.worker {
+                if r.binding.is_some() {
+                    return Err(
+                        self.error_at(at, "a route goes to a binding or to the worker, not both")
+                    );
+                }
+                if self.worker.is_none() {
+                    return Err(self.error_at(
+                        at,
+                        "the route goes to the worker, but there is no [worker] name = \"...\"",
+                    ));
+                }
+            } else if let Some(b) = &r.binding {
                 known(b)?;
                 match (&r.name_from, &r.id_from) {
                     (Some(_), Some(_)) => {
@@ -502,7 +532,10 @@ impl Config {
                     }
                 }
             } else if r.rate_limit.is_none() {
-                return Err(self.error_at(at, "a route needs a binding, a rate_limit, or both"));
+                return Err(self.error_at(
+                    at,
+                    "a route needs a binding, worker = true, or a rate_limit",
+                ));
             }
             if let Some(rl) = &r.rate_limit {
                 known(&rl.binding)?;
@@ -659,6 +692,7 @@ mod tests {
                     "id_from",
                     "rewrite",
                     "rate_limit",
+                    "worker",
                 ],
             ),
             (
@@ -765,6 +799,19 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.line, 5, "{e}");
         assert!(e.message.contains("nom"), "{e}");
+    }
+
+    #[test]
+    fn routes_go_to_the_worker_only_when_there_is_one() {
+        let route = "[[routes]]\npath = \"/api\"\nworker = true\n";
+        let e = Config::parse("x.toml", route).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("[worker]"), "{e}");
+        let c = Config::parse("x.toml", &format!("[worker]\nname = \"Demo\"\n{route}")).unwrap();
+        assert_eq!(c.worker.unwrap().name.get_ref(), "Demo");
+        assert!(c.routes[0].worker);
+        let e = Config::parse("x.toml", "[worker]\nnam = \"Demo\"\n").unwrap_err();
+        assert!(e.message.contains("valid keys: `name`"), "{e}");
     }
 
     #[test]

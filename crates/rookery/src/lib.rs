@@ -44,6 +44,7 @@ mod host;
 mod env;
 mod object;
 mod stub;
+mod worker;
 // the alarm scheduler
 mod alarm;
 // assembly
@@ -72,6 +73,7 @@ pub use storage::{
     Migration, OutputGate, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
 };
 pub use stub::{Namespace, Stub};
+pub use worker::{SharedWorker, Worker};
 
 pub use bytes::Bytes;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -168,6 +170,6 @@ pub mod prelude {
     pub use crate::{
         AlarmInfo, Call, CallError, DurableObject, Env, Error, ListOptions, Method, Namespace,
         ObjectId, ObjectState, Reply, Request, Response, Result, SqlValue, StatusCode, Storage,
-        Stub, WebSocket, WsMessage,
+        Stub, WebSocket, Worker, WsMessage,
     };
 }
