@@ -122,8 +122,18 @@ impl std::fmt::Debug for Stub {
 /// Waits for the answer of an event and then for the gate its outputs must pass.
 async fn answer<T>(answer: oneshot::Receiver<TurnOutput<T>>) -> Result<T> {
     let output = answer.await.map_err(stopped)?;
-    output.gate.wait().await?;
-    output.result
+    gated(output).await
+}
+
+/// The result of a turn once the gate its outputs must pass has opened.
+async fn gated<T>(output: TurnOutput<T>) -> Result<T> {
+    let gated = output.gate.wait().await;
+    match (gated, output.result) {
+        // The node cannot make anything durable: say so rather than that this write failed.
+        (_, Err(e @ Error::StorageUnavailable(_))) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(()), result) => result,
+    }
 }
 
 fn stopped(e: oneshot::error::RecvError) -> Error {
@@ -203,8 +213,7 @@ impl Stub {
         // The callee's turn is over: from here on the caller waits for the disk, not for the
         // callee, and must not look like it is waiting on its turn.
         drop(waiting);
-        output.gate.wait().await?;
-        output.result
+        gated(output).await
     }
 
     /// Runs `job` as a turn against the object's state (storage), serial with its other events,
