@@ -251,10 +251,7 @@ async fn measure_in(
             samples.record(Duration::from_nanos(*n));
         }
         let elapsed = Duration::from_nanos(measured.elapsed_nanos);
-        outcome.figure(
-            &format!("{name}_per_s"),
-            per_second(args.calls, elapsed),
-        );
+        outcome.figure(&format!("{name}_per_s"), per_second(args.calls, elapsed));
         outcome.figure(&format!("{name}_latency"), samples.summarize());
     }
     runtime.shutdown().await;
