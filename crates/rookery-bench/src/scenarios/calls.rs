@@ -23,7 +23,10 @@ pub struct CallRoundTripArgs {
     /// Round trips per way of calling (typed call, fetch).
     #[arg(long, default_value_t = 20_000)]
     pub calls: u64,
-    /// Round trips before each measured run, not counted.
+    /// Rounds the measured calls are split into; the two ways alternate, in alternating order.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: u64,
+    /// Round trips of each way before the measured rounds, not counted.
     #[arg(long, default_value_t = 1_000)]
     pub warmup: u64,
     /// The callee adds to a stored counter in every call (each answer waits for durability)
@@ -97,6 +100,15 @@ impl Echo for Callee {
 enum Way {
     Call,
     Fetch,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Call => "call",
+            Way::Fetch => "fetch",
+        }
+    }
 }
 
 /// What the caller is asked to do in one turn.
@@ -225,33 +237,49 @@ async fn measure_in(
     };
     let mut problems = Vec::new();
     let mut expected = 0i64;
-    for way in [Way::Call, Way::Fetch] {
-        run(way, args.warmup).await.context("warming up")?;
-        let measured = run(way, args.calls).await?;
-        let name = match way {
-            Way::Call => "call",
-            Way::Fetch => "fetch",
-        };
+    let mut counted = |last: i64, name: &str, calls: u64, problems: &mut Vec<String>| {
         if args.writes {
-            expected += i64::try_from(args.warmup + args.calls).unwrap_or(i64::MAX);
-            if measured.last != expected {
+            expected += i64::try_from(calls).unwrap_or(i64::MAX);
+            if last != expected {
                 problems.push(format!(
-                    "{name}: the callee's counter reads {}, expected {expected}",
-                    measured.last
+                    "{name}: the callee's counter reads {last}, expected {expected}"
                 ));
             }
-        } else if measured.last != 1 {
-            problems.push(format!(
-                "{name}: the callee answered {}, expected 1",
-                measured.last
-            ));
+        } else if last != 1 {
+            problems.push(format!("{name}: the callee answered {last}, expected 1"));
         }
-        let mut samples = Samples::with_capacity(measured.nanos.len());
-        for n in &measured.nanos {
-            samples.record(Duration::from_nanos(*n));
+    };
+    for way in [Way::Call, Way::Fetch] {
+        let measured = run(way, args.warmup).await.context("warming up")?;
+        counted(measured.last, "warm-up", args.warmup, &mut problems);
+    }
+    // The two ways take turns, in alternating order, so that neither gets the quieter moments
+    // of a shared machine.
+    let rounds = args.rounds.max(1);
+    let per_round = args.calls.div_ceil(rounds);
+    let mut samples = [Samples::default(), Samples::default()];
+    let mut elapsed = [Duration::ZERO; 2];
+    let mut done = [0u64; 2];
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [Way::Call, Way::Fetch]
+        } else {
+            [Way::Fetch, Way::Call]
+        };
+        for way in order {
+            let i = usize::from(way == Way::Fetch);
+            let measured = run(way, per_round).await?;
+            counted(measured.last, way.name(), per_round, &mut problems);
+            for n in &measured.nanos {
+                samples[i].record(Duration::from_nanos(*n));
+            }
+            elapsed[i] += Duration::from_nanos(measured.elapsed_nanos);
+            done[i] += per_round;
         }
-        let elapsed = Duration::from_nanos(measured.elapsed_nanos);
-        outcome.figure(&format!("{name}_per_s"), per_second(args.calls, elapsed));
+    }
+    for (i, samples) in samples.into_iter().enumerate() {
+        let name = [Way::Call, Way::Fetch][i].name();
+        outcome.figure(&format!("{name}_per_s"), per_second(done[i], elapsed[i]));
         outcome.figure(&format!("{name}_latency"), samples.summarize());
     }
     runtime.shutdown().await;
@@ -259,8 +287,8 @@ async fn measure_in(
         problems,
         format!(
             "every one of the {} typed calls and {} fetches answered with the callee's counter{}",
-            args.calls,
-            args.calls,
+            done[0],
+            done[1],
             if args.writes {
                 ", which holds every write"
             } else {
