@@ -23,6 +23,7 @@ use crate::http::Target;
 use crate::runner::{RunArgs, shell_join};
 use crate::scenarios::Outcome;
 use crate::scenarios::alarms::{AlarmsArgs, alarms};
+use crate::scenarios::calls::{CallRoundTripArgs, call_round_trip};
 use crate::scenarios::cold_start::{ColdStartArgs, cold_start};
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
@@ -95,6 +96,12 @@ enum Command {
         #[command(flatten)]
         args: AlarmsArgs,
     },
+    /// A typed call against `fetch` between the same two objects: calls/s and round-trip
+    /// latency. Runs the runtime in this process (no server needed).
+    CallRoundTrip {
+        #[command(flatten)]
+        args: CallRoundTripArgs,
+    },
     /// Prints the server configuration `alarms` needs (a KvStore under /kv/:name).
     AlarmsConfig,
     /// Starts the server for every scenario at fixed sizes and writes the Markdown report
@@ -150,6 +157,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WsFanout { server, args } => ws_fanout(&target(&server).await?, &args).await,
         Command::WsIdle { server, args } => ws_idle(&target(&server).await?, &args).await,
         Command::Alarms { server, args } => alarms(&target(&server).await?, &args).await,
+        Command::CallRoundTrip { args } => call_round_trip(&args).await,
         Command::AlarmsConfig => {
             print!("{}", scenarios::alarms::CONFIG);
             return Ok(ExitCode::SUCCESS);

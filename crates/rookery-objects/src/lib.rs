@@ -1,10 +1,11 @@
 //! Built-in Rookery object classes, reproducing the workloads of our users: a counter, a
 //! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence
-//! and channel objects.
+//! and channel objects; and the demo app's worker.
 
 mod channel;
 mod chat_room;
 mod counter;
+mod demo_worker;
 mod kv_store;
 mod member;
 mod rate_limiter;
@@ -15,13 +16,14 @@ mod waddle;
 pub use channel::Channel;
 pub use chat_room::ChatRoom;
 pub use counter::Counter;
+pub use demo_worker::DemoWorker;
 pub use kv_store::KvStore;
-pub use rate_limiter::RateLimiter;
+pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
 pub use waddle::Waddle;
 
 use rookery::Classes;
 
-/// Every built-in class under its class name.
+/// Every built-in class under its class name, and the demo app's worker as `Demo`.
 pub fn builtin_classes() -> Classes {
     Classes::new()
         .with::<Counter>("Counter")
@@ -30,4 +32,5 @@ pub fn builtin_classes() -> Classes {
         .with::<KvStore>("KvStore")
         .with::<Waddle>("Waddle")
         .with::<Channel>("Channel")
+        .with_worker("Demo", DemoWorker)
 }

@@ -1,5 +1,5 @@
-//! A sliding-window-log rate limiter: `GET /?limit=N&window=MS` admits at most `limit` requests
-//! in any `window` milliseconds.
+//! A sliding-window-log rate limiter: `GET /?limit=N&window=MS`, or the typed call
+//! [`Limiter::check`], admits at most `limit` requests in any `window` milliseconds.
 //!
 //! Every admitted request is stored under `req:<seq>`, where `seq` is strictly increasing (the
 //! time in microseconds, or one more than the last), so requests within the same millisecond
@@ -9,13 +9,33 @@
 use std::collections::VecDeque;
 
 use rookery::prelude::*;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 /// Most requests per window one limiter accepts as a limit; bounds its memory.
 const MAX_LIMIT: usize = 100_000;
 /// Cleanup runs no more often than this.
 const MIN_CLEANUP_INTERVAL_MS: i64 = 1_000;
 const PREFIX: &str = "req:";
+
+/// What the limiter answers: whether the request may pass, how many more may within the
+/// window, and when the oldest admitted request leaves it (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Whether the request may pass.
+    pub allowed: bool,
+    /// How many more requests may pass within the window.
+    pub remaining: u64,
+    /// When the oldest admitted request leaves the window, in ms since the epoch.
+    pub reset: i64,
+}
+
+/// The limiter as a typed service.
+#[rookery::service]
+pub trait Limiter {
+    /// Admits one request if fewer than `limit` (1 to 100 000) were admitted in the last
+    /// `window_ms` milliseconds; other limits are a bad request.
+    async fn check(&mut self, limit: u32, window_ms: u64) -> rookery::Result<Verdict>;
+}
 
 /// One client's request log.
 pub struct RateLimiter {
@@ -68,24 +88,13 @@ impl RateLimiter {
     }
 }
 
-impl DurableObject for RateLimiter {
-    fn new(state: ObjectState, _env: Env) -> Self {
-        Self {
-            state,
-            log: None,
-            window: None,
-            alarm_set: false,
-        }
-    }
-
-    async fn fetch(&mut self, req: Request) -> Result<Response> {
-        let limit: usize = req.query("limit")?.unwrap_or(100);
-        let window: i64 = req.query("window")?.unwrap_or(60_000);
+impl RateLimiter {
+    /// Admits one request if fewer than `limit` were admitted in the last `window` ms.
+    fn admit(&mut self, limit: usize, window: i64) -> Result<Verdict> {
         if limit == 0 || limit > MAX_LIMIT || window <= 0 {
-            return Ok(Response::error(
-                StatusCode::BAD_REQUEST,
-                &format!("limit must be 1 to {MAX_LIMIT} and window at least 1 ms"),
-            ));
+            return Err(Error::bad_request(format!(
+                "limit must be 1 to {MAX_LIMIT} and window at least 1 ms"
+            )));
         }
         self.load()?;
         if self.window != Some(window) {
@@ -104,24 +113,60 @@ impl DurableObject for RateLimiter {
         }
         let reset = log.front().map_or(now, |&(_, at)| at + window);
         if log.len() >= limit {
-            return Ok(Response::json(&json!({
-                "allowed": false,
-                "remaining": 0,
-                "reset": reset,
-            }))?
-            .with_status(StatusCode::TOO_MANY_REQUESTS));
+            return Ok(Verdict {
+                allowed: false,
+                remaining: 0,
+                reset,
+            });
         }
         let micros = u64::try_from(now).unwrap_or(0) * 1000;
         let seq = log.back().map_or(micros, |&(last, _)| micros.max(last + 1));
         self.state.storage().put(&key(seq), &now)?;
         log.push_back((seq, now));
-        let remaining = limit - log.len();
+        let remaining = u64::try_from(limit - log.len()).unwrap_or(u64::MAX);
         self.arm(now)?;
-        Response::json(&json!({
-            "allowed": true,
-            "remaining": remaining,
-            "reset": reset,
-        }))
+        Ok(Verdict {
+            allowed: true,
+            remaining,
+            reset,
+        })
+    }
+}
+
+impl Limiter for RateLimiter {
+    async fn check(&mut self, limit: u32, window_ms: u64) -> Result<Verdict> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let window = i64::try_from(window_ms).unwrap_or(i64::MAX);
+        self.admit(limit, window)
+    }
+}
+
+impl DurableObject for RateLimiter {
+    fn new(state: ObjectState, _env: Env) -> Self {
+        Self {
+            state,
+            log: None,
+            window: None,
+            alarm_set: false,
+        }
+    }
+
+    async fn fetch(&mut self, req: Request) -> Result<Response> {
+        let limit: usize = req.query("limit")?.unwrap_or(100);
+        let window: i64 = req.query("window")?.unwrap_or(60_000);
+        match self.admit(limit, window) {
+            Ok(verdict) if verdict.allowed => Response::json(&verdict),
+            Ok(verdict) => Ok(Response::json(&verdict)?.with_status(StatusCode::TOO_MANY_REQUESTS)),
+            // Nothing was written: the refusal is an answer, not a failed turn.
+            Err(Error::BadRequest(message)) => {
+                Ok(Response::error(StatusCode::BAD_REQUEST, &message))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn call(&mut self, call: Call) -> Result<Reply> {
+        Limiter::serve(self, call).await
     }
 
     async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
@@ -168,6 +213,27 @@ mod tests {
             .await
             .unwrap();
         (r.status().as_u16(), r.json_body().unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_typed_check_is_the_same_limiter() {
+        let h = TestHarness::new::<RateLimiter>().unwrap();
+        let limiter = h
+            .namespace()
+            .unwrap()
+            .typed::<LimiterStub>()
+            .get_by_name("ip");
+        let first = limiter.check(3, 10_000).await.unwrap();
+        assert_eq!((first.allowed, first.remaining), (true, 2));
+        // The HTTP form counts against the same log.
+        assert_eq!(check(&h).await.1["remaining"], 1);
+        assert_eq!(limiter.check(3, 10_000).await.unwrap().remaining, 0);
+        let refused = limiter.check(3, 10_000).await.unwrap();
+        assert_eq!((refused.allowed, refused.remaining), (false, 0));
+        match limiter.check(0, 10_000).await {
+            Err(CallError::Object(Error::BadRequest(m))) => assert!(m.contains("limit"), "{m}"),
+            other => panic!("expected a bad request, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Who the client is for rate limits: its IP address, from the peer or a trusted proxy's
 //! header, and the key its limiter object is named by.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName};
 
@@ -40,17 +40,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The name of the client's rate-limiter object: an IPv4 address as it is; an IPv6 address
-/// by its /64 prefix (`2001:db8:1:2::/64`), since one subscriber usually holds a whole /64 and
-/// could otherwise pick a fresh address, and so a fresh budget, for every request.
+/// The name of the client's rate-limiter object (see [`rookery::identity::client_key`]).
 pub(crate) fn rate_limit_key(ip: IpAddr) -> String {
-    match canonical(ip) {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !(u128::from(u64::MAX));
-            format!("{}/64", Ipv6Addr::from(prefix))
-        }
-    }
+    rookery::identity::client_key(ip)
 }
 
 #[cfg(test)]

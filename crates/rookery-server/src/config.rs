@@ -44,6 +44,17 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[auth]`.
     pub auth: AuthConfig,
+    /// `[worker]`: the code in front of the objects, if any.
+    pub worker: Option<WorkerConfig>,
+}
+
+/// `[worker]`: a worker the server's code registered (`Classes::with_worker`), picked by name.
+/// It sees every request no route takes, and those of routes with `worker = true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The worker's name, e.g. `Demo`.
+    pub name: Spanned<String>,
 }
 
 /// `[auth]`: who the caller is, passed to objects in trusted headers.
@@ -89,6 +100,8 @@ pub struct ServerConfig {
     pub mailbox_capacity: usize,
     /// Wall-time limit of one turn, in milliseconds.
     pub turn_timeout_ms: u64,
+    /// Wall-time limit of an alarm handler's turn, in milliseconds.
+    pub alarm_timeout_ms: u64,
     /// Idle time before an object is evicted, in milliseconds.
     pub idle_timeout_ms: u64,
     /// Idle time before an object whose only activity is hibernatable WebSockets is evicted.
@@ -141,6 +154,7 @@ impl Default for ServerConfig {
             durability: Durability::Strict,
             mailbox_capacity: host.mailbox_capacity,
             turn_timeout_ms: millis(host.turn_timeout),
+            alarm_timeout_ms: millis(host.alarm_timeout),
             idle_timeout_ms: millis(host.idle_timeout),
             hibernation_idle_ms: millis(host.hibernation_idle),
             max_sockets_per_object: host.max_sockets_per_object,
@@ -173,6 +187,7 @@ impl ServerConfig {
             host: HostOptions {
                 mailbox_capacity: self.mailbox_capacity,
                 turn_timeout: Duration::from_millis(self.turn_timeout_ms),
+                alarm_timeout: Duration::from_millis(self.alarm_timeout_ms),
                 idle_timeout: Duration::from_millis(self.idle_timeout_ms),
                 hibernation_idle: Duration::from_millis(self.hibernation_idle_ms),
                 max_sockets_per_object: self.max_sockets_per_object,
@@ -303,6 +318,10 @@ pub struct RouteConfig {
     /// A rate limit checked before the route is served.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// The worker takes this route's requests (after its method filter and rate limit), with
+    /// their path as the client sent it.
+    #[serde(default)]
+    pub worker: bool,
 }
 
 fn default_rewrite() -> String {
@@ -321,6 +340,8 @@ struct RawConfig {
     routes: Vec<RouteConfig>,
     #[serde(default)]
     auth: AuthConfig,
+    #[serde(default)]
+    worker: Option<WorkerConfig>,
     /// Keys of `wrangler.toml` that Rookery does not use (name, main, compatibility_date, ...).
     #[serde(flatten)]
     other: BTreeMap<String, toml::Value>,
@@ -375,6 +396,7 @@ impl Config {
             migrations: raw.migrations,
             routes: raw.routes,
             auth: raw.auth,
+            worker: raw.worker,
         };
         config.check()?;
         Ok(config)
@@ -494,7 +516,19 @@ impl Config {
             if !r.rewrite.starts_with('/') {
                 return Err(self.error_at(at, "a route's rewrite must start with '/'"));
             }
-            if let Some(b) = &r.binding {
+            if r.worker {
+                if r.binding.is_some() {
+                    return Err(
+                        self.error_at(at, "a route goes to a binding or to the worker, not both")
+                    );
+                }
+                if self.worker.is_none() {
+                    return Err(self.error_at(
+                        at,
+                        "the route goes to the worker, but there is no [worker] name = \"...\"",
+                    ));
+                }
+            } else if let Some(b) = &r.binding {
                 known(b)?;
                 match (&r.name_from, &r.id_from) {
                     (Some(_), Some(_)) => {
@@ -519,7 +553,10 @@ impl Config {
                     }
                 }
             } else if r.rate_limit.is_none() {
-                return Err(self.error_at(at, "a route needs a binding, a rate_limit, or both"));
+                return Err(self.error_at(
+                    at,
+                    "a route needs a binding, worker = true, or a rate_limit",
+                ));
             }
             if let Some(rl) = &r.rate_limit {
                 known(&rl.binding)?;
@@ -595,6 +632,21 @@ mod tests {
     }
 
     #[test]
+    fn alarm_handlers_have_their_own_time_limit() {
+        let limits = |text: &str| {
+            Config::parse("x.toml", text)
+                .unwrap()
+                .server
+                .runtime_options()
+        };
+        let default = limits("");
+        assert_eq!(default.host.alarm_timeout, Duration::from_secs(15 * 60));
+        assert_eq!(default.host.turn_timeout, Duration::from_secs(30));
+        let set = limits("[server]\nalarm_timeout_ms = 60000\n");
+        assert_eq!(set.host.alarm_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
     fn syntax_errors_name_file_and_line() {
         let e = Config::parse(
             "x.toml",
@@ -621,6 +673,7 @@ mod tests {
         "durability",
         "mailbox_capacity",
         "turn_timeout_ms",
+        "alarm_timeout_ms",
         "idle_timeout_ms",
         "hibernation_idle_ms",
         "max_sockets_per_object",
@@ -663,6 +716,7 @@ mod tests {
                     "id_from",
                     "rewrite",
                     "rate_limit",
+                    "worker",
                 ],
             ),
             (
@@ -769,6 +823,19 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.line, 5, "{e}");
         assert!(e.message.contains("nom"), "{e}");
+    }
+
+    #[test]
+    fn routes_go_to_the_worker_only_when_there_is_one() {
+        let route = "[[routes]]\npath = \"/api\"\nworker = true\n";
+        let e = Config::parse("x.toml", route).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("[worker]"), "{e}");
+        let c = Config::parse("x.toml", &format!("[worker]\nname = \"Demo\"\n{route}")).unwrap();
+        assert_eq!(c.worker.unwrap().name.get_ref(), "Demo");
+        assert!(c.routes[0].worker);
+        let e = Config::parse("x.toml", "[worker]\nnam = \"Demo\"\n").unwrap_err();
+        assert!(e.message.contains("valid keys: `name`"), "{e}");
     }
 
     #[test]

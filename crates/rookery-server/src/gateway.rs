@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use rookery::{Error, Request, Response, percent_decode};
+use rookery::{Error, Request, Response, SharedWorker, identity, percent_decode};
 
 use crate::client_ip::{client_ip, rate_limit_key};
 use crate::conn::Connections;
@@ -59,6 +59,10 @@ pub(crate) struct Gateway {
     pub(crate) admin_token: Option<String>,
     pub(crate) connections: Arc<Connections>,
     pub(crate) request_ids: RequestIds,
+    /// The worker, if the configuration names one.
+    pub(crate) worker: Option<SharedWorker>,
+    /// What the worker reaches.
+    pub(crate) env: rookery::Env,
 }
 
 /// Makes request ids: a per-process random prefix and a counter.
@@ -218,40 +222,40 @@ impl Gateway {
         if req.uri().path().starts_with(RUNTIME_PREFIX) {
             return self.runtime_endpoint(&req);
         }
-        let Some(matched) = self.routes.find(req.uri().path()) else {
-            return error_response(StatusCode::NOT_FOUND, "Not found");
+        let client = client_ip(req.headers(), self.client_ip_header.as_ref(), peer.ip());
+        let Some(matched) = self.routes.find(req.method(), req.uri().path()) else {
+            // What no route takes is the worker's, if there is one; as in the seed, else 404.
+            return match &self.worker {
+                Some(worker) => self
+                    .to_worker(worker, req, client)
+                    .await
+                    .unwrap_or_else(|e| failure(&e, request_id)),
+                None => error_response(StatusCode::NOT_FOUND, "Not found"),
+            };
         };
         let route = matched.route;
-        // As the seed's Worker does: a method the route does not take finds nothing.
-        if let Some(methods) = &route.methods
-            && !methods.contains(req.method())
-        {
-            return error_response(StatusCode::NOT_FOUND, "Not found");
-        }
         let object = match self.pick(&matched) {
             Ok(object) => object,
             Err(e) => return failure(&e, request_id),
         };
         let remaining = match &route.rate_limit {
             None => None,
-            Some(rl) => {
-                let ip = client_ip(req.headers(), self.client_ip_header.as_ref(), peer.ip());
-                match self.check_rate(rl, ip).await {
-                    Ok(Some(remaining)) => Some(remaining),
-                    Ok(None) => {
-                        return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited");
-                    }
-                    Err(e) => return failure(&e, request_id),
+            Some(rl) => match self.check_rate(rl, client).await {
+                Ok(Some(remaining)) => Some(remaining),
+                Ok(None) => {
+                    return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited");
                 }
-            }
-        };
-        let mut response = match object {
-            None => into_axum(Response::json_bytes(Bytes::from_static(b"{\"ok\":true}"))),
-            Some((stub, path)) => match self.forward(stub, path, req).await {
-                Ok(resp) => resp,
-                Err(e) => failure(&e, request_id),
+                Err(e) => return failure(&e, request_id),
             },
         };
+        let answer = match (object, &self.worker) {
+            (Some((stub, path)), _) => self.forward(stub, path, req, client).await,
+            (None, Some(worker)) if route.worker => self.to_worker(worker, req, client).await,
+            (None, _) => Ok(into_axum(Response::json_bytes(Bytes::from_static(
+                b"{\"ok\":true}",
+            )))),
+        };
+        let mut response = answer.unwrap_or_else(|e| failure(&e, request_id));
         if let Some(remaining) = remaining {
             response
                 .headers_mut()
@@ -353,28 +357,76 @@ impl Gateway {
         response
     }
 
+    /// Sends a request to the object of its route, as `path` (the route's rewrite).
     async fn forward(
         &self,
         stub: rookery::Stub,
         path: String,
         req: axum::extract::Request,
+        client: IpAddr,
     ) -> rookery::Result<axum::response::Response> {
         let (mut parts, body) = req.into_parts();
-        let upgrade = if is_websocket_upgrade(&parts.headers) {
-            // Refused before the handshake, so a full object costs the client one round trip.
-            if stub.websocket_count() >= stub.websocket_limit() {
-                return Err(Error::SocketLimit(stub.websocket_limit()));
-            }
-            match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-                Ok(upgrade) => Some(upgrade),
-                Err(rejection) => return Ok(rejection.into_response()),
-            }
-        } else {
-            None
+        // Refused before the handshake, so a full object costs the client one round trip.
+        if is_websocket_upgrade(&parts.headers) && stub.websocket_count() >= stub.websocket_limit()
+        {
+            return Err(Error::SocketLimit(stub.websocket_limit()));
+        }
+        let upgrade = match upgrade_of(&mut parts).await {
+            Ok(upgrade) => upgrade,
+            Err(refused) => return Ok(refused),
         };
+        let uri = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let uri = uri
+            .parse()
+            .map_err(|e| Error::bad_request(format!("invalid path: {e}")))?;
+        let req = match self.admit(parts, body, uri, client, Tokens::Refuse).await? {
+            Ok(req) => req,
+            Err(answer) => return Ok(answer),
+        };
+        let resp = stub.fetch(req).await?;
+        self.respond(resp, upgrade)
+    }
+
+    /// Hands a request to the worker, with the client's path and query.
+    async fn to_worker(
+        &self,
+        worker: &SharedWorker,
+        req: axum::extract::Request,
+        client: IpAddr,
+    ) -> rookery::Result<axum::response::Response> {
+        let (mut parts, body) = req.into_parts();
+        let upgrade = match upgrade_of(&mut parts).await {
+            Ok(upgrade) => upgrade,
+            Err(refused) => return Ok(refused),
+        };
+        let uri = parts.uri.clone();
+        // The worker may check tokens of its own: one `[auth]` does not know is its to judge.
+        let req = match self.admit(parts, body, uri, client, Tokens::PassOn).await? {
+            Ok(req) => req,
+            Err(answer) => return Ok(answer),
+        };
+        let resp = worker.fetch(req, &self.env).await?;
+        self.respond(resp, upgrade)
+    }
+
+    /// The request as an object or the worker receives it: the body read within its size and
+    /// time limits, the identity headers the gateway's own (see `rookery::identity`) and the
+    /// client's address in `x-rookery-client-ip`. `Err` holds the answer when the gateway
+    /// answers itself (a body too slow, an unknown token where `tokens` refuses them).
+    async fn admit(
+        &self,
+        mut parts: http::request::Parts,
+        body: Body,
+        uri: http::Uri,
+        client: IpAddr,
+        tokens: Tokens,
+    ) -> rookery::Result<Result<Request, axum::response::Response>> {
         let collect = Limited::new(body, self.max_body_bytes).collect();
         let body = match tokio::time::timeout(self.body_read_timeout, collect).await {
-            Err(_elapsed) => return Ok(self.body_too_slow()),
+            Err(_elapsed) => return Ok(Err(self.body_too_slow())),
             Ok(collected) => collected,
         };
         let body = match body {
@@ -391,22 +443,33 @@ impl Gateway {
                 )));
             }
         };
-        let uri = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        let uri = uri
-            .parse()
-            .map_err(|e| Error::bad_request(format!("invalid path: {e}")))?;
-        if self
-            .auth
-            .apply(&mut parts.headers, parts.uri.query())
-            .is_err()
-        {
-            return Ok(error_response(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        let verified = self.auth.apply(&mut parts.headers, parts.uri.query());
+        if verified.is_err() && matches!(tokens, Tokens::Refuse) {
+            return Ok(Err(error_response(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+            )));
         }
-        let req = Request::from_parts(parts.method, uri, parts.headers, body);
-        let mut resp = stub.fetch(req).await?;
+        // What a client sent under this name is not its address.
+        parts.headers.remove(identity::CLIENT_IP);
+        if let Ok(ip) = HeaderValue::try_from(client.to_string()) {
+            parts.headers.insert(identity::CLIENT_IP, ip);
+        }
+        Ok(Ok(Request::from_parts(
+            parts.method,
+            uri,
+            parts.headers,
+            body,
+        )))
+    }
+
+    /// The HTTP answer to `resp`: as it is, or, when it hands over a WebSocket the object
+    /// accepted, the end of the handshake of `upgrade`.
+    fn respond(
+        &self,
+        mut resp: Response,
+        upgrade: Option<WebSocketUpgrade>,
+    ) -> rookery::Result<axum::response::Response> {
         let Some(link) = resp.take_socket_link() else {
             return Ok(into_axum(resp));
         };
@@ -418,6 +481,29 @@ impl Gateway {
             )),
         }
     }
+}
+
+/// What `Gateway::admit` does with a bearer token `[auth]` does not know.
+#[derive(Clone, Copy)]
+enum Tokens {
+    /// Answers 401 (routes to objects).
+    Refuse,
+    /// Passes the request on without an identity (the worker judges).
+    PassOn,
+}
+
+/// The upgrade a WebSocket request asks for, taken from it to finish the handshake later;
+/// `Err` holds the answer to a malformed upgrade request.
+async fn upgrade_of(
+    parts: &mut http::request::Parts,
+) -> Result<Option<WebSocketUpgrade>, axum::response::Response> {
+    if !is_websocket_upgrade(&parts.headers) {
+        return Ok(None);
+    }
+    WebSocketUpgrade::from_request_parts(parts, &())
+        .await
+        .map(Some)
+        .map_err(IntoResponse::into_response)
 }
 
 /// An answer to a caller without the access the runtime's endpoints need.

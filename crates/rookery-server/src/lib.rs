@@ -83,6 +83,24 @@ impl Server {
                     .into());
             }
         }
+        let worker = match &config.worker {
+            None => None,
+            Some(w) => Some(classes.worker(w.name.get_ref()).cloned().ok_or_else(|| {
+                let known = classes.worker_names();
+                config.error_at(
+                    w.name.span().start,
+                    format!(
+                        "no worker named {:?} is known to this server (known: {})",
+                        w.name.get_ref(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })?),
+        };
         let mut builder = Runtime::builder(&config.server.data_dir)
             .classes(classes)
             .options(config.server.runtime_options());
@@ -117,6 +135,8 @@ impl Server {
             admin_token: server.admin_token.as_ref().map(|t| t.trim().to_string()),
             connections,
             request_ids: RequestIds::new(),
+            worker,
+            env: runtime.env(),
         });
         Ok(Self { runtime, gateway })
     }

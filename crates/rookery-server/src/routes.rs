@@ -41,6 +41,8 @@ pub(crate) struct RateLimit {
 pub(crate) struct Route {
     pub(crate) methods: Option<Vec<Method>>,
     pub(crate) target: Option<Target>,
+    /// The worker takes the route's requests.
+    pub(crate) worker: bool,
     pub(crate) rewrite: String,
     pub(crate) rate_limit: Option<RateLimit>,
 }
@@ -92,8 +94,12 @@ impl Routes {
         Ok(Self { router, routes })
     }
 
-    /// The route for `path`, if any.
-    pub(crate) fn find<'r, 'p>(&'r self, path: &'p str) -> Option<Matched<'r, 'p>> {
+    /// The route that takes `method` on `path`, if any.
+    pub(crate) fn find<'r, 'p>(
+        &'r self,
+        method: &Method,
+        path: &'p str,
+    ) -> Option<Matched<'r, 'p>> {
         // `/counter/a/` is `/counter/a`: an empty rest does not match a catch-all.
         let m = match self.router.at(path) {
             Ok(m) => m,
@@ -102,8 +108,17 @@ impl Routes {
             }
             Err(_) => return None,
         };
+        let route = &self.routes[*m.value];
+        // As the seed's Worker does: a method the route does not take finds nothing.
+        if route
+            .methods
+            .as_ref()
+            .is_some_and(|ms| !ms.contains(method))
+        {
+            return None;
+        }
         Some(Matched {
-            route: &self.routes[*m.value],
+            route,
             params: m.params,
         })
     }
@@ -163,6 +178,7 @@ fn compile(config: &Config, rc: &RouteConfig, runtime: &Runtime) -> Result<Route
     Ok(Route {
         methods,
         target,
+        worker: rc.worker,
         rewrite: rc.rewrite.clone(),
         rate_limit,
     })

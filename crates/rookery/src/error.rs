@@ -28,6 +28,16 @@ pub enum Error {
     /// A call that would wait on an object already waiting further up the same call chain.
     #[error("call cycle: {0} is already handling a call further up this chain")]
     CallCycle(String),
+    /// A call from a turn to an object whose running turn waits, through other calls, on the
+    /// caller: neither could finish. Refused before it was sent.
+    #[error("deadlock: {0}")]
+    Deadlock(String),
+    /// A typed call of a method the object does not serve.
+    #[error("no such method: {0}")]
+    UnknownMethod(String),
+    /// The turn ran over its time limit; its writes were rolled back.
+    #[error("the turn exceeded its time limit of {0:?}")]
+    Timeout(std::time::Duration),
     /// The object's turn failed (handler error, panic or time limit); its writes were rolled back.
     #[error("{message}")]
     ObjectFailed {
@@ -164,6 +174,9 @@ impl Error {
             | Error::Overloaded
             | Error::SocketLimit(_)
             | Error::CallCycle(_)
+            | Error::Deadlock(_)
+            | Error::UnknownMethod(_)
+            | Error::Timeout(_)
             | Error::ObjectFailed { .. }
             | Error::BadRequest(_)
             | Error::LimitExceeded(_)
@@ -192,6 +205,16 @@ impl Error {
         }
     }
 
+    /// Whether a call that met this error may be sent again: it certainly did not run (it was
+    /// refused before the object saw it), and the refusal passes with time. A deadlock passes
+    /// once the calling turn has ended, so retry from a later turn, not from the same one.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Overloaded | Error::ShuttingDown | Error::Deadlock(_)
+        )
+    }
+
     /// The HTTP status that answers a client who caused or met this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -200,7 +223,9 @@ impl Error {
             Error::Overloaded | Error::ShuttingDown | Error::SocketLimit(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Error::CallCycle(_) => StatusCode::LOOP_DETECTED,
+            Error::CallCycle(_) | Error::Deadlock(_) => StatusCode::LOOP_DETECTED,
+            Error::UnknownMethod(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::Timeout(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::ObjectFailed { status, .. } => *status,
             Error::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,

@@ -24,6 +24,7 @@
 // Layers, from the bottom; every module imports only modules below it (docs/ARCHITECTURE.md).
 // values
 mod addr;
+mod call;
 mod clock;
 mod durable_dir;
 mod error;
@@ -43,6 +44,7 @@ mod host;
 mod env;
 mod object;
 mod stub;
+mod worker;
 // the alarm scheduler
 mod alarm;
 // assembly
@@ -50,6 +52,7 @@ mod runtime;
 pub mod testing;
 
 pub use alarm::{AlarmStats, LatenessSummary};
+pub use call::{Call, CallError, CallResult, MethodResult, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use env::Env;
 pub use error::{Error, Result, StartError};
@@ -71,15 +74,103 @@ pub use storage::{
     StorageLimits, SyncHook,
 };
 pub use stub::{Namespace, Stub};
+pub use worker::{SharedWorker, Worker};
 
 pub use bytes::Bytes;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
+/// Declares the methods an object serves to typed calls (RPC): the attribute on a trait of
+/// `async fn`s.
+///
+/// ```
+/// use rookery::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// /// What `acquire` can refuse with: the service's own error type, sent back to the caller.
+/// #[derive(Debug, Serialize, Deserialize)]
+/// pub enum LockError {
+///     Held { by: String },
+///     Storage(String),
+/// }
+///
+/// impl From<Error> for LockError {
+///     fn from(e: Error) -> Self { LockError::Storage(e.to_string()) }
+/// }
+///
+/// #[rookery::service]
+/// pub trait Lock {
+///     /// Takes the lock for `owner` for `ttl_ms`.
+///     async fn acquire(&mut self, owner: String, ttl_ms: u64) -> Result<(), LockError>;
+///     /// Gives the lock up; whether `owner` held it.
+///     async fn release(&mut self, owner: String) -> rookery::Result<bool>;
+/// }
+///
+/// pub struct DistributedLock { state: ObjectState }
+///
+/// impl DurableObject for DistributedLock {
+///     fn new(state: ObjectState, _env: Env) -> Self { Self { state } }
+///     async fn fetch(&mut self, _req: Request) -> Result<Response> { Ok(Response::not_found()) }
+///     // Typed calls reach the object here; `serve` is generated.
+///     async fn call(&mut self, call: Call) -> Result<Reply> { Lock::serve(self, call).await }
+/// }
+///
+/// impl Lock for DistributedLock {
+///     async fn acquire(&mut self, owner: String, ttl_ms: u64) -> Result<(), LockError> {
+///         let (storage, now) = (self.state.storage(), self.state.now_ms());
+///         if let Some((by, until)) = storage.get::<(String, i64)>("holder")? {
+///             if by != owner && until > now {
+///                 return Err(LockError::Held { by });
+///             }
+///         }
+///         storage.put("holder", &(owner, now + ttl_ms as i64))?;
+///         Ok(())
+///     }
+///
+///     async fn release(&mut self, owner: String) -> rookery::Result<bool> {
+///         let storage = self.state.storage();
+///         let held = storage.get::<(String, i64)>("holder")?.is_some_and(|(by, _)| by == owner);
+///         if held {
+///             storage.delete("holder")?;
+///         }
+///         Ok(held)
+///     }
+/// }
+///
+/// // From another object, a worker or the gateway:
+/// async fn take(env: &Env) -> Result<bool> {
+///     let lock = env.namespace("LOCKS")?.typed::<LockStub>().get_by_name("jobs");
+///     match lock.acquire("worker-1".into(), 30_000).await {
+///         Ok(()) => {}
+///         Err(CallError::Object(LockError::Held { .. })) => return Ok(false),
+///         Err(e) if e.is_retryable() => return Err(Error::Overloaded), // did not run
+///         Err(e) => return Err(Error::msg(format!("{e:?}"))),
+///     }
+///     // A method returning `rookery::Result` passes its failure on with `?`.
+///     Ok(lock.release("worker-1".into()).await?)
+/// }
+/// ```
+///
+/// The attribute keeps the trait (each method now returns a `Send` future, so an implementation
+/// writes plain `async fn`s) and adds:
+///
+/// - `serve(&mut self, call)`: runs a [`Call`] of one of the trait's methods; implement
+///   [`DurableObject::call`] with it;
+/// - `<Trait>Stub`, a typed stub: `From<Stub>`, `Deref<Target = Stub>`, and one method per trait
+///   method returning [`CallResult`]: the method's value, or a [`CallError`] that is either the
+///   method's own error ([`CallError::Object`]) or the runtime's ([`CallError::Runtime`]).
+///
+/// Methods take `&mut self` (or `&self`) and owned serde arguments, and return `Result<T, E>`
+/// with serde `T` and `E`; `E` may be [`Error`] itself. Arguments, values and errors are
+/// encoded (postcard) on their way, as they will be between nodes. A call is a turn of the
+/// callee: a method that returns `Err` fails it, so its writes roll back and its instance is
+/// rebuilt, as for `fetch`.
+pub use rookery_macros::service;
+
 /// The names most objects need.
 pub mod prelude {
     pub use crate::{
-        AlarmInfo, DurableObject, Env, Error, ListOptions, Method, Namespace, ObjectId,
-        ObjectState, Request, Response, Result, SqlValue, StatusCode, Storage, Stub, WebSocket,
-        WsMessage,
+        AlarmInfo, Call, CallError, DurableObject, Env, Error, ListOptions, Method, Namespace,
+        ObjectId, ObjectState, Reply, Request, Response, Result, SqlValue, StatusCode, Storage,
+        Stub, WebSocket, Worker, WsMessage,
     };
 }

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use crate::call::{Call, Reply};
 use crate::env::Env;
 use crate::error::Result;
 use crate::host::Host;
@@ -26,8 +27,17 @@ pub trait DurableObject: Sized + Send + 'static {
     /// Handles an HTTP request addressed to this object.
     fn fetch(&mut self, req: Request) -> impl Future<Output = Result<Response>> + Send;
 
+    /// Handles a typed call of one of the object's methods (a turn like any other). An object
+    /// that serves a [`crate::service`] trait answers with its generated `serve`:
+    /// `async fn call(&mut self, call: Call) -> Result<Reply> { Lock::serve(self, call).await }`.
+    /// The default serves no methods.
+    fn call(&mut self, call: Call) -> impl Future<Output = Result<Reply>> + Send {
+        async move { Err(call.unknown()) }
+    }
+
     /// Handles the object's alarm, set with `storage.set_alarm`. Runs as a turn like any other;
-    /// the alarm is cleared when the turn starts (set it again from here to repeat). If this
+    /// the alarm is cleared when the turn starts (set it again from here to repeat). Its time
+    /// limit is the alarm's own (`alarm_timeout`, 15 minutes), not a request's. If this
     /// returns `Err`, panics or times out, the alarm is retried with exponential backoff (2 s,
     /// doubling, at most 6 retries) unless this handler set or deleted the alarm itself.
     fn alarm(&mut self, info: AlarmInfo) -> impl Future<Output = Result<()>> + Send {
@@ -77,6 +87,10 @@ impl<C: DurableObject> Instance for C {
 
     fn on_fetch(&mut self, req: Request) -> impl Future<Output = Result<Response>> + Send {
         self.fetch(req)
+    }
+
+    fn on_call(&mut self, call: Call) -> impl Future<Output = Result<Reply>> + Send {
+        self.call(call)
     }
 
     fn on_alarm(&mut self, info: AlarmInfo) -> impl Future<Output = Result<()>> + Send {

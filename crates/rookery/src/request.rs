@@ -1,5 +1,6 @@
 //! The HTTP request an object's `fetch` receives.
 
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use bytes::Bytes;
@@ -68,6 +69,15 @@ impl Request {
         Ok(self)
     }
 
+    /// This request for another path and query (`/increment?amount=2`), as a worker hands a
+    /// request on to an object.
+    pub fn with_uri(mut self, uri: &str) -> Result<Self> {
+        self.uri = uri
+            .parse()
+            .map_err(|e| Error::bad_request(format!("invalid request URI {uri:?}: {e}")))?;
+        Ok(self)
+    }
+
     /// This request with one more header.
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.append(name, value);
@@ -124,6 +134,14 @@ impl Request {
     /// A header's value as text, if present and valid.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)?.to_str().ok()
+    }
+
+    /// The client's IP address, as the gateway determined it (see [`crate::identity::CLIENT_IP`]);
+    /// `None` for a request that did not come through the gateway.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.header(crate::identity::CLIENT_IP.as_str())?
+            .parse()
+            .ok()
     }
 
     /// The body bytes.

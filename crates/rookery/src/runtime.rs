@@ -15,6 +15,7 @@ use crate::addr::ClassInfo;
 use crate::alarm::{AlarmStats, Scheduler, Wake};
 use crate::clock::{Clock, SystemClock};
 use crate::durable_dir::create_dir_durable;
+use crate::env::Env;
 use crate::error::{Error, Result, StartError};
 use crate::host::activation::{ClassFactory, Factory};
 use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement};
@@ -25,6 +26,7 @@ use crate::storage::{
     Syncer, recover, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
+use crate::worker::{SharedWorker, Worker};
 
 /// Everything about how a runtime runs its objects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,15 +41,19 @@ pub struct RuntimeOptions {
     pub history: HistoryOptions,
 }
 
-/// The object classes a runtime can host, by class name.
+/// The object classes a runtime can host, by class name, and the workers a server can put in
+/// front of them, by worker name.
 #[derive(Clone, Default)]
 pub struct Classes {
     map: HashMap<String, Arc<dyn ClassFactory>>,
+    workers: HashMap<String, SharedWorker>,
 }
 
 impl fmt::Debug for Classes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.map.keys()).finish()
+        f.debug_set()
+            .entries(self.map.keys().chain(self.workers.keys()))
+            .finish()
     }
 }
 
@@ -69,9 +75,30 @@ impl Classes {
             .insert(name.to_string(), Arc::new(Factory::<C>::new()));
     }
 
-    /// Adds every class of `other`.
+    /// Adds every class and worker of `other`.
     pub fn extend(&mut self, other: Classes) {
         self.map.extend(other.map);
+        self.workers.extend(other.workers);
+    }
+
+    /// These classes, and `worker` under `name` (a configuration picks it with
+    /// `[worker] name`).
+    pub fn with_worker(mut self, name: &str, worker: impl Worker) -> Self {
+        self.workers
+            .insert(name.to_string(), SharedWorker::new(worker));
+        self
+    }
+
+    /// The worker registered as `name`.
+    pub fn worker(&self, name: &str) -> Option<&SharedWorker> {
+        self.workers.get(name)
+    }
+
+    /// The registered worker names, sorted.
+    pub fn worker_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.workers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     /// Whether a class called `name` is known.
@@ -498,6 +525,11 @@ impl Runtime {
     /// The namespace bound under `binding`.
     pub fn namespace(&self, binding: &str) -> Result<Namespace> {
         Namespace::bound(&self.inner.host, binding)
+    }
+
+    /// What a worker reaches: the namespaces bound in this runtime.
+    pub fn env(&self) -> Env {
+        Env::new(self.inner.host.clone())
     }
 
     /// The binding names, sorted.

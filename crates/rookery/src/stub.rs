@@ -1,27 +1,42 @@
-//! Namespaces and stubs: how the gateway and objects address and call objects.
+//! Namespaces and stubs: how the gateway, workers and objects address and call objects.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
 use crate::addr::{ClassInfo, ObjectAddr};
+use crate::call::{Call, CallResult, MethodResult};
 use crate::error::{Error, Result};
 use crate::host::alarm_event::AlarmReport;
-use crate::host::event::{Event, RunJob};
+use crate::host::event::{Event, RunJob, TurnOutput};
+use crate::host::turn::{CallChain, TurnContext};
 use crate::host::{Host, turn};
 use crate::id::ObjectId;
 use crate::request::Request;
 use crate::response::Response;
 use crate::state::ObjectState;
 
-/// All objects of one class, as reached through a binding.
-#[derive(Clone)]
-pub struct Namespace {
+/// All objects of one class, as reached through a binding. `S` is what reaches one object:
+/// a [`Stub`] (HTTP requests and any call), or the typed stub of a service (see
+/// [`crate::service`]), which [`Namespace::typed`] picks.
+pub struct Namespace<S = Stub> {
     host: Host,
     class: Arc<ClassInfo>,
+    stub: PhantomData<fn() -> S>,
 }
 
-impl std::fmt::Debug for Namespace {
+impl<S> Clone for Namespace<S> {
+    fn clone(&self) -> Self {
+        Self {
+            host: self.host.clone(),
+            class: self.class.clone(),
+            stub: PhantomData,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Namespace<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Namespace")
             .field("class", &self.class.name)
@@ -35,7 +50,21 @@ impl Namespace {
         Ok(Self {
             class: host.binding(binding)?.clone(),
             host: host.clone(),
+            stub: PhantomData,
         })
+    }
+}
+
+impl<S> Namespace<S> {
+    /// This namespace, reaching its objects through typed stubs `T` (e.g. the `LockStub` of a
+    /// `#[rookery::service] trait Lock`). A method the class does not serve fails its call
+    /// with [`Error::UnknownMethod`].
+    pub fn typed<T: From<Stub>>(self) -> Namespace<T> {
+        Namespace {
+            host: self.host,
+            class: self.class,
+            stub: PhantomData,
+        }
     }
 
     /// The class of this namespace's objects.
@@ -57,17 +86,19 @@ impl Namespace {
     pub fn id_from_string(&self, hex: &str) -> Result<ObjectId> {
         self.class.minter.id_from_string(hex)
     }
+}
 
+impl<S: From<Stub>> Namespace<S> {
     /// A stub for object `id`.
-    pub fn get(&self, id: ObjectId) -> Stub {
-        Stub {
+    pub fn get(&self, id: ObjectId) -> S {
+        S::from(Stub {
             host: self.host.clone(),
             addr: ObjectAddr::new(self.class.clone(), id),
-        }
+        })
     }
 
     /// A stub for the object called `name`.
-    pub fn get_by_name(&self, name: &str) -> Stub {
+    pub fn get_by_name(&self, name: &str) -> S {
         self.get(self.id_from_name(name))
     }
 }
@@ -89,10 +120,13 @@ impl std::fmt::Debug for Stub {
 }
 
 /// Waits for the answer of an event and then for the gate its outputs must pass.
-async fn answer<T>(answer: oneshot::Receiver<crate::host::event::TurnOutput<T>>) -> Result<T> {
-    let output = answer
-        .await
-        .map_err(|e| Error::internal("the object stopped before answering", e))?;
+async fn answer<T>(answer: oneshot::Receiver<TurnOutput<T>>) -> Result<T> {
+    let output = answer.await.map_err(stopped)?;
+    gated(output).await
+}
+
+/// The result of a turn once the gate its outputs must pass has opened.
+async fn gated<T>(output: TurnOutput<T>) -> Result<T> {
     let gated = output.gate.wait().await;
     match (gated, output.result) {
         // The node cannot make anything durable: say so rather than that this write failed.
@@ -100,6 +134,10 @@ async fn answer<T>(answer: oneshot::Receiver<crate::host::event::TurnOutput<T>>)
         (Err(e), _) => Err(e),
         (Ok(()), result) => result,
     }
+}
+
+fn stopped(e: oneshot::error::RecvError) -> Error {
+    Error::internal("the object stopped before answering", e)
 }
 
 impl Stub {
@@ -117,24 +155,65 @@ impl Stub {
     ///
     /// Called inside a turn, the call first waits until the calling object's committed writes
     /// are durable (the output gate), and fails at once if the callee is already waiting further
-    /// up the call chain, since that call could never be served.
+    /// up the call chain ([`Error::CallCycle`]) or its running turn waits on the caller
+    /// ([`Error::Deadlock`]), since that call could never be served.
     pub async fn fetch(&self, req: Request) -> Result<Response> {
-        let key = self.addr.key();
-        let caller = turn::with_current(|ctx| (ctx.chain.clone(), ctx.settled()));
-        let chain = match caller {
-            Some((chain, settled)) => {
-                if chain.contains(&key) {
+        self.deliver(|chain, reply| Event::Fetch { req, chain, reply })
+            .await
+    }
+
+    /// Calls a method of the object: a turn of the object, serial with its other events,
+    /// atomic, and answered once its writes are durable; refused like [`Stub::fetch`] when it
+    /// would close a cycle or a deadlock. Typed stubs (see [`crate::service`]) call this; `R`
+    /// is the method's return type.
+    pub async fn call<R: MethodResult>(&self, call: Call) -> CallResult<R> {
+        let reply = self
+            .deliver(|chain, reply| Event::Call { call, chain, reply })
+            .await?;
+        reply.decode::<R>()
+    }
+
+    /// Delivers the event that `event` makes (with the call chain and the reply channel) and
+    /// waits for its answer, then for the gate the answer must pass.
+    async fn deliver<T>(
+        &self,
+        event: impl FnOnce(CallChain, oneshot::Sender<TurnOutput<T>>) -> Event,
+    ) -> Result<T> {
+        let callee = self.addr.key();
+        let (chain, waiting) = match turn::with_current(TurnContext::clone) {
+            None => (CallChain::from([]), None),
+            Some(ctx) => {
+                if ctx.chain.contains(&callee) {
+                    tracing::debug!(callee = %self.addr.describe(), "call refused: call cycle");
                     return Err(Error::CallCycle(self.addr.describe()));
                 }
-                settled.wait().await?;
-                chain
+                ctx.settled().wait().await?;
+                let waiting = match ctx.object() {
+                    Some(caller) => match self.host.waits().enter(caller, callee) {
+                        Some(waiting) => Some(waiting),
+                        None => {
+                            let message = format!(
+                                "{} is running a turn that waits, through its calls, on {}, \
+                                 whose turn makes this call",
+                                self.addr.describe(),
+                                ctx.describe()
+                            );
+                            tracing::debug!(%message, "call refused: deadlock");
+                            return Err(Error::Deadlock(message));
+                        }
+                    },
+                    None => None,
+                };
+                (ctx.chain.clone(), waiting)
             }
-            None => Arc::from([]),
         };
         let (reply, rx) = oneshot::channel();
-        self.host
-            .dispatch(&self.addr, Event::Fetch { req, chain, reply })?;
-        answer(rx).await
+        self.host.dispatch(&self.addr, event(chain, reply))?;
+        let output = rx.await.map_err(stopped)?;
+        // The callee's turn is over: from here on the caller waits for the disk, not for the
+        // callee, and must not look like it is waiting on its turn.
+        drop(waiting);
+        gated(output).await
     }
 
     /// Runs `job` as a turn against the object's state (storage), serial with its other events,

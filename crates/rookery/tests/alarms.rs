@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use rookery::prelude::*;
-use rookery::testing::{TestHarness, wait_until};
+use rookery::testing::{PATIENCE, TestHarness, wait_until};
 use rookery::{AlarmOutcome, Clock, HostOptions, ManualClock, Runtime, RuntimeOptions, backoff_ms};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -18,6 +18,9 @@ use tokio::sync::Semaphore;
 type Call = (u32, bool, i64, i64);
 
 static CALLS: LazyLock<Mutex<HashMap<String, Vec<Call>>>> = LazyLock::new(Default::default);
+
+/// The short time limit of the time-limit test (for requests, then for alarms).
+const SHORT_LIMIT: Duration = Duration::from_millis(100);
 
 fn calls(name: &str) -> Vec<Call> {
     CALLS.lock().unwrap().get(name).cloned().unwrap_or_default()
@@ -96,6 +99,10 @@ impl DurableObject for Alarmist {
                 w.requests.fetch_add(1, Ordering::SeqCst);
                 Response::json(&json!({}))
             }
+            "/hang" => {
+                std::future::pending::<()>().await;
+                Response::json(&json!({}))
+            }
             _ => Ok(Response::not_found()),
         }
     }
@@ -127,6 +134,10 @@ impl DurableObject for Alarmist {
             Some("delete-and-fail") => {
                 s.delete_alarm()?;
                 Err(Error::msg("fails after deleting"))
+            }
+            Some("hang") => {
+                std::future::pending::<()>().await;
+                Ok(())
             }
             Some("gate") => {
                 // Runs until the test hands out a permit.
@@ -466,4 +477,75 @@ async fn a_burst_of_due_alarms_is_worked_off() {
     for i in (0..1_000).step_by(97) {
         assert_eq!(calls(&format!("burst-{i}")).len(), 1);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_handler_has_its_own_time_limit() {
+    let limits = |turn_timeout, alarm_timeout| {
+        let options = RuntimeOptions {
+            host: HostOptions {
+                turn_timeout,
+                alarm_timeout,
+                ..HostOptions::default()
+            },
+            ..RuntimeOptions::default()
+        };
+        TestHarness::from_builder::<Alarmist>(Runtime::builder_in_memory().options(options))
+            .unwrap()
+    };
+    assert_eq!(
+        HostOptions::default().alarm_timeout,
+        Duration::from_secs(15 * 60),
+        "as on Cloudflare"
+    );
+    // Requests get a short limit, alarms a long one: an alarm handler runs on past the time
+    // in which a request, sent after it started, has timed out (no clock is watched: the
+    // request's timeout is the proof that the time went by).
+    let h = limits(SHORT_LIMIT, PATIENCE * 10);
+    // Due at once: the scheduler delivers it.
+    post(&h, "limit-long", "/set?at=0&mode=gate").await;
+    let w = watch("limit-long");
+    wait_until("the alarm handler runs", || {
+        w.entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let r = h
+        .fetch("limit-other", Request::post("/hang").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(r, Error::Timeout(limit) if limit == SHORT_LIMIT),
+        "a request keeps its limit: {r}"
+    );
+    assert!(
+        w.alarm_running.load(Ordering::SeqCst),
+        "the alarm handler is still running"
+    );
+    w.permits.add_permits(1);
+    wait_until("the alarm succeeded", || {
+        h.runtime().alarm_stats().succeeded == 1
+    })
+    .await;
+    assert_eq!(
+        h.runtime().alarm_stats().retried,
+        0,
+        "it ran once, to the end"
+    );
+    let fired = h
+        .run("limit-long", |s| s.storage().get::<i64>("fired"))
+        .await
+        .unwrap();
+    assert_eq!(fired, Some(1), "the handler's write committed");
+    // The alarm's own limit still holds: a handler that never ends fails (and is retried).
+    let h = limits(PATIENCE * 10, SHORT_LIMIT);
+    post(&h, "limit-short", "/set?at=0&mode=hang").await;
+    assert_eq!(
+        h.fire_alarm("limit-short").await.unwrap(),
+        AlarmOutcome::Retrying
+    );
+    let fired = h
+        .run("limit-short", |s| s.storage().get::<i64>("fired"))
+        .await
+        .unwrap();
+    assert_eq!(fired, None, "the timed-out handler's write rolled back");
 }

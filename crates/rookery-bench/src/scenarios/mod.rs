@@ -1,6 +1,7 @@
 //! The benchmark scenarios and the result every one of them produces.
 
 pub mod alarms;
+pub mod calls;
 pub mod cold_start;
 pub mod counter;
 #[cfg(test)]

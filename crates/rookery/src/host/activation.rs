@@ -294,6 +294,20 @@ async fn handle<I: Instance>(
             // The caller may have given up waiting; the turn stands either way.
             let _ = reply.send(TurnOutput { result, gate });
         }
+        Event::Call { call, chain, reply } => {
+            let result = match instance_of(instance, state, &act.host) {
+                Ok(object) => turn::run(object.on_call(call), ctx(&chain), limit).await,
+                Err(e) => Err(e),
+            };
+            // A method that returned its own error failed: its writes roll back like any
+            // failed turn's, and its error still goes back to the caller.
+            let succeeded = result.as_ref().is_ok_and(|r| !r.raised());
+            let (result, gate) = turn::finish_as(state, result, succeeded).await;
+            if !succeeded || result.is_err() {
+                reset(instance, state);
+            }
+            let _ = reply.send(TurnOutput { result, gate });
+        }
         Event::Socket { socket, event } => {
             let result = match instance_of(instance, state, &act.host) {
                 Ok(object) => turn::run(object.on_socket(socket, event), ctx(&[]), limit).await,
@@ -365,6 +379,12 @@ fn reject(event: Event, error: Error) {
             });
         }
         Event::Run { reply, .. } => {
+            let _ = reply.send(TurnOutput {
+                result: Err(error),
+                gate: OutputGate::open(),
+            });
+        }
+        Event::Call { reply, .. } => {
             let _ = reply.send(TurnOutput {
                 result: Err(error),
                 gate: OutputGate::open(),

@@ -52,7 +52,8 @@ pub(crate) async fn run<I: Instance>(
     let result = match instance_of(instance, state, host) {
         Ok(object) => {
             let ctx = TurnContext::new(Arc::from([key]), state.clone());
-            let limit = host.options().turn_timeout;
+            // Alarms do background work: they get their own, longer limit.
+            let limit = host.options().alarm_timeout;
             turn::run(object.on_alarm(info), ctx, limit).await
         }
         Err(e) => Err(e),

@@ -11,6 +11,7 @@ use http::StatusCode;
 use super::Host;
 use super::alarm_event::AlarmInfo;
 use super::turn::panic_message;
+use crate::call::{Call, Reply};
 use crate::error::{Error, Result};
 use crate::request::Request;
 use crate::response::Response;
@@ -24,6 +25,9 @@ pub(crate) trait Instance: Sized + Send + 'static {
 
     /// Handles an HTTP request.
     fn on_fetch(&mut self, req: Request) -> impl Future<Output = Result<Response>> + Send;
+
+    /// Handles a typed call: runs the method, answers with its encoded result.
+    fn on_call(&mut self, call: Call) -> impl Future<Output = Result<Reply>> + Send;
 
     /// Handles the object's alarm.
     fn on_alarm(&mut self, info: AlarmInfo) -> impl Future<Output = Result<()>> + Send;

@@ -6,6 +6,7 @@ use tokio::sync::oneshot;
 
 use super::alarm_event::AlarmReport;
 use super::turn::CallChain;
+use crate::call::{Call, Reply};
 use crate::error::Result;
 use crate::request::Request;
 use crate::response::Response;
@@ -22,6 +23,13 @@ pub(crate) enum Event {
         req: Request,
         chain: CallChain,
         reply: oneshot::Sender<TurnOutput<Response>>,
+    },
+    /// A typed call of one of the object's methods, from another object, a worker or the
+    /// gateway.
+    Call {
+        call: Call,
+        chain: CallChain,
+        reply: oneshot::Sender<TurnOutput<Reply>>,
     },
     /// The object's alarm may be due; `force` fires a set alarm whatever its time (tests).
     Alarm {

@@ -16,6 +16,7 @@ pub(crate) mod class;
 pub(crate) mod event;
 mod placement;
 pub(crate) mod turn;
+pub(crate) mod waits;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -34,6 +35,7 @@ use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket, close_c
 use crate::storage::StorageContext;
 use activation::{Activation, ClassFactory};
 use event::Event;
+use waits::Waits;
 
 /// How the host runs objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct HostOptions {
     pub mailbox_capacity: usize,
     /// Wall-time limit of one turn.
     pub turn_timeout: Duration,
+    /// Wall-time limit of an alarm handler's turn (longer: alarms do background work).
+    pub alarm_timeout: Duration,
     /// How long an object stays in memory without events.
     pub idle_timeout: Duration,
     /// How long an object whose only activity is hibernatable WebSockets stays in memory.
@@ -60,6 +64,7 @@ impl Default for HostOptions {
         Self {
             mailbox_capacity: 1000,
             turn_timeout: Duration::from_secs(30),
+            alarm_timeout: Duration::from_secs(15 * 60),
             idle_timeout: Duration::from_secs(70),
             hibernation_idle: Duration::from_secs(10),
             max_sockets_per_object: 32_768,
@@ -132,6 +137,8 @@ pub(crate) struct HostInner {
     /// Activations that left the registry and are still closing their storage, by key: a new
     /// activation of the same object waits until its predecessor has let go of the files.
     retiring: DashMap<ObjectKey, (u64, watch::Sender<()>)>,
+    /// The calls running turns wait for, to refuse deadlocks.
+    waits: Arc<Waits>,
 }
 
 /// Puts `event` in `mailbox`: `Ok(None)` when queued, `Ok(Some(event))` back when the mailbox
@@ -169,6 +176,7 @@ impl Host {
             live: watch::Sender::new(0),
             activations: AtomicU64::new(0),
             retiring: DashMap::new(),
+            waits: Arc::default(),
         }))
     }
 
@@ -185,6 +193,11 @@ impl Host {
     /// What every object's storage shares.
     pub(crate) fn storage(&self) -> &Arc<StorageContext> {
         &self.0.storage
+    }
+
+    /// The calls running turns wait for.
+    pub(crate) fn waits(&self) -> &Arc<Waits> {
+        &self.0.waits
     }
 
     /// The clock alarms and objects run by.

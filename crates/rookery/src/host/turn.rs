@@ -34,6 +34,21 @@ impl TurnContext {
         Self { chain, state }
     }
 
+    /// The object running this turn: the last of its call chain.
+    pub(crate) fn object(&self) -> Option<ObjectKey> {
+        self.chain.last().copied()
+    }
+
+    /// The object running this turn, as people read it.
+    pub(crate) fn describe(&self) -> String {
+        let id = self.state.id();
+        format!(
+            "{} {}",
+            self.state.class(),
+            id.name().map_or_else(|| id.to_hex(), str::to_string)
+        )
+    }
+
     /// A gate that opens when everything the running object committed so far is durable:
     /// what it sends out of the turn must wait for it.
     pub(crate) fn settled(&self) -> OutputGate {
@@ -58,6 +73,7 @@ pub(crate) async fn run<T>(
     limit: Duration,
 ) -> Result<T> {
     let state = ctx.state.clone();
+    let started = std::time::Instant::now();
     state.storage().set_deadline(Some(limit));
     let guarded = TURN.scope(
         ctx,
@@ -69,15 +85,15 @@ pub(crate) async fn run<T>(
     let outcome = tokio::time::timeout(limit, guarded).await;
     state.storage().set_deadline(None);
     match outcome {
+        // A storage call stopped by the deadline fails with its own error; it is still the
+        // time limit that ended the turn.
+        Ok(Ok(Err(_))) if started.elapsed() >= limit => Err(Error::Timeout(limit)),
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => Err(Error::ObjectFailed {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("the object panicked: {}", panic_message(&*panic)),
         }),
-        Err(_) => Err(Error::ObjectFailed {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("the turn exceeded its time limit of {limit:?}"),
-        }),
+        Err(_) => Err(Error::Timeout(limit)),
     }
 }
 
@@ -85,6 +101,18 @@ pub(crate) async fn run<T>(
 /// it sent once they are durable, or, if it failed, rolls both back. Returns the turn's final
 /// result (a failed commit turns `Ok` into that error) and the gate its outputs must pass.
 pub(crate) async fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result<T>, OutputGate) {
+    let succeeded = result.is_ok();
+    finish_as(state, result, succeeded).await
+}
+
+/// [`finish`] for a turn whose value says itself whether it succeeded: a call whose method
+/// returned its own error answers with that error as a value, yet its turn failed and rolls
+/// back.
+pub(crate) async fn finish_as<T>(
+    state: &ObjectState,
+    result: Result<T>,
+    succeeded: bool,
+) -> (Result<T>, OutputGate) {
     let storage = state.storage();
     if let Err(e @ (Error::Sqlite(_) | Error::Io(_) | Error::Internal { .. })) = &result {
         // The client learns only that something failed inside; the log says where.
@@ -98,10 +126,10 @@ pub(crate) async fn finish<T>(state: &ObjectState, result: Result<T>) -> (Result
     let sent = state.sockets().take_outbox();
     // A socket accepted but handed to no connection would never hear from one.
     state.sockets().end_unclaimed();
-    match storage.finish_turn(result.is_ok()).await {
+    match storage.finish_turn(succeeded).await {
         Ok(gate) => {
             // What a failed turn sent is discarded with its writes.
-            if result.is_ok() {
+            if succeeded {
                 state.sockets().release(storage.settled(), sent);
             }
             (result, gate)
