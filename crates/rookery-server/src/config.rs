@@ -1,5 +1,5 @@
-//! `rookery.toml`: bindings and migrations shaped after `wrangler.toml`, plus Rookery's own
-//! `[server]` settings and `[[routes]]`.
+//! `rookery.toml`: bindings, migrations and `[vars]` shaped after `wrangler.toml`, plus
+//! Rookery's own `[server]` settings, `[[routes]]`, `[auth]` and `[outbound]`.
 //!
 //! Every error names the file, the line and the problem.
 
@@ -11,6 +11,8 @@ use std::time::Duration;
 use rookery::{Durability, HostOptions, Migration, RuntimeOptions, StorageLimits};
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::outbound::{AllowList, OutboundSettings};
 
 /// The demo app's configuration, used when no file is given.
 pub const DEMO_CONFIG: &str = include_str!("../../../examples/demo.toml");
@@ -44,6 +46,66 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[auth]`.
     pub auth: AuthConfig,
+    /// `[vars]`: plain values objects read with `env.var`; values that are not strings are
+    /// kept as JSON text.
+    pub vars: BTreeMap<String, String>,
+    /// `[outbound]`.
+    pub outbound: OutboundConfig,
+}
+
+/// `[outbound]`: what objects' outbound HTTP (`env.http()`) may reach, and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Internal addresses (`127.0.0.1`), ranges (`10.0.0.0/8`, `fd00::/8`) and host names
+    /// that requests may reach; public addresses need no entry.
+    pub allow: Vec<Spanned<String>>,
+    /// Time for a whole request, from connecting to the end of the response, in milliseconds.
+    pub timeout_ms: u64,
+    /// Time to connect, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Largest response body accepted, in bytes.
+    pub max_response_bytes: usize,
+    /// Most redirects followed for one request.
+    pub max_redirects: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        let s = OutboundSettings::default();
+        Self {
+            allow: Vec::new(),
+            timeout_ms: millis(s.timeout),
+            connect_timeout_ms: millis(s.connect_timeout),
+            max_response_bytes: s.max_response_bytes,
+            max_redirects: s.max_redirects,
+        }
+    }
+}
+
+impl OutboundConfig {
+    /// The client settings these describe; the first allow entry that cannot be read, with
+    /// its offset in the file and why, if any.
+    pub fn settings(&self) -> Result<OutboundSettings, (usize, String)> {
+        let allow = AllowList::parse(self.allow.iter().map(|e| e.get_ref().as_str())).map_err(
+            |(entry, why)| {
+                let at = self
+                    .allow
+                    .iter()
+                    .find(|e| *e.get_ref() == entry)
+                    .map_or(0, |e| e.span().start);
+                (at, format!("[outbound] allow: {entry:?} is {why}"))
+            },
+        )?;
+        Ok(OutboundSettings {
+            allow,
+            timeout: Duration::from_millis(self.timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_response_bytes: self.max_response_bytes,
+            max_redirects: self.max_redirects,
+            ..OutboundSettings::default()
+        })
+    }
 }
 
 /// `[auth]`: who the caller is, passed to objects in trusted headers.
@@ -119,6 +181,13 @@ pub struct ServerConfig {
     /// Bearer token for the runtime's own endpoints (`/_rookery/...`). Without one they are
     /// open only while `[auth]` has no tokens.
     pub stats_token: Option<String>,
+    /// Most `wait_until` work one object may have registered or running.
+    pub max_wait_until: usize,
+    /// Wall-time limit of one piece of `wait_until` work, in milliseconds.
+    pub wait_until_timeout_ms: u64,
+    /// A file of secrets in `.dev.vars` form (`KEY=VALUE` lines), relative to the working
+    /// directory; variables `ROOKERY_SECRET_<KEY>` add to and override it.
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +216,9 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,
             stats_token: None,
+            max_wait_until: host.max_wait_until,
+            wait_until_timeout_ms: millis(host.wait_until_timeout),
+            secrets_file: None,
         }
     }
 }
@@ -167,6 +239,8 @@ impl ServerConfig {
                 max_sockets_per_object: self.max_sockets_per_object,
                 max_message_bytes: self.max_ws_message_bytes,
                 max_live_objects: self.max_live_objects,
+                max_wait_until: self.max_wait_until,
+                wait_until_timeout: Duration::from_millis(self.wait_until_timeout_ms),
             },
             storage: StorageLimits {
                 max_key_bytes: self.max_key_bytes,
@@ -306,6 +380,10 @@ struct RawConfig {
     routes: Vec<RouteConfig>,
     #[serde(default)]
     auth: AuthConfig,
+    #[serde(default)]
+    vars: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    outbound: OutboundConfig,
     /// Keys of `wrangler.toml` that Rookery does not use (name, main, compatibility_date, ...).
     #[serde(flatten)]
     other: BTreeMap<String, toml::Value>,
@@ -360,6 +438,19 @@ impl Config {
             migrations: raw.migrations,
             routes: raw.routes,
             auth: raw.auth,
+            vars: raw
+                .vars
+                .into_iter()
+                .map(|(name, value)| {
+                    let text = match value {
+                        toml::Value::String(s) => s,
+                        // As wrangler hands objects non-string vars: as JSON.
+                        other => serde_json::to_string(&other).unwrap_or_default(),
+                    };
+                    (name, text)
+                })
+                .collect(),
+            outbound: raw.outbound,
         };
         config.check()?;
         Ok(config)
@@ -383,14 +474,15 @@ impl Config {
         }
     }
 
-    /// The line of `key = ...` in `[server]`, or 0 if the text does not set it.
-    fn server_key_line(&self, key: &str) -> usize {
-        let mut in_server = false;
+    /// The line of `key = ...` in table `section` (e.g. `[server]`), or 0 if the text does not
+    /// set it.
+    fn key_line(&self, section: &str, key: &str) -> usize {
+        let mut in_section = false;
         for (i, line) in self.text.lines().enumerate() {
             let line = line.trim_start();
             if line.starts_with('[') {
-                in_server = line.starts_with("[server]");
-            } else if in_server
+                in_section = line.starts_with(section);
+            } else if in_section
                 && line
                     .strip_prefix(key)
                     .is_some_and(|rest| rest.trim_start().starts_with('='))
@@ -405,13 +497,18 @@ impl Config {
         let s = &self.server;
         let error = |key: &str, message: &str| ConfigError {
             file: self.source.clone(),
-            line: self.server_key_line(key),
+            line: self.key_line("[server]", key),
             message: format!("{key}: {message}"),
         };
         for (key, value) in [
             ("header_read_timeout_ms", s.header_read_timeout_ms),
             ("keep_alive_timeout_ms", s.keep_alive_timeout_ms),
             ("body_read_timeout_ms", s.body_read_timeout_ms),
+            ("wait_until_timeout_ms", s.wait_until_timeout_ms),
+            (
+                "max_wait_until",
+                u64::try_from(s.max_wait_until).unwrap_or(u64::MAX),
+            ),
         ] {
             if value == 0 {
                 return Err(error(key, "must be above zero"));
@@ -435,8 +532,32 @@ impl Config {
         Ok(())
     }
 
+    fn check_outbound(&self) -> Result<(), ConfigError> {
+        let o = &self.outbound;
+        for (key, value) in [
+            ("timeout_ms", o.timeout_ms),
+            ("connect_timeout_ms", o.connect_timeout_ms),
+            (
+                "max_response_bytes",
+                u64::try_from(o.max_response_bytes).unwrap_or(u64::MAX),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError {
+                    file: self.source.clone(),
+                    line: self.key_line("[outbound]", key),
+                    message: format!("[outbound] {key}: must be above zero"),
+                });
+            }
+        }
+        o.settings()
+            .map(drop)
+            .map_err(|(at, message)| self.error_at(at, message))
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         self.check_server()?;
+        self.check_outbound()?;
         let mut bindings = HashSet::new();
         for b in &self.bindings {
             if !bindings.insert(b.name.get_ref().as_str()) {
@@ -614,6 +735,9 @@ mod tests {
         "body_read_timeout_ms",
         "max_connections",
         "stats_token",
+        "max_wait_until",
+        "wait_until_timeout_ms",
+        "secrets_file",
     ];
 
     #[test]

@@ -19,7 +19,7 @@ use rookery::{Error, Request, Response, percent_decode};
 use crate::client_ip::{client_ip, rate_limit_key};
 use crate::conn::Connections;
 use crate::identity::Authenticator;
-use crate::socket_io;
+use crate::{socket_io, stream_io};
 
 use crate::routes::{Matched, Pick, RateLimit, Routes};
 
@@ -57,6 +57,8 @@ pub(crate) struct Gateway {
     pub(crate) runtime_access: RuntimeAccess,
     pub(crate) connections: Arc<Connections>,
     pub(crate) request_ids: RequestIds,
+    /// Turns true when the server begins to shut down: streamed bodies end then.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Makes request ids: a per-process random prefix and a counter.
@@ -402,6 +404,9 @@ impl Gateway {
         }
         let req = Request::from_parts(parts.method, uri, parts.headers, body);
         let mut resp = stub.fetch(req).await?;
+        if let Some(stream) = resp.take_stream_link() {
+            return Ok(stream_io::respond(resp, stream, self.stopping.subscribe()));
+        }
         let Some(link) = resp.take_socket_link() else {
             return Ok(into_axum(resp));
         };

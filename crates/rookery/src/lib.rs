@@ -30,11 +30,16 @@ mod error;
 mod id;
 pub mod identity;
 mod request;
+mod vars;
 // storage: object databases, the commit pipeline, the alarm index, the catalog
 mod storage;
-// sockets: kept outside instances, with their turn outboxes
+// what turns emit, held until durable; then sockets, streams and wait_until work, which use it
+mod background;
+mod outbox;
 mod socket;
+mod stream;
 // what objects see of themselves
+mod outbound;
 mod response;
 mod state;
 // the host: registry, mailboxes, activations, turns
@@ -51,12 +56,13 @@ pub mod testing;
 
 pub use alarm::{AlarmStats, LatenessSummary};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use env::Env;
-pub use error::{Error, Result, StartError};
+pub use env::{Env, Http};
+pub use error::{Error, OutboundErrorKind, Result, StartError};
 pub use host::alarm_event::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
 pub use host::{HostOptions, LocalPlacement, Location, Placement};
 pub use id::{IdMinter, ObjectId};
 pub use object::DurableObject;
+pub use outbound::Outbound;
 pub use request::{Request, percent_decode};
 pub use response::Response;
 pub use runtime::{Classes, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
@@ -69,7 +75,12 @@ pub use storage::{
     ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, ListOptions, LocalCommitLog,
     Migration, OutputGate, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
 };
+pub use stream::{
+    BodyStream, EVENT_STREAM, MAX_QUEUED_CHUNKS, MAX_QUEUED_STREAM_BYTES, SseEvent, StreamCut,
+    StreamLink,
+};
 pub use stub::{Namespace, Stub};
+pub use vars::{Secret, Vars};
 
 pub use bytes::Bytes;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -77,8 +88,8 @@ pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 /// The names most objects need.
 pub mod prelude {
     pub use crate::{
-        AlarmInfo, DurableObject, Env, Error, ListOptions, Method, Namespace, ObjectId,
-        ObjectState, Request, Response, Result, SqlValue, StatusCode, Storage, Stub, WebSocket,
-        WsMessage,
+        AlarmInfo, BodyStream, DurableObject, Env, Error, ListOptions, Method, Namespace, ObjectId,
+        ObjectState, OutboundErrorKind, Request, Response, Result, Secret, SqlValue, SseEvent,
+        StatusCode, Storage, Stub, WebSocket, WsMessage,
     };
 }

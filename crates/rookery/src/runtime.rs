@@ -17,13 +17,15 @@ use crate::clock::{Clock, SystemClock};
 use crate::durable_dir::create_dir_durable;
 use crate::error::{Error, Result, StartError};
 use crate::host::activation::{ClassFactory, Factory};
-use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement};
+use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement, Reach};
 use crate::object::DurableObject;
+use crate::outbound::{NotConfigured, Outbound};
 use crate::storage::{
     AlarmIndex, Catalog, ClassRecord, CommitLog, DirHealth, DirLock, Durability, LocalCommitLog,
     Migration, StorageContext, StorageLimits, SyncHook, Syncer, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
+use crate::vars::Vars;
 
 /// Everything about how a runtime runs its objects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,6 +98,7 @@ pub struct RuntimeBuilder {
     placement: Arc<dyn Placement>,
     sync_hook: Option<SyncHook>,
     clock: Arc<dyn Clock>,
+    reach: Reach,
 }
 
 impl RuntimeBuilder {
@@ -152,6 +155,19 @@ impl RuntimeBuilder {
     /// Runs alarms by `clock` instead of the system clock (tests move a [`crate::ManualClock`]).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Gives objects `vars` (vars and secrets, through `Env::var` and `Env::secret`).
+    pub fn vars(mut self, vars: Vars) -> Self {
+        self.reach.vars = Arc::new(vars);
+        self
+    }
+
+    /// Sends objects' outbound HTTP (`Env::http`) through `client`; without one, every
+    /// outbound request fails.
+    pub fn outbound(mut self, client: Arc<dyn Outbound>) -> Self {
+        self.reach.outbound = client;
         self
     }
 
@@ -277,6 +293,7 @@ impl RuntimeBuilder {
             storage: storage.clone(),
             options: options.host,
             placement: self.placement,
+            reach: self.reach,
         });
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             StartError::Config("a runtime must be built inside a tokio runtime".into())
@@ -407,6 +424,10 @@ impl Runtime {
             placement: Arc::new(LocalPlacement),
             sync_hook: None,
             clock: Arc::new(SystemClock),
+            reach: Reach {
+                vars: Arc::new(Vars::new()),
+                outbound: Arc::new(NotConfigured),
+            },
         }
     }
 
