@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{PROBE_CONFIG, TestServer, client, gate, wait_until};
+use common::{PROBE_CONFIG, TestServer, client, gate, live_instances, wait_until};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,5 +450,133 @@ async fn too_many_live_objects_make_idle_ones_leave() {
             .unwrap();
         assert_eq!(r, json!({"value": i}), "evicted objects keep their data");
     }
+    server.stop().await;
+}
+
+/// A tokio runtime that is shut down without waiting for its threads when dropped.
+struct Detached(Option<tokio::runtime::Runtime>);
+
+impl Detached {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.0.as_ref().expect("the runtime runs").block_on(future)
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runaway SQL holds the thread that runs it until the time limit stops it, so the server runs
+/// on threads of its own: if the limit failed, the test's client would still time out and the
+/// test fail instead of hanging.
+#[test]
+fn runaway_sql_is_stopped_by_the_turn_time_limit() {
+    let server_rt = Detached(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = PROBE_CONFIG.replace(
+        "mailbox_capacity = 4",
+        "mailbox_capacity = 4\nturn_timeout_ms = 200",
+    );
+    let server = server_rt.block_on(TestServer::start(&config, dir.path()));
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    client_rt.block_on(async {
+        let c = client();
+        c.post(server.url("/probe/runaway/put?key=a&value=before"))
+            .send()
+            .await
+            .unwrap();
+        // A query that never ends by itself and never yields to the runtime.
+        let r = c
+            .post(server.url("/probe/runaway/runaway"))
+            .send()
+            .await
+            .expect("the runaway turn is answered");
+        assert_eq!(r.status(), 500);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("time limit"),
+            "{body}"
+        );
+        // The object serves again, with its storage as it was.
+        let r: Value = c
+            .get(server.url("/probe/runaway/get?key=a"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"value": "before"}));
+    });
+    server_rt.block_on(server.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_racing_new_requests_loses_nothing_and_never_doubles_an_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PROBE_CONFIG.replace(
+        "mailbox_capacity = 4",
+        "mailbox_capacity = 4\nidle_timeout_ms = 1",
+    );
+    let server = TestServer::start(&config, dir.path()).await;
+    let rt = server.runtime.clone();
+    let c = client();
+    const REQUESTS: i64 = 2_000;
+    const WAIT_EVERY: i64 = 8;
+    let before = rt.stats().activations;
+    for i in 1..=REQUESTS {
+        // Every request waits for the answer to the one before, so evictions of the 1 ms idle
+        // object fall between them; some wait until it has left, so it surely leaves often.
+        if i % WAIT_EVERY == 0 {
+            wait_until("the idle object left memory", || {
+                rt.stats().live_objects == 0
+            })
+            .await;
+        }
+        let r = c
+            .post(server.url("/probe/racer/incr?key=n"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}: {:?}", r.text().await);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body, json!({"value": i}), "request {i}");
+    }
+    let activations = rt.stats().activations - before;
+    assert!(
+        activations >= (REQUESTS / WAIT_EVERY) as u64,
+        "{activations} activations"
+    );
+    assert_eq!(
+        live_instances("racer").1,
+        1,
+        "two instances of the object were alive at once"
+    );
+    let r: Value = c
+        .get(server.url("/probe/racer/get?key=n"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"value": REQUESTS}));
+    wait_until("the last instance is gone", || {
+        rt.stats().live_objects == 0 && live_instances("racer").0 == 0
+    })
+    .await;
     server.stop().await;
 }

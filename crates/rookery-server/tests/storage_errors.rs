@@ -203,10 +203,12 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_507_and_corrupts_nothing() {
-    let disk = SmallDisk::mount("4m");
+    // Room for the node log's reserved segment (64 MiB) and a little more: the objects' own
+    // writes fill the rest.
+    let disk = SmallDisk::mount("80m");
     let server = TestServer::start(KV_CONFIG, disk.dir.path()).await;
     let c = client();
-    let value = format!("\"{}\"", "x".repeat(256 * 1024));
+    let value = format!("\"{}\"", "x".repeat(1024 * 1024));
     let mut stored = Vec::new();
     let mut full = None;
     for i in 0..64 {

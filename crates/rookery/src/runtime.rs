@@ -22,7 +22,7 @@ use crate::object::DurableObject;
 use crate::outbound::{NotConfigured, Outbound};
 use crate::storage::{
     AlarmIndex, Catalog, ClassRecord, CommitLog, DirHealth, DirLock, Durability, LocalCommitLog,
-    Migration, StorageContext, StorageLimits, SyncHook, Syncer, scan_objects,
+    Migration, NodeLog, StorageContext, StorageLimits, SyncHook, Syncer, recover, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
 use crate::vars::Vars;
@@ -232,6 +232,20 @@ impl RuntimeBuilder {
                 });
             }
         }
+        // The node log first: every object's file is brought up to date with it before
+        // anything (the alarm index rebuild included) reads one.
+        let log = match &self.data_dir {
+            Some(dir) => {
+                let log_dir = dir.join("log");
+                let recovered = recover(&log_dir, &catalog.objects_dir)?;
+                Some(Arc::new(NodeLog::open(
+                    &log_dir,
+                    recovered.next,
+                    std::collections::BTreeMap::new(),
+                )?))
+            }
+            None => None,
+        };
         let wake = Arc::new(Wake::new());
         let index_path = self.data_dir.as_ref().map(|d| d.join("alarms.sqlite"));
         let mut fresh_index = index_path.as_ref().is_some_and(|p| !p.exists());
@@ -276,12 +290,18 @@ impl RuntimeBuilder {
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
             durability: self.options.durability,
-            syncer: Syncer::start(self.sync_hook, health.clone())?,
+            syncer: Syncer::start(
+                self.sync_hook,
+                health.clone(),
+                log.clone(),
+                self.options.durability,
+            )?,
             commit_log: self.commit_log,
             commits: AtomicU64::new(0),
             alarms,
             clock: self.clock,
             health,
+            log,
         });
         let mut options = self.options;
         if options.host.max_live_objects == 0 {
@@ -360,9 +380,13 @@ fn check_bindings(
     Ok(())
 }
 
-/// Live objects the open-file limit allows: each holds its database, its WAL and a handle for
-/// syncing, and a quarter of the limit stays for sockets and the rest.
+/// Live objects this process's open-file limit allows.
 fn default_max_live() -> usize {
+    max_live_for(open_file_limit())
+}
+
+/// The process's soft open-file limit, if it can be read.
+fn open_file_limit() -> Option<usize> {
     #[cfg(unix)]
     {
         let mut lim = libc::rlimit {
@@ -371,11 +395,20 @@ fn default_max_live() -> usize {
         };
         // SAFETY: getrlimit writes only into `lim`.
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            let files = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
-            return (files / 4).clamp(64, 1_000_000);
+            return Some(usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX));
         }
     }
-    10_000
+    None
+}
+
+/// Live objects an open-file limit of `files` allows: each holds its database, its WAL and a
+/// handle for syncing, and a quarter of the limit stays for sockets and the rest. At least 64,
+/// at most a million; 10 000 when the limit is unknown.
+fn max_live_for(files: Option<usize>) -> usize {
+    match files {
+        Some(files) => (files / 4).clamp(64, 1_000_000),
+        None => 10_000,
+    }
 }
 
 /// A running set of durable object classes over one data directory.
@@ -522,4 +555,64 @@ struct RuntimeInner {
     data_dir: Option<PathBuf>,
     /// Held while the runtime lives: one process per data directory.
     _lock: Option<DirLock>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_objects_follow_the_open_file_limit() {
+        assert_eq!(max_live_for(Some(1_024)), 256);
+        assert_eq!(max_live_for(Some(65_536)), 16_384);
+        // A low limit still allows some objects; an unlimited one is capped.
+        assert_eq!(max_live_for(Some(100)), 64);
+        assert_eq!(max_live_for(Some(usize::MAX)), 1_000_000);
+        assert_eq!(max_live_for(None), 10_000);
+    }
+
+    /// Set in the child process of `the_default_comes_from_the_process_limit`.
+    const CHILD_LIMIT: &str = "ROOKERY_TEST_NOFILE";
+
+    /// In a child process (so that no other test runs with the lowered limit), lowers the soft
+    /// open-file limit and checks that the default follows it.
+    #[test]
+    #[cfg(unix)]
+    fn the_default_comes_from_the_process_limit() {
+        if let Ok(limit) = std::env::var(CHILD_LIMIT) {
+            let limit: usize = limit.parse().unwrap();
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit and setrlimit only touch `lim`; this process is the test's own
+            // child and runs only this test.
+            unsafe {
+                assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+                lim.rlim_cur = libc::rlim_t::try_from(limit).unwrap();
+                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+            }
+            assert_eq!(open_file_limit(), Some(limit));
+            // Both limits the parent sets are within the bounds: a quarter of the limit.
+            assert_eq!(default_max_live(), limit / 4);
+            return;
+        }
+        for limit in [1_000, 400] {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "runtime::tests::the_default_comes_from_the_process_limit",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_LIMIT, limit.to_string())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "child with limit {limit}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }

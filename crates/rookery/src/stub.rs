@@ -93,8 +93,13 @@ async fn answer<T>(answer: oneshot::Receiver<crate::host::event::TurnOutput<T>>)
     let output = answer
         .await
         .map_err(|e| Error::internal("the object stopped before answering", e))?;
-    output.gate.wait().await?;
-    output.result
+    let gated = output.gate.wait().await;
+    match (gated, output.result) {
+        // The node cannot make anything durable: say so rather than that this write failed.
+        (_, Err(e @ Error::StorageUnavailable(_))) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(()), result) => result,
+    }
 }
 
 impl Stub {

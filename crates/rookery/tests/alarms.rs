@@ -2,24 +2,57 @@
 //! serial execution, restarts and the index rebuild.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use rookery::prelude::*;
 use rookery::testing::{TestHarness, wait_until};
-use rookery::{AlarmOutcome, Clock, Runtime, backoff_ms};
+use rookery::{AlarmOutcome, Clock, HostOptions, ManualClock, Runtime, RuntimeOptions, backoff_ms};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 /// One handler call: (retry_count, is_retry, clock at the call, scheduled time).
 type Call = (u32, bool, i64, i64);
 
 static CALLS: LazyLock<Mutex<HashMap<String, Vec<Call>>>> = LazyLock::new(Default::default);
-static BUSY: AtomicBool = AtomicBool::new(false);
-static OVERLAP: AtomicBool = AtomicBool::new(false);
 
 fn calls(name: &str) -> Vec<Call> {
     CALLS.lock().unwrap().get(name).cloned().unwrap_or_default()
+}
+
+/// What a test sees of one object's gated alarm handler and of the requests beside it.
+struct Watch {
+    /// Permits the handler in mode `gate` waits for.
+    permits: Semaphore,
+    /// Gated handlers that started.
+    entered: AtomicU64,
+    /// Whether a gated handler is running now.
+    alarm_running: AtomicBool,
+    /// `/busy` requests served, and how many of them while a gated handler was running.
+    requests: AtomicU64,
+    overlaps: AtomicU64,
+}
+
+static WATCHES: LazyLock<Mutex<HashMap<String, Arc<Watch>>>> = LazyLock::new(Default::default);
+
+fn watch(name: &str) -> Arc<Watch> {
+    WATCHES
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            Arc::new(Watch {
+                permits: Semaphore::new(0),
+                entered: AtomicU64::new(0),
+                alarm_running: AtomicBool::new(false),
+                requests: AtomicU64::new(0),
+                overlaps: AtomicU64::new(0),
+            })
+        })
+        .clone()
 }
 
 /// Sets, deletes and reports its alarm on request; its handler behaves as its stored `mode`.
@@ -56,9 +89,11 @@ impl DurableObject for Alarmist {
             }
             "/alarm" => Response::json(&json!({ "at": s.get_alarm()? })),
             "/busy" => {
-                if BUSY.load(Ordering::SeqCst) {
-                    OVERLAP.store(true, Ordering::SeqCst);
+                let w = watch(self.state.id().name().unwrap_or_default());
+                if w.alarm_running.load(Ordering::SeqCst) {
+                    w.overlaps.fetch_add(1, Ordering::SeqCst);
                 }
+                w.requests.fetch_add(1, Ordering::SeqCst);
                 Response::json(&json!({}))
             }
             _ => Ok(Response::not_found()),
@@ -73,14 +108,15 @@ impl DurableObject for Alarmist {
             .map(str::to_string)
             .unwrap_or_else(|| self.state.id().to_hex());
         let now = self.state.now_ms();
-        CALLS.lock().unwrap().entry(name).or_default().push((
-            info.retry_count,
-            info.is_retry,
-            now,
-            info.scheduled_ms,
-        ));
+        CALLS
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_default()
+            .push((info.retry_count, info.is_retry, now, info.scheduled_ms));
         let s = self.state.storage();
         s.put("fired", &(s.get::<i64>("fired")?.unwrap_or(0) + 1))?;
+        let w = watch(&name);
         match s.get::<String>("mode")?.as_deref() {
             Some("fail") => Err(Error::msg("the handler fails")),
             Some("panic") => panic!("the handler panics"),
@@ -92,10 +128,12 @@ impl DurableObject for Alarmist {
                 s.delete_alarm()?;
                 Err(Error::msg("fails after deleting"))
             }
-            Some("slow") => {
-                BUSY.store(true, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                BUSY.store(false, Ordering::SeqCst);
+            Some("gate") => {
+                // Runs until the test hands out a permit.
+                w.alarm_running.store(true, Ordering::SeqCst);
+                w.entered.fetch_add(1, Ordering::SeqCst);
+                w.permits.acquire().await.map_err(Error::msg)?.forget();
+                w.alarm_running.store(false, Ordering::SeqCst);
                 Ok(())
             }
             _ => Ok(()),
@@ -281,33 +319,100 @@ async fn a_failed_transaction_takes_its_alarm_change_with_it() {
     wait_until("the alarm fired", || calls("txn").len() == 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_alarm_never_overlaps_a_request_on_its_object() {
-    let h = std::sync::Arc::new(TestHarness::new::<Alarmist>().unwrap());
-    let t = now(&h);
-    post(&h, "slow", &format!("/set?at={}&mode=slow", t + 500)).await;
-    let fire = {
-        let h = h.clone();
-        tokio::spawn(async move { h.fire_alarm("slow").await })
+/// Requests sent to an object while its alarm handler runs (and the object's mailbox size).
+const HELD: usize = 20;
+
+/// A harness on a manual clock whose objects' mailboxes hold [`HELD`] events.
+fn gated_harness() -> (Arc<TestHarness>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(rookery::SystemClock.now_ms()));
+    let options = RuntimeOptions {
+        host: HostOptions {
+            mailbox_capacity: HELD,
+            ..HostOptions::default()
+        },
+        ..RuntimeOptions::default()
     };
-    let requests: Vec<_> = (0..20)
-        .map(|_| {
-            let h = h.clone();
-            tokio::spawn(async move {
-                h.fetch("slow", Request::get("/busy").unwrap())
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    for r in requests {
-        r.await.unwrap();
+    let builder = Runtime::builder_in_memory()
+        .clock(clock.clone())
+        .options(options);
+    let h = TestHarness::from_builder::<Alarmist>(builder).unwrap();
+    (Arc::new(h), clock)
+}
+
+/// With the gated alarm handler of `name` started, sends it [`HELD`] requests and checks that
+/// none runs (and all stay queued) until the handler is let go; then all are served, none
+/// beside the handler.
+async fn requests_wait_for_the_running_alarm(h: &Arc<TestHarness>, name: &str) {
+    let w = watch(name);
+    wait_until("the alarm handler runs", || {
+        w.entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let mut requests = Vec::new();
+    for _ in 0..HELD {
+        let (h, name) = (h.clone(), name.to_string());
+        let mut request =
+            Box::pin(async move { h.fetch(&name, Request::get("/busy").unwrap()).await });
+        // Polled once, the request is in the object's mailbox.
+        let first = std::future::poll_fn(|cx| Poll::Ready(request.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "a request was answered at once");
+        requests.push(tokio::spawn(request));
     }
-    assert_eq!(fire.await.unwrap().unwrap(), AlarmOutcome::Succeeded);
-    assert!(
-        !OVERLAP.load(Ordering::SeqCst),
+    // A round trip through another object leaves a runtime that does not hold requests back
+    // ample time to serve them.
+    post(h, &format!("{name}-elsewhere"), "/alarm").await;
+    assert_eq!(
+        w.requests.load(Ordering::SeqCst),
+        0,
         "a request ran while the alarm handler was running"
     );
+    // All of them are still queued: the mailbox is full.
+    let refused = h.fetch(name, Request::get("/busy").unwrap()).await;
+    assert!(
+        matches!(refused, Err(Error::Overloaded)),
+        "the mailbox should hold all {HELD} requests: {refused:?}"
+    );
+    assert!(requests.iter().all(|r| !r.is_finished()));
+
+    w.permits.add_permits(1);
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+    }
+    assert_eq!(w.requests.load(Ordering::SeqCst), HELD as u64);
+    assert_eq!(w.overlaps.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_never_overlaps_a_request_on_its_object() {
+    let (h, clock) = gated_harness();
+    post(
+        &h,
+        "forced",
+        &format!("/set?at={}&mode=gate", clock.now_ms() + 500),
+    )
+    .await;
+    let fire = {
+        let h = h.clone();
+        tokio::spawn(async move { h.fire_alarm("forced").await })
+    };
+    requests_wait_for_the_running_alarm(&h, "forced").await;
+    assert_eq!(fire.await.unwrap().unwrap(), AlarmOutcome::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_fired_by_the_scheduler_holds_back_requests_too() {
+    let (h, clock) = gated_harness();
+    let at = clock.now_ms() + 500;
+    post(&h, "scheduled", &format!("/set?at={at}&mode=gate")).await;
+    wait_until("the alarm is indexed", || {
+        h.indexed_alarm("scheduled").unwrap() == Some(at)
+    })
+    .await;
+    clock.advance(500);
+    requests_wait_for_the_running_alarm(&h, "scheduled").await;
+    let rt = h.runtime().clone();
+    wait_until("the alarm succeeded", || rt.alarm_stats().succeeded == 1).await;
+    assert_eq!(calls("scheduled").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

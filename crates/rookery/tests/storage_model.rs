@@ -151,14 +151,15 @@ fn apply(storage: &Storage, model: &mut Model, ops: &[Op], bad: &mut Vec<String>
                 let result = storage.transaction(|txn| {
                     apply(txn, &mut scratch, inner, bad)?;
                     if *fail {
-                        Err(Error::msg("rolled back on purpose"))
+                        Err(Error::msg(TXN_ON_PURPOSE))
                     } else {
                         Ok(())
                     }
                 });
                 match (result, fail) {
                     (Ok(()), false) => *model = scratch,
-                    (Err(_), true) => {}
+                    // Only its own deliberate error: any other is a disagreement.
+                    (Err(Error::Other(m)), true) if m == TXN_ON_PURPOSE => {}
                     (r, _) => bad.push(format!("transaction(fail={fail}) returned {r:?}")),
                 }
             }
@@ -179,6 +180,9 @@ static HARNESS: LazyLock<TestHarness> = LazyLock::new(|| {
     TestHarness::new::<Blank>().unwrap()
 });
 static CASE: AtomicU64 = AtomicU64::new(0);
+/// The errors of a turn and of a transaction that fail on purpose.
+const ON_PURPOSE: &str = "turn fails on purpose";
+const TXN_ON_PURPOSE: &str = "rolled back on purpose";
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
@@ -200,17 +204,24 @@ proptest! {
                 apply(state.storage(), &mut model, &ops, &mut bad)?;
                 Ok(model)
             }).await.unwrap();
-            // Second turn: may fail, and then none of it counts.
+            // Second turn: may fail on purpose, and then none of it counts. Any other error
+            // is a disagreement with the model, which never fails.
             let (b, ops, start) = (bad.clone(), second.clone(), model.clone());
             let result = HARNESS.run(&name, move |state| {
                 let mut model = start;
                 let mut bad = b.lock().unwrap();
                 apply(state.storage(), &mut model, &ops, &mut bad)?;
-                if second_fails { Err(Error::msg("turn fails on purpose")) } else { Ok(model) }
+                if second_fails { Err(Error::msg(ON_PURPOSE)) } else { Ok(model) }
             }).await;
-            match result {
-                Ok(after) => after,
-                Err(_) => model,
+            match (result, second_fails) {
+                (Ok(after), false) => after,
+                (Err(Error::Other(m)), true) if m == ON_PURPOSE => model,
+                (r, _) => {
+                    bad.lock().unwrap().push(format!(
+                        "second turn (fails on purpose: {second_fails}) ended with {r:?}"
+                    ));
+                    model
+                }
             }
         });
         let stored: Vec<(String, i64)> = RT.block_on(

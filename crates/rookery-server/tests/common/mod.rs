@@ -227,19 +227,48 @@ pub fn gate(name: &str) -> Gate {
 /// Counts instances ever built, so tests can see an instance being replaced.
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
+/// Per probe name: instances alive now, and the most ever alive at once.
+static LIVE: LazyLock<Mutex<HashMap<String, (u64, u64)>>> = LazyLock::new(Default::default);
+
+/// The instances of the probe called `name` alive now, and the most ever alive at once.
+pub fn live_instances(name: &str) -> (u64, u64) {
+    LIVE.lock().unwrap().get(name).copied().unwrap_or((0, 0))
+}
+
 /// A test object that stores, fails, panics, waits and calls other objects on request.
 pub struct Probe {
     state: ObjectState,
     env: Env,
     instance: u64,
+    /// The key of this instance in [`LIVE`].
+    name: String,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(live) = LIVE.lock().unwrap().get_mut(&self.name) {
+            live.0 -= 1;
+        }
+    }
 }
 
 impl DurableObject for Probe {
     fn new(state: ObjectState, env: Env) -> Self {
+        let name = state
+            .id()
+            .name()
+            .map_or_else(|| state.id().to_hex(), str::to_string);
+        {
+            let mut live = LIVE.lock().unwrap();
+            let entry = live.entry(name.clone()).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(entry.0);
+        }
         Self {
             state,
             env,
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            name,
         }
     }
 
@@ -253,6 +282,11 @@ impl DurableObject for Probe {
                 Response::json(&json!({ "ok": true }))
             }
             "/delete" => Response::json(&json!({ "deleted": storage.delete(&key)? })),
+            "/incr" => {
+                let n = storage.get::<i64>(&key)?.unwrap_or(0) + 1;
+                storage.put(&key, &n)?;
+                Response::json(&json!({ "value": n }))
+            }
             "/delete-all" => {
                 storage.delete_all()?;
                 Response::json(&json!({ "ok": true }))
@@ -374,6 +408,37 @@ impl DurableObject for Echo {
         if text == "fail" {
             ws.send("never sent: the turn fails");
             return Err(Error::msg("deliberate failure in a socket handler"));
+        }
+        if text == "panic" {
+            ws.send("never sent: the turn panics");
+            panic!("deliberate panic in a socket handler");
+        }
+        if let Some(rest) = text.strip_prefix("send ") {
+            // "send TAG SIZE": one message of SIZE bytes to the sockets tagged TAG.
+            let (tag, size) = rest.split_once(' ').unwrap_or((rest, "0"));
+            let payload = WsMessage::text("x".repeat(size.parse().unwrap_or(0)));
+            for socket in self.state.get_websockets(Some(tag)) {
+                socket.send(payload.clone());
+            }
+            return Ok(());
+        }
+        if let Some(tag) = text.strip_prefix("status ") {
+            // Whether each socket tagged TAG still takes messages.
+            let open: Vec<bool> = self
+                .state
+                .get_websockets(Some(tag))
+                .iter()
+                .map(WebSocket::is_open)
+                .collect();
+            return ws.send_json(&json!({ "open": open }));
+        }
+        if text == "wait" {
+            // Holds the object until the test opens the gate named `echo-NAME`.
+            let name = format!("echo-{}", self.state.id().name().unwrap_or(""));
+            let (sem, entered) = gate(&name);
+            entered.fetch_add(1, Ordering::SeqCst);
+            sem.acquire().await.map_err(Error::msg)?.forget();
+            return Ok(());
         }
         self.state
             .broadcast(&WsMessage::text(format!("echo:{text}")), None, None);

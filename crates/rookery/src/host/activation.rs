@@ -201,14 +201,17 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             };
         }
         handle(&act, &state, &mut instance, event).await;
+        state.storage().maybe_checkpoint();
     }
     drop(instance);
-    // Close only when everything committed is durable, so no gate waits on a closed database.
+    // Close only when everything committed is durable, so no gate waits on a closed database;
+    // and only once the node log holds it, so that the checkpoint at close may copy it.
     if let Err(e) = state.settled().wait().await {
         tracing::error!(error = %e, "closing with writes that are not durable");
     }
     // Eviction waits until there is no work (above); shutdown gives it its time limit.
     state.drain_background(options.wait_until_timeout).await;
+    state.storage().wait_logged().await;
     // Plain sockets end with their instance; hibernatable ones wait for the next activation.
     state
         .sockets()

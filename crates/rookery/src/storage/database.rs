@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
@@ -35,6 +35,12 @@ pub(crate) struct Database {
     max_bytes: u64,
     /// The object's name, recorded with its first write.
     pending_name: Option<String>,
+    /// Frames in the WAL after the last commit, as SQLite's WAL hook reports them.
+    wal_frames: Arc<AtomicU32>,
+    /// Frames of the WAL already handed to the node log.
+    logged_frames: u32,
+    /// The WAL, opened for reading the frames of each commit.
+    wal_reader: Option<std::fs::File>,
     in_txn: bool,
     dirty: bool,
     /// Depth of nested `transaction` savepoints.
@@ -68,6 +74,9 @@ impl Database {
             absent,
             max_bytes,
             pending_name: None,
+            wal_frames: Arc::new(AtomicU32::new(0)),
+            logged_frames: 0,
+            wal_reader: None,
             in_txn: false,
             dirty: false,
             savepoints: 0,
@@ -100,6 +109,20 @@ impl Database {
             (self.max_bytes / PAGE_SIZE).max(16)
         ))?;
         conn.set_prepared_statement_cache_capacity(64);
+        if matches!(self.location, Location::File(_)) && !self.absent {
+            // Checkpoints are the runtime's alone (see `checkpoint`), also at close.
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+            // The hook reports the WAL's size after every commit, so each commit's frames can
+            // go to the node log. It also turns SQLite's automatic checkpoints off: the runtime
+            // checkpoints only once the node log holds what is copied.
+            let frames = self.wal_frames.clone();
+            self.conn.wal_hook(Some(
+                move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+                    frames.store(u32::try_from(n).unwrap_or(0), Ordering::Release);
+                    Ok(())
+                },
+            ))?;
+        }
         self.install_authorizer()?;
         // A turn's time limit must also stop runaway SQL, which never yields to the runtime.
         let deadline = self.deadline.clone();
@@ -356,30 +379,149 @@ impl Database {
         )?)
     }
 
-    /// Closes the database, checkpointing its WAL. A file that holds nothing any more is
-    /// removed: an object that stores nothing has no file.
-    pub(crate) fn close(mut self) -> Result<()> {
+    /// Closes the database. With `checkpoint` (the node log holds every commit durably), the
+    /// WAL is folded into the file first (unsynced: the caller syncs it), and a file that holds
+    /// nothing any more is removed: an object that stores nothing has no file. Without, the WAL
+    /// is left as it is, for recovery.
+    pub(crate) fn close(mut self, checkpoint: bool) -> Result<Closed> {
         self.rollback();
-        let empty = match &self.location {
-            Location::File(path) if !self.absent && self.is_empty()? => Some(path.clone()),
-            _ => None,
+        let (path, empty) = match &self.location {
+            Location::File(path) if !self.absent => (Some(path.clone()), self.is_empty()?),
+            _ => (None, false),
         };
+        if checkpoint {
+            self.checkpoint()?;
+        }
+        drop(self.wal_reader.take());
         self.conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
-        if let Some(path) = empty {
-            // The WAL goes first: a database file without its WAL is whole, a WAL alone is not.
-            for suffix in ["-wal", "-shm", ""] {
-                let mut file = path.as_os_str().to_owned();
-                file.push(suffix);
-                match std::fs::remove_file(std::path::PathBuf::from(file)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
+        let Some(path) = path else {
+            return Ok(Closed::NoFile);
+        };
+        if !checkpoint {
+            // Commits the log never took are cut from the WAL: what stays is what the log has.
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            let keep = WAL_HEADER_BYTES + u64::from(self.logged_frames) * FRAME_BYTES as u64;
+            if let Ok(file) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(std::path::PathBuf::from(wal))
+                && file.metadata().is_ok_and(|m| m.len() > keep)
+            {
+                file.set_len(if self.logged_frames == 0 { 0 } else { keep })?;
+            }
+            return Ok(Closed::Left);
+        }
+        // The WAL is empty now; a database file without its WAL is whole.
+        let removed = if empty {
+            ["-wal", "-shm", ""].as_slice()
+        } else {
+            ["-wal", "-shm"].as_slice()
+        };
+        for suffix in removed {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::remove_file(std::path::PathBuf::from(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
             }
         }
+        Ok(if empty {
+            Closed::Removed(path)
+        } else {
+            Closed::Kept(path)
+        })
+    }
+
+    /// The frames the last commit added to the WAL, read back for the node log; `None` for a
+    /// database kept in memory. Returns the database size in pages after the commit and the
+    /// raw frames (24-byte header and page each).
+    pub(crate) fn take_commit_frames(&mut self) -> Result<Option<(u32, Vec<u8>)>> {
+        let Location::File(path) = &self.location else {
+            return Ok(None);
+        };
+        if self.absent {
+            return Ok(None);
+        }
+        let now = self.wal_frames.load(Ordering::Acquire);
+        // Only the runtime's own checkpoints restart the WAL (and reset the count); a smaller
+        // count would mean a restart it did not make.
+        let from = if now < self.logged_frames {
+            tracing::warn!("the WAL restarted unexpectedly; logging it whole");
+            0
+        } else {
+            self.logged_frames
+        };
+        if now == from {
+            return Ok(None);
+        }
+        if self.wal_reader.is_none() {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            self.wal_reader = Some(std::fs::File::open(std::path::PathBuf::from(wal))?);
+        }
+        let Some(reader) = &self.wal_reader else {
+            return Ok(None);
+        };
+        let count = (now - from) as usize;
+        let mut frames = vec![0u8; count * FRAME_BYTES];
+        let at = WAL_HEADER_BYTES + u64::from(from) * FRAME_BYTES as u64;
+        std::os::unix::fs::FileExt::read_exact_at(reader, &mut frames, at)?;
+        let last = &frames[(count - 1) * FRAME_BYTES..];
+        let db_pages = u32::from_be_bytes([last[4], last[5], last[6], last[7]]);
+        if db_pages == 0 {
+            return Err(Error::msg(
+                "the last frame of a commit is not a commit frame",
+            ));
+        }
+        Ok(Some((db_pages, frames)))
+    }
+
+    /// Records that the frames read by the last `take_commit_frames` are in the node log.
+    pub(crate) fn frames_logged(&mut self) {
+        self.logged_frames = self.wal_frames.load(Ordering::Acquire);
+    }
+
+    /// Frames in the WAL now.
+    pub(crate) fn wal_frames(&self) -> u32 {
+        self.wal_frames.load(Ordering::Acquire)
+    }
+
+    /// Copies the WAL into the database file and empties it (no sync: the caller syncs the
+    /// file, and may only call this once the node log holds every commit in the WAL).
+    pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        if self.absent || !matches!(self.location, Location::File(_)) {
+            return Ok(());
+        }
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(Error::msg("the WAL checkpoint could not complete"));
+        }
+        self.wal_frames.store(0, Ordering::Release);
+        self.logged_frames = 0;
         Ok(())
     }
 }
+
+/// What closing a database left on disk.
+#[derive(Debug)]
+pub(crate) enum Closed {
+    /// Nothing: the database lived in memory or was never made.
+    NoFile,
+    /// The file, with the WAL checkpointed into it (not yet synced).
+    Kept(std::path::PathBuf),
+    /// The file and its WAL as they were (the log did not hold every commit durably).
+    Left,
+    /// The file held nothing and was removed (the removal not yet synced).
+    Removed(std::path::PathBuf),
+}
+
+/// Bytes of a WAL file's header.
+const WAL_HEADER_BYTES: u64 = 32;
+/// Bytes of one WAL frame: a 24-byte header and a page.
+pub(crate) const FRAME_BYTES: usize = 24 + PAGE_SIZE as usize;
 
 /// Opens an object's database file in WAL mode with an exclusive lock, creating it if `new`.
 fn open_file(path: &Path, new: bool) -> Result<Connection> {
@@ -404,8 +546,7 @@ fn open_file(path: &Path, new: bool) -> Result<Connection> {
              PRAGMA synchronous = OFF;
              PRAGMA page_size = {PAGE_SIZE};
              PRAGMA journal_mode = OFF;
-             PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;"
+             PRAGMA journal_mode = WAL;"
         ))?;
     } else {
         // Never the trick above on an existing file: leaving WAL mode checkpoints a WAL a
@@ -413,7 +554,7 @@ fn open_file(path: &Path, new: bool) -> Result<Connection> {
         conn.execute_batch(
             "PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;",
+             PRAGMA synchronous = OFF;",
         )?;
     }
     Ok(conn)

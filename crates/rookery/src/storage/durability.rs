@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::dir_health::DirHealth;
+use super::log_record::Lsn;
+use super::node_log::NodeLog;
 use crate::error::{Error, Result};
 
 /// What a committed write survives before its outputs are released.
@@ -157,11 +159,14 @@ impl ObjectSync {
     }
 }
 
-/// The group-sync thread shared by every object of a runtime.
+/// The group-sync thread shared by every object of a runtime: it writes and syncs the node
+/// log, and syncs the other files that ask for it (the alarm index, checkpointed objects).
 pub(crate) struct Syncer {
     queue: mpsc::Sender<Job>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
+    /// Whether a `Job::Log` is on its way: one wake-up serves any number of appends.
+    log_signalled: Arc<AtomicBool>,
 }
 
 /// What the syncer has done so far.
@@ -173,23 +178,45 @@ struct Counters {
 
 /// A message to the syncer thread.
 enum Job {
-    /// Make this object's latest commit durable.
+    /// Make this file's latest commit durable (the alarm index's WAL).
     Sync(Arc<ObjectSync>),
+    /// The node log has appends to write.
+    Log,
+    /// An object's database file received a checkpoint of its commits up to `through`: sync
+    /// it, then record that in the log.
+    Checkpointed {
+        file: std::fs::File,
+        key: crate::addr::AlarmKey,
+        through: Lsn,
+    },
     /// Finish the queued work and exit.
     Stop,
 }
 
+/// How often the node log is synced in relaxed durability (acknowledged writes of about this
+/// long are what a power loss may take).
+pub(crate) const RELAXED_SYNC_EVERY: Duration = Duration::from_millis(50);
+
 impl Syncer {
     /// Starts the syncer thread, checking `health` (the data directory's) before every round
-    /// and between rounds.
-    pub(crate) fn start(hook: Option<SyncHook>, health: Option<Arc<DirHealth>>) -> Result<Self> {
+    /// and between rounds, and writing `log` (with `durability` deciding when it is synced).
+    pub(crate) fn start(
+        hook: Option<SyncHook>,
+        health: Option<Arc<DirHealth>>,
+        log: Option<Arc<NodeLog>>,
+        durability: Durability,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
+        let log_signalled = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
             rx,
             counters: counters.clone(),
             hook,
             health,
+            log,
+            durability,
+            log_signalled: log_signalled.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("rookery-sync".into())
@@ -198,10 +225,11 @@ impl Syncer {
             queue: tx,
             thread: Mutex::new(Some(thread)),
             counters,
+            log_signalled,
         })
     }
 
-    /// Asks for `object`'s latest commit to be made durable.
+    /// Asks for `object`'s latest commit to be made durable (files outside the node log).
     pub(crate) fn request(&self, object: &Arc<ObjectSync>) {
         // The queue holds each object at most once: its length is bounded by the live objects.
         if object.queued.swap(true, Ordering::SeqCst) {
@@ -211,6 +239,24 @@ impl Syncer {
             object.queued.store(false, Ordering::Release);
             object.fail();
         }
+    }
+
+    /// Tells the thread that the node log has appends to write and sync.
+    pub(crate) fn log_appended(&self) {
+        if !self.log_signalled.swap(true, Ordering::SeqCst) {
+            let _ = self.queue.send(Job::Log);
+        }
+    }
+
+    /// Asks for `file` (an object's database, just checkpointed with its commits up to
+    /// `through`) to be synced, and the checkpoint recorded in the node log.
+    pub(crate) fn checkpointed(
+        &self,
+        file: std::fs::File,
+        key: crate::addr::AlarmKey,
+        through: Lsn,
+    ) {
+        let _ = self.queue.send(Job::Checkpointed { file, key, through });
     }
 
     /// Number of sync rounds and of sync calls (file, directory or file system) so far.
@@ -239,16 +285,34 @@ struct Worker {
     counters: Arc<Counters>,
     hook: Option<SyncHook>,
     health: Option<Arc<DirHealth>>,
+    log: Option<Arc<NodeLog>>,
+    durability: Durability,
+    log_signalled: Arc<AtomicBool>,
 }
 
 /// How often the data directory is checked fully while no round runs.
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
 
+/// Files to sync in one round, outside the log.
+#[derive(Default)]
+struct Batch {
+    objects: Vec<Arc<ObjectSync>>,
+    checkpoints: Vec<(std::fs::File, crate::addr::AlarmKey, Lsn)>,
+    log: bool,
+}
+
 impl Worker {
     fn run(&mut self) {
-        let mut batch = Vec::new();
+        let mut batch = Batch::default();
         let mut stop = false;
         let mut checked = Instant::now();
+        let mut log_synced = Instant::now();
+        let mut rounds_since_cleanup = 0u32;
+        let wait = if self.durability == Durability::Relaxed && self.log.is_some() {
+            RELAXED_SYNC_EVERY
+        } else {
+            HEALTH_EVERY
+        };
         while !stop {
             if let Some(health) = &self.health
                 && checked.elapsed() >= HEALTH_EVERY
@@ -257,45 +321,99 @@ impl Worker {
                 let _ = health.check_full();
                 checked = Instant::now();
             }
-            let first = match self.rx.recv_timeout(HEALTH_EVERY) {
-                Ok(first) => first,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(first) => Some(first),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            for job in std::iter::once(first).chain(self.rx.try_iter()) {
+            for job in first.into_iter().chain(self.rx.try_iter()) {
                 match job {
-                    Job::Sync(object) => batch.push(object),
+                    Job::Sync(object) => batch.objects.push(object),
+                    Job::Log => {
+                        self.log_signalled.store(false, Ordering::SeqCst);
+                        batch.log = true;
+                    }
+                    Job::Checkpointed { file, key, through } => {
+                        batch.checkpoints.push((file, key, through));
+                    }
                     Job::Stop => stop = true,
                 }
             }
-            if !batch.is_empty() {
+            // Relaxed durability writes at once and syncs the log on a timer; so does a stop.
+            let timer_due = self.durability == Durability::Relaxed
+                && log_synced.elapsed() >= RELAXED_SYNC_EVERY
+                && self.log.as_ref().is_some_and(|log| log.synced_behind());
+            if stop || timer_due {
+                batch.log = self.log.is_some();
+            }
+            if batch.log || !batch.objects.is_empty() || !batch.checkpoints.is_empty() {
+                if batch.log {
+                    log_synced = Instant::now();
+                }
                 self.round(&mut batch);
+                rounds_since_cleanup += 1;
+                if rounds_since_cleanup >= 64 {
+                    rounds_since_cleanup = 0;
+                    if let Some(log) = &self.log {
+                        log.remove_covered_segments();
+                    }
+                }
             }
         }
     }
 
-    /// Makes every object of `batch` durable up to the commit it had when the round began.
-    fn round(&self, batch: &mut Vec<Arc<ObjectSync>>) {
+    /// One round: the log written and synced, then the other files, then the gates opened.
+    fn round(&self, batch: &mut Batch) {
         self.counters.rounds.fetch_add(1, Ordering::Relaxed);
         // Read each object's sequence before syncing: whatever it committed up to then is in
-        // its WAL file and covered by this round. A commit after that re-queues it.
+        // its file and covered by this round. A commit after that re-queues it.
         let targets: Vec<u64> = batch
+            .objects
             .iter()
             .map(|o| {
                 o.queued.store(false, Ordering::SeqCst);
                 o.committed.load(Ordering::SeqCst)
             })
             .collect();
+        let written = match (&self.log, batch.log) {
+            (Some(log), true) => match log.write() {
+                Ok(written) => Some(written),
+                Err(e) => {
+                    tracing::error!(error = %e, "writing the node log failed");
+                    None
+                }
+            },
+            _ => None,
+        };
+        batch.log = false;
         // Nothing is durable in a directory that is gone: its files have no names any more.
         let dir_problem = self.health.as_ref().and_then(|h| h.check_quick().err());
+        let log_failed = self.log.as_ref().is_some_and(|log| log.failed());
         let outcome = match self.hook.as_ref().map(|hook| hook()) {
             _ if dir_problem.is_some() => {
                 Err(std::io::Error::other(dir_problem.unwrap_or_default()))
             }
+            _ if log_failed => Err(std::io::Error::other(
+                "the node log failed earlier; restart the server",
+            )),
             Some(Err(e)) => Err(e),
             _ => Ok(()),
         };
-        for (object, seq) in batch.drain(..).zip(targets) {
+        if let (Some(log), Some(written)) = (&self.log, written) {
+            match &outcome {
+                Ok(()) => {
+                    self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = log.sync(written) {
+                        tracing::error!(error = %e, "syncing the node log failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sync failed");
+                    log.fail(written);
+                }
+            }
+        }
+        for (object, seq) in batch.objects.drain(..).zip(targets) {
             let result = match &outcome {
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
                 Ok(()) => {
@@ -309,6 +427,21 @@ impl Worker {
                     tracing::error!(wal = %object.wal_path.display(), error = %e, "sync failed");
                     object.fail();
                 }
+            }
+        }
+        for (file, key, through) in batch.checkpoints.drain(..) {
+            if outcome.is_err() {
+                continue;
+            }
+            self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+            match file.sync_data() {
+                // The record may wait for the next round: the file itself is durable now.
+                Ok(()) => {
+                    if let Some(log) = &self.log {
+                        log.append_cover(crate::clock::system_now_ms(), &key, through, false);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "syncing a checkpointed object failed"),
             }
         }
     }

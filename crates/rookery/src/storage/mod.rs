@@ -10,7 +10,10 @@ mod dir_health;
 mod dir_lock;
 mod durability;
 mod kv;
+mod log_record;
+mod node_log;
 mod policy;
+mod recovery;
 mod sql;
 
 use std::path::{Path, PathBuf};
@@ -28,8 +31,10 @@ pub(crate) use catalog::{Catalog, ClassRecord};
 pub(crate) use dir_health::DirHealth;
 pub(crate) use dir_lock::DirLock;
 pub(crate) use durability::{ObjectSync, Syncer};
+pub(crate) use node_log::NodeLog;
+pub(crate) use recovery::recover;
 
-use database::Database;
+use database::{Closed, Database, FRAME_BYTES};
 
 use crate::addr::{AlarmKey, Location, ObjectAddr};
 use crate::clock::Clock;
@@ -74,6 +79,8 @@ pub(crate) struct StorageContext {
     pub(crate) clock: Arc<dyn Clock>,
     /// Whether the data directory is usable (`None` in memory).
     pub(crate) health: Option<Arc<DirHealth>>,
+    /// The node log every object's commits go to (`None` in memory).
+    pub(crate) log: Option<Arc<NodeLog>>,
 }
 
 impl StorageContext {
@@ -122,7 +129,6 @@ pub struct Storage {
     class: Arc<str>,
     id: ObjectId,
     alarm_key: AlarmKey,
-    in_memory: bool,
     /// See [`Storage::take_index_update`].
     index_update: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -142,54 +148,54 @@ impl Storage {
     /// Opens the storage of the object at `addr`.
     pub(crate) fn open(addr: &ObjectAddr, ctx: Arc<StorageContext>) -> Result<Self> {
         let location = &addr.location();
-        // A WAL left by a crash (or by a reset after a failed sync) may hold commits that were
-        // never synced; nothing read from it may leave before it is. A clean close removes it.
-        let leftover_wal = match location {
-            Location::File(path) => {
-                let mut wal = path.as_os_str().to_owned();
-                wal.push("-wal");
-                std::fs::metadata(PathBuf::from(wal)).is_ok_and(|m| m.len() > 0)
+        let alarm_key = addr.alarm_key();
+        // A WAL at open is a crash's: what it holds that the node log has was replayed into the
+        // file at start-up, and the rest never became durable. Only when this process's log
+        // still holds commits the file lacks (an earlier activation could not close) does the
+        // WAL count, and it is folded into the file at once.
+        let behind = ctx.log.as_ref().is_some_and(|log| log.behind(&alarm_key));
+        if let (Location::File(path), false) = (location, behind) {
+            for suffix in ["-wal", "-shm"] {
+                let mut side = path.as_os_str().to_owned();
+                side.push(suffix);
+                match std::fs::remove_file(PathBuf::from(side)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
-            Location::Memory => false,
-        };
-        let new_db = match location {
-            Location::File(path) => !path.exists(),
-            Location::Memory => false,
-        };
-        let db = Database::open(location, ctx.limits.max_object_bytes).map_err(|e| match e {
-            Error::Sqlite(_) | Error::Io(_) => Error::internal(
-                format!(
-                    "the database of {} at {} cannot be opened",
-                    addr.describe(),
-                    match location {
-                        Location::File(path) => path.display().to_string(),
-                        Location::Memory => "(memory)".to_string(),
-                    }
-                ),
-                e,
-            ),
-            e => e,
-        })?;
-        let sync = ObjectSync::new(db.path().unwrap_or(Path::new("")), new_db);
-        let seq = u64::from(leftover_wal && ctx.durability == Durability::Strict);
-        if seq > 0 {
-            sync.committed(seq);
-            sync.mark(seq, false, true);
-            ctx.syncer.request(&sync);
         }
+        let mut db =
+            Database::open(location, ctx.limits.max_object_bytes).map_err(|e| match e {
+                Error::Sqlite(_) | Error::Io(_) => Error::internal(
+                    format!(
+                        "the database of {} at {} cannot be opened",
+                        addr.describe(),
+                        match location {
+                            Location::File(path) => path.display().to_string(),
+                            Location::Memory => "(memory)".to_string(),
+                        }
+                    ),
+                    e,
+                ),
+                e => e,
+            })?;
+        if behind {
+            db.checkpoint()?;
+        }
+        let sync = ObjectSync::new(db.path().unwrap_or(Path::new("")), false);
         Ok(Self {
-            in_memory: db.path().is_none(),
             sync,
             db: Mutex::new(Turn {
                 db,
-                seq,
+                seq: 0,
                 alarm: None,
                 alarm_by_handler: false,
             }),
             ctx,
             class: addr.class.name.clone(),
             id: addr.id.clone(),
-            alarm_key: addr.alarm_key(),
+            alarm_key,
             index_update: Mutex::new(None),
         })
     }
@@ -331,21 +337,42 @@ impl Storage {
         }
         turn.seq += 1;
         let seq = turn.seq;
-        drop(turn);
         self.ctx.commits.fetch_add(1, Ordering::Relaxed);
         self.sync.committed(seq);
-        let local = self.in_memory || self.ctx.durability == Durability::Relaxed;
+        let relaxed = self.ctx.durability == Durability::Relaxed;
+        let logged = match &self.ctx.log {
+            Some(log) => self.log_commit(log, &mut turn.db, seq, relaxed),
+            None => Ok(false),
+        };
+        drop(turn);
+        match logged {
+            // Strict: the gate opens when the log round that holds the record is synced.
+            Ok(true) if !relaxed => self.ctx.syncer.log_appended(),
+            // Relaxed: the record is written; the log is synced on a timer.
+            Ok(true) => {
+                self.ctx.syncer.log_appended();
+                self.sync.mark(seq, true, false);
+            }
+            // No log (memory): as durable as it gets.
+            Ok(false) => self.sync.mark(seq, true, false),
+            Err(e) => {
+                // The commit stands in SQLite but can never become durable: the object resets,
+                // and the node takes no writes until it restarts (and recovers from the log).
+                tracing::error!(error = %e, "appending to the node log failed");
+                self.sync.fail();
+                return Err(Error::StorageUnavailable(format!(
+                    "the node log cannot take writes ({e}); restart the server"
+                )));
+            }
+        }
         let ack = self.ctx.commit_log.append(&CommitRecord {
             class: &self.class,
             object: &self.id,
             seq,
         });
         match ack {
-            None => self.sync.mark(seq, local, true),
+            None => self.sync.mark(seq, false, true),
             Some(ack) => {
-                if local {
-                    self.sync.mark(seq, true, false);
-                }
                 let sync = self.sync.clone();
                 tokio::spawn(async move {
                     match ack.await {
@@ -359,13 +386,90 @@ impl Storage {
                 });
             }
         }
-        if !local {
-            self.ctx.syncer.request(&self.sync);
-        }
         if let (Some(change), Some(version)) = (change, version) {
             self.index_alarm_when_durable(self.sync.gate(seq), change.at(), version);
         }
         Ok(self.sync.gate(seq))
+    }
+
+    /// Appends the commit just made (sequence `seq`) to the node log: the frames it wrote to
+    /// the WAL, read back. Whether there was anything to log.
+    fn log_commit(
+        &self,
+        log: &NodeLog,
+        db: &mut Database,
+        seq: u64,
+        write_now: bool,
+    ) -> Result<bool> {
+        let Some((db_pages, raw)) = db.take_commit_frames()? else {
+            return Ok(false);
+        };
+        let frames: Vec<log_record::Frame<'_>> = raw
+            .chunks_exact(FRAME_BYTES)
+            .map(|f| log_record::Frame {
+                pgno: u32::from_be_bytes([f[0], f[1], f[2], f[3]]),
+                page: &f[24..],
+            })
+            .collect();
+        log.append_commit(
+            self.ctx.clock.now_ms(),
+            &self.alarm_key,
+            seq,
+            db_pages,
+            &frames,
+            &self.sync,
+            write_now,
+        )?;
+        db.frames_logged();
+        Ok(true)
+    }
+
+    /// Whether the node log holds, durably, every commit of this object.
+    fn logged(&self) -> bool {
+        match &self.ctx.log {
+            Some(log) => log
+                .last_uncovered(&self.alarm_key)
+                .is_none_or(|last| log.synced() > last),
+            None => true,
+        }
+    }
+
+    /// Waits until the node log holds, durably, every commit of this object (in relaxed
+    /// durability, outputs go before that; a checkpoint may not).
+    pub(crate) async fn wait_logged(&self) {
+        let Some(log) = &self.ctx.log else { return };
+        let Some(last) = log.last_uncovered(&self.alarm_key) else {
+            return;
+        };
+        self.ctx.syncer.log_appended();
+        let mut synced = log.synced_watch();
+        let _ = synced.wait_for(|s| *s > last || log.failed()).await;
+    }
+
+    /// Folds a long WAL into the database file once the log holds it durably, between turns:
+    /// the WAL stays short, and the log's old segments can go.
+    pub(crate) fn maybe_checkpoint(&self) {
+        let Some(log) = &self.ctx.log else { return };
+        let mut turn = self.lock();
+        if turn.db.wal_frames() < CHECKPOINT_FRAMES || !self.logged() || log.failed() {
+            return;
+        }
+        let Some(through) = log.last_uncovered(&self.alarm_key) else {
+            return;
+        };
+        if let Err(e) = turn.db.checkpoint() {
+            tracing::warn!(error = %e, "checkpointing the object's WAL");
+            return;
+        }
+        if let Some(path) = turn.db.path() {
+            match std::fs::File::open(path) {
+                Ok(file) => self
+                    .ctx
+                    .syncer
+                    .checkpointed(file, self.alarm_key.clone(), through),
+                Err(e) => tracing::warn!(error = %e, "opening the object's file to sync it"),
+            }
+        }
     }
 
     /// Once `gate` opens, sets the index entry to exactly `at` (or removes it).
@@ -421,12 +525,45 @@ impl Storage {
         self.sync.failed()
     }
 
-    /// Closes the database; uncommitted writes are rolled back.
+    /// Closes the database; uncommitted writes are rolled back. Once the node log holds every
+    /// commit durably, the WAL is folded into the file, the file synced and that recorded in
+    /// the log (or an emptied file removed, and that recorded); otherwise the WAL is left for
+    /// recovery.
     pub(crate) fn close(self) -> Result<()> {
+        let checkpoint = self.logged() && !self.ctx.log.as_ref().is_some_and(|l| l.failed());
+        let through = self
+            .ctx
+            .log
+            .as_ref()
+            .and_then(|log| log.last_uncovered(&self.alarm_key));
         let turn = self.db.into_inner().unwrap_or_else(|e| e.into_inner());
-        turn.db.close()
+        let closed = turn.db.close(checkpoint)?;
+        let Some(log) = &self.ctx.log else {
+            return Ok(());
+        };
+        let now = self.ctx.clock.now_ms();
+        match closed {
+            Closed::Kept(path) => {
+                if let Some(through) = through {
+                    std::fs::File::open(&path)?.sync_data()?;
+                    log.append_cover(now, &self.alarm_key, through, false);
+                }
+            }
+            Closed::Removed(path) => {
+                // The removal must be durable before the log says so.
+                if let Some(dir) = path.parent() {
+                    crate::durable_dir::sync_dir(dir)?;
+                }
+                log.append_cover(now, &self.alarm_key, through.unwrap_or(0), true);
+            }
+            Closed::NoFile | Closed::Left => {}
+        }
+        Ok(())
     }
 }
+
+/// A WAL longer than this many frames is folded into its file between turns.
+const CHECKPOINT_FRAMES: u32 = 1000;
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
