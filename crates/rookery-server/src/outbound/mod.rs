@@ -65,8 +65,9 @@ pub struct HttpClient {
 }
 
 /// Installs ring as rustls's crypto provider once per process, unless the embedding program
-/// installed one first.
-fn install_crypto_provider() {
+/// installed one first. `HttpClient::new` calls it; any other reqwest client in a program that
+/// links this crate must be built after it (reqwest is built without a provider of its own).
+pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // An error means a provider is installed already, which serves as well.
