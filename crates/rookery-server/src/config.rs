@@ -1,5 +1,5 @@
-//! `rookery.toml`: bindings and migrations shaped after `wrangler.toml`, plus Rookery's own
-//! `[server]` settings and `[[routes]]`.
+//! `rookery.toml`: bindings, migrations and `[vars]` shaped after `wrangler.toml`, plus
+//! Rookery's own `[server]` settings, `[[routes]]`, `[auth]` and `[outbound]`.
 //!
 //! Every error names the file, the line and the problem.
 
@@ -11,6 +11,8 @@ use std::time::Duration;
 use rookery::{Durability, HistoryOptions, HostOptions, Migration, RuntimeOptions, StorageLimits};
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::outbound::{AllowList, OutboundSettings};
 
 /// The demo app's configuration, used when no file is given.
 pub const DEMO_CONFIG: &str = include_str!("../../../examples/demo.toml");
@@ -46,6 +48,11 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[worker]`: the code in front of the objects, if any.
     pub worker: Option<WorkerConfig>,
+    /// `[vars]`: plain values objects read with `env.var`; values that are not strings are
+    /// kept as JSON text.
+    pub vars: BTreeMap<String, String>,
+    /// `[outbound]`.
+    pub outbound: OutboundConfig,
 }
 
 /// `[worker]`: a worker the server's code registered (`Classes::with_worker`), picked by name.
@@ -55,6 +62,61 @@ pub struct Config {
 pub struct WorkerConfig {
     /// The worker's name, e.g. `Demo`.
     pub name: Spanned<String>,
+}
+
+/// `[outbound]`: what objects' outbound HTTP (`env.http()`) may reach, and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Internal addresses (`127.0.0.1`), ranges (`10.0.0.0/8`, `fd00::/8`) and host names
+    /// that requests may reach; public addresses need no entry.
+    pub allow: Vec<Spanned<String>>,
+    /// Time for a whole request, from connecting to the end of the response, in milliseconds.
+    pub timeout_ms: u64,
+    /// Time to connect, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Largest response body accepted, in bytes.
+    pub max_response_bytes: usize,
+    /// Most redirects followed for one request.
+    pub max_redirects: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        let s = OutboundSettings::default();
+        Self {
+            allow: Vec::new(),
+            timeout_ms: millis(s.timeout),
+            connect_timeout_ms: millis(s.connect_timeout),
+            max_response_bytes: s.max_response_bytes,
+            max_redirects: s.max_redirects,
+        }
+    }
+}
+
+impl OutboundConfig {
+    /// The client settings these describe; the first allow entry that cannot be read, with
+    /// its offset in the file and why, if any.
+    pub fn settings(&self) -> Result<OutboundSettings, (usize, String)> {
+        let allow = AllowList::parse(self.allow.iter().map(|e| e.get_ref().as_str())).map_err(
+            |(entry, why)| {
+                let at = self
+                    .allow
+                    .iter()
+                    .find(|e| *e.get_ref() == entry)
+                    .map_or(0, |e| e.span().start);
+                (at, format!("[outbound] allow: {entry:?} is {why}"))
+            },
+        )?;
+        Ok(OutboundSettings {
+            allow,
+            timeout: Duration::from_millis(self.timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_response_bytes: self.max_response_bytes,
+            max_redirects: self.max_redirects,
+            ..OutboundSettings::default()
+        })
+    }
 }
 
 /// `[auth]`: who the caller is, passed to objects in trusted headers.
@@ -139,6 +201,13 @@ pub struct ServerConfig {
     pub history_retention_hours: u64,
     /// The most log kept as history, in bytes.
     pub history_max_bytes: u64,
+    /// Most `wait_until` work one object may have registered or running.
+    pub max_wait_until: usize,
+    /// Wall-time limit of one piece of `wait_until` work, in milliseconds.
+    pub wait_until_timeout_ms: u64,
+    /// A file of secrets in `.dev.vars` form (`KEY=VALUE` lines), relative to the working
+    /// directory; variables `ROOKERY_SECRET_<KEY>` add to and override it.
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -172,6 +241,9 @@ impl Default for ServerConfig {
             admin_token: None,
             history_retention_hours: millis(history.retention) / 3_600_000,
             history_max_bytes: history.max_bytes,
+            max_wait_until: host.max_wait_until,
+            wait_until_timeout_ms: millis(host.wait_until_timeout),
+            secrets_file: None,
         }
     }
 }
@@ -193,6 +265,8 @@ impl ServerConfig {
                 max_sockets_per_object: self.max_sockets_per_object,
                 max_message_bytes: self.max_ws_message_bytes,
                 max_live_objects: self.max_live_objects,
+                max_wait_until: self.max_wait_until,
+                wait_until_timeout: Duration::from_millis(self.wait_until_timeout_ms),
             },
             storage: StorageLimits {
                 max_key_bytes: self.max_key_bytes,
@@ -342,6 +416,10 @@ struct RawConfig {
     auth: AuthConfig,
     #[serde(default)]
     worker: Option<WorkerConfig>,
+    #[serde(default)]
+    vars: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    outbound: OutboundConfig,
     /// Keys of `wrangler.toml` that Rookery does not use (name, main, compatibility_date, ...).
     #[serde(flatten)]
     other: BTreeMap<String, toml::Value>,
@@ -397,6 +475,19 @@ impl Config {
             routes: raw.routes,
             auth: raw.auth,
             worker: raw.worker,
+            vars: raw
+                .vars
+                .into_iter()
+                .map(|(name, value)| {
+                    let text = match value {
+                        toml::Value::String(s) => s,
+                        // As wrangler hands objects non-string vars: as JSON.
+                        other => serde_json::to_string(&other).unwrap_or_default(),
+                    };
+                    (name, text)
+                })
+                .collect(),
+            outbound: raw.outbound,
         };
         config.check()?;
         Ok(config)
@@ -420,14 +511,15 @@ impl Config {
         }
     }
 
-    /// The line of `key = ...` in `[server]`, or 0 if the text does not set it.
-    fn server_key_line(&self, key: &str) -> usize {
-        let mut in_server = false;
+    /// The line of `key = ...` in table `section` (e.g. `[server]`), or 0 if the text does not
+    /// set it.
+    fn key_line(&self, section: &str, key: &str) -> usize {
+        let mut in_section = false;
         for (i, line) in self.text.lines().enumerate() {
             let line = line.trim_start();
             if line.starts_with('[') {
-                in_server = line.starts_with("[server]");
-            } else if in_server
+                in_section = line.starts_with(section);
+            } else if in_section
                 && line
                     .strip_prefix(key)
                     .is_some_and(|rest| rest.trim_start().starts_with('='))
@@ -442,13 +534,18 @@ impl Config {
         let s = &self.server;
         let error = |key: &str, message: &str| ConfigError {
             file: self.source.clone(),
-            line: self.server_key_line(key),
+            line: self.key_line("[server]", key),
             message: format!("{key}: {message}"),
         };
         for (key, value) in [
             ("header_read_timeout_ms", s.header_read_timeout_ms),
             ("keep_alive_timeout_ms", s.keep_alive_timeout_ms),
             ("body_read_timeout_ms", s.body_read_timeout_ms),
+            ("wait_until_timeout_ms", s.wait_until_timeout_ms),
+            (
+                "max_wait_until",
+                u64::try_from(s.max_wait_until).unwrap_or(u64::MAX),
+            ),
         ] {
             if value == 0 {
                 return Err(error(key, "must be above zero"));
@@ -478,8 +575,32 @@ impl Config {
         Ok(())
     }
 
+    fn check_outbound(&self) -> Result<(), ConfigError> {
+        let o = &self.outbound;
+        for (key, value) in [
+            ("timeout_ms", o.timeout_ms),
+            ("connect_timeout_ms", o.connect_timeout_ms),
+            (
+                "max_response_bytes",
+                u64::try_from(o.max_response_bytes).unwrap_or(u64::MAX),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError {
+                    file: self.source.clone(),
+                    line: self.key_line("[outbound]", key),
+                    message: format!("[outbound] {key}: must be above zero"),
+                });
+            }
+        }
+        o.settings()
+            .map(drop)
+            .map_err(|(at, message)| self.error_at(at, message))
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         self.check_server()?;
+        self.check_outbound()?;
         let mut bindings = HashSet::new();
         for b in &self.bindings {
             if !bindings.insert(b.name.get_ref().as_str()) {
@@ -691,6 +812,9 @@ mod tests {
         "admin_token",
         "history_retention_hours",
         "history_max_bytes",
+        "max_wait_until",
+        "wait_until_timeout_ms",
+        "secrets_file",
     ];
 
     #[test]

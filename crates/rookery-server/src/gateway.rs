@@ -19,7 +19,7 @@ use rookery::{Error, Request, Response, SharedWorker, identity, percent_decode};
 use crate::client_ip::{client_ip, rate_limit_key};
 use crate::conn::Connections;
 use crate::identity::Authenticator;
-use crate::socket_io;
+use crate::{socket_io, stream_io};
 
 use crate::routes::{Matched, Pick, RateLimit, Routes};
 
@@ -63,6 +63,8 @@ pub(crate) struct Gateway {
     pub(crate) worker: Option<SharedWorker>,
     /// What the worker reaches.
     pub(crate) env: rookery::Env,
+    /// Turns true when the server begins to shut down: streamed bodies end then.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Makes request ids: a per-process random prefix and a counter.
@@ -470,6 +472,9 @@ impl Gateway {
         mut resp: Response,
         upgrade: Option<WebSocketUpgrade>,
     ) -> rookery::Result<axum::response::Response> {
+        if let Some(stream) = resp.take_stream_link() {
+            return Ok(stream_io::respond(resp, stream, self.stopping.subscribe()));
+        }
         let Some(link) = resp.take_socket_link() else {
             return Ok(into_axum(resp));
         };

@@ -9,9 +9,12 @@ pub mod config;
 mod conn;
 mod gateway;
 pub mod identity;
+pub mod outbound;
 mod route_pattern;
 mod routes;
+pub mod secrets;
 mod socket_io;
+mod stream_io;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -101,9 +104,15 @@ impl Server {
                 )
             })?),
         };
+        let outbound = config
+            .outbound
+            .settings()
+            .map_err(|(at, message)| config.error_at(at, message))?;
         let mut builder = Runtime::builder(&config.server.data_dir)
             .classes(classes)
-            .options(config.server.runtime_options());
+            .options(config.server.runtime_options())
+            .vars(secrets::load(config, std::env::vars_os())?)
+            .outbound(Arc::new(outbound::HttpClient::new(outbound)?));
         for b in &config.bindings {
             builder = builder.binding(b.name.get_ref(), b.class_name.get_ref());
         }
@@ -137,6 +146,7 @@ impl Server {
             request_ids: RequestIds::new(),
             worker,
             env: runtime.env(),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         Ok(Self { runtime, gateway })
     }
@@ -168,6 +178,12 @@ impl Server {
         // Running requests get as long as a turn may take; a request stuck beyond that must
         // not keep the process from stopping.
         let grace = self.runtime.options().host.turn_timeout + Duration::from_secs(5);
+        let gateway = self.gateway.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Streamed bodies never end by themselves: end them, so connections can close.
+            gateway.stopping.send_replace(true);
+        };
         conn::serve(
             listener,
             self.router(),

@@ -225,6 +225,7 @@ async fn a_call_cycle_fails_fast() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"value": null}));
     // A → B → A is refused at once instead of waiting for the turn time limit.
+    rookery_server::outbound::install_crypto_provider();
     let quick = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()

@@ -92,6 +92,41 @@ pub enum Error {
     /// Any other failure, described by its message.
     #[error("{0}")]
     Other(String),
+    /// The object has as much `wait_until` work as it may have.
+    #[error(
+        "too much wait_until work: the object has its maximum of {0} pieces running or waiting"
+    )]
+    WaitUntilLimit(usize),
+    /// An outbound HTTP request failed; `kind` says how. The message names the target's
+    /// scheme, host and port, never its path, query or headers (they may carry secrets).
+    #[error("outbound request {message}")]
+    Outbound {
+        /// How it failed.
+        kind: OutboundErrorKind,
+        /// What failed, for the log.
+        message: String,
+    },
+}
+
+/// How an outbound HTTP request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutboundErrorKind {
+    /// The request is not one the client sends (not an absolute http or https URL).
+    InvalidRequest,
+    /// The target is a loopback, private or otherwise internal address that `[outbound] allow`
+    /// does not list (checked after name resolution, on every redirect).
+    Refused,
+    /// No answer within the time limit.
+    Timeout,
+    /// The response body is over the size limit.
+    TooLarge,
+    /// More redirects than the limit.
+    TooManyRedirects,
+    /// The connection could not be made or broke.
+    Connect,
+    /// No outbound HTTP client is configured in this runtime.
+    NotConfigured,
 }
 
 /// Why a runtime could not start. Nothing of a failed start is applied: no migration is
@@ -181,6 +216,7 @@ impl Error {
             | Error::BadRequest(_)
             | Error::LimitExceeded(_)
             | Error::SqlRefused(_)
+            | Error::WaitUntilLimit(_)
             | Error::ShuttingDown => Cow::Owned(self.to_string()),
             Error::InsufficientStorage(_) => Cow::Borrowed("insufficient storage"),
             Error::StorageUnavailable(_) => Cow::Borrowed("storage unavailable"),
@@ -191,6 +227,13 @@ impl Error {
             | Error::Io(_)
             | Error::Internal { .. }
             | Error::Other(_) => Cow::Borrowed("internal error"),
+            // Where an object's request went, and what its target resolved to, is for the log:
+            // the URL may have come from a client probing the network.
+            Error::Outbound {
+                kind: OutboundErrorKind::Timeout,
+                ..
+            } => Cow::Borrowed("an outbound request timed out"),
+            Error::Outbound { .. } => Cow::Borrowed("an outbound request failed"),
         }
     }
 
@@ -200,7 +243,8 @@ impl Error {
             Error::Overloaded
             | Error::ShuttingDown
             | Error::StorageUnavailable(_)
-            | Error::Fenced(_) => Some(1),
+            | Error::Fenced(_)
+            | Error::WaitUntilLimit(_) => Some(1),
             _ => None,
         }
     }
@@ -220,9 +264,10 @@ impl Error {
         match self {
             Error::InvalidId(_) | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::UnknownBinding(_) => StatusCode::NOT_FOUND,
-            Error::Overloaded | Error::ShuttingDown | Error::SocketLimit(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::Overloaded
+            | Error::ShuttingDown
+            | Error::SocketLimit(_)
+            | Error::WaitUntilLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::CallCycle(_) | Error::Deadlock(_) => StatusCode::LOOP_DETECTED,
             Error::UnknownMethod(_) => StatusCode::NOT_IMPLEMENTED,
             Error::Timeout(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -237,6 +282,22 @@ impl Error {
             | Error::Io(_)
             | Error::Internal { .. }
             | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Outbound {
+                kind: OutboundErrorKind::Timeout,
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Outbound { .. } => StatusCode::BAD_GATEWAY,
         }
+    }
+}
+
+/// The message a panic carried, if it was text.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
     }
 }

@@ -31,11 +31,16 @@ mod error;
 mod id;
 pub mod identity;
 mod request;
+mod vars;
 // storage: object databases, the commit pipeline, the alarm index, the catalog
 mod storage;
-// sockets: kept outside instances, with their turn outboxes
+// what turns emit, held until durable; then sockets, streams and wait_until work, which use it
+mod background;
+mod outbox;
 mod socket;
+mod stream;
 // what objects see of themselves
+mod outbound;
 mod response;
 mod state;
 // the host: registry, mailboxes, activations, turns
@@ -54,12 +59,13 @@ pub mod testing;
 pub use alarm::{AlarmStats, LatenessSummary};
 pub use call::{Call, CallError, CallResult, MethodResult, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use env::Env;
-pub use error::{Error, Result, StartError};
+pub use env::{Env, Http};
+pub use error::{Error, OutboundErrorKind, Result, StartError};
 pub use host::alarm_event::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
 pub use host::{HostOptions, LocalPlacement, Location, Placement};
 pub use id::{IdMinter, ObjectId};
 pub use object::DurableObject;
+pub use outbound::Outbound;
 pub use request::{Request, percent_decode};
 pub use response::Response;
 pub use runtime::{Classes, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
@@ -73,7 +79,12 @@ pub use storage::{
     LocalCommitLog, Migration, OutputGate, PageWrite, Sql, SqlCursor, SqlRow, SqlValue, Storage,
     StorageLimits, SyncHook,
 };
+pub use stream::{
+    BodyStream, EVENT_STREAM, MAX_QUEUED_CHUNKS, MAX_QUEUED_STREAM_BYTES, SseEvent, StreamCut,
+    StreamLink,
+};
 pub use stub::{Namespace, Stub};
+pub use vars::{Secret, Vars};
 pub use worker::{SharedWorker, Worker};
 
 pub use bytes::Bytes;
@@ -169,8 +180,8 @@ pub use rookery_macros::service;
 /// The names most objects need.
 pub mod prelude {
     pub use crate::{
-        AlarmInfo, Call, CallError, DurableObject, Env, Error, ListOptions, Method, Namespace,
-        ObjectId, ObjectState, Reply, Request, Response, Result, SqlValue, StatusCode, Storage,
-        Stub, WebSocket, Worker, WsMessage,
+        AlarmInfo, BodyStream, Call, CallError, DurableObject, Env, Error, ListOptions, Method,
+        Namespace, ObjectId, ObjectState, OutboundErrorKind, Reply, Request, Response, Result,
+        Secret, SqlValue, SseEvent, StatusCode, Storage, Stub, WebSocket, Worker, WsMessage,
     };
 }

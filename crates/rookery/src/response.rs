@@ -6,8 +6,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Result;
 use crate::socket::{SocketLink, WebSocket};
+use crate::stream::{BodyStream, StreamLink};
 
-/// A complete response: status, headers and body.
+/// A response: status, headers and a body (complete, or streamed by the object).
 #[derive(Debug)]
 pub struct Response {
     status: StatusCode,
@@ -16,6 +17,9 @@ pub struct Response {
     /// The accepted socket this response hands to the client's connection. Dropped unused
     /// (the client went away, the response was lost), it ends the socket.
     websocket: Option<SocketLink>,
+    /// The streamed body this response hands to the client's connection, instead of `body`.
+    /// Dropped unused, it closes the stream.
+    stream: Option<StreamLink>,
 }
 
 impl Response {
@@ -26,6 +30,7 @@ impl Response {
             headers: HeaderMap::new(),
             body: body.into(),
             websocket: None,
+            stream: None,
         }
     }
 
@@ -50,6 +55,39 @@ impl Response {
     /// upgrade. The transport must drive it (or drop it, which ends the socket).
     pub fn take_socket_link(&mut self) -> Option<SocketLink> {
         self.websocket.take()
+    }
+
+    /// A 200 response whose body is `stream` (from `ObjectState::stream` or `event_stream`),
+    /// written as the object sends to it, unbuffered, until the object closes it or drops its
+    /// last handle. A stream can be handed over once; a second response for it answers 500.
+    pub fn stream(stream: &BodyStream) -> Self {
+        match StreamLink::new(stream) {
+            Some(link) => {
+                let mut resp = Self::new(StatusCode::OK, Bytes::new())
+                    .with_header(http::header::CONTENT_TYPE, stream.content_type().clone())
+                    .with_header(
+                        http::header::CACHE_CONTROL,
+                        HeaderValue::from_static("no-cache"),
+                    )
+                    // Proxies such as nginx would otherwise hold the events back.
+                    .with_header(
+                        HeaderName::from_static("x-accel-buffering"),
+                        HeaderValue::from_static("no"),
+                    );
+                resp.stream = Some(link);
+                resp
+            }
+            None => Self::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the stream was handed to another response already",
+            ),
+        }
+    }
+
+    /// The streamed body of this response, if it has one. The transport must drive it (or
+    /// drop it, which closes the stream).
+    pub fn take_stream_link(&mut self) -> Option<StreamLink> {
+        self.stream.take()
     }
 
     /// A 200 response with `value` encoded as JSON.

@@ -18,14 +18,16 @@ use crate::durable_dir::create_dir_durable;
 use crate::env::Env;
 use crate::error::{Error, Result, StartError};
 use crate::host::activation::{ClassFactory, Factory};
-use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement};
+use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement, Reach};
 use crate::object::DurableObject;
+use crate::outbound::{NotConfigured, Outbound};
 use crate::storage::{
     AlarmIndex, Catalog, ClassRecord, CommitLog, DirHealth, DirLock, Durability, History,
     HistoryOptions, LocalCommitLog, Migration, NodeLog, StorageContext, StorageLimits, SyncHook,
     Syncer, recover, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
+use crate::vars::Vars;
 use crate::worker::{SharedWorker, Worker};
 
 /// Everything about how a runtime runs its objects.
@@ -127,6 +129,7 @@ pub struct RuntimeBuilder {
     sync_hook: Option<SyncHook>,
     log_segment_bytes: u64,
     clock: Arc<dyn Clock>,
+    reach: Reach,
 }
 
 impl RuntimeBuilder {
@@ -190,6 +193,19 @@ impl RuntimeBuilder {
     /// Runs alarms by `clock` instead of the system clock (tests move a [`crate::ManualClock`]).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Gives objects `vars` (vars and secrets, through `Env::var` and `Env::secret`).
+    pub fn vars(mut self, vars: Vars) -> Self {
+        self.reach.vars = Arc::new(vars);
+        self
+    }
+
+    /// Sends objects' outbound HTTP (`Env::http`) through `client`; without one, every
+    /// outbound request fails.
+    pub fn outbound(mut self, client: Arc<dyn Outbound>) -> Self {
+        self.reach.outbound = client;
         self
     }
 
@@ -346,6 +362,7 @@ impl RuntimeBuilder {
             storage: storage.clone(),
             options: options.host,
             placement: self.placement,
+            reach: self.reach,
         });
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             StartError::Config("a runtime must be built inside a tokio runtime".into())
@@ -519,6 +536,10 @@ impl Runtime {
             sync_hook: None,
             log_segment_bytes: crate::storage::SEGMENT_BYTES,
             clock: Arc::new(SystemClock),
+            reach: Reach {
+                vars: Arc::new(Vars::new()),
+                outbound: Arc::new(NotConfigured),
+            },
         }
     }
 

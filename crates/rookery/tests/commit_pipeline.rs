@@ -602,3 +602,58 @@ async fn a_round_of_many_objects_is_made_durable_by_one_sync() {
         "the eight objects shared rounds: {rounds} rounds for 9 commits"
     );
 }
+
+/// The largest WAL file under `dir`, in bytes.
+fn largest_wal(dir: &std::path::Path) -> u64 {
+    let mut largest = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with("-wal") {
+                largest = largest.max(entry.metadata().unwrap().len());
+            }
+        }
+    }
+    largest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_that_never_stops_writing_is_still_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A disk whose syncs take a while: eight writers then keep a commit of the object in
+    // flight at every moment between its turns, for several thousand WAL frames.
+    let slow: rookery::SyncHook = Arc::new(|| {
+        std::thread::sleep(Duration::from_millis(2));
+        Ok(())
+    });
+    let h = Arc::new(
+        TestHarness::from_builder::<Writer>(Runtime::builder(dir.path()).sync_hook(slow)).unwrap(),
+    );
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                for _ in 0..400 {
+                    let r = h
+                        .fetch("hot", Request::post("/put").unwrap())
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // A WAL frame is a 4 KiB page and a 24-byte header; the runtime folds the WAL into the
+    // file once it passes 1 000 frames.
+    let wal = largest_wal(&dir.path().join("objects"));
+    assert!(
+        wal < 1_500 * 4_120,
+        "the WAL of a busy object grew to {wal} bytes: it was never checkpointed"
+    );
+}

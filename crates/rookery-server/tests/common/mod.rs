@@ -159,6 +159,8 @@ impl ChildServer {
 }
 
 pub fn client() -> reqwest::Client {
+    // reqwest has rustls without a provider here (the server's outbound client brings ring).
+    rookery_server::outbound::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(PATIENCE)
         .build()

@@ -11,10 +11,12 @@ use super::class::{Instance, instance_of};
 use super::event::{Event, TurnOutput};
 use super::turn::{self, TurnContext};
 use crate::addr::{ObjectAddr, ObjectKey};
+use crate::background::{Background, BackgroundLimits};
 use crate::error::{Error, Result};
 use crate::socket::close_code;
 use crate::state::{ObjectCore, ObjectState};
 use crate::storage::{OutputGate, Storage};
+use crate::stream::ObjectStreams;
 
 /// Everything an activation needs to know about its object.
 pub(crate) struct Activation {
@@ -77,11 +79,19 @@ fn open_state(host: &Host, addr: &ObjectAddr) -> Result<ObjectState> {
         Some(name) if addr.id.name().is_none() => addr.id.with_name(&name),
         _ => addr.id.clone(),
     };
+    let sockets = host.sockets_for(addr);
+    let options = host.options();
+    let limits = BackgroundLimits {
+        max: options.max_wait_until,
+        timeout: options.wait_until_timeout,
+    };
     Ok(ObjectState::new(ObjectCore {
+        streams: ObjectStreams::new(sockets.owner()),
+        background: Background::new(sockets.owner(), addr.class.name.clone(), id.clone(), limits),
         id,
         class: addr.class.name.clone(),
         storage,
-        sockets: host.sockets_for(addr),
+        sockets,
         aborted: Default::default(),
     }))
 }
@@ -139,6 +149,13 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             Ok(Some(event)) => event,
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
+            // Streams being read and wait_until work would be cut off: the object stays.
+            Err(_) if state.busy_outside_turns() => {
+                tracing::debug!(
+                    "staying in memory: a stream is being read or wait_until work runs"
+                );
+                continue;
+            }
             Err(Wake::Pressure) => {
                 if act.host.take_eviction() {
                     let leaving = act.host.begin_retiring(key, act.generation);
@@ -171,6 +188,8 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             state
                 .sockets()
                 .close_all(close_code::INTERNAL, "the object was reset", true);
+            // Work that holds the old state would keep its database open.
+            state.drain_background(options.wait_until_timeout).await;
             close(state);
             state = match act.open().await {
                 Ok(fresh) => fresh,
@@ -211,6 +230,11 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             };
             continue;
         }
+        if state.storage().checkpoint_due() {
+            // A busy object always has a commit in flight: wait for it once per thousand
+            // frames, or its WAL (and the log it pins) would grow without end.
+            state.storage().wait_logged().await;
+        }
         state.storage().maybe_checkpoint();
     }
     drop(instance);
@@ -219,6 +243,8 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
     if let Err(e) = state.settled().wait().await {
         tracing::error!(error = %e, "closing with writes that are not durable");
     }
+    // Eviction waits until there is no work (above); shutdown gives it its time limit.
+    state.drain_background(options.wait_until_timeout).await;
     state.storage().wait_logged().await;
     // Plain sockets end with their instance; hibernatable ones wait for the next activation.
     state

@@ -10,9 +10,8 @@ use http::StatusCode;
 
 use super::Host;
 use super::alarm_event::AlarmInfo;
-use super::turn::panic_message;
 use crate::call::{Call, Reply};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panic_message};
 use crate::request::Request;
 use crate::response::Response;
 use crate::socket::{SocketEvent, WebSocket};

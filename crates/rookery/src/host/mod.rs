@@ -31,8 +31,10 @@ pub use placement::{LocalPlacement, Location, Placement};
 use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::outbound::Outbound;
 use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket, close_code};
 use crate::storage::StorageContext;
+use crate::vars::Vars;
 use activation::{Activation, ClassFactory};
 use event::Event;
 use waits::Waits;
@@ -57,6 +59,11 @@ pub struct HostOptions {
     /// Most objects in memory at once (each holds a few open files); beyond it, idle objects
     /// are evicted early. 0: derived from the process's open-file limit.
     pub max_live_objects: usize,
+    /// Most `wait_until` work one object may have registered or running.
+    pub max_wait_until: usize,
+    /// Wall-time limit of one piece of `wait_until` work; also how long the runtime waits for
+    /// an object's work before it closes the object.
+    pub wait_until_timeout: Duration,
 }
 
 impl Default for HostOptions {
@@ -70,6 +77,8 @@ impl Default for HostOptions {
             max_sockets_per_object: 32_768,
             max_message_bytes: 32 * 1024 * 1024,
             max_live_objects: 0,
+            max_wait_until: 256,
+            wait_until_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -90,6 +99,15 @@ pub(crate) struct HostParts {
     pub(crate) storage: Arc<StorageContext>,
     pub(crate) options: HostOptions,
     pub(crate) placement: Arc<dyn Placement>,
+    /// What objects reach through `Env` besides namespaces.
+    pub(crate) reach: Reach,
+}
+
+/// What objects reach through `Env` besides namespaces: vars and secrets, outbound HTTP.
+#[derive(Clone)]
+pub(crate) struct Reach {
+    pub(crate) vars: Arc<Vars>,
+    pub(crate) outbound: Arc<dyn Outbound>,
 }
 
 struct Slot {
@@ -123,6 +141,7 @@ pub(crate) struct HostInner {
     storage: Arc<StorageContext>,
     options: HostOptions,
     placement: Arc<dyn Placement>,
+    reach: Reach,
     generations: AtomicU64,
     closing: AtomicBool,
     /// Number of activations whose task has not finished.
@@ -171,6 +190,7 @@ impl Host {
             storage: parts.storage,
             options: parts.options,
             placement: parts.placement,
+            reach: parts.reach,
             generations: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             live: watch::Sender::new(0),
@@ -203,6 +223,11 @@ impl Host {
     /// The clock alarms and objects run by.
     pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
         &self.0.storage.clock
+    }
+
+    /// What objects reach through `Env` besides namespaces.
+    pub(crate) fn reach(&self) -> &Reach {
+        &self.0.reach
     }
 
     /// The class bound under `binding`.
@@ -410,9 +435,10 @@ impl Host {
     }
 
     /// Stops taking events, lets every activation finish what it has queued, and waits for them
-    /// to close their storage (at most `wait`).
+    /// to close their storage (at most `wait`, or longer if `wait_until` work may take longer).
     pub(crate) async fn shutdown(&self, wait: Duration) -> bool {
         let host = &self.0;
+        let wait = wait.max(host.options.wait_until_timeout + Duration::from_secs(5));
         host.closing.store(true, Ordering::SeqCst);
         // Dropping the slots closes the mailboxes; each activation works off its queue and ends.
         host.objects.clear();

@@ -1,7 +1,6 @@
 //! One turn: a handler call run to completion, with panics caught and a time limit, and the
 //! one way every turn ends (commit or roll back, release or drop what it sent).
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -11,8 +10,8 @@ use futures_util::FutureExt;
 use http::StatusCode;
 
 use crate::addr::ObjectKey;
-use crate::error::{Error, Result};
-use crate::socket;
+use crate::error::{Error, Result, panic_message};
+use crate::outbox;
 use crate::state::ObjectState;
 use crate::storage::OutputGate;
 
@@ -54,6 +53,11 @@ impl TurnContext {
     pub(crate) fn settled(&self) -> OutputGate {
         self.state.settled()
     }
+
+    /// The object running this turn.
+    pub(crate) fn state(&self) -> &ObjectState {
+        &self.state
+    }
 }
 
 tokio::task_local! {
@@ -66,7 +70,7 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&TurnContext) -> R) -> Option<R> {
 }
 
 /// Runs `handler` as a turn: within `ctx`, at most `limit` long, with panics turned into errors
-/// and sends to the object's sockets held for the turn's end.
+/// and what it emits (socket sends, stream chunks, `wait_until` work) held for the turn's end.
 pub(crate) async fn run<T>(
     handler: impl Future<Output = Result<T>>,
     ctx: TurnContext,
@@ -77,10 +81,7 @@ pub(crate) async fn run<T>(
     state.storage().set_deadline(Some(limit));
     let guarded = TURN.scope(
         ctx,
-        socket::in_turn(
-            state.sockets().outbox().clone(),
-            AssertUnwindSafe(handler).catch_unwind(),
-        ),
+        outbox::in_turn(state.owner(), AssertUnwindSafe(handler).catch_unwind()),
     );
     let outcome = tokio::time::timeout(limit, guarded).await;
     state.storage().set_deadline(None);
@@ -123,31 +124,23 @@ pub(crate) async fn finish_as<T>(
             "the turn failed in the runtime"
         );
     }
-    let sent = state.sockets().take_outbox();
+    let sent = state.take_outputs();
     // A socket accepted but handed to no connection would never hear from one.
     state.sockets().end_unclaimed();
     match storage.finish_turn(succeeded).await {
         Ok(gate) => {
             // What a failed turn sent is discarded with its writes.
             if succeeded {
-                state.sockets().release(storage.settled(), sent);
+                state.release_outputs(sent);
+            } else {
+                sent.discard();
             }
             (result, gate)
         }
         Err(e) => {
+            sent.discard();
             tracing::error!(error = %e, "commit failed; the turn is rolled back");
             (Err(e), storage.settled())
         }
-    }
-}
-
-/// The message a panic carried, if it was text.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "(no message)"
     }
 }

@@ -7,14 +7,13 @@
 //! intact. A *plain* socket keeps its object in memory instead.
 //!
 //! Sends made during a turn are output-gated like a response: they are held in the object's
-//! [`outbox`] and leave once the turn's writes are durable, in turn order. A transport (the HTTP
+//! outbox (`crate::outbox`) and leave once the turn's writes are durable, in turn order. A transport (the HTTP
 //! gateway) drives each connection through a [`SocketLink`], which hands what the client sends
 //! to the host through the narrow [`SocketEvents`] handle.
 
 mod events;
 mod inner;
 mod link;
-mod outbox;
 mod registry;
 
 use std::sync::atomic::Ordering;
@@ -26,12 +25,12 @@ use serde::de::DeserializeOwned;
 
 pub(crate) use events::{SocketEvent, SocketEvents};
 pub use link::{SocketLink, Undelivered};
-pub(crate) use outbox::in_turn;
 pub(crate) use registry::ObjectSockets;
 
 use inner::SocketInner;
 
 use crate::error::{Error, Result};
+use crate::outbox::{self, Release};
 
 /// Close codes the runtime uses (RFC 6455 §7.4).
 pub mod close_code {
@@ -145,6 +144,18 @@ pub enum Outgoing {
     Close(u16, String),
 }
 
+/// One frame for one socket, as a turn's outbox holds it.
+pub(crate) struct Frame {
+    socket: Arc<SocketInner>,
+    out: Outgoing,
+}
+
+impl Release for Frame {
+    fn release(self) {
+        self.socket.deliver(self.out);
+    }
+}
+
 /// A WebSocket accepted by an object. Cheap to clone; all clones are the same socket.
 #[derive(Clone)]
 pub struct WebSocket {
@@ -200,7 +211,23 @@ impl WebSocket {
     /// socket are dropped. A client that does not read fills its bounded queue and is closed
     /// with 1008.
     pub fn send(&self, message: impl Into<WsMessage>) {
-        outbox::emit(&self.inner, Outgoing::Message(message.into()));
+        self.emit(Outgoing::Message(message.into()));
+    }
+
+    /// Queues `out` now, or, inside a turn of the socket's object, when the turn ends well and
+    /// its writes are durable.
+    fn emit(&self, out: Outgoing) {
+        let frame = Frame {
+            socket: self.inner.clone(),
+            out,
+        };
+        let frame = match self.owner.upgrade() {
+            Some(set) if outbox::in_turn_of(self.inner.owner) => set.outbox().hold(frame),
+            _ => Some(frame),
+        };
+        if let Some(frame) = frame {
+            frame.release();
+        }
     }
 
     /// Sends `value` as a JSON text message.
@@ -211,10 +238,7 @@ impl WebSocket {
 
     /// Closes the socket with `code` and `reason` (gated like a send).
     pub fn close(&self, code: u16, reason: &str) {
-        outbox::emit(
-            &self.inner,
-            Outgoing::Close(code, truncate(reason, 123).to_string()),
-        );
+        self.emit(Outgoing::Close(code, truncate(reason, 123).to_string()));
     }
 
     /// Keeps `value` with the socket (at most 16 KiB as JSON); it survives hibernation.

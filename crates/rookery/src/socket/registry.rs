@@ -8,16 +8,16 @@ use bytes::Bytes;
 
 use super::events::SocketEvents;
 use super::inner::SocketInner;
-use super::outbox::{Frames, Outbox};
-use super::{Outgoing, WebSocket, WsMessage, check_tags};
+use super::{Frame, Outgoing, WebSocket, WsMessage, check_tags};
 use crate::addr::ObjectAddr;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::storage::OutputGate;
+use crate::outbox::Outbox;
 
 /// Socket ids, unique within the process.
 static NEXT_SOCKET_ID: AtomicU64 = AtomicU64::new(1);
-/// Socket-set ids, unique within the process: they tie sockets to their object's outbox.
+/// Socket-set ids, unique within the process: the *owner* id that ties the object's turns to
+/// its outboxes (sockets, streams, `wait_until` work).
 static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The sockets of one object.
@@ -33,7 +33,7 @@ pub(crate) struct ObjectSockets {
     plain: AtomicUsize,
     /// The auto-response pair: a text request answered with a message, without the instance.
     auto: RwLock<Option<(Bytes, WsMessage)>>,
-    outbox: Arc<Outbox>,
+    outbox: Arc<Outbox<Frame>>,
     /// Sockets accepted during the running turn, to end at its end if no response claimed them.
     accepted: Mutex<Vec<Arc<SocketInner>>>,
     /// This set, for the sockets handed out (the transport links back through it).
@@ -71,18 +71,13 @@ impl ObjectSockets {
     }
 
     /// Where this object's turns hold what they send.
-    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
+    pub(crate) fn outbox(&self) -> &Arc<Outbox<Frame>> {
         &self.outbox
     }
 
-    /// Takes what the running turn sent on this object's sockets.
-    pub(crate) fn take_outbox(&self) -> Frames {
-        self.outbox.take()
-    }
-
-    /// Releases `frames` when `gate` opens, after every earlier turn's frames.
-    pub(crate) fn release(&self, gate: OutputGate, frames: Frames) {
-        self.outbox.release(gate, frames);
+    /// The id that marks this object's turns and outputs (see `crate::outbox`).
+    pub(crate) fn owner(&self) -> u64 {
+        self.outbox.owner()
     }
 
     fn sockets(&self) -> MutexGuard<'_, HashMap<u64, Arc<SocketInner>>> {
@@ -150,10 +145,13 @@ impl ObjectSockets {
             .filter(|s| tag.is_none_or(|t| s.tags.iter().any(|x| x == t)))
             .cloned()
             .collect();
-        let held = self.outbox.hold_if_in_turn(|held| {
+        let held = self.outbox.hold_with(|held| {
             held.reserve(targets.len());
             for s in &targets {
-                held.push((s.clone(), Outgoing::Message(message.clone())));
+                held.push(Frame {
+                    socket: s.clone(),
+                    out: Outgoing::Message(message.clone()),
+                });
             }
         });
         if held.is_none() {

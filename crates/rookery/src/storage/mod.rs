@@ -417,9 +417,9 @@ impl Storage {
                 self.ctx.syncer.log_appended();
                 Some(logged)
             }
-            // Relaxed: the record is written; the log is synced on a timer.
+            // Relaxed: the record is written; the sync thread syncs the log on its timer (a
+            // signal here would make every commit a sync round).
             Ok(Some(logged)) => {
-                self.ctx.syncer.log_appended();
                 self.sync.mark(seq, true, false);
                 Some(logged)
             }
@@ -541,6 +541,13 @@ impl Storage {
         self.ctx.syncer.log_appended();
         let mut synced = log.synced_watch();
         let _ = synced.wait_for(|s| *s > last || log.failed()).await;
+    }
+
+    /// Whether the WAL is long enough to fold into the file: the caller waits for the log
+    /// ([`Storage::wait_logged`]) and then calls [`Storage::maybe_checkpoint`], so that an
+    /// object that never stops writing is still checkpointed (and its log segments freed).
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.ctx.log.is_some() && self.lock().db.wal_frames() >= CHECKPOINT_FRAMES
     }
 
     /// Folds a long WAL into the database file once the log holds it durably, between turns:
