@@ -4,6 +4,7 @@
 //! their own object classes.
 
 mod admin;
+pub mod admin_client;
 mod client_ip;
 pub mod config;
 mod conn;
