@@ -90,10 +90,11 @@ pub(crate) struct StorageContext {
 }
 
 impl StorageContext {
-    /// Compacts the log's expired history into snapshots; how many segments it folded.
-    pub(crate) fn compact_history(&self) -> std::io::Result<usize> {
+    /// Compacts the log's expired history into snapshots (only what size and free space
+    /// force, without `by_age`); how many segments it folded.
+    pub(crate) fn compact_history(&self, by_age: bool) -> std::io::Result<usize> {
         match (&self.log, &self.history) {
-            (Some(log), Some(history)) => history.compact(log, self.clock.now_ms()),
+            (Some(log), Some(history)) => history.compact(log, self.clock.now_ms(), by_age),
             _ => Ok(0),
         }
     }
