@@ -279,16 +279,36 @@ impl NodeLog {
         tail.written = tail.next;
         tail.buffer.clear();
         if result.is_err() {
-            self.failed.store(true, Ordering::Release);
+            self.mark_failed();
         }
         result
+    }
+
+    /// Marks the log failed and wakes everyone waiting for it to be durable: they must see
+    /// the failure, or they would wait for a sync that never comes.
+    fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.synced.send_modify(|_| ());
+    }
+
+    /// Fails the commits in `waiting`: none of them can become durable.
+    fn fail_waiting(&self, waiting: Vec<Waiting>) {
+        self.mark_failed();
+        for w in waiting {
+            w.sync.fail();
+        }
     }
 
     /// Writes what was appended (beginning a new segment afterwards if the current one is
     /// full); the caller syncs the returned file, then opens the returned gates.
     pub(crate) fn write(&self) -> io::Result<Written> {
         let mut tail = self.tail();
-        self.write_locked(&mut tail)?;
+        if let Err(e) = self.write_locked(&mut tail) {
+            let waiting = std::mem::take(&mut tail.waiting);
+            drop(tail);
+            self.fail_waiting(waiting);
+            return Err(e);
+        }
         let written = Written {
             file: tail.file.clone(),
             waiting: std::mem::take(&mut tail.waiting),
@@ -297,7 +317,14 @@ impl NodeLog {
         if tail.segment_len >= tail.segment_bytes {
             let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let (file, path, prepared) =
-                new_segment(&self.dir, tail.next, spare, tail.segment_bytes)?;
+                match new_segment(&self.dir, tail.next, spare, tail.segment_bytes) {
+                    Ok(segment) => segment,
+                    Err(e) => {
+                        drop(tail);
+                        self.fail_waiting(written.waiting);
+                        return Err(e);
+                    }
+                };
             tail.file = Arc::new(file);
             tail.segment = tail.next;
             tail.written = tail.next;
@@ -316,10 +343,7 @@ impl NodeLog {
         if let Err(e) = written.file.sync_data() {
             // After a failed sync the kernel may have dropped the pages: nothing written since
             // the last good sync can ever count as durable.
-            self.failed.store(true, Ordering::Release);
-            for w in written.waiting {
-                w.sync.fail();
-            }
+            self.fail_waiting(written.waiting);
             return Err(e);
         }
         self.synced.send_if_modified(|s| {
@@ -335,10 +359,7 @@ impl NodeLog {
 
     /// Fails `written`'s commits without syncing (a failed round).
     pub(crate) fn fail(&self, written: Written) {
-        self.failed.store(true, Ordering::Release);
-        for w in written.waiting {
-            w.sync.fail();
-        }
+        self.fail_waiting(written.waiting);
     }
 
     /// Whether something written is not synced yet.
