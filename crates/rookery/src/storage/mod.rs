@@ -164,6 +164,9 @@ struct Turn {
     alarm: Option<AlarmChange>,
     /// Whether object code (not the runtime) changed the alarm in the current turn.
     alarm_by_handler: bool,
+    /// The furthest bookmark handed out in the current turn: its outputs wait until the log
+    /// is durable through it.
+    bookmark: Option<log_record::Lsn>,
 }
 
 impl Storage {
@@ -211,6 +214,7 @@ impl Storage {
                 seq: 0,
                 alarm: None,
                 alarm_by_handler: false,
+                bookmark: None,
             }),
             ctx,
             class: addr.class.name.clone(),
@@ -293,7 +297,7 @@ impl Storage {
     /// [`Storage::on_next_session_restore_bookmark`].
     pub fn get_current_bookmark(&self) -> Result<String> {
         let (log, _) = self.history()?;
-        Ok(history::format_bookmark(log.next_lsn()))
+        Ok(self.hand_out(log.next_lsn()))
     }
 
     /// A bookmark for the object's state at `time_ms` (ms since the Unix epoch, by the
@@ -301,9 +305,8 @@ impl Storage {
     /// older than the retained history.
     pub fn get_bookmark_for_time(&self, time_ms: i64) -> Result<String> {
         let (log, history) = self.history()?;
-        Ok(history::format_bookmark(
-            history.bookmark_for_time(log, time_ms)?,
-        ))
+        let at = history.bookmark_for_time(log, time_ms)?;
+        Ok(self.hand_out(at))
     }
 
     /// Asks for the object to start over at `bookmark` the next time it opens (call
@@ -319,7 +322,16 @@ impl Storage {
             ));
         };
         restore::request(path, at)?;
-        Ok(history::format_bookmark(log.next_lsn()))
+        Ok(self.hand_out(log.next_lsn()))
+    }
+
+    /// Writes bookmark `at` and holds the turn's outputs until the log is durable through it:
+    /// after a crash, positions that never became durable are given to new records, and a
+    /// bookmark among them would restore to a state it never named.
+    fn hand_out(&self, at: log_record::Lsn) -> String {
+        let mut turn = self.lock();
+        turn.bookmark = turn.bookmark.max(Some(at));
+        history::format_bookmark(at)
     }
 
     fn history(&self) -> Result<(&NodeLog, &History)> {
@@ -372,6 +384,20 @@ impl Storage {
     /// Ends the current turn: commits its writes if `commit`, otherwise rolls them back.
     /// Returns the gate that the turn's outputs must pass.
     pub(crate) async fn finish_turn(&self, commit: bool) -> Result<OutputGate> {
+        let gate = self.commit_turn(commit).await;
+        let bookmark = self.lock().bookmark.take();
+        let gate = gate?;
+        match (bookmark, &self.ctx.log) {
+            (Some(at), Some(log)) if log.synced() < at => {
+                self.ctx.syncer.log_appended();
+                Ok(gate.and_logged(log.durable_wait(at)))
+            }
+            _ => Ok(gate),
+        }
+    }
+
+    /// Commits (or rolls back) the turn's transaction; the gate waits for the commit.
+    async fn commit_turn(&self, commit: bool) -> Result<OutputGate> {
         let change = {
             let mut turn = self.lock();
             let change = turn.alarm.take();

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::log_record::{self, Frame, Kind, Lsn};
-use super::object_sync::ObjectSync;
+use super::object_sync::{LogWait, ObjectSync};
 use crate::addr::AlarmKey;
 use crate::durable_dir::sync_dir;
 
@@ -110,7 +110,7 @@ pub(crate) struct NodeLog {
     /// lacks (kept durably in [`START_FILE`]).
     start: Mutex<Lsn>,
     /// Set once writing or syncing the log failed: nothing may count as durable after that.
-    failed: AtomicBool,
+    failed: Arc<AtomicBool>,
     /// How far the log is synced.
     synced: watch::Sender<Lsn>,
 }
@@ -165,7 +165,7 @@ impl NodeLog {
             spares: Mutex::new(spares),
             keep_history,
             start: Mutex::new(read_start(dir)?.unwrap_or(0).min(next)),
-            failed: AtomicBool::new(false),
+            failed: Arc::new(AtomicBool::new(false)),
             synced: watch::Sender::new(next),
         })
     }
@@ -370,6 +370,15 @@ impl NodeLog {
     /// How far the log is durable.
     pub(crate) fn synced(&self) -> Lsn {
         *self.synced.borrow()
+    }
+
+    /// A wait for the log to be durable through `through`.
+    pub(crate) fn durable_wait(&self, through: Lsn) -> LogWait {
+        LogWait {
+            synced: self.synced.subscribe(),
+            through,
+            failed: self.failed.clone(),
+        }
     }
 
     /// A subscription to the durable point.
@@ -670,5 +679,43 @@ mod tests {
             recovered.next > last,
             "the log goes on after what it replayed"
         );
+    }
+
+    #[test]
+    fn segments_after_a_torn_record_are_not_kept_as_history() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log_dir = tmp.path().join("log");
+        let objects = tmp.path().join("objects");
+        fs::create_dir_all(&log_dir).unwrap();
+        fs::create_dir_all(objects.join("c1")).unwrap();
+        let sync = ObjectSync::new(&objects.join("c1").join("x.sqlite"), true);
+        let log = NodeLog::open(&log_dir, 0, BTreeMap::new(), true, 3 * 4096).unwrap();
+        let lsns: Vec<Lsn> = (1..=12u64)
+            .map(|seq| commit(&log, &sync, seq, seq as u8, 1))
+            .collect();
+        let segments: Vec<Lsn> = log.segments().iter().map(|(s, _)| *s).collect();
+        assert!(segments.len() > 3, "several segments: {segments:?}");
+        drop(log);
+        // A power cut tore the second record; the disk kept what came after it.
+        let torn = lsns[1];
+        let first = log_dir.join(segment_name(segments[0]));
+        let file = OpenOptions::new().write(true).open(&first).unwrap();
+        file.write_all_at(&[0xAB; 64], torn - segments[0] + 40)
+            .unwrap();
+        drop(file);
+        let recovered = recover(&log_dir, &objects, true).unwrap();
+        assert_eq!(recovered.next, torn, "the log goes on at the torn record");
+        let kept: Vec<Lsn> = recovered.history.keys().copied().collect();
+        assert_eq!(
+            kept,
+            vec![segments[0]],
+            "only the segment up to the torn record stays"
+        );
+        for later in &segments[1..] {
+            assert!(
+                !log_dir.join(segment_name(*later)).exists(),
+                "segment {later} outlived recovery"
+            );
+        }
     }
 }

@@ -116,6 +116,7 @@ impl ObjectSync {
         }
         OutputGate {
             durable: Some((self.state.subscribe(), seq)),
+            logged: None,
         }
     }
 
@@ -141,17 +142,40 @@ impl ObjectSync {
 #[derive(Debug)]
 pub struct OutputGate {
     durable: Option<(watch::Receiver<DurableState>, u64)>,
+    /// Also waits for the node log to be durable through a position (a bookmark the turn
+    /// handed out: a position that is not durable may be given to other records after a crash).
+    logged: Option<LogWait>,
+}
+
+/// A wait for the node log to be durable through a position.
+#[derive(Debug)]
+pub(crate) struct LogWait {
+    /// The log's durable end.
+    pub(crate) synced: watch::Receiver<u64>,
+    /// The position to wait for.
+    pub(crate) through: u64,
+    /// Set when the log failed; the watch is woken then.
+    pub(crate) failed: Arc<AtomicBool>,
 }
 
 impl OutputGate {
     /// A gate with nothing to wait for.
     pub fn open() -> Self {
-        Self { durable: None }
+        Self {
+            durable: None,
+            logged: None,
+        }
     }
 
     /// Whether there is nothing to wait for.
     pub fn is_open(&self) -> bool {
-        self.durable.is_none()
+        self.durable.is_none() && self.logged.is_none()
+    }
+
+    /// This gate, also waiting for `wait`.
+    pub(crate) fn and_logged(mut self, wait: LogWait) -> Self {
+        self.logged = Some(wait);
+        self
     }
 
     /// Waits until the outputs may be released; an error means they must be discarded.
@@ -169,6 +193,23 @@ impl OutputGate {
             if !state.covers(seq) {
                 return Err(Error::Durability(
                     "the write could not be made durable".into(),
+                ));
+            }
+        }
+        if let Some(LogWait {
+            mut synced,
+            through,
+            failed,
+        }) = self.logged
+        {
+            let reached = synced
+                .wait_for(|s| *s >= through || failed.load(Ordering::Acquire))
+                .await
+                .map(|s| *s >= through)
+                .unwrap_or(false);
+            if !reached {
+                return Err(Error::Durability(
+                    "the node log could not be made durable through the bookmark".into(),
                 ));
             }
         }
