@@ -15,10 +15,12 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rookery::{Error, Request, Response, SharedWorker, identity, percent_decode};
+use tracing::Instrument;
 
 use crate::client_ip::{client_ip, rate_limit_key};
 use crate::conn::Connections;
 use crate::identity::Authenticator;
+use crate::prometheus::{METRICS_PATH, OwnRoutes, RouteMetrics};
 use crate::reply::{error_response, failure, into_axum, presents_token, unauthorized};
 use crate::{socket_io, stream_io};
 
@@ -33,6 +35,12 @@ pub const STATS_PATH: &str = "/_rookery/stats";
 
 /// The prefix of every path the runtime serves itself; configured routes never see these.
 const RUNTIME_PREFIX: &str = "/_rookery/";
+
+/// Answers 200 while the process runs (liveness); ahead of the configured routes, open to all.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// Answers 200 while the server can take writes, else 503 with the reason (readiness); ahead
+/// of the configured routes, open to all.
+pub const READYZ_PATH: &str = "/readyz";
 
 /// Who may use the runtime's own endpoints (`/_rookery/...`).
 #[derive(Debug)]
@@ -66,6 +74,8 @@ pub(crate) struct Gateway {
     pub(crate) env: rookery::Env,
     /// Turns true when the server begins to shut down: streamed bodies end then.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// The request metrics of the paths the server answers itself.
+    pub(crate) own_metrics: OwnRoutes,
 }
 
 /// Makes request ids: a per-process random prefix and a counter.
@@ -114,7 +124,10 @@ pub(crate) async fn handle(
     if head {
         *req.method_mut() = Method::GET;
     }
-    let mut response = gw.serve(peer, req, &request_id).await;
+    // At debug level: a span per request is not free, and most deployments log at info.
+    let span = tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or("-"),);
+    let (metrics, mut response) = gw.serve(peer, req, &request_id).instrument(span).await;
+    metrics.record(response.status(), started.elapsed());
     if head {
         response = without_body(response);
     }
@@ -150,48 +163,59 @@ fn without_body(mut response: axum::response::Response) -> axum::response::Respo
 }
 
 impl Gateway {
+    /// Answers a request; also says whose metrics it counts in.
     async fn serve(
         &self,
         peer: SocketAddr,
         req: axum::extract::Request,
         request_id: &HeaderValue,
-    ) -> axum::response::Response {
-        if req.uri().path().starts_with(crate::admin::ADMIN_PREFIX) {
-            return crate::admin::serve(
-                &self.runtime,
-                self.admin_token.as_deref(),
-                req,
-                request_id,
-            )
-            .await;
+    ) -> (&RouteMetrics, axum::response::Response) {
+        let path = req.uri().path();
+        if path.starts_with(crate::admin::ADMIN_PREFIX) {
+            let response =
+                crate::admin::serve(&self.runtime, self.admin_token.as_deref(), req, request_id)
+                    .await;
+            return (&self.own_metrics.admin, response);
         }
-        if req.uri().path().starts_with(RUNTIME_PREFIX) {
-            return self.runtime_endpoint(&req);
+        if path.starts_with(RUNTIME_PREFIX) || path == METRICS_PATH {
+            return (&self.own_metrics.runtime, self.runtime_endpoint(&req));
+        }
+        if path == HEALTHZ_PATH || path == READYZ_PATH {
+            return (&self.own_metrics.runtime, self.health(path));
         }
         let client = client_ip(req.headers(), self.client_ip_header.as_ref(), peer.ip());
         let Some(matched) = self.routes.find(req.method(), req.uri().path()) else {
             // What no route takes is the worker's, if there is one; as in the seed, else 404.
             return match &self.worker {
-                Some(worker) => self
-                    .to_worker(worker, req, client)
-                    .await
-                    .unwrap_or_else(|e| failure(&e, request_id)),
-                None => error_response(StatusCode::NOT_FOUND, "Not found"),
+                Some(worker) => (
+                    &self.own_metrics.worker,
+                    self.to_worker(worker, req, client)
+                        .await
+                        .unwrap_or_else(|e| failure(&e, request_id)),
+                ),
+                None => (
+                    &self.own_metrics.none,
+                    error_response(StatusCode::NOT_FOUND, "Not found"),
+                ),
             };
         };
         let route = matched.route;
+        let metrics = &route.metrics;
         let object = match self.pick(&matched) {
             Ok(object) => object,
-            Err(e) => return failure(&e, request_id),
+            Err(e) => return (metrics, failure(&e, request_id)),
         };
         let remaining = match &route.rate_limit {
             None => None,
             Some(rl) => match self.check_rate(rl, client).await {
                 Ok(Some(remaining)) => Some(remaining),
                 Ok(None) => {
-                    return error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited");
+                    return (
+                        metrics,
+                        error_response(StatusCode::TOO_MANY_REQUESTS, "Rate limited"),
+                    );
                 }
-                Err(e) => return failure(&e, request_id),
+                Err(e) => return (metrics, failure(&e, request_id)),
             },
         };
         let answer = match (object, &self.worker) {
@@ -207,7 +231,38 @@ impl Gateway {
                 .headers_mut()
                 .insert(RATE_LIMIT_REMAINING, HeaderValue::from(remaining));
         }
-        response
+        (metrics, response)
+    }
+
+    /// `/healthz` (the process answers) and `/readyz` (it can take writes).
+    fn health(&self, path: &str) -> axum::response::Response {
+        if path == HEALTHZ_PATH {
+            return into_axum(Response::json_bytes(Bytes::from_static(
+                b"{\"status\":\"ok\"}",
+            )));
+        }
+        let reason = if *self.stopping.borrow() {
+            Some("shutting down")
+        } else {
+            match self.runtime.readiness() {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "not ready");
+                    Some(e.kind())
+                }
+            }
+        };
+        match reason {
+            None => into_axum(Response::json_bytes(Bytes::from_static(
+                b"{\"ready\":true}",
+            ))),
+            Some(reason) => {
+                let body = serde_json::json!({ "ready": false, "reason": reason });
+                let mut response = into_axum(Response::json_bytes(body.to_string()));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response
+            }
+        }
     }
 
     /// The runtime's own endpoints, behind their own access setting.
@@ -231,6 +286,9 @@ impl Gateway {
         if req.uri().path() == STATS_PATH && req.method() == Method::GET {
             return self.stats();
         }
+        if req.uri().path() == METRICS_PATH && req.method() == Method::GET {
+            return self.metrics();
+        }
         error_response(StatusCode::NOT_FOUND, "Not found")
     }
 
@@ -242,6 +300,22 @@ impl Gateway {
             "connections": self.connections.stats(),
         });
         into_axum(Response::json_bytes(body.to_string()))
+    }
+
+    /// The metrics in the Prometheus text format.
+    fn metrics(&self) -> axum::response::Response {
+        let Some(text) = crate::prometheus::render(&self.runtime, &self.connections.stats()) else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metrics are off: the program that embeds the server installed another metrics recorder",
+            );
+        };
+        let mut response = axum::response::Response::new(Body::from(text));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
     }
 
     /// The stub and object path a matched route leads to, if it leads to an object.

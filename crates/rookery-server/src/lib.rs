@@ -11,6 +11,7 @@ mod conn;
 mod gateway;
 pub mod identity;
 pub mod outbound;
+mod prometheus;
 mod reply;
 mod route_pattern;
 mod routes;
@@ -28,7 +29,8 @@ use rookery::{Classes, Runtime};
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError};
-pub use gateway::{REQUEST_ID, STATS_PATH};
+pub use gateway::{HEALTHZ_PATH, READYZ_PATH, REQUEST_ID, STATS_PATH};
+pub use prometheus::METRICS_PATH;
 
 use conn::{ConnLimits, Connections};
 use gateway::{Gateway, RequestIds, RuntimeAccess};
@@ -74,6 +76,9 @@ impl Server {
     /// the data directory is touched: a configuration that cannot serve applies no migration.
     pub fn new(config: &Config, classes: Classes) -> Result<Self, ServerError> {
         Routes::check(config)?;
+        // Before the runtime and the routes exist: handles made before a recorder is installed
+        // record nowhere.
+        prometheus::handle();
         for b in &config.bindings {
             if !classes.contains(b.class_name.get_ref()) {
                 return Err(config
@@ -149,6 +154,7 @@ impl Server {
             worker,
             env: runtime.env(),
             stopping: tokio::sync::watch::Sender::new(false),
+            own_metrics: prometheus::OwnRoutes::new(),
         });
         Ok(Self { runtime, gateway })
     }

@@ -7,6 +7,7 @@ use http::Method;
 use rookery::{Namespace, Runtime};
 
 use crate::config::{Config, ConfigError, RouteConfig};
+use crate::prometheus::RouteMetrics;
 use crate::route_pattern::router_pattern;
 
 /// Name of the catch-all parameter holding the rest of the path.
@@ -45,6 +46,8 @@ pub(crate) struct Route {
     pub(crate) worker: bool,
     pub(crate) rewrite: String,
     pub(crate) rate_limit: Option<RateLimit>,
+    /// Its requests' metrics, labelled with its pattern.
+    pub(crate) metrics: RouteMetrics,
 }
 
 /// A request path matched to a route.
@@ -181,5 +184,6 @@ fn compile(config: &Config, rc: &RouteConfig, runtime: &Runtime) -> Result<Route
         worker: rc.worker,
         rewrite: rc.rewrite.clone(),
         rate_limit,
+        metrics: RouteMetrics::new(rc.path.get_ref()),
     })
 }

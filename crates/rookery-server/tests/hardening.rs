@@ -315,20 +315,30 @@ async fn runtime_endpoints_need_the_stats_token_when_one_is_set() {
     let config = format!("{}{TOKENS}", probe_config("stats_token = \"s3cret-stats\""));
     let server = TestServer::start(&config, dir.path()).await;
     let c = client();
-    for auth in [
-        None,
-        Some("Bearer wrong"),
-        Some("Bearer user-token"),
-        Some("s3cret-stats"),
-    ] {
-        let mut req = c.get(server.url("/_rookery/stats"));
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
+    for path in ["/_rookery/stats", "/metrics"] {
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer user-token"),
+            Some("s3cret-stats"),
+        ] {
+            let mut req = c.get(server.url(path));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} {auth:?}");
+            assert!(r.headers().contains_key("www-authenticate"));
         }
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), 401, "{auth:?}");
-        assert!(r.headers().contains_key("www-authenticate"));
     }
+    let r = c
+        .get(server.url("/metrics"))
+        .header("authorization", "Bearer s3cret-stats")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("rookery_live_objects"));
     let r = c
         .get(server.url("/_rookery/stats"))
         .header("authorization", "Bearer s3cret-stats")

@@ -31,6 +31,7 @@ mod error;
 mod id;
 pub mod identity;
 mod request;
+pub mod telemetry;
 mod vars;
 // storage: object databases, the commit pipeline, the alarm index, the catalog
 mod storage;
@@ -62,13 +63,13 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use env::{Env, Http};
 pub use error::{Error, OutboundErrorKind, Result, StartError};
 pub use host::alarm_event::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
-pub use host::{HostOptions, LocalPlacement, Location, Placement};
+pub use host::{ClassStats, HostOptions, LocalPlacement, Location, Placement};
 pub use id::{IdMinter, ObjectId};
 pub use object::DurableObject;
 pub use outbound::Outbound;
 pub use request::{Request, percent_decode};
 pub use response::Response;
-pub use runtime::{Classes, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
+pub use runtime::{Classes, NotReady, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
 pub use socket::{
     MAX_ATTACHMENT_BYTES, MAX_TAG_BYTES, MAX_TAGS, Outgoing, SocketLink, Undelivered, WebSocket,
     WsMessage, close_code,

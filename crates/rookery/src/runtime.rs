@@ -502,6 +502,32 @@ pub struct Runtime {
     inner: Arc<RuntimeInner>,
 }
 
+/// Why a runtime cannot take writes now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The data directory is gone, replaced or not writable (the check's finding; it may name
+    /// the directory).
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+    /// The thread that makes commits durable stopped.
+    #[error("the sync thread stopped")]
+    SyncStopped,
+    /// Writing or syncing the node log failed: no write is taken until a restart.
+    #[error("the node log failed; restart the server")]
+    LogFailed,
+}
+
+impl NotReady {
+    /// A short reason that names no path, for unauthenticated callers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Storage(_) => "storage unavailable",
+            Self::SyncStopped => "sync thread stopped",
+            Self::LogFailed => "node log failed",
+        }
+    }
+}
+
 /// Counters that show what the runtime is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RuntimeStats {
@@ -586,6 +612,30 @@ impl Runtime {
             file_syncs,
             websockets: self.inner.host.sockets_open(),
         }
+    }
+
+    /// Per class: live and hibernated objects, WebSockets and queued events (one pass over
+    /// the live objects).
+    pub fn class_stats(&self) -> Vec<crate::host::ClassStats> {
+        self.inner.host.class_stats()
+    }
+
+    /// Whether the runtime can take writes: its data directory is there and writable, the sync
+    /// thread runs and the node log has not failed.
+    pub fn readiness(&self) -> std::result::Result<(), NotReady> {
+        let storage = &self.inner.storage;
+        if let Some(health) = &storage.health
+            && !health.is_ok()
+        {
+            return Err(NotReady::Storage(health.problem()));
+        }
+        if !storage.syncer.alive() {
+            return Err(NotReady::SyncStopped);
+        }
+        if storage.log.as_ref().is_some_and(|log| log.failed()) {
+            return Err(NotReady::LogFailed);
+        }
+        Ok(())
     }
 
     /// What the alarm machinery is doing now.

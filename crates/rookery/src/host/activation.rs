@@ -17,6 +17,7 @@ use crate::socket::close_code;
 use crate::state::{ObjectCore, ObjectState};
 use crate::storage::{OutputGate, Storage};
 use crate::stream::ObjectStreams;
+use crate::telemetry;
 
 /// Everything an activation needs to know about its object.
 pub(crate) struct Activation {
@@ -117,6 +118,14 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
     };
     let options = *act.host.options();
     let key = act.addr.key();
+    let class = act.addr.class.name.to_string();
+    metrics::counter!(telemetry::ACTIVATIONS, "class" => class.clone()).increment(1);
+    // Looked up once: recording a turn then costs no map lookup or allocation.
+    let turn_seconds = metrics::histogram!(telemetry::TURN_SECONDS, "class" => class.clone());
+    let evicted = |reason: &'static str| {
+        metrics::counter!(telemetry::EVICTIONS, "class" => class.clone(), "reason" => reason)
+            .increment(1);
+    };
     let mut instance: Option<I> = None;
     let mut pressure = act.host.pressure();
     pressure.mark_unchanged();
@@ -161,6 +170,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
                     let leaving = act.host.begin_retiring(key, act.generation);
                     if act.host.evict(&key, act.generation, &mailbox) {
                         tracing::debug!("evicted to make room");
+                        evicted("pressure");
                         retiring = Some(leaving);
                         break;
                     }
@@ -173,6 +183,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
                     let leaving = act.host.begin_retiring(key, act.generation);
                     if act.host.evict(&key, act.generation, &mailbox) {
                         tracing::debug!("evicted after idling");
+                        evicted("idle");
                         retiring = Some(leaving);
                         break;
                     }
@@ -201,7 +212,9 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
                 }
             };
         }
+        let started = std::time::Instant::now();
         handle(&act, &state, &mut instance, event).await;
+        turn_seconds.record(started.elapsed().as_secs_f64());
         if state.take_abort() {
             tracing::info!("restarting the object: it aborted");
             instance = None;

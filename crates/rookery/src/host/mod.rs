@@ -13,6 +13,7 @@ pub(crate) mod activation;
 pub(crate) mod alarm_event;
 mod alarm_turn;
 pub(crate) mod class;
+mod class_stats;
 pub(crate) mod event;
 mod placement;
 pub(crate) mod turn;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 
+pub use class_stats::ClassStats;
 pub use placement::{LocalPlacement, Location, Placement};
 
 use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};

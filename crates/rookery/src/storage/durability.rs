@@ -99,6 +99,7 @@ impl Syncer {
             log,
             durability,
             log_signalled: log_signalled.clone(),
+            round_seconds: metrics::histogram!(crate::telemetry::SYNC_ROUND_SECONDS),
         };
         let thread = std::thread::Builder::new()
             .name("rookery-sync".into())
@@ -149,6 +150,15 @@ impl Syncer {
         )
     }
 
+    /// Whether the sync thread is running (it ends only when stopped, or if it panicked).
+    pub(crate) fn alive(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops the thread after it has worked off its queue.
     pub(crate) fn stop(&self) {
         // The thread may already be gone; then there is nothing to stop.
@@ -170,6 +180,7 @@ struct Worker {
     log: Option<Arc<NodeLog>>,
     durability: Durability,
     log_signalled: Arc<AtomicBool>,
+    round_seconds: metrics::Histogram,
 }
 
 /// How often the data directory is checked fully while no round runs.
@@ -232,7 +243,9 @@ impl Worker {
                 if batch.log {
                     log_synced = Instant::now();
                 }
+                let started = Instant::now();
                 self.round(&mut batch);
+                self.round_seconds.record(started.elapsed().as_secs_f64());
                 rounds_since_cleanup += 1;
                 if rounds_since_cleanup >= 64 {
                     rounds_since_cleanup = 0;
