@@ -182,6 +182,10 @@ pub struct ServerConfig {
     pub max_batch_keys: usize,
     /// Largest database of one object, in bytes.
     pub max_object_bytes: u64,
+    /// Most SQLite page cache of one live object, in KiB.
+    pub page_cache_kib: u32,
+    /// Most prepared statements one live object keeps.
+    pub statement_cache: usize,
     /// Time a client has to send a complete request head, from connecting or from the first
     /// byte of a later request on the same connection, in milliseconds.
     pub header_read_timeout_ms: u64,
@@ -233,6 +237,8 @@ impl Default for ServerConfig {
             max_value_bytes: storage.max_value_bytes,
             max_batch_keys: storage.max_batch_keys,
             max_object_bytes: storage.max_object_bytes,
+            page_cache_kib: storage.page_cache_kib,
+            statement_cache: storage.statement_cache,
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
@@ -273,6 +279,8 @@ impl ServerConfig {
                 max_value_bytes: self.max_value_bytes,
                 max_batch_keys: self.max_batch_keys,
                 max_object_bytes: self.max_object_bytes,
+                page_cache_kib: self.page_cache_kib,
+                statement_cache: self.statement_cache,
             },
             durability: self.durability,
             history: HistoryOptions {
@@ -804,6 +812,8 @@ mod tests {
         "max_value_bytes",
         "max_batch_keys",
         "max_object_bytes",
+        "page_cache_kib",
+        "statement_cache",
         "header_read_timeout_ms",
         "keep_alive_timeout_ms",
         "body_read_timeout_ms",

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::StorageLimits;
 use super::policy::{Policy, RESERVED_PREFIX, reserved};
 use crate::addr::Location;
 use crate::error::{Error, Result};
@@ -33,14 +34,16 @@ pub(crate) struct Database {
     absent: bool,
     /// The size limit, applied to every connection.
     max_bytes: u64,
+    /// Most page cache of the connection, in KiB.
+    cache_kib: u32,
+    /// Most prepared statements the connection keeps.
+    statements: usize,
     /// The object's name, recorded with its first write.
     pending_name: Option<String>,
     /// Frames in the WAL after the last commit, as SQLite's WAL hook reports them.
     wal_frames: Arc<AtomicU32>,
     /// Frames of the WAL already handed to the node log.
     logged_frames: u32,
-    /// The WAL, opened for reading the frames of each commit.
-    wal_reader: Option<std::fs::File>,
     in_txn: bool,
     dirty: bool,
     /// Depth of nested `transaction` savepoints.
@@ -59,24 +62,26 @@ pub(crate) fn process_ms() -> u64 {
 }
 
 impl Database {
-    /// Opens the database at `location`, limited to `max_bytes` of pages. A file that does not
-    /// exist yet is not made here: until the object first writes, an empty database in memory
-    /// stands in for it, so that reading an object that never wrote leaves nothing on disk.
-    pub(crate) fn open(location: &Location, max_bytes: u64) -> Result<Self> {
+    /// Opens the database at `location`, within `limits` (size, page cache, statements). A file
+    /// that does not exist yet is not made here: until the object first writes, an empty
+    /// database in memory stands in for it, so that reading an object that never wrote leaves
+    /// nothing on disk.
+    pub(crate) fn open(location: &Location, limits: &StorageLimits) -> Result<Self> {
         let (conn, absent) = match location {
-            Location::File(path) if !path.exists() => (Connection::open_in_memory()?, true),
+            Location::File(path) if !path.exists() => (open_memory()?, true),
             Location::File(path) => (open_file(path, false)?, false),
-            Location::Memory => (Connection::open_in_memory()?, false),
+            Location::Memory => (open_memory()?, false),
         };
         let mut db = Self {
             conn,
             location: location.clone(),
             absent,
-            max_bytes,
+            max_bytes: limits.max_object_bytes,
+            cache_kib: limits.page_cache_kib,
+            statements: limits.statement_cache,
             pending_name: None,
             wal_frames: Arc::new(AtomicU32::new(0)),
             logged_frames: 0,
-            wal_reader: None,
             in_txn: false,
             dirty: false,
             savepoints: 0,
@@ -94,8 +99,13 @@ impl Database {
         let conn = &self.conn;
         // Refuse writes to the schema table and other ways to corrupt the file from SQL.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        // SQLite's default page cache (2 MB, with the first 20 pages allocated at once) and
+        // lookaside (120 KB, all touched when the connection opens) are sized for one big
+        // database; here every live object has a connection, and most objects are small.
+        // Pages beyond the cache are read again from the operating system's cache.
         conn.execute_batch(&format!(
-            "PRAGMA max_page_count = {};
+            "PRAGMA cache_size = -{};
+             PRAGMA max_page_count = {};
              BEGIN;
              CREATE TABLE IF NOT EXISTS main._rookery_kv (
                  key BLOB PRIMARY KEY,
@@ -106,9 +116,10 @@ impl Database {
                  value ANY
              ) WITHOUT ROWID;
              COMMIT;",
+            self.cache_kib.max(1),
             (self.max_bytes / PAGE_SIZE).max(16)
         ))?;
-        conn.set_prepared_statement_cache_capacity(64);
+        conn.set_prepared_statement_cache_capacity(self.statements);
         if matches!(self.location, Location::File(_)) && !self.absent {
             // Checkpoints are the runtime's alone (see `checkpoint`), also at close.
             conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
@@ -392,7 +403,6 @@ impl Database {
         if checkpoint {
             self.checkpoint()?;
         }
-        drop(self.wal_reader.take());
         self.conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
         let Some(path) = path else {
             return Ok(Closed::NoFile);
@@ -455,18 +465,10 @@ impl Database {
         if now == from {
             return Ok(None);
         }
-        if self.wal_reader.is_none() {
-            let mut wal = path.as_os_str().to_owned();
-            wal.push("-wal");
-            self.wal_reader = Some(std::fs::File::open(std::path::PathBuf::from(wal))?);
-        }
-        let Some(reader) = &self.wal_reader else {
-            return Ok(None);
-        };
         let count = (now - from) as usize;
         let mut frames = vec![0u8; count * FRAME_BYTES];
         let at = WAL_HEADER_BYTES + u64::from(from) * FRAME_BYTES as u64;
-        std::os::unix::fs::FileExt::read_exact_at(reader, &mut frames, at)?;
+        read_wal(&self.conn, path, &mut frames, at)?;
         let last = &frames[(count - 1) * FRAME_BYTES..];
         let db_pages = u32::from_be_bytes([last[4], last[5], last[6], last[7]]);
         if db_pages == 0 {
@@ -523,6 +525,88 @@ const WAL_HEADER_BYTES: u64 = 32;
 /// Bytes of one WAL frame: a 24-byte header and a page.
 pub(crate) const FRAME_BYTES: usize = 24 + PAGE_SIZE as usize;
 
+/// Lookaside slots per connection and their size: a few KiB instead of SQLite's 120 KiB.
+const LOOKASIDE_SLOTS: std::ffi::c_int = 32;
+/// Bytes of one lookaside slot (SQLite's default slot size is 1 200).
+const LOOKASIDE_SLOT_BYTES: std::ffi::c_int = 256;
+
+/// Gives the fresh connection `conn` (nothing run on it yet) a small lookaside allocator.
+/// Best effort: SQLite refuses while lookaside memory is in use, and the default then stays.
+fn shrink_lookaside(conn: &Connection) {
+    // SAFETY: the handle is the open connection's; with a null buffer SQLite allocates the
+    // slots itself; the variadic arguments are the (void*, int, int) SQLITE_DBCONFIG_LOOKASIDE
+    // takes.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            LOOKASIDE_SLOT_BYTES,
+            LOOKASIDE_SLOTS,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "the lookaside allocator keeps its default size");
+    }
+}
+
+/// Reads `buf.len()` bytes of the WAL at `offset` through SQLite's own handle on it, so an
+/// open object holds no descriptor of its own for the WAL (only SQLite's database and WAL).
+/// Falls back to opening the file when SQLite has no handle to give.
+fn read_wal(conn: &Connection, db_path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut file: *mut rusqlite::ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: the handle is the open connection's; SQLITE_FCNTL_JOURNAL_POINTER writes one
+    // `sqlite3_file*` (the WAL's, in WAL mode) into `file`.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    // SAFETY: a non-null pointer from SQLite is its open WAL file, valid while the connection
+    // is open and untouched by others: the caller holds the connection (`&Connection` of a
+    // database whose turn lock is held) between transactions.
+    let methods = if rc == rusqlite::ffi::SQLITE_OK && !file.is_null() {
+        unsafe { (*file).pMethods }
+    } else {
+        std::ptr::null()
+    };
+    // SAFETY: as above; `pMethods` is null for a file SQLite has not opened.
+    let read = if methods.is_null() {
+        None
+    } else {
+        unsafe { (*methods).xRead }
+    };
+    let (Some(read), Ok(amount), Ok(at)) = (
+        read,
+        std::ffi::c_int::try_from(buf.len()),
+        i64::try_from(offset),
+    ) else {
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        let reader = std::fs::File::open(std::path::PathBuf::from(wal))?;
+        std::os::unix::fs::FileExt::read_exact_at(&reader, buf, offset)?;
+        return Ok(());
+    };
+    // SAFETY: `buf` is valid for `amount` bytes; `file` and `read` are SQLite's, as above.
+    let rc = unsafe { read(file, buf.as_mut_ptr().cast(), amount, at) };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(Error::msg(format!(
+            "reading the WAL back for the node log failed (SQLite code {rc})"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens an in-memory database (an object kept in memory, or the stand-in for a file not made).
+fn open_memory() -> Result<Connection> {
+    let conn = Connection::open_in_memory()?;
+    shrink_lookaside(&conn);
+    Ok(conn)
+}
+
 /// Opens an object's database file in WAL mode with an exclusive lock, creating it if `new`.
 fn open_file(path: &Path, new: bool) -> Result<Connection> {
     let flags = if new {
@@ -533,6 +617,7 @@ fn open_file(path: &Path, new: bool) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
+    shrink_lookaside(&conn);
     // Another connection can only exist for a moment, while an evicted activation closes and a
     // new one opens; wait for it rather than fail.
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -590,5 +675,105 @@ fn at_page_limit(conn: &Connection) -> bool {
         // A write that needs a few more pages than are left fails just below the limit.
         (Some(count), Some(max)) => count + 16 >= max,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many descriptors this process holds on files under `dir`.
+    fn fds_under(dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    /// One increment of a counter kept under `k`, committed and handed to the "log".
+    fn increment(db: &mut Database, value: i64) -> (u32, Vec<u8>) {
+        db.txn_for_write()
+            .unwrap()
+            .execute(
+                "INSERT OR REPLACE INTO main._rookery_kv (key, value) VALUES (x'6b', ?1)",
+                [value],
+            )
+            .unwrap();
+        assert!(db.commit().unwrap());
+        let frames = db.take_commit_frames().unwrap().unwrap();
+        db.frames_logged();
+        frames
+    }
+
+    #[test]
+    fn an_open_object_holds_only_sqlites_two_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_path = dir.path().canonicalize().unwrap();
+        let path = dir_path.join("o.sqlite");
+        let mut db = Database::open(&Location::File(path.clone()), &StorageLimits::default())
+            .unwrap();
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let mut at = WAL_HEADER_BYTES;
+        for value in 0..5 {
+            let (db_pages, frames) = increment(&mut db, value);
+            assert!(db_pages > 0);
+            assert_eq!(frames.len() % FRAME_BYTES, 0);
+            // What SQLite's handle gave is what the file holds.
+            let wal = std::fs::read(std::path::PathBuf::from(&wal_path)).unwrap();
+            let at_usize = usize::try_from(at).unwrap();
+            assert_eq!(&wal[at_usize..at_usize + frames.len()], &frames[..]);
+            at += frames.len() as u64;
+        }
+        // The database and the WAL, both SQLite's: no descriptor of the runtime's own for
+        // reading the WAL back, and no `-shm` (the exclusive lock keeps the index in memory).
+        assert_eq!(fds_under(&dir_path), 2);
+        assert!(matches!(db.close(true).unwrap(), Closed::Kept(_)));
+        assert_eq!(fds_under(&dir_path), 0);
+    }
+
+    /// Heap bytes SQLite reports for one kind of use of `conn`'s memory.
+    fn db_status(conn: &Connection, what: std::ffi::c_int) -> i64 {
+        let (mut current, mut highest) = (0, 0);
+        // SAFETY: the handle is the open connection's; SQLite writes the two ints.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(conn.handle(), what, &mut current, &mut highest, 0)
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        i64::from(current)
+    }
+
+    #[test]
+    fn a_small_object_keeps_a_small_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.sqlite");
+        let limits = StorageLimits::default();
+        let mut db = Database::open(&Location::File(path), &limits).unwrap();
+        for value in 0..20 {
+            increment(&mut db, value);
+        }
+        let size: i64 = db
+            .conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(size, -i64::from(limits.page_cache_kib));
+        // SQLite's own default would allocate 20 pages (about 90 KB) at the first read.
+        let cache = db_status(&db.conn, rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED);
+        assert!(cache <= 40 * 1024, "page cache of a counter: {cache} bytes");
+        db.close(true).unwrap();
+
+        let bigger = StorageLimits {
+            page_cache_kib: 4096,
+            ..StorageLimits::default()
+        };
+        let db = Database::open(&Location::Memory, &bigger).unwrap();
+        let size: i64 = db
+            .conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(size, -4096, "the cache is configurable");
     }
 }

@@ -56,6 +56,11 @@ pub struct StorageLimits {
     pub max_batch_keys: usize,
     /// Largest database of one object, in bytes.
     pub max_object_bytes: u64,
+    /// Most SQLite page cache of one live object, in KiB: every live object has its own, so
+    /// this bounds memory per object (pages beyond it are read again from the OS cache).
+    pub page_cache_kib: u32,
+    /// Most prepared statements one live object keeps for reuse.
+    pub statement_cache: usize,
 }
 
 impl Default for StorageLimits {
@@ -65,6 +70,8 @@ impl Default for StorageLimits {
             max_value_bytes: 2 * 1024 * 1024,
             max_batch_keys: 128,
             max_object_bytes: 10 * 1024 * 1024 * 1024,
+            page_cache_kib: 32,
+            statement_cache: 16,
         }
     }
 }
@@ -182,7 +189,7 @@ impl Storage {
             recovery::discard_wal(path)?;
         }
         let mut db =
-            Database::open(location, ctx.limits.max_object_bytes).map_err(|e| match e {
+            Database::open(location, &ctx.limits).map_err(|e| match e {
                 Error::Sqlite(_) | Error::Io(_) => Error::internal(
                     format!(
                         "the database of {} at {} cannot be opened",
