@@ -479,12 +479,12 @@ fn open_file_limit() -> Option<usize> {
     None
 }
 
-/// Live objects an open-file limit of `files` allows: each holds its database, its WAL and a
-/// handle for syncing, and a quarter of the limit stays for sockets and the rest. At least 64,
-/// at most a million; 10 000 when the limit is unknown.
+/// Live objects an open-file limit of `files` allows: each holds two (SQLite's database and
+/// WAL), and a quarter of the limit stays for sockets and the rest. At least 64, at most a
+/// million; 10 000 when the limit is unknown.
 fn max_live_for(files: Option<usize>) -> usize {
     match files {
-        Some(files) => (files / 4).clamp(64, 1_000_000),
+        Some(files) => (files / 8 * 3).clamp(64, 1_000_000),
         None => 10_000,
     }
 }
@@ -698,8 +698,9 @@ mod tests {
 
     #[test]
     fn live_objects_follow_the_open_file_limit() {
-        assert_eq!(max_live_for(Some(1_024)), 256);
-        assert_eq!(max_live_for(Some(65_536)), 16_384);
+        assert_eq!(max_live_for(Some(1_024)), 384);
+        assert_eq!(max_live_for(Some(65_536)), 24_576);
+        assert_eq!(max_live_for(Some(20_000)), 7_500);
         // A low limit still allows some objects; an unlimited one is capped.
         assert_eq!(max_live_for(Some(100)), 64);
         assert_eq!(max_live_for(Some(usize::MAX)), 1_000_000);
@@ -728,8 +729,8 @@ mod tests {
                 assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
             }
             assert_eq!(open_file_limit(), Some(limit));
-            // Both limits the parent sets are within the bounds: a quarter of the limit.
-            assert_eq!(default_max_live(), limit / 4);
+            // Both limits the parent sets are within the bounds: three eighths of the limit.
+            assert_eq!(default_max_live(), limit / 8 * 3);
             return;
         }
         for limit in [1_000, 400] {

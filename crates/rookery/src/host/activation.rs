@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::Host;
+use super::{Host, Usage};
 use super::alarm_turn;
 use super::class::{Instance, instance_of};
 use super::event::{Event, TurnOutput};
@@ -23,6 +23,8 @@ pub(crate) struct Activation {
     pub(crate) host: Host,
     pub(crate) addr: ObjectAddr,
     pub(crate) generation: u64,
+    /// Shared with the registry slot: how recently used, whether it may leave under pressure.
+    pub(crate) usage: std::sync::Arc<Usage>,
 }
 
 /// Starts activations of one class; the class's type is erased behind it.
@@ -52,11 +54,11 @@ impl<I: Instance> ClassFactory for Factory<I> {
 }
 
 /// Decrements the host's count of live activations when the task ends, however it ends.
-struct LiveGuard(Host);
+struct LiveGuard(Host, ObjectKey, u64);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.activation_ended();
+        self.0.activation_ended(self.1, self.2);
     }
 }
 
@@ -99,7 +101,7 @@ fn open_state(host: &Host, addr: &ObjectAddr) -> Result<ObjectState> {
 /// The task of one activation: opens the object, then runs one turn per event until the object
 /// is evicted or the host shuts down.
 pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receiver<Event>) {
-    let _live = LiveGuard(act.host.clone());
+    let _live = LiveGuard(act.host.clone(), act.addr.key(), act.generation);
     tracing::debug!("activated");
     let mut state = match act.open().await {
         Ok(state) => state,
@@ -136,6 +138,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
         // Objects kept in memory only, or held by plain sockets, never leave under pressure.
         let durable = act.addr.class.dir.is_some();
         let evictable = idle.is_some() && durable;
+        act.usage.set_evictable(evictable);
         let next = tokio::select! {
             next = async {
                 match idle {
@@ -145,19 +148,15 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             } => next,
             Ok(()) = pressure.changed(), if evictable => Err(Wake::Pressure),
         };
+        act.usage.set_evictable(false);
         let event = match next {
             Ok(Some(event)) => event,
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
-            // Streams being read and wait_until work would be cut off: the object stays.
-            Err(_) if state.busy_outside_turns() => {
-                tracing::debug!(
-                    "staying in memory: a stream is being read or wait_until work runs"
-                );
-                continue;
-            }
+            // Every idle activation wakes; only the round's picks (the least recently used)
+            // leave. A pick with streams or wait_until work stays (and is no longer a pick).
             Err(Wake::Pressure) => {
-                if act.host.take_eviction() {
+                if act.host.take_eviction(&key, act.generation) && !state.busy_outside_turns() {
                     let leaving = act.host.begin_retiring(key, act.generation);
                     if act.host.evict(&key, act.generation, &mailbox) {
                         tracing::debug!("evicted to make room");
@@ -165,6 +164,13 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
                         break;
                     }
                 }
+                continue;
+            }
+            // Streams being read and wait_until work would be cut off: the object stays.
+            Err(_) if state.busy_outside_turns() => {
+                tracing::debug!(
+                    "staying in memory: a stream is being read or wait_until work runs"
+                );
                 continue;
             }
             Err(Wake::Idle) => {

@@ -18,9 +18,9 @@ mod placement;
 pub(crate) mod turn;
 pub(crate) mod waits;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -113,6 +113,24 @@ pub(crate) struct Reach {
 struct Slot {
     mailbox: mpsc::Sender<Event>,
     generation: u64,
+    usage: Arc<Usage>,
+}
+
+/// How recently an activation was used, and whether it may leave to make room; shared by its
+/// registry slot (which the senders touch) and its task.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    /// The host's use count when an event was last sent to it.
+    last: AtomicU64,
+    /// It waits for events and may leave under pressure (set by the activation's task).
+    evictable: AtomicBool,
+}
+
+impl Usage {
+    /// Records whether the activation may leave to make room now.
+    pub(crate) fn set_evictable(&self, evictable: bool) {
+        self.evictable.store(evictable, Ordering::Relaxed);
+    }
 }
 
 /// A handle on the registry of live objects; cheap to clone.
@@ -151,8 +169,11 @@ pub(crate) struct HostInner {
     max_live: usize,
     /// Bumped to ask idle activations to leave memory.
     pressure: watch::Sender<u64>,
-    /// How many more idle activations should leave.
-    evictions_wanted: AtomicI64,
+    /// Counts events sent to objects: the clock of least-recent use.
+    uses: AtomicU64,
+    /// The activations (key and generation) picked to leave in the current pressure round: the
+    /// least recently used idle ones.
+    chosen: Mutex<Chosen>,
     /// Activations that left the registry and are still closing their storage, by key: a new
     /// activation of the same object waits until its predecessor has let go of the files.
     retiring: DashMap<ObjectKey, (u64, watch::Sender<()>)>,
@@ -181,7 +202,8 @@ impl Host {
         Self(Arc::new(HostInner {
             max_live: parts.options.max_live_objects.max(1),
             pressure: watch::Sender::new(0),
-            evictions_wanted: AtomicI64::new(0),
+            uses: AtomicU64::new(0),
+            chosen: Mutex::new(Chosen::default()),
             objects: DashMap::new(),
             sockets: DashMap::new(),
             classes: parts.classes,
@@ -276,13 +298,19 @@ impl Host {
             if host.closing.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown);
             }
+            let use_count = host.uses.fetch_add(1, Ordering::Relaxed);
             let offered = match host.objects.get(&key) {
-                Some(slot) => offer(&slot.mailbox, event)?,
+                Some(slot) => {
+                    slot.usage.last.store(use_count, Ordering::Relaxed);
+                    offer(&slot.mailbox, event)?
+                }
                 None => {
-                    let slot = host
-                        .objects
-                        .entry(key)
-                        .or_insert_with(|| self.activate(addr));
+                    let mut activated = false;
+                    let slot = host.objects.entry(key).or_insert_with(|| {
+                        activated = true;
+                        self.activate(addr, use_count)
+                    });
+                    slot.usage.last.store(use_count, Ordering::Relaxed);
                     // Shutdown sets `closing` before it clears the registry: if it is not set
                     // now, this slot was inserted before the clear and goes with it.
                     if host.closing.load(Ordering::SeqCst) {
@@ -290,7 +318,13 @@ impl Host {
                         host.objects.remove(&key);
                         return Err(Error::ShuttingDown);
                     }
-                    offer(&slot.mailbox, event)?
+                    let offered = offer(&slot.mailbox, event);
+                    // Choosing whom to evict reads the whole registry: not under a shard lock.
+                    drop(slot);
+                    if activated {
+                        self.relieve_pressure(&key);
+                    }
+                    offered?
                 }
             };
             match offered {
@@ -306,17 +340,21 @@ impl Host {
     }
 
     /// Starts an activation of the object at `addr` and returns its registry slot.
-    fn activate(&self, addr: &ObjectAddr) -> Slot {
+    fn activate(&self, addr: &ObjectAddr, use_count: u64) -> Slot {
         let host = &self.0;
         let (tx, rx) = mpsc::channel(host.options.mailbox_capacity.max(1));
         let generation = host.generations.fetch_add(1, Ordering::Relaxed);
         host.activations.fetch_add(1, Ordering::Relaxed);
         host.live.send_modify(|n| *n += 1);
-        self.relieve_pressure();
+        let usage = Arc::new(Usage {
+            last: AtomicU64::new(use_count),
+            evictable: AtomicBool::new(false),
+        });
         let activation = Activation {
             host: self.clone(),
             addr: addr.clone(),
             generation,
+            usage: usage.clone(),
         };
         match host.classes.get(addr.class.idx as usize) {
             Some(class) => class.factory.start(activation, rx),
@@ -329,12 +367,19 @@ impl Host {
         Slot {
             mailbox: tx,
             generation,
+            usage,
         }
     }
 
     /// Counts an activation's task as ended.
-    fn activation_ended(&self) {
+    fn activation_ended(&self, key: ObjectKey, generation: u64) {
         self.0.live.send_modify(|n| *n = n.saturating_sub(1));
+        // Picked to leave but gone another way: the round must not wait for it.
+        self.chosen().set.remove(&(key, generation));
+    }
+
+    fn chosen(&self) -> std::sync::MutexGuard<'_, Chosen> {
+        self.0.chosen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The socket set of an object, made if it has none.
@@ -371,14 +416,42 @@ impl Host {
     }
 
     /// Asks idle activations to leave if too many objects are live: a tenth below the limit,
-    /// so that the next activations do not ask again at once.
-    fn relieve_pressure(&self) {
+    /// so that the next activations do not ask again at once. The ones asked are the least
+    /// recently used of those waiting for events with an empty mailbox, never `fresh` (the
+    /// object just activated for an event).
+    fn relieve_pressure(&self, fresh: &ObjectKey) {
         let host = &self.0;
         let live = *host.live.borrow();
-        if live > host.max_live && host.evictions_wanted.load(Ordering::Acquire) <= 0 {
-            let excess = live - host.max_live * 9 / 10;
-            host.evictions_wanted
-                .store(i64::try_from(excess).unwrap_or(i64::MAX), Ordering::Release);
+        if live <= host.max_live {
+            return;
+        }
+        let activations = host.activations.load(Ordering::Relaxed);
+        let mut chosen = self.chosen();
+        // One round at a time; a round whose picks never answered (they became busy, or
+        // could not be evicted) gives way once another tenth of the limit has activated.
+        let stale = activations.saturating_sub(chosen.round_start) > (host.max_live / 10) as u64;
+        if !chosen.set.is_empty() && !stale {
+            return;
+        }
+        let excess = live - host.max_live * 9 / 10;
+        let mut idle: Vec<(u64, ObjectKey, u64)> = host
+            .objects
+            .iter()
+            .filter(|e| {
+                e.key() != fresh
+                    && e.usage.evictable.load(Ordering::Relaxed)
+                    && e.mailbox.capacity() == e.mailbox.max_capacity()
+            })
+            .map(|e| (e.usage.last.load(Ordering::Relaxed), *e.key(), e.generation))
+            .collect();
+        if idle.len() > excess {
+            idle.select_nth_unstable_by_key(excess, |(last, _, _)| *last);
+            idle.truncate(excess);
+        }
+        chosen.set = idle.into_iter().map(|(_, key, g)| (key, g)).collect();
+        chosen.round_start = activations;
+        if !chosen.set.is_empty() {
+            drop(chosen);
             host.pressure.send_modify(|n| *n += 1);
         }
     }
@@ -388,9 +461,16 @@ impl Host {
         self.0.pressure.subscribe()
     }
 
-    /// Whether an idle activation asked to leave should (one of the wanted evictions).
-    fn take_eviction(&self) -> bool {
-        self.0.evictions_wanted.fetch_sub(1, Ordering::AcqRel) > 0
+    /// Whether an idle activation asked to leave should: it is one of the round's picks
+    /// (and is no longer one).
+    fn take_eviction(&self, key: &ObjectKey, generation: u64) -> bool {
+        self.chosen().set.remove(&(*key, generation))
+    }
+
+    /// Whether the activation `generation` of `key` is live (registered) now.
+    #[cfg(test)]
+    pub(crate) fn is_live(&self, key: &ObjectKey) -> bool {
+        self.0.objects.contains_key(key)
     }
 
     /// Removes an idle activation's slot, if its mailbox is still empty.
@@ -450,6 +530,15 @@ impl Host {
             .await
             .is_ok()
     }
+}
+
+/// The picks of a pressure round.
+#[derive(Default)]
+struct Chosen {
+    /// Activations (key, generation) asked to leave that have not answered yet.
+    set: HashSet<(ObjectKey, u64)>,
+    /// The host's activation count when the round began.
+    round_start: u64,
 }
 
 /// An activation that is leaving: while it lives, a new activation of the object waits.
