@@ -172,8 +172,10 @@ pub struct ServerConfig {
     pub max_sockets_per_object: usize,
     /// Largest WebSocket message in bytes.
     pub max_ws_message_bytes: usize,
-    /// Most objects in memory at once; 0 derives it from the open-file limit.
+    /// Most objects in memory at once; 0: 100 000.
     pub max_live_objects: usize,
+    /// Most objects with their database files open; 0 derives it from the open-file limit.
+    pub max_open_databases: usize,
     /// Largest key in bytes.
     pub max_key_bytes: usize,
     /// Largest value in bytes.
@@ -233,6 +235,7 @@ impl Default for ServerConfig {
             max_sockets_per_object: host.max_sockets_per_object,
             max_ws_message_bytes: host.max_message_bytes,
             max_live_objects: host.max_live_objects,
+            max_open_databases: host.max_open_databases,
             max_key_bytes: storage.max_key_bytes,
             max_value_bytes: storage.max_value_bytes,
             max_batch_keys: storage.max_batch_keys,
@@ -271,6 +274,7 @@ impl ServerConfig {
                 max_sockets_per_object: self.max_sockets_per_object,
                 max_message_bytes: self.max_ws_message_bytes,
                 max_live_objects: self.max_live_objects,
+                max_open_databases: self.max_open_databases,
                 max_wait_until: self.max_wait_until,
                 wait_until_timeout: Duration::from_millis(self.wait_until_timeout_ms),
             },
@@ -808,6 +812,7 @@ mod tests {
         "max_sockets_per_object",
         "max_ws_message_bytes",
         "max_live_objects",
+        "max_open_databases",
         "max_key_bytes",
         "max_value_bytes",
         "max_batch_keys",

@@ -337,6 +337,7 @@ impl RuntimeBuilder {
         alarms.set_hosted(&hosted)?;
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
+            open_files: Arc::default(),
             durability: self.options.durability,
             syncer: Syncer::start(
                 self.sync_hook,
@@ -354,7 +355,10 @@ impl RuntimeBuilder {
         });
         let mut options = self.options;
         if options.host.max_live_objects == 0 {
-            options.host.max_live_objects = default_max_live();
+            options.host.max_live_objects = DEFAULT_MAX_LIVE;
+        }
+        if options.host.max_open_databases == 0 {
+            options.host.max_open_databases = default_max_open();
         }
         let host = Host::new(HostParts {
             classes,
@@ -458,9 +462,12 @@ fn check_bindings(
     Ok(())
 }
 
-/// Live objects this process's open-file limit allows.
-fn default_max_live() -> usize {
-    max_live_for(open_file_limit())
+/// Live objects by default: an idle object whose files are closed costs a few KiB.
+const DEFAULT_MAX_LIVE: usize = 100_000;
+
+/// Open object databases this process's open-file limit allows.
+fn default_max_open() -> usize {
+    max_open_for(open_file_limit())
 }
 
 /// The process's soft open-file limit, if it can be read.
@@ -479,10 +486,10 @@ fn open_file_limit() -> Option<usize> {
     None
 }
 
-/// Live objects an open-file limit of `files` allows: each holds two (SQLite's database and
-/// WAL), and a quarter of the limit stays for sockets and the rest. At least 64, at most a
+/// Open object databases an open-file limit of `files` allows: each holds two (SQLite's
+/// database and WAL), and a quarter of the limit stays for sockets and the rest. At least 64, at most a
 /// million; 10 000 when the limit is unknown.
-fn max_live_for(files: Option<usize>) -> usize {
+fn max_open_for(files: Option<usize>) -> usize {
     match files {
         Some(files) => (files / 8 * 3).clamp(64, 1_000_000),
         None => 10_000,
@@ -500,6 +507,8 @@ pub struct Runtime {
 pub struct RuntimeStats {
     /// Objects with a live activation.
     pub live_objects: usize,
+    /// Live objects whose database files are open now (two descriptors each).
+    pub open_databases: usize,
     /// Activations started so far.
     pub activations: u64,
     /// Turns that committed writes so far.
@@ -573,6 +582,7 @@ impl Runtime {
         let (sync_rounds, file_syncs) = self.inner.storage.syncer.counts();
         RuntimeStats {
             live_objects: self.inner.host.live_objects(),
+            open_databases: self.inner.storage.open_files.load(Ordering::Relaxed),
             activations: self.inner.host.activations(),
             commits: self.inner.storage.commits.load(Ordering::Relaxed),
             sync_rounds,
@@ -697,14 +707,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn live_objects_follow_the_open_file_limit() {
-        assert_eq!(max_live_for(Some(1_024)), 384);
-        assert_eq!(max_live_for(Some(65_536)), 24_576);
-        assert_eq!(max_live_for(Some(20_000)), 7_500);
+    fn open_databases_follow_the_open_file_limit() {
+        assert_eq!(max_open_for(Some(1_024)), 384);
+        assert_eq!(max_open_for(Some(65_536)), 24_576);
+        assert_eq!(max_open_for(Some(20_000)), 7_500);
         // A low limit still allows some objects; an unlimited one is capped.
-        assert_eq!(max_live_for(Some(100)), 64);
-        assert_eq!(max_live_for(Some(usize::MAX)), 1_000_000);
-        assert_eq!(max_live_for(None), 10_000);
+        assert_eq!(max_open_for(Some(100)), 64);
+        assert_eq!(max_open_for(Some(usize::MAX)), 1_000_000);
+        assert_eq!(max_open_for(None), 10_000);
     }
 
     /// Set in the child process of `the_default_comes_from_the_process_limit`.
@@ -730,7 +740,7 @@ mod tests {
             }
             assert_eq!(open_file_limit(), Some(limit));
             // Both limits the parent sets are within the bounds: three eighths of the limit.
-            assert_eq!(default_max_live(), limit / 8 * 3);
+            assert_eq!(default_max_open(), limit / 8 * 3);
             return;
         }
         for limit in [1_000, 400] {

@@ -5,11 +5,11 @@ use std::marker::PhantomData;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{Host, Usage};
 use super::alarm_turn;
 use super::class::{Instance, instance_of};
 use super::event::{Event, TurnOutput};
 use super::turn::{self, TurnContext};
+use super::{Ask, Host, Usage};
 use crate::addr::{ObjectAddr, ObjectKey};
 use crate::background::{Background, BackgroundLimits};
 use crate::error::{Error, Result};
@@ -54,11 +54,11 @@ impl<I: Instance> ClassFactory for Factory<I> {
 }
 
 /// Decrements the host's count of live activations when the task ends, however it ends.
-struct LiveGuard(Host, ObjectKey, u64);
+struct LiveGuard(Host, std::sync::Arc<Usage>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.activation_ended(self.1, self.2);
+        self.0.activation_ended(&self.1);
     }
 }
 
@@ -101,7 +101,7 @@ fn open_state(host: &Host, addr: &ObjectAddr) -> Result<ObjectState> {
 /// The task of one activation: opens the object, then runs one turn per event until the object
 /// is evicted or the host shuts down.
 pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receiver<Event>) {
-    let _live = LiveGuard(act.host.clone(), act.addr.key(), act.generation);
+    let _live = LiveGuard(act.host.clone(), act.usage.clone());
     tracing::debug!("activated");
     let mut state = match act.open().await {
         Ok(state) => state,
@@ -120,11 +120,16 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
     let options = *act.host.options();
     let key = act.addr.key();
     let mut instance: Option<I> = None;
-    let mut pressure = act.host.pressure();
-    pressure.mark_unchanged();
+    // One more live object, perhaps with its files open: room may be needed.
+    act.host.relieve_pressure(&key);
     // Held from leaving the registry until the storage is closed.
     let mut retiring = None;
     loop {
+        act.usage.set_files_open(state.storage().files_open());
+        if state.storage().take_reopened() {
+            // Files opened by the last turn (reopened, or made): room may be needed.
+            act.host.relieve_pressure(&key);
+        }
         let sockets = state.sockets();
         // Plain sockets belong to the live instance; with only hibernatable ones the object
         // may leave memory sooner, and they stay connected.
@@ -146,23 +151,33 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
                     None => Ok(mailbox.recv().await),
                 }
             } => next,
-            Ok(()) = pressure.changed(), if evictable => Err(Wake::Pressure),
+            () = act.usage.asked(), if evictable => Err(Wake::Pressure),
         };
         act.usage.set_evictable(false);
         let event = match next {
             Ok(Some(event)) => event,
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
-            // Every idle activation wakes; only the round's picks (the least recently used)
-            // leave. A pick with streams or wait_until work stays (and is no longer a pick).
+            // The host picked this object, one of the least recently used, to make room. One
+            // with streams or wait_until work only closes its files.
             Err(Wake::Pressure) => {
-                if act.host.take_eviction(&key, act.generation) && !state.busy_outside_turns() {
+                let ask = act.usage.take_ask();
+                if ask == Ask::Leave && !state.busy_outside_turns() {
                     let leaving = act.host.begin_retiring(key, act.generation);
                     if act.host.evict(&key, act.generation, &mailbox) {
                         tracing::debug!("evicted to make room");
+                        // Answered when the task ends (`LiveGuard`), no longer live.
+                        act.usage.set_leaving();
                         retiring = Some(leaving);
                         break;
                     }
+                }
+                if ask != Ask::Nothing {
+                    act.host.pressure_answered();
+                }
+                if ask != Ask::Nothing && state.storage().close_files() {
+                    tracing::debug!("closed its files to make room");
+                    act.usage.set_files_open(false);
                 }
                 continue;
             }

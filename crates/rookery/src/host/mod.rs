@@ -18,13 +18,13 @@ mod placement;
 pub(crate) mod turn;
 pub(crate) mod waits;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 pub use placement::{LocalPlacement, Location, Placement};
 
@@ -56,9 +56,13 @@ pub struct HostOptions {
     pub max_sockets_per_object: usize,
     /// Largest WebSocket message in bytes; a bigger one closes the socket with 1009.
     pub max_message_bytes: usize,
-    /// Most objects in memory at once (each holds a few open files); beyond it, idle objects
-    /// are evicted early. 0: derived from the process's open-file limit.
+    /// Most objects in memory at once; beyond it, the least recently used idle objects are
+    /// evicted early. 0: 100 000.
     pub max_live_objects: usize,
+    /// Most live objects with their database files open (two descriptors each); beyond it,
+    /// the least recently used idle objects close their files (they stay in memory and reopen
+    /// them at their next event). 0: derived from the process's open-file limit.
+    pub max_open_databases: usize,
     /// Most `wait_until` work one object may have registered or running.
     pub max_wait_until: usize,
     /// Wall-time limit of one piece of `wait_until` work; also how long the runtime waits for
@@ -77,6 +81,7 @@ impl Default for HostOptions {
             max_sockets_per_object: 32_768,
             max_message_bytes: 32 * 1024 * 1024,
             max_live_objects: 0,
+            max_open_databases: 0,
             max_wait_until: 256,
             wait_until_timeout: Duration::from_secs(30),
         }
@@ -116,20 +121,64 @@ struct Slot {
     usage: Arc<Usage>,
 }
 
-/// How recently an activation was used, and whether it may leave to make room; shared by its
-/// registry slot (which the senders touch) and its task.
+/// How recently an activation was used, whether it may make room, and what the host asks of
+/// it; shared by its registry slot (which the senders touch) and its task.
 #[derive(Debug, Default)]
 pub(crate) struct Usage {
     /// The host's use count when an event was last sent to it.
     last: AtomicU64,
-    /// It waits for events and may leave under pressure (set by the activation's task).
+    /// It waits for events and may make room under pressure (set by the activation's task).
     evictable: AtomicBool,
+    /// Its database files are open (set by the activation's task).
+    files_open: AtomicBool,
+    /// What the host asks of it: an `Ask` as a number.
+    ask: AtomicU8,
+    /// Wakes the activation to look at `ask`.
+    asked: Notify,
+    /// It agreed to leave; its answer counts once its task has ended (until then it is still
+    /// live, and a new round would ask others for the same room).
+    leaving: AtomicBool,
+}
+
+/// What the host asks of an idle activation under pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// Nothing (or the ask was answered).
+    Nothing = 0,
+    /// Close its database files: too many are open.
+    CloseFiles = 1,
+    /// Leave memory: too many objects are live.
+    Leave = 2,
 }
 
 impl Usage {
-    /// Records whether the activation may leave to make room now.
+    /// Records whether the activation may make room now.
     pub(crate) fn set_evictable(&self, evictable: bool) {
         self.evictable.store(evictable, Ordering::Relaxed);
+    }
+
+    /// Records whether the activation's files are open.
+    pub(crate) fn set_files_open(&self, open: bool) {
+        self.files_open.store(open, Ordering::Relaxed);
+    }
+
+    /// Waits until the host asks something of the activation.
+    pub(crate) async fn asked(&self) {
+        self.asked.notified().await;
+    }
+
+    /// Records that the activation leaves, as asked.
+    pub(crate) fn set_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+    }
+
+    /// What the host asks, now answered.
+    pub(crate) fn take_ask(&self) -> Ask {
+        match self.ask.swap(Ask::Nothing as u8, Ordering::AcqRel) {
+            1 => Ask::CloseFiles,
+            2 => Ask::Leave,
+            _ => Ask::Nothing,
+        }
     }
 }
 
@@ -167,13 +216,12 @@ pub(crate) struct HostInner {
     activations: AtomicU64,
     /// Most live objects before idle ones are asked to leave.
     max_live: usize,
-    /// Bumped to ask idle activations to leave memory.
-    pressure: watch::Sender<u64>,
+    /// Most open database files before idle objects are asked to close theirs.
+    max_open: usize,
     /// Counts events sent to objects: the clock of least-recent use.
     uses: AtomicU64,
-    /// The activations (key and generation) picked to leave in the current pressure round: the
-    /// least recently used idle ones.
-    chosen: Mutex<Chosen>,
+    /// The current pressure round.
+    round: Mutex<Round>,
     /// Activations that left the registry and are still closing their storage, by key: a new
     /// activation of the same object waits until its predecessor has let go of the files.
     retiring: DashMap<ObjectKey, (u64, watch::Sender<()>)>,
@@ -201,9 +249,9 @@ impl Host {
             .collect();
         Self(Arc::new(HostInner {
             max_live: parts.options.max_live_objects.max(1),
-            pressure: watch::Sender::new(0),
+            max_open: parts.options.max_open_databases.max(1),
             uses: AtomicU64::new(0),
-            chosen: Mutex::new(Chosen::default()),
+            round: Mutex::new(Round::default()),
             objects: DashMap::new(),
             sockets: DashMap::new(),
             classes: parts.classes,
@@ -348,7 +396,7 @@ impl Host {
         host.live.send_modify(|n| *n += 1);
         let usage = Arc::new(Usage {
             last: AtomicU64::new(use_count),
-            evictable: AtomicBool::new(false),
+            ..Usage::default()
         });
         let activation = Activation {
             host: self.clone(),
@@ -372,14 +420,16 @@ impl Host {
     }
 
     /// Counts an activation's task as ended.
-    fn activation_ended(&self, key: ObjectKey, generation: u64) {
+    fn activation_ended(&self, usage: &Usage) {
         self.0.live.send_modify(|n| *n = n.saturating_sub(1));
-        // Picked to leave but gone another way: the round must not wait for it.
-        self.chosen().set.remove(&(key, generation));
+        // Left as asked, or asked but gone another way: the round must not wait for it.
+        if usage.take_ask() != Ask::Nothing || usage.leaving.load(Ordering::Acquire) {
+            self.pressure_answered();
+        }
     }
 
-    fn chosen(&self) -> std::sync::MutexGuard<'_, Chosen> {
-        self.0.chosen.lock().unwrap_or_else(|e| e.into_inner())
+    fn round(&self) -> std::sync::MutexGuard<'_, Round> {
+        self.0.round.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The socket set of an object, made if it has none.
@@ -415,62 +465,61 @@ impl Host {
         self.0.sockets.remove_if(key, |_, s| s.len() == 0);
     }
 
-    /// Asks idle activations to leave if too many objects are live: a tenth below the limit,
-    /// so that the next activations do not ask again at once. The ones asked are the least
-    /// recently used of those waiting for events with an empty mailbox, never `fresh` (the
-    /// object just activated for an event).
-    fn relieve_pressure(&self, fresh: &ObjectKey) {
+    /// Makes room if too many objects are live (they are asked to leave memory) or too many
+    /// database files are open (they are asked to close their files): down to a tenth below
+    /// the limit, so that the next activations do not ask again at once. The ones asked are
+    /// the least recently used of those waiting for events with an empty mailbox, never
+    /// `fresh` (the object an event is on its way to).
+    pub(crate) fn relieve_pressure(&self, fresh: &ObjectKey) {
         let host = &self.0;
         let live = *host.live.borrow();
-        if live <= host.max_live {
+        let open = host.storage.open_files.load(Ordering::Relaxed);
+        let (ask, excess, limit) = if live > host.max_live {
+            (Ask::Leave, live - host.max_live * 9 / 10, host.max_live)
+        } else if open > host.max_open {
+            (
+                Ask::CloseFiles,
+                open - host.max_open * 9 / 10,
+                host.max_open,
+            )
+        } else {
+            return;
+        };
+        let uses = host.uses.load(Ordering::Relaxed);
+        let mut round = self.round();
+        // One round at a time; a round whose picks never answered (they became busy) gives
+        // way once events for another tenth of the limit went by.
+        if round.pending > 0 && uses.saturating_sub(round.start) <= (limit / 10) as u64 {
             return;
         }
-        let activations = host.activations.load(Ordering::Relaxed);
-        let mut chosen = self.chosen();
-        // One round at a time; a round whose picks never answered (they became busy, or
-        // could not be evicted) gives way once another tenth of the limit has activated.
-        let stale = activations.saturating_sub(chosen.round_start) > (host.max_live / 10) as u64;
-        if !chosen.set.is_empty() && !stale {
-            return;
-        }
-        let excess = live - host.max_live * 9 / 10;
-        let mut idle: Vec<(u64, ObjectKey, u64)> = host
+        let mut idle: Vec<(u64, Arc<Usage>)> = host
             .objects
             .iter()
             .filter(|e| {
                 e.key() != fresh
                     && e.usage.evictable.load(Ordering::Relaxed)
+                    && (ask == Ask::Leave || e.usage.files_open.load(Ordering::Relaxed))
                     && e.mailbox.capacity() == e.mailbox.max_capacity()
             })
-            .map(|e| (e.usage.last.load(Ordering::Relaxed), *e.key(), e.generation))
+            .map(|e| (e.usage.last.load(Ordering::Relaxed), e.usage.clone()))
             .collect();
         if idle.len() > excess {
-            idle.select_nth_unstable_by_key(excess, |(last, _, _)| *last);
+            idle.select_nth_unstable_by_key(excess, |(last, _)| *last);
             idle.truncate(excess);
         }
-        chosen.set = idle.into_iter().map(|(_, key, g)| (key, g)).collect();
-        chosen.round_start = activations;
-        if !chosen.set.is_empty() {
-            drop(chosen);
-            host.pressure.send_modify(|n| *n += 1);
+        round.pending = idle.len();
+        round.start = uses;
+        drop(round);
+        for (_, usage) in idle {
+            usage.ask.store(ask as u8, Ordering::Release);
+            usage.asked.notify_one();
         }
     }
 
-    /// A subscription to requests for idle activations to leave.
-    fn pressure(&self) -> watch::Receiver<u64> {
-        self.0.pressure.subscribe()
-    }
-
-    /// Whether an idle activation asked to leave should: it is one of the round's picks
-    /// (and is no longer one).
-    fn take_eviction(&self, key: &ObjectKey, generation: u64) -> bool {
-        self.chosen().set.remove(&(*key, generation))
-    }
-
-    /// Whether the activation `generation` of `key` is live (registered) now.
-    #[cfg(test)]
-    pub(crate) fn is_live(&self, key: &ObjectKey) -> bool {
-        self.0.objects.contains_key(key)
+    /// Counts one answer to the current round (done, or declined).
+    pub(crate) fn pressure_answered(&self) {
+        let mut round = self.round();
+        round.pending = round.pending.saturating_sub(1);
     }
 
     /// Removes an idle activation's slot, if its mailbox is still empty.
@@ -532,13 +581,13 @@ impl Host {
     }
 }
 
-/// The picks of a pressure round.
+/// A round of asks to make room.
 #[derive(Default)]
-struct Chosen {
-    /// Activations (key, generation) asked to leave that have not answered yet.
-    set: HashSet<(ObjectKey, u64)>,
-    /// The host's activation count when the round began.
-    round_start: u64,
+struct Round {
+    /// Activations asked that have not answered yet.
+    pending: usize,
+    /// The host's use count when the round began.
+    start: u64,
 }
 
 /// An activation that is leaving: while it lives, a new activation of the object waits.

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
@@ -28,7 +28,14 @@ pub(crate) const PAGE_SIZE: u64 = 4096;
 
 /// An open object database and the state of the current turn's transaction.
 pub(crate) struct Database {
-    pub(crate) conn: Connection,
+    /// The connection; `None` while the files are closed (`close_files`) until the next use.
+    conn: Option<Connection>,
+    /// Connections to object files open in the runtime, this one's included while open.
+    open_files: Arc<AtomicUsize>,
+    /// Whether this database is counted in `open_files`.
+    counted: bool,
+    /// The files were opened (made, or reopened) since the last `take_reopened`.
+    reopened: bool,
     location: Location,
     /// The file does not exist yet; `conn` is an empty in-memory stand-in.
     absent: bool,
@@ -66,14 +73,22 @@ impl Database {
     /// that does not exist yet is not made here: until the object first writes, an empty
     /// database in memory stands in for it, so that reading an object that never wrote leaves
     /// nothing on disk.
-    pub(crate) fn open(location: &Location, limits: &StorageLimits) -> Result<Self> {
+    /// `open_files` counts the runtime's open database files.
+    pub(crate) fn open(
+        location: &Location,
+        limits: &StorageLimits,
+        open_files: &Arc<AtomicUsize>,
+    ) -> Result<Self> {
         let (conn, absent) = match location {
             Location::File(path) if !path.exists() => (open_memory()?, true),
             Location::File(path) => (open_file(path, false)?, false),
             Location::Memory => (open_memory()?, false),
         };
         let mut db = Self {
-            conn,
+            conn: Some(conn),
+            open_files: open_files.clone(),
+            counted: false,
+            reopened: false,
             location: location.clone(),
             absent,
             max_bytes: limits.max_object_bytes,
@@ -89,14 +104,97 @@ impl Database {
             policy: Arc::new(Policy::default()),
             deadline: Arc::new(AtomicU64::new(u64::MAX)),
         };
+        db.count_open(matches!(location, Location::File(_)) && !absent);
         db.prepare_conn()?;
         Ok(db)
+    }
+
+    /// The open connection (every caller reopens closed files first, with `resume`).
+    fn conn(&self) -> Result<&Connection> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| Error::msg("the object's database files are closed"))
+    }
+
+    /// The open connection, to set its hooks.
+    fn conn_mut(&mut self) -> Result<&mut Connection> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::msg("the object's database files are closed"))
+    }
+
+    /// Keeps the runtime's count of open database files.
+    fn count_open(&mut self, open: bool) {
+        if open != self.counted {
+            if open {
+                self.open_files.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.open_files.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.counted = open;
+        }
+    }
+
+    /// Whether the connection (and with it the database file and the WAL) is open.
+    pub(crate) fn files_open(&self) -> bool {
+        self.conn.is_some() && self.counted
+    }
+
+    /// Whether the files were reopened since the last call.
+    pub(crate) fn take_reopened(&mut self) -> bool {
+        std::mem::take(&mut self.reopened)
+    }
+
+    /// Closes the connection of an idle object, and with it the database file and the WAL,
+    /// when every commit it made is in the node log (durable or not: the WAL on disk is what
+    /// an open connection would have read too). Nothing is checkpointed and the WAL stays as
+    /// it is, so this costs no write; the next storage call reopens the files. Returns whether
+    /// they are closed now.
+    pub(crate) fn close_files(&mut self) -> Result<bool> {
+        if self.conn.is_none() {
+            return Ok(true);
+        }
+        if self.absent
+            || !matches!(self.location, Location::File(_))
+            || self.in_txn
+            || self.logged_frames != self.wal_frames()
+        {
+            return Ok(false);
+        }
+        let Some(conn) = self.conn.take() else {
+            return Ok(true);
+        };
+        self.count_open(false);
+        conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        Ok(true)
+    }
+
+    /// Reopens files closed by `close_files`. SQLite reads the WAL back (the exclusive lock
+    /// keeps its index in memory) and finds exactly the frames it held: only whole commits,
+    /// all of them in the node log, so the frame counts stay right.
+    fn resume(&mut self) -> Result<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let Location::File(path) = &self.location else {
+            return Err(Error::msg("a database in memory cannot be reopened"));
+        };
+        self.conn = Some(open_file(path, false)?);
+        self.count_open(true);
+        self.reopened = true;
+        self.prepare_conn()
     }
 
     /// Readies a fresh connection: safety settings, the runtime's tables, the size limit, the
     /// SQL policy and the turn's time limit.
     fn prepare_conn(&mut self) -> Result<()> {
-        let conn = &self.conn;
+        let file = matches!(self.location, Location::File(_)) && !self.absent;
+        let frames = self.wal_frames.clone();
+        let deadline = self.deadline.clone();
+        let user_sql = self.user_sql.clone();
+        let policy = self.policy.clone();
+        let (cache_kib, max_bytes, statements) = (self.cache_kib, self.max_bytes, self.statements);
+        let conn = self.conn_mut()?;
         // Refuse writes to the schema table and other ways to corrupt the file from SQL.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         // SQLite's default page cache (2 MB, with the first 20 pages allocated at once) and
@@ -116,28 +214,32 @@ impl Database {
                  value ANY
              ) WITHOUT ROWID;
              COMMIT;",
-            self.cache_kib.max(1),
-            (self.max_bytes / PAGE_SIZE).max(16)
+            cache_kib.max(1),
+            (max_bytes / PAGE_SIZE).max(16)
         ))?;
-        conn.set_prepared_statement_cache_capacity(self.statements);
-        if matches!(self.location, Location::File(_)) && !self.absent {
+        conn.set_prepared_statement_cache_capacity(statements);
+        if file {
             // Checkpoints are the runtime's alone (see `checkpoint`), also at close.
             conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
             // The hook reports the WAL's size after every commit, so each commit's frames can
             // go to the node log. It also turns SQLite's automatic checkpoints off: the runtime
             // checkpoints only once the node log holds what is copied.
-            let frames = self.wal_frames.clone();
-            self.conn.wal_hook(Some(
+            conn.wal_hook(Some(
                 move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
                     frames.store(u32::try_from(n).unwrap_or(0), Ordering::Release);
                     Ok(())
                 },
             ))?;
         }
-        self.install_authorizer()?;
+        conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+            if user_sql.load(Ordering::Relaxed) {
+                policy.judge(&ctx)
+            } else {
+                rusqlite::hooks::Authorization::Allow
+            }
+        }))?;
         // A turn's time limit must also stop runaway SQL, which never yields to the runtime.
-        let deadline = self.deadline.clone();
-        self.conn.progress_handler(
+        conn.progress_handler(
             10_000,
             Some(move || process_ms() > deadline.load(Ordering::Relaxed)),
         )?;
@@ -147,8 +249,9 @@ impl Database {
     /// The name the object was first addressed by, as recorded in its database; records
     /// `name` (now, or with the first write if the file is not made yet) if none is recorded.
     pub(crate) fn remember_name(&mut self, name: Option<&str>) -> Result<Option<String>> {
+        self.resume()?;
         let stored: Option<String> = self
-            .conn
+            .conn()?
             .prepare_cached("SELECT value FROM main._rookery_meta WHERE key = 'name'")?
             .query_row([], |r| r.get(0))
             .optional()?;
@@ -156,7 +259,7 @@ impl Database {
             if self.absent {
                 self.pending_name = Some(name.to_string());
             } else {
-                self.conn
+                self.conn()?
                     .prepare_cached(
                         "INSERT INTO main._rookery_meta (key, value) VALUES ('name', ?1)",
                     )?
@@ -182,37 +285,27 @@ impl Database {
             }
             e => e,
         })?;
-        if self.in_txn && !self.conn.is_autocommit() {
+        if let Some(stand_in) = &self.conn
+            && self.in_txn
+            && !stand_in.is_autocommit()
+        {
             // Only reads ran on the stand-in: nothing to carry over.
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = stand_in.execute_batch("ROLLBACK");
         }
         self.in_txn = false;
         self.savepoints = 0;
-        self.conn = conn;
+        self.conn = Some(conn);
         self.absent = false;
+        self.count_open(true);
+        self.reopened = true;
         self.prepare_conn()?;
         if let Some(name) = self.pending_name.take() {
-            self.txn()?;
-            self.conn
+            self.txn()?
                 .prepare_cached(
                     "INSERT OR IGNORE INTO main._rookery_meta (key, value) VALUES ('name', ?1)",
                 )?
                 .execute([name])?;
         }
-        Ok(())
-    }
-
-    fn install_authorizer(&mut self) -> Result<()> {
-        let user_sql = self.user_sql.clone();
-        let policy = self.policy.clone();
-        self.conn
-            .authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
-                if user_sql.load(Ordering::Relaxed) {
-                    policy.judge(&ctx)
-                } else {
-                    rusqlite::hooks::Authorization::Allow
-                }
-            }))?;
         Ok(())
     }
 
@@ -226,17 +319,18 @@ impl Database {
 
     /// The connection, inside the turn's transaction (opened now if needed).
     pub(crate) fn txn(&mut self) -> Result<&Connection> {
+        self.resume()?;
         if !self.in_txn {
-            self.conn.execute_batch("BEGIN")?;
+            self.conn()?.execute_batch("BEGIN")?;
             self.in_txn = true;
-        } else if self.conn.is_autocommit() {
+        } else if self.conn()?.is_autocommit() {
             // SQLite rolled the whole transaction back after an error (e.g. a full disk).
             // Going on would run later writes outside any transaction.
             return Err(Error::msg(
                 "the turn's transaction was aborted by an earlier storage error",
             ));
         }
-        Ok(&self.conn)
+        self.conn()
     }
 
     /// The connection, inside the turn's transaction, for an operation that writes (making
@@ -257,10 +351,12 @@ impl Database {
         f: impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         if self.absent {
-            let changes = self.conn.total_changes();
+            let changes = self.conn()?.total_changes();
             let schema = self.schema_version()?;
             let (result, changed) = self.user_call(&f, true)?;
-            if !changed && self.conn.total_changes() == changes && self.schema_version()? == schema
+            if !changed
+                && self.conn()?.total_changes() == changes
+                && self.schema_version()? == schema
             {
                 return result;
             }
@@ -278,17 +374,18 @@ impl Database {
         probe: bool,
     ) -> Result<(Result<T>, bool)> {
         self.txn()?;
+        let conn = self.conn()?;
         // Each call is all or nothing, and can be undone if it turns out to have renamed
         // something into the runtime's names (the authorizer never sees a rename's new name).
-        self.conn.execute_batch("SAVEPOINT rookery_sql")?;
+        conn.execute_batch("SAVEPOINT rookery_sql")?;
         let schema_before = self.schema_version()?;
         self.policy.clear();
         self.user_sql.store(true, Ordering::Relaxed);
-        let result = f(&self.conn);
+        let result = f(conn);
         self.user_sql.store(false, Ordering::Relaxed);
         let result = result.map_err(|e| match self.policy.take_refusal() {
             Some(why) => Error::SqlRefused(why),
-            None => map_sqlite(&self.conn, e),
+            None => map_sqlite(conn, e),
         });
         let schema_changed = self.schema_version()? != schema_before;
         let result = match result {
@@ -300,22 +397,22 @@ impl Database {
         } else {
             "ROLLBACK TO rookery_sql; RELEASE rookery_sql"
         };
-        if !self.conn.is_autocommit() {
-            self.conn.execute_batch(end)?;
+        if !conn.is_autocommit() {
+            conn.execute_batch(end)?;
         }
         Ok((result, schema_changed))
     }
 
     fn schema_version(&self) -> Result<i64> {
         Ok(self
-            .conn
+            .conn()?
             .query_row("PRAGMA main.schema_version", [], |r| r.get(0))?)
     }
 
     /// Refuses a schema with runtime names other than the runtime's own tables.
     fn check_reserved_names(&self) -> Result<()> {
         let mut stmt = self
-            .conn
+            .conn()?
             .prepare_cached("SELECT name FROM main.sqlite_schema")?;
         let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
         for name in names {
@@ -339,7 +436,7 @@ impl Database {
         if !self.in_txn {
             return Ok(false);
         }
-        if self.conn.is_autocommit() {
+        if self.conn()?.is_autocommit() {
             self.in_txn = false;
             self.dirty = false;
             return Err(Error::msg(
@@ -347,7 +444,7 @@ impl Database {
             ));
         }
         let wrote = self.dirty;
-        match self.conn.execute_batch("COMMIT") {
+        match self.conn()?.execute_batch("COMMIT") {
             Ok(()) => {
                 self.in_txn = false;
                 self.dirty = false;
@@ -355,7 +452,10 @@ impl Database {
                 Ok(wrote)
             }
             Err(e) => {
-                let e = map_sqlite(&self.conn, e);
+                let e = match &self.conn {
+                    Some(conn) => map_sqlite(conn, e),
+                    None => Error::Sqlite(e),
+                };
                 self.rollback();
                 Err(e)
             }
@@ -365,8 +465,9 @@ impl Database {
     /// Rolls the turn's transaction back, leaving storage as it was before the turn.
     pub(crate) fn rollback(&mut self) {
         if self.in_txn {
-            if !self.conn.is_autocommit()
-                && let Err(e) = self.conn.execute_batch("ROLLBACK")
+            if let Some(conn) = &self.conn
+                && !conn.is_autocommit()
+                && let Err(e) = conn.execute_batch("ROLLBACK")
             {
                 tracing::warn!(error = %e, "rollback failed");
             }
@@ -378,7 +479,7 @@ impl Database {
 
     /// Whether the object stores nothing: no key, no table of its own, no alarm.
     fn is_empty(&self) -> Result<bool> {
-        Ok(self.conn.query_row(
+        Ok(self.conn()?.query_row(
             "SELECT NOT EXISTS (SELECT 1 FROM main._rookery_kv)
                 AND NOT EXISTS (SELECT 1 FROM main._rookery_meta
                                 WHERE key IN ('alarm', 'alarm_retries'))
@@ -396,14 +497,26 @@ impl Database {
     /// is left as it is, for recovery.
     pub(crate) fn close(mut self, checkpoint: bool) -> Result<Closed> {
         self.rollback();
+        if checkpoint {
+            // The files were closed while idle: the checkpoint (and the look at whether the
+            // object still stores anything) needs them.
+            self.resume()?;
+        }
         let (path, empty) = match &self.location {
-            Location::File(path) if !self.absent => (Some(path.clone()), self.is_empty()?),
+            // Closed files hold what they held when the object went idle: not nothing,
+            // unless the object left them empty (then it is looked at when next opened).
+            Location::File(path) if !self.absent => {
+                (Some(path.clone()), self.conn.is_some() && self.is_empty()?)
+            }
             _ => (None, false),
         };
         if checkpoint {
             self.checkpoint()?;
         }
-        self.conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        self.count_open(false);
+        if let Some(conn) = self.conn.take() {
+            conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        }
         let Some(path) = path else {
             return Ok(Closed::NoFile);
         };
@@ -468,7 +581,7 @@ impl Database {
         let count = (now - from) as usize;
         let mut frames = vec![0u8; count * FRAME_BYTES];
         let at = WAL_HEADER_BYTES + u64::from(from) * FRAME_BYTES as u64;
-        read_wal(&self.conn, path, &mut frames, at)?;
+        read_wal(self.conn()?, path, &mut frames, at)?;
         let last = &frames[(count - 1) * FRAME_BYTES..];
         let db_pages = u32::from_be_bytes([last[4], last[5], last[6], last[7]]);
         if db_pages == 0 {
@@ -495,15 +608,22 @@ impl Database {
         if self.absent || !matches!(self.location, Location::File(_)) {
             return Ok(());
         }
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        self.resume()?;
+        let busy: i64 =
+            self.conn()?
+                .query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
         if busy != 0 {
             return Err(Error::msg("the WAL checkpoint could not complete"));
         }
         self.wal_frames.store(0, Ordering::Release);
         self.logged_frames = 0;
         Ok(())
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.count_open(false);
     }
 }
 
@@ -713,8 +833,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dir_path = dir.path().canonicalize().unwrap();
         let path = dir_path.join("o.sqlite");
-        let mut db = Database::open(&Location::File(path.clone()), &StorageLimits::default())
-            .unwrap();
+        let mut db = Database::open(
+            &Location::File(path.clone()),
+            &StorageLimits::default(),
+            &Arc::default(),
+        )
+        .unwrap();
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         let mut at = WAL_HEADER_BYTES;
@@ -751,17 +875,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.sqlite");
         let limits = StorageLimits::default();
-        let mut db = Database::open(&Location::File(path), &limits).unwrap();
+        let mut db = Database::open(&Location::File(path), &limits, &Arc::default()).unwrap();
         for value in 0..20 {
             increment(&mut db, value);
         }
         let size: i64 = db
-            .conn
+            .conn()
+            .unwrap()
             .query_row("PRAGMA cache_size", [], |r| r.get(0))
             .unwrap();
         assert_eq!(size, -i64::from(limits.page_cache_kib));
         // SQLite's own default would allocate 20 pages (about 90 KB) at the first read.
-        let cache = db_status(&db.conn, rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED);
+        let cache = db_status(
+            db.conn().unwrap(),
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
+        );
         assert!(cache <= 40 * 1024, "page cache of a counter: {cache} bytes");
         db.close(true).unwrap();
 
@@ -769,9 +897,10 @@ mod tests {
             page_cache_kib: 4096,
             ..StorageLimits::default()
         };
-        let db = Database::open(&Location::Memory, &bigger).unwrap();
+        let db = Database::open(&Location::Memory, &bigger, &Arc::default()).unwrap();
         let size: i64 = db
-            .conn
+            .conn()
+            .unwrap()
             .query_row("PRAGMA cache_size", [], |r| r.get(0))
             .unwrap();
         assert_eq!(size, -4096, "the cache is configurable");

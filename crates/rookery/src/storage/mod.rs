@@ -79,6 +79,8 @@ impl Default for StorageLimits {
 /// What every object's storage shares within a runtime.
 pub(crate) struct StorageContext {
     pub(crate) limits: StorageLimits,
+    /// Object databases whose files are open now (two descriptors each).
+    pub(crate) open_files: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) durability: Durability,
     pub(crate) syncer: Syncer,
     pub(crate) commit_log: Arc<dyn CommitLog>,
@@ -189,7 +191,7 @@ impl Storage {
             recovery::discard_wal(path)?;
         }
         let mut db =
-            Database::open(location, &ctx.limits).map_err(|e| match e {
+            Database::open(location, &ctx.limits, &ctx.open_files).map_err(|e| match e {
                 Error::Sqlite(_) | Error::Io(_) => Error::internal(
                     format!(
                         "the database of {} at {} cannot be opened",
@@ -274,7 +276,7 @@ impl Storage {
             turn.db.txn_for_write()?;
             turn.db.savepoints += 1;
             let name = format!("rookery_txn_{}", turn.db.savepoints);
-            turn.db.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+            turn.db.txn()?.execute_batch(&format!("SAVEPOINT {name}"))?;
             (name, (turn.alarm, turn.alarm_by_handler))
         };
         let result = f(self);
@@ -288,7 +290,7 @@ impl Storage {
             (turn.alarm, turn.alarm_by_handler) = alarm_before;
             format!("ROLLBACK TO {name}; RELEASE {name}")
         };
-        turn.db.conn.execute_batch(&end)?;
+        turn.db.txn()?.execute_batch(&end)?;
         result
     }
 
@@ -629,6 +631,28 @@ impl Storage {
     /// The object's database file, if it has one.
     pub(crate) fn path(&self) -> Option<PathBuf> {
         self.lock().db.path().map(Path::to_path_buf)
+    }
+
+    /// Closes the files of the idle object (its database and WAL) without checkpointing; the
+    /// next storage call reopens them. Returns whether they are closed.
+    pub(crate) fn close_files(&self) -> bool {
+        match self.lock().db.close_files() {
+            Ok(closed) => closed,
+            Err(e) => {
+                tracing::warn!(error = %e, "closing the object's files");
+                false
+            }
+        }
+    }
+
+    /// Whether the object's files are open (it holds descriptors).
+    pub(crate) fn files_open(&self) -> bool {
+        self.lock().db.files_open()
+    }
+
+    /// Whether the object's files were reopened since the last call.
+    pub(crate) fn take_reopened(&self) -> bool {
+        self.lock().db.take_reopened()
     }
 
     /// Whether making a commit durable failed; the object must then be reset.
