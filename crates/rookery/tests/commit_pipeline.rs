@@ -337,13 +337,16 @@ async fn outputs_wait_for_the_commit_log_and_its_refusal_discards_them() {
     assert!(matches!(req.await.unwrap(), Err(Error::Durability(_))));
 }
 
+/// What `FencingLog` saw of one commit: (epoch, lsn, db_pages, pages).
+type SeenCommit = (u64, Option<u64>, u32, usize);
+
 /// A replicated log in miniature: it hands out epochs and refuses commits of a stale one.
 #[derive(Default)]
 struct FencingLog {
     /// The owner's epoch; an activation gets the next one.
     owner: AtomicU64,
-    /// (epoch, lsn, db_pages, pages) of every commit appended.
-    seen: Mutex<Vec<(u64, Option<u64>, u32, usize)>>,
+    /// Every commit appended.
+    seen: Mutex<Vec<SeenCommit>>,
 }
 
 impl CommitLog for FencingLog {

@@ -173,11 +173,12 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
                     }
                 }
                 if ask != Ask::Nothing {
+                    if state.storage().close_files() {
+                        tracing::debug!("closed its files to make room");
+                        act.usage.set_files_open(false);
+                    }
+                    // Answered once the files are closed: the count of open ones is right.
                     act.host.pressure_answered();
-                }
-                if ask != Ask::Nothing && state.storage().close_files() {
-                    tracing::debug!("closed its files to make room");
-                    act.usage.set_files_open(false);
                 }
                 continue;
             }
