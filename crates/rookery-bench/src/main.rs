@@ -24,7 +24,7 @@ use crate::runner::{RunArgs, shell_join};
 use crate::scenarios::Outcome;
 use crate::scenarios::alarms::{AlarmsArgs, alarms};
 use crate::scenarios::calls::{CallRoundTripArgs, call_round_trip};
-use crate::scenarios::cold_start::{ColdStartArgs, cold_start};
+use crate::scenarios::cold_start::{ColdEvictedArgs, ColdStartArgs, cold_evicted, cold_start};
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
 use crate::scenarios::ws_idle::{WsIdleArgs, ws_idle};
@@ -74,6 +74,17 @@ enum Command {
         #[command(flatten)]
         args: ColdStartArgs,
     },
+    /// K counters incremented once, left idle until evicted, then incremented again one at a
+    /// time (each timed request activates an object whose file exists). Needs a server with
+    /// the `cold-evicted-config` configuration.
+    ColdEvicted {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: ColdEvictedArgs,
+    },
+    /// Prints the server configuration `cold-evicted` needs (Counter, 250 ms idle eviction).
+    ColdEvictedConfig,
     /// M chat clients in one room; one sends R messages; latency until all have each one.
     WsFanout {
         #[command(flatten)]
@@ -154,6 +165,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CounterOne { server, args } => counter_one(&target(&server).await?, &args).await,
         Command::CounterMany { server, args } => counter_many(&target(&server).await?, &args).await,
         Command::ColdStart { server, args } => cold_start(&target(&server).await?, &args).await,
+        Command::ColdEvicted { server, args } => cold_evicted(&target(&server).await?, &args).await,
+        Command::ColdEvictedConfig => {
+            print!("{}", scenarios::cold_start::EVICTED_CONFIG);
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::WsFanout { server, args } => ws_fanout(&target(&server).await?, &args).await,
         Command::WsIdle { server, args } => ws_idle(&target(&server).await?, &args).await,
         Command::Alarms { server, args } => alarms(&target(&server).await?, &args).await,

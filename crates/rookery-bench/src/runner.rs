@@ -11,7 +11,9 @@ use crate::machine::{Machine, commit, utc_now};
 use crate::report::{Meta, Section, render};
 use crate::scenarios::Outcome;
 use crate::scenarios::alarms::{self, AlarmsArgs};
-use crate::scenarios::cold_start::{ColdStartArgs, cold_start};
+use crate::scenarios::cold_start::{
+    self, ColdEvictedArgs, ColdStartArgs, cold_evicted, cold_start,
+};
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
 use crate::scenarios::ws_idle::{WsIdleArgs, ws_idle};
@@ -23,6 +25,7 @@ pub const SCENARIOS: &[&str] = &[
     "counter-one",
     "counter-many",
     "cold-start",
+    "cold-evicted",
     "ws-fanout",
     "ws-idle",
     "alarms",
@@ -68,7 +71,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only these scenarios, comma-separated (counter-one, counter-many, cold-start,
-    /// ws-fanout, ws-idle, alarms).
+    /// cold-evicted, ws-fanout, ws-idle, alarms).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A Markdown file whose text is appended to the report as its "Notes" section (read when
@@ -86,6 +89,8 @@ pub enum Planned {
     CounterMany(CounterManyArgs),
     /// `cold-start`.
     ColdStart(ColdStartArgs),
+    /// `cold-evicted`, on a server with a short idle time.
+    ColdEvicted(ColdEvictedArgs),
     /// `ws-fanout`.
     WsFanout(WsFanoutArgs),
     /// `ws-idle`; the server pid is filled in at run time.
@@ -101,6 +106,7 @@ impl Planned {
             Planned::CounterOne(_) => "counter-one",
             Planned::CounterMany(_) => "counter-many",
             Planned::ColdStart(_) => "cold-start",
+            Planned::ColdEvicted(_) => "cold-evicted",
             Planned::WsFanout(_) => "ws-fanout",
             Planned::WsIdle(_) => "ws-idle",
             Planned::Alarms(_) => "alarms",
@@ -121,6 +127,7 @@ impl Planned {
                 a.objects, a.requests, a.conns
             ),
             Planned::ColdStart(a) => format!("--objects {}", a.objects),
+            Planned::ColdEvicted(a) => format!("--objects {}", a.objects),
             Planned::WsFanout(a) => format!("--clients {} --messages {}", a.clients, a.messages),
             // `$!` is the server started in the background just before.
             Planned::WsIdle(a) => format!("--clients {} --rooms {} --pid $!", a.clients, a.rooms),
@@ -132,6 +139,7 @@ impl Planned {
     pub fn server_config(&self) -> Option<&'static str> {
         match self {
             Planned::Alarms(_) => Some(alarms::CONFIG),
+            Planned::ColdEvicted(_) => Some(cold_start::EVICTED_CONFIG),
             _ => None,
         }
     }
@@ -142,6 +150,7 @@ impl Planned {
             Planned::CounterOne(a) => Outcome::new(self.name(), a),
             Planned::CounterMany(a) => Outcome::new(self.name(), a),
             Planned::ColdStart(a) => Outcome::new(self.name(), a),
+            Planned::ColdEvicted(a) => Outcome::new(self.name(), a),
             Planned::WsFanout(a) => Outcome::new(self.name(), a),
             Planned::WsIdle(a) => Outcome::new(self.name(), a),
             Planned::Alarms(a) => Outcome::new(self.name(), a),
@@ -154,6 +163,7 @@ impl Planned {
             Planned::CounterOne(a) => counter_one(target, a).await,
             Planned::CounterMany(a) => counter_many(target, a).await,
             Planned::ColdStart(a) => cold_start(target, a).await,
+            Planned::ColdEvicted(a) => cold_evicted(target, a).await,
             Planned::WsFanout(a) => ws_fanout(target, a).await,
             Planned::WsIdle(a) => {
                 let mut a = a.clone();
@@ -190,6 +200,9 @@ pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
             conns: 32,
         }),
         Planned::ColdStart(ColdStartArgs {
+            objects: 2_000 / scale,
+        }),
+        Planned::ColdEvicted(ColdEvictedArgs {
             objects: 2_000 / scale,
         }),
         Planned::WsFanout(WsFanoutArgs {
@@ -340,8 +353,8 @@ async fn run_one(args: &RunArgs, durability: Durability, p: &Planned) -> Outcome
 
 /// The commands that repeat `planned` by hand: first those for the demo server the report's
 /// reproduction section starts on port 8787, then each scenario that needs a configuration of
-/// its own with its own server on 8788 (so `$!` of the `ws-idle` lines is still the demo
-/// server).
+/// its own with a server of its own on 8788, 8789, ... (so `$!` of the `ws-idle` lines is
+/// still the demo server).
 pub fn scenario_commands(planned: &[Planned], durability: &str) -> Vec<String> {
     let mut lines: Vec<String> = planned
         .iter()
@@ -353,7 +366,12 @@ pub fn scenario_commands(planned: &[Planned], durability: &str) -> Vec<String> {
             )
         })
         .collect();
-    for p in planned.iter().filter(|p| p.server_config().is_some()) {
+    for (k, p) in planned
+        .iter()
+        .filter(|p| p.server_config().is_some())
+        .enumerate()
+    {
+        let port = 8788 + k;
         let config = format!("rookery-{}.toml", p.name());
         lines.push(format!(
             "# {} needs a server of its own, with the configuration `rookery-bench {}-config` \
@@ -366,12 +384,12 @@ pub fn scenario_commands(planned: &[Planned], durability: &str) -> Vec<String> {
             p.name()
         ));
         lines.push(format!(
-            "target/release/rookery serve --config {config} --listen 127.0.0.1:8788 --data-dir \
+            "target/release/rookery serve --config {config} --listen 127.0.0.1:{port} --data-dir \
              \"$(mktemp -d)\" --durability {durability} &"
         ));
         lines.push(format!(
             "target/release/rookery-bench {}",
-            p.command("http://127.0.0.1:8788")
+            p.command(&format!("http://127.0.0.1:{port}"))
         ));
     }
     lines
@@ -423,6 +441,7 @@ mod tests {
                 "counter-one",
                 "counter-many",
                 "cold-start",
+                "cold-evicted",
                 "ws-fanout",
                 "ws-fanout",
                 "ws-idle",
@@ -439,28 +458,31 @@ mod tests {
             "counter-many --url U --objects 1000 --requests 50000 --conns 32"
         );
         assert_eq!(p[2].command("U"), "cold-start --url U --objects 2000");
+        assert_eq!(p[3].command("U"), "cold-evicted --url U --objects 2000");
         assert_eq!(
-            p[3].command("U"),
+            p[4].command("U"),
             "ws-fanout --url U --clients 1000 --messages 100"
         );
         assert_eq!(
-            p[4].command("U"),
+            p[5].command("U"),
             "ws-fanout --url U --clients 10000 --messages 20"
         );
         assert_eq!(
-            p[5].command("U"),
+            p[6].command("U"),
             "ws-idle --url U --clients 10000 --rooms 100 --pid $!"
         );
         assert_eq!(
-            p[6].command("U"),
+            p[7].command("U"),
             "ws-idle --url U --clients 18000 --rooms 180 --pid $!"
         );
         assert_eq!(
-            p[7].command("U"),
+            p[8].command("U"),
             "alarms --url U --objects 10000 --alarms 100000 --pid $!"
         );
-        assert!(p[7].server_config().is_some());
-        assert!(p[..7].iter().all(|p| p.server_config().is_none()));
+        assert!(p[3].server_config().is_some());
+        assert!(p[8].server_config().is_some());
+        let own: Vec<_> = p.iter().filter(|p| p.server_config().is_some()).collect();
+        assert_eq!(own.len(), 2);
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! their own object classes.
 
 mod admin;
+pub mod admin_client;
 mod client_ip;
 pub mod config;
 mod conn;
 mod gateway;
 pub mod identity;
 pub mod outbound;
+mod reply;
 mod route_pattern;
 mod routes;
 pub mod secrets;

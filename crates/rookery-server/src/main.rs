@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rookery::Clock;
 use rookery::Durability;
+use rookery_server::admin_client::{self, AdminTarget};
 use rookery_server::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -24,6 +26,65 @@ struct Cli {
 enum Command {
     /// Serve the objects and routes of a configuration (the built-in demo app by default).
     Serve(ServeArgs),
+    /// One object of a running server, through its admin API (`[server] admin_token`).
+    #[command(subcommand)]
+    Objects(ObjectsCommand),
+}
+
+#[derive(Subcommand)]
+enum ObjectsCommand {
+    /// Prints a bookmark of an object's state now, or at --time.
+    Bookmark {
+        /// The binding, e.g. COUNTER.
+        binding: String,
+        /// The object's name.
+        name: String,
+        /// Milliseconds since the Unix epoch, or an age such as 15m, 2h, 1d.
+        #[arg(long)]
+        time: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Restores an object to a bookmark or to its state at a time (point-in-time recovery);
+    /// prints a bookmark that undoes it.
+    Restore {
+        /// The binding, e.g. COUNTER.
+        binding: String,
+        /// The object's name.
+        name: String,
+        /// A bookmark (from `rookery objects bookmark` or the object's own code).
+        #[arg(long, required_unless_present = "time", conflicts_with = "time")]
+        bookmark: Option<String>,
+        /// Milliseconds since the Unix epoch, or an age such as 15m, 2h, 1d.
+        #[arg(long)]
+        time: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8787")]
+    url: String,
+    /// The admin token; else the environment variable ROOKERY_ADMIN_TOKEN.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn target(self) -> anyhow::Result<AdminTarget> {
+        let token = match self.token {
+            Some(token) => token,
+            None => std::env::var("ROOKERY_ADMIN_TOKEN")
+                .context("give --token or set ROOKERY_ADMIN_TOKEN")?,
+        };
+        Ok(AdminTarget {
+            url: self.url,
+            token,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -72,7 +133,50 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Objects(command) => objects(command),
     }
+}
+
+fn objects(command: ObjectsCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let now = rookery::SystemClock.now_ms();
+    let time = |t: Option<String>| -> anyhow::Result<Option<i64>> {
+        t.map(|t| admin_client::parse_time(&t, now).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    let answer = runtime.block_on(async {
+        match command {
+            ObjectsCommand::Bookmark {
+                binding,
+                name,
+                time: at,
+                admin,
+            } => {
+                let target = admin.target()?;
+                Ok::<_, anyhow::Error>(
+                    admin_client::bookmark(&target, &binding, &name, time(at)?).await?,
+                )
+            }
+            ObjectsCommand::Restore {
+                binding,
+                name,
+                bookmark,
+                time: at,
+                admin,
+            } => {
+                let target = admin.target()?;
+                Ok(
+                    admin_client::restore(&target, &binding, &name, bookmark.as_deref(), time(at)?)
+                        .await?,
+                )
+            }
+        }
+    })?;
+    println!("{answer}");
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

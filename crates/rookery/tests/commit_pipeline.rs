@@ -260,6 +260,51 @@ async fn a_failed_sync_discards_the_output_and_stops_writes_until_a_restart() {
     assert_eq!(r.status(), 200, "the object works again after the restart");
 }
 
+/// A bookmark names a log position; until the log is durable through it, a crash could give
+/// that position to other records. So the turn that hands one out answers only once the log is
+/// durable through it, and a log that fails before then fails the answer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bookmark_is_answered_only_once_the_log_is_durable_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(Disk::default());
+    let h = Arc::new(harness(dir.path(), &disk));
+    // Another object's commit is in the log, its sync round held by the disk.
+    let put = {
+        let h = h.clone();
+        tokio::spawn(async move { h.fetch("writes", Request::post("/put").unwrap()).await })
+    };
+    wait_until("the commit's sync round started", || {
+        disk.rounds.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let asked = Arc::new(AtomicBool::new(false));
+    let bookmark = {
+        let (h, asked) = (h.clone(), asked.clone());
+        tokio::spawn(async move {
+            h.run("bookmarked", move |state| {
+                let bookmark = state.storage().get_current_bookmark();
+                asked.store(true, Ordering::SeqCst);
+                bookmark
+            })
+            .await
+        })
+    };
+    wait_until("the bookmark was taken", || asked.load(Ordering::SeqCst)).await;
+    // The round fails: the log is durable through neither the commit nor the bookmark.
+    disk.fail_next.store(true, Ordering::SeqCst);
+    disk.set_open(true);
+    let answer = tokio::time::timeout(PATIENCE, bookmark)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(answer, Err(Error::Durability(_))),
+        "a bookmark past the durable log was handed out: {answer:?}"
+    );
+    let put = tokio::time::timeout(PATIENCE, put).await.unwrap().unwrap();
+    assert!(put.is_err(), "the commit was acknowledged: {put:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_commits_the_turn_so_far() {
     let dir = tempfile::tempdir().unwrap();
@@ -337,16 +382,16 @@ async fn outputs_wait_for_the_commit_log_and_its_refusal_discards_them() {
     assert!(matches!(req.await.unwrap(), Err(Error::Durability(_))));
 }
 
-/// What `FencingLog` saw of one commit: (epoch, lsn, db_pages, pages).
-type SeenCommit = (u64, Option<u64>, u32, usize);
+/// What the fencing log saw of a commit: epoch, LSN, database pages, pages handed over.
+type Seen = (u64, Option<u64>, u32, usize);
 
 /// A replicated log in miniature: it hands out epochs and refuses commits of a stale one.
 #[derive(Default)]
 struct FencingLog {
     /// The owner's epoch; an activation gets the next one.
     owner: AtomicU64,
-    /// Every commit appended.
-    seen: Mutex<Vec<SeenCommit>>,
+    /// (epoch, lsn, db_pages, pages) of every commit appended.
+    seen: Mutex<Vec<Seen>>,
 }
 
 impl CommitLog for FencingLog {

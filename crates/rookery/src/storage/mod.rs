@@ -13,6 +13,7 @@ mod history;
 mod kv;
 mod log_record;
 mod node_log;
+mod object_sync;
 mod policy;
 mod recovery;
 mod restore;
@@ -24,18 +25,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use catalog::Migration;
 pub use commit_log::{CommitLog, CommitRecord, LocalCommitLog, PageWrite};
-pub use durability::{Durability, OutputGate, SyncHook};
+pub use durability::{Durability, SyncHook};
 pub use history::HistoryOptions;
 pub use kv::ListOptions;
+pub use object_sync::OutputGate;
 pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
 pub(crate) use alarm_index::{AlarmIndex, AlarmListener, scan_objects};
 pub(crate) use catalog::{Catalog, ClassRecord};
 pub(crate) use dir_health::DirHealth;
 pub(crate) use dir_lock::DirLock;
-pub(crate) use durability::{ObjectSync, Syncer};
+pub(crate) use durability::Syncer;
 pub(crate) use history::History;
 pub(crate) use node_log::{NodeLog, SEGMENT_BYTES};
+pub(crate) use object_sync::ObjectSync;
 pub(crate) use recovery::recover;
 
 use database::{Closed, Database, FRAME_BYTES};
@@ -99,10 +102,11 @@ pub(crate) struct StorageContext {
 }
 
 impl StorageContext {
-    /// Compacts the log's expired history into snapshots; how many segments it folded.
-    pub(crate) fn compact_history(&self) -> std::io::Result<usize> {
+    /// Compacts the log's expired history into snapshots (only what size and free space
+    /// force, without `by_age`); how many segments it folded.
+    pub(crate) fn compact_history(&self, by_age: bool) -> std::io::Result<usize> {
         match (&self.log, &self.history) {
-            (Some(log), Some(history)) => history.compact(log, self.clock.now_ms()),
+            (Some(log), Some(history)) => history.compact(log, self.clock.now_ms(), by_age),
             _ => Ok(0),
         }
     }
@@ -169,6 +173,9 @@ struct Turn {
     alarm: Option<AlarmChange>,
     /// Whether object code (not the runtime) changed the alarm in the current turn.
     alarm_by_handler: bool,
+    /// The furthest bookmark handed out in the current turn: its outputs wait until the log
+    /// is durable through it.
+    bookmark: Option<log_record::Lsn>,
 }
 
 impl Storage {
@@ -216,6 +223,7 @@ impl Storage {
                 seq: 0,
                 alarm: None,
                 alarm_by_handler: false,
+                bookmark: None,
             }),
             ctx,
             class: addr.class.name.clone(),
@@ -298,7 +306,7 @@ impl Storage {
     /// [`Storage::on_next_session_restore_bookmark`].
     pub fn get_current_bookmark(&self) -> Result<String> {
         let (log, _) = self.history()?;
-        Ok(history::format_bookmark(log.next_lsn()))
+        Ok(self.hand_out(log.next_lsn()))
     }
 
     /// A bookmark for the object's state at `time_ms` (ms since the Unix epoch, by the
@@ -306,9 +314,8 @@ impl Storage {
     /// older than the retained history.
     pub fn get_bookmark_for_time(&self, time_ms: i64) -> Result<String> {
         let (log, history) = self.history()?;
-        Ok(history::format_bookmark(
-            history.bookmark_for_time(log, time_ms)?,
-        ))
+        let at = history.bookmark_for_time(log, time_ms)?;
+        Ok(self.hand_out(at))
     }
 
     /// Asks for the object to start over at `bookmark` the next time it opens (call
@@ -324,7 +331,16 @@ impl Storage {
             ));
         };
         restore::request(path, at)?;
-        Ok(history::format_bookmark(log.next_lsn()))
+        Ok(self.hand_out(log.next_lsn()))
+    }
+
+    /// Writes bookmark `at` and holds the turn's outputs until the log is durable through it:
+    /// after a crash, positions that never became durable are given to new records, and a
+    /// bookmark among them would restore to a state it never named.
+    fn hand_out(&self, at: log_record::Lsn) -> String {
+        let mut turn = self.lock();
+        turn.bookmark = turn.bookmark.max(Some(at));
+        history::format_bookmark(at)
     }
 
     fn history(&self) -> Result<(&NodeLog, &History)> {
@@ -377,6 +393,20 @@ impl Storage {
     /// Ends the current turn: commits its writes if `commit`, otherwise rolls them back.
     /// Returns the gate that the turn's outputs must pass.
     pub(crate) async fn finish_turn(&self, commit: bool) -> Result<OutputGate> {
+        let gate = self.commit_turn(commit).await;
+        let bookmark = self.lock().bookmark.take();
+        let gate = gate?;
+        match (bookmark, &self.ctx.log) {
+            (Some(at), Some(log)) if log.synced() < at => {
+                self.ctx.syncer.log_appended();
+                Ok(gate.and_logged(log.durable_wait(at)))
+            }
+            _ => Ok(gate),
+        }
+    }
+
+    /// Commits (or rolls back) the turn's transaction; the gate waits for the commit.
+    async fn commit_turn(&self, commit: bool) -> Result<OutputGate> {
         let change = {
             let mut turn = self.lock();
             let change = turn.alarm.take();

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::durability::ObjectSync;
 use super::log_record::{self, Frame, Kind, Lsn};
+use super::object_sync::{LogWait, ObjectSync};
 use crate::addr::AlarmKey;
 use crate::durable_dir::sync_dir;
 
@@ -110,7 +110,7 @@ pub(crate) struct NodeLog {
     /// lacks (kept durably in [`START_FILE`]).
     start: Mutex<Lsn>,
     /// Set once writing or syncing the log failed: nothing may count as durable after that.
-    failed: AtomicBool,
+    failed: Arc<AtomicBool>,
     /// How far the log is synced.
     synced: watch::Sender<Lsn>,
 }
@@ -165,7 +165,7 @@ impl NodeLog {
             spares: Mutex::new(spares),
             keep_history,
             start: Mutex::new(read_start(dir)?.unwrap_or(0).min(next)),
-            failed: AtomicBool::new(false),
+            failed: Arc::new(AtomicBool::new(false)),
             synced: watch::Sender::new(next),
         })
     }
@@ -279,16 +279,36 @@ impl NodeLog {
         tail.written = tail.next;
         tail.buffer.clear();
         if result.is_err() {
-            self.failed.store(true, Ordering::Release);
+            self.mark_failed();
         }
         result
+    }
+
+    /// Marks the log failed and wakes everyone waiting for it to be durable: they must see
+    /// the failure, or they would wait for a sync that never comes.
+    fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.synced.send_modify(|_| ());
+    }
+
+    /// Fails the commits in `waiting`: none of them can become durable.
+    fn fail_waiting(&self, waiting: Vec<Waiting>) {
+        self.mark_failed();
+        for w in waiting {
+            w.sync.fail();
+        }
     }
 
     /// Writes what was appended (beginning a new segment afterwards if the current one is
     /// full); the caller syncs the returned file, then opens the returned gates.
     pub(crate) fn write(&self) -> io::Result<Written> {
         let mut tail = self.tail();
-        self.write_locked(&mut tail)?;
+        if let Err(e) = self.write_locked(&mut tail) {
+            let waiting = std::mem::take(&mut tail.waiting);
+            drop(tail);
+            self.fail_waiting(waiting);
+            return Err(e);
+        }
         let written = Written {
             file: tail.file.clone(),
             waiting: std::mem::take(&mut tail.waiting),
@@ -297,7 +317,14 @@ impl NodeLog {
         if tail.segment_len >= tail.segment_bytes {
             let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let (file, path, prepared) =
-                new_segment(&self.dir, tail.next, spare, tail.segment_bytes)?;
+                match new_segment(&self.dir, tail.next, spare, tail.segment_bytes) {
+                    Ok(segment) => segment,
+                    Err(e) => {
+                        drop(tail);
+                        self.fail_waiting(written.waiting);
+                        return Err(e);
+                    }
+                };
             tail.file = Arc::new(file);
             tail.segment = tail.next;
             tail.written = tail.next;
@@ -316,10 +343,7 @@ impl NodeLog {
         if let Err(e) = written.file.sync_data() {
             // After a failed sync the kernel may have dropped the pages: nothing written since
             // the last good sync can ever count as durable.
-            self.failed.store(true, Ordering::Release);
-            for w in written.waiting {
-                w.sync.fail();
-            }
+            self.fail_waiting(written.waiting);
             return Err(e);
         }
         self.synced.send_if_modified(|s| {
@@ -335,10 +359,7 @@ impl NodeLog {
 
     /// Fails `written`'s commits without syncing (a failed round).
     pub(crate) fn fail(&self, written: Written) {
-        self.failed.store(true, Ordering::Release);
-        for w in written.waiting {
-            w.sync.fail();
-        }
+        self.fail_waiting(written.waiting);
     }
 
     /// Whether something written is not synced yet.
@@ -349,6 +370,15 @@ impl NodeLog {
     /// How far the log is durable.
     pub(crate) fn synced(&self) -> Lsn {
         *self.synced.borrow()
+    }
+
+    /// A wait for the log to be durable through `through`.
+    pub(crate) fn durable_wait(&self, through: Lsn) -> LogWait {
+        LogWait {
+            synced: self.synced.subscribe(),
+            through,
+            failed: self.failed.clone(),
+        }
     }
 
     /// A subscription to the durable point.
@@ -649,5 +679,43 @@ mod tests {
             recovered.next > last,
             "the log goes on after what it replayed"
         );
+    }
+
+    #[test]
+    fn segments_after_a_torn_record_are_not_kept_as_history() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log_dir = tmp.path().join("log");
+        let objects = tmp.path().join("objects");
+        fs::create_dir_all(&log_dir).unwrap();
+        fs::create_dir_all(objects.join("c1")).unwrap();
+        let sync = ObjectSync::new(&objects.join("c1").join("x.sqlite"), true);
+        let log = NodeLog::open(&log_dir, 0, BTreeMap::new(), true, 3 * 4096).unwrap();
+        let lsns: Vec<Lsn> = (1..=12u64)
+            .map(|seq| commit(&log, &sync, seq, seq as u8, 1))
+            .collect();
+        let segments: Vec<Lsn> = log.segments().iter().map(|(s, _)| *s).collect();
+        assert!(segments.len() > 3, "several segments: {segments:?}");
+        drop(log);
+        // A power cut tore the second record; the disk kept what came after it.
+        let torn = lsns[1];
+        let first = log_dir.join(segment_name(segments[0]));
+        let file = OpenOptions::new().write(true).open(&first).unwrap();
+        file.write_all_at(&[0xAB; 64], torn - segments[0] + 40)
+            .unwrap();
+        drop(file);
+        let recovered = recover(&log_dir, &objects, true).unwrap();
+        assert_eq!(recovered.next, torn, "the log goes on at the torn record");
+        let kept: Vec<Lsn> = recovered.history.keys().copied().collect();
+        assert_eq!(
+            kept,
+            vec![segments[0]],
+            "only the segment up to the torn record stays"
+        );
+        for later in &segments[1..] {
+            assert!(
+                !log_dir.join(segment_name(*later)).exists(),
+                "segment {later} outlived recovery"
+            );
+        }
     }
 }

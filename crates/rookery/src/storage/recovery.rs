@@ -149,6 +149,18 @@ pub(crate) fn recover(
         }
         next = start + at as u64;
     }
+    if torn_at.is_some() {
+        // Segments begun after the torn record hold nothing durable; left in place they would
+        // read as history at positions the log is about to give to new records.
+        let stale = segments.split_off(&(next + 1));
+        for path in stale.values() {
+            tracing::warn!(segment = %path.display(), "removing a log segment written after the torn record");
+            fs::remove_file(path)?;
+        }
+        if !stale.is_empty() {
+            sync_dir(log_dir)?;
+        }
+    }
     let mut done = Recovered {
         next,
         newest_ms,
