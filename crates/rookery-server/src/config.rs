@@ -176,6 +176,9 @@ pub struct ServerConfig {
     pub max_live_objects: usize,
     /// Most objects with their database files open; 0 derives it from the open-file limit.
     pub max_open_databases: usize,
+    /// Most memory live objects hold, in bytes (SQLite's heap plus an estimate per object);
+    /// 0: 1 GiB.
+    pub max_live_bytes: u64,
     /// Largest key in bytes.
     pub max_key_bytes: usize,
     /// Largest value in bytes.
@@ -236,6 +239,7 @@ impl Default for ServerConfig {
             max_ws_message_bytes: host.max_message_bytes,
             max_live_objects: host.max_live_objects,
             max_open_databases: host.max_open_databases,
+            max_live_bytes: host.max_live_bytes,
             max_key_bytes: storage.max_key_bytes,
             max_value_bytes: storage.max_value_bytes,
             max_batch_keys: storage.max_batch_keys,
@@ -275,6 +279,7 @@ impl ServerConfig {
                 max_message_bytes: self.max_ws_message_bytes,
                 max_live_objects: self.max_live_objects,
                 max_open_databases: self.max_open_databases,
+                max_live_bytes: self.max_live_bytes,
                 max_wait_until: self.max_wait_until,
                 wait_until_timeout: Duration::from_millis(self.wait_until_timeout_ms),
             },
@@ -813,6 +818,7 @@ mod tests {
         "max_ws_message_bytes",
         "max_live_objects",
         "max_open_databases",
+        "max_live_bytes",
         "max_key_bytes",
         "max_value_bytes",
         "max_batch_keys",

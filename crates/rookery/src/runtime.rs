@@ -360,6 +360,9 @@ impl RuntimeBuilder {
         if options.host.max_open_databases == 0 {
             options.host.max_open_databases = default_max_open();
         }
+        if options.host.max_live_bytes == 0 {
+            options.host.max_live_bytes = DEFAULT_MAX_LIVE_BYTES;
+        }
         let host = Host::new(HostParts {
             classes,
             bindings,
@@ -471,6 +474,8 @@ fn check_bindings(
 
 /// Live objects by default: an idle object whose files are closed costs a few KiB.
 const DEFAULT_MAX_LIVE: usize = 100_000;
+/// Most bytes live objects hold unless configured (see `HostOptions::max_live_bytes`).
+const DEFAULT_MAX_LIVE_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Open object databases this process's open-file limit allows.
 fn default_max_open() -> usize {
@@ -516,6 +521,9 @@ pub struct RuntimeStats {
     pub live_objects: usize,
     /// Live objects whose database files are open now (two descriptors each).
     pub open_databases: usize,
+    /// Memory live objects hold as `max_live_bytes` counts it: SQLite's heap plus an
+    /// estimate per live object.
+    pub live_bytes: u64,
     /// Activations started so far.
     pub activations: u64,
     /// Turns that committed writes so far.
@@ -590,6 +598,7 @@ impl Runtime {
         RuntimeStats {
             live_objects: self.inner.host.live_objects(),
             open_databases: self.inner.storage.open_files.load(Ordering::Relaxed),
+            live_bytes: self.inner.host.live_bytes(),
             activations: self.inner.host.activations(),
             commits: self.inner.storage.commits.load(Ordering::Relaxed),
             sync_rounds,

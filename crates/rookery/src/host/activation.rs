@@ -121,14 +121,14 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
     let key = act.addr.key();
     let mut instance: Option<I> = None;
     // One more live object, perhaps with its files open: room may be needed.
-    act.host.relieve_pressure(&key);
+    act.host.relieve_pressure(Some(&key));
     // Held from leaving the registry until the storage is closed.
     let mut retiring = None;
     loop {
         act.usage.set_files_open(state.storage().files_open());
         if state.storage().take_reopened() {
             // Files opened by the last turn (reopened, or made): room may be needed.
-            act.host.relieve_pressure(&key);
+            act.host.relieve_pressure(Some(&key));
         }
         let sockets = state.sockets();
         // Plain sockets belong to the live instance; with only hibernatable ones the object

@@ -33,7 +33,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::outbound::Outbound;
 use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket, close_code};
-use crate::storage::StorageContext;
+use crate::storage::{self, StorageContext};
 use crate::vars::Vars;
 use activation::{Activation, ClassFactory};
 use event::Event;
@@ -63,6 +63,10 @@ pub struct HostOptions {
     /// the least recently used idle objects close their files (they stay in memory and reopen
     /// them at their next event). 0: derived from the process's open-file limit.
     pub max_open_databases: usize,
+    /// Most memory live objects may hold, in bytes: what SQLite counts of its own memory plus
+    /// [`LIVE_OBJECT_BYTES`] per live object. Beyond it the least recently used idle objects
+    /// close their files (which frees their SQLite connections), then leave memory. 0: 1 GiB.
+    pub max_live_bytes: u64,
     /// Most `wait_until` work one object may have registered or running.
     pub max_wait_until: usize,
     /// Wall-time limit of one piece of `wait_until` work; also how long the runtime waits for
@@ -82,6 +86,7 @@ impl Default for HostOptions {
             max_message_bytes: 32 * 1024 * 1024,
             max_live_objects: 0,
             max_open_databases: 0,
+            max_live_bytes: 0,
             max_wait_until: 256,
             wait_until_timeout: Duration::from_secs(30),
         }
@@ -218,6 +223,8 @@ pub(crate) struct HostInner {
     max_live: usize,
     /// Most open database files before idle objects are asked to close theirs.
     max_open: usize,
+    /// Most bytes live objects may hold before idle ones are asked to make room.
+    max_bytes: u64,
     /// Counts events sent to objects: the clock of least-recent use.
     uses: AtomicU64,
     /// The current pressure round.
@@ -250,6 +257,7 @@ impl Host {
         Self(Arc::new(HostInner {
             max_live: parts.options.max_live_objects.max(1),
             max_open: parts.options.max_open_databases.max(1),
+            max_bytes: parts.options.max_live_bytes.max(1),
             uses: AtomicU64::new(0),
             round: Mutex::new(Round::default()),
             objects: DashMap::new(),
@@ -370,7 +378,7 @@ impl Host {
                     // Choosing whom to evict reads the whole registry: not under a shard lock.
                     drop(slot);
                     if activated {
-                        self.relieve_pressure(&key);
+                        self.relieve_pressure(Some(&key));
                     }
                     offered?
                 }
@@ -465,12 +473,14 @@ impl Host {
         self.0.sockets.remove_if(key, |_, s| s.len() == 0);
     }
 
-    /// Makes room if too many objects are live (they are asked to leave memory) or too many
-    /// database files are open (they are asked to close their files): down to a tenth below
-    /// the limit, so that the next activations do not ask again at once. The ones asked are
-    /// the least recently used of those waiting for events with an empty mailbox, never
-    /// `fresh` (the object an event is on its way to).
-    pub(crate) fn relieve_pressure(&self, fresh: &ObjectKey) {
+    /// Makes room if too many objects are live (they are asked to leave memory), too many
+    /// database files are open (they are asked to close their files) or live objects hold more
+    /// than `max_live_bytes` (they are asked to close their files, which frees their SQLite
+    /// connections, and once no idle one has a file open, to leave): down to a tenth below the
+    /// limit, so that the next activations do not ask again at once. The ones asked are the
+    /// least recently used of those waiting for events with an empty mailbox, never `fresh`
+    /// (the object an event is on its way to).
+    pub(crate) fn relieve_pressure(&self, fresh: Option<&ObjectKey>) {
         let host = &self.0;
         let live = *host.live.borrow();
         let open = host.storage.open_files.load(Ordering::Relaxed);
@@ -483,20 +493,43 @@ impl Host {
                 host.max_open,
             )
         } else {
-            return;
+            let sqlite = storage::sqlite_memory_used();
+            let bytes = live_bytes(live, sqlite);
+            if bytes <= host.max_bytes {
+                return;
+            }
+            let over = bytes - host.max_bytes / 10 * 9;
+            // Closing files frees a connection's worth of SQLite memory each; leaving frees
+            // an object's share of all of it.
+            let per_open = sqlite / open.max(1) as u64;
+            let per_live = bytes / live.max(1) as u64;
+            let close = usize::try_from(over.div_ceil(per_open.max(1))).unwrap_or(usize::MAX);
+            let leave = usize::try_from(over.div_ceil(per_live.max(1))).unwrap_or(usize::MAX);
+            if open > 0 && self.pick(fresh, Ask::CloseFiles, close.min(open), live) {
+                return;
+            }
+            (Ask::Leave, leave.min(live), live)
         };
+        self.pick(fresh, ask, excess, limit);
+    }
+
+    /// Asks `excess` of the least recently used idle activations (not `fresh`) for `ask`,
+    /// unless a round is under way; `limit` sizes the patience with a round that does not
+    /// end. Returns whether it found any to ask (or a round is under way).
+    fn pick(&self, fresh: Option<&ObjectKey>, ask: Ask, excess: usize, limit: usize) -> bool {
+        let host = &self.0;
         let uses = host.uses.load(Ordering::Relaxed);
         let mut round = self.round();
         // One round at a time; a round whose picks never answered (they became busy) gives
         // way once events for another tenth of the limit went by.
         if round.pending > 0 && uses.saturating_sub(round.start) <= (limit / 10) as u64 {
-            return;
+            return true;
         }
         let mut idle: Vec<(u64, Arc<Usage>)> = host
             .objects
             .iter()
             .filter(|e| {
-                e.key() != fresh
+                Some(e.key()) != fresh
                     && e.usage.evictable.load(Ordering::Relaxed)
                     && (ask == Ask::Leave || e.usage.files_open.load(Ordering::Relaxed))
                     && e.mailbox.capacity() == e.mailbox.max_capacity()
@@ -507,19 +540,43 @@ impl Host {
             idle.select_nth_unstable_by_key(excess, |(last, _)| *last);
             idle.truncate(excess);
         }
+        if idle.is_empty() {
+            return false;
+        }
         round.pending = idle.len();
         round.start = uses;
+        round.live = *host.live.borrow();
+        round.open = host.storage.open_files.load(Ordering::Relaxed);
         drop(round);
         for (_, usage) in idle {
             usage.ask.store(ask as u8, Ordering::Release);
             usage.asked.notify_one();
         }
+        true
+    }
+
+    /// What live objects hold now, as `max_live_bytes` counts it.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        live_bytes(*self.0.live.borrow(), storage::sqlite_memory_used())
     }
 
     /// Counts one answer to the current round (done, or declined).
     pub(crate) fn pressure_answered(&self) {
         let mut round = self.round();
-        round.pending = round.pending.saturating_sub(1);
+        if round.pending == 0 {
+            return;
+        }
+        round.pending -= 1;
+        // A round that freed something looks again at once: closing files may not have been
+        // enough, and with no new event nothing else would look. One that freed nothing (its
+        // picks were busy) waits for the next activation, or it would ask them again and again.
+        let freed = *self.0.live.borrow() < round.live
+            || self.0.storage.open_files.load(Ordering::Relaxed) < round.open;
+        let again = round.pending == 0 && freed;
+        drop(round);
+        if again {
+            self.relieve_pressure(None);
+        }
     }
 
     /// Removes an idle activation's slot, if its mailbox is still empty.
@@ -581,6 +638,15 @@ impl Host {
     }
 }
 
+/// What live objects are counted to hold beyond SQLite's own memory, each: the task, its
+/// mailbox, its state and its registry slot (measured by `rookery-bench objects-idle`).
+pub const LIVE_OBJECT_BYTES: u64 = 8 * 1024;
+
+/// Bytes `live` objects hold when SQLite counts `sqlite` bytes of its own.
+fn live_bytes(live: usize, sqlite: u64) -> u64 {
+    sqlite.saturating_add((live as u64).saturating_mul(LIVE_OBJECT_BYTES))
+}
+
 /// A round of asks to make room.
 #[derive(Default)]
 struct Round {
@@ -588,6 +654,10 @@ struct Round {
     pending: usize,
     /// The host's use count when the round began.
     start: u64,
+    /// Live objects when the round began.
+    live: usize,
+    /// Open databases when the round began.
+    open: usize,
 }
 
 /// An activation that is leaving: while it lives, a new activation of the object waits.

@@ -727,6 +727,13 @@ impl Storage {
     }
 }
 
+/// Bytes of heap SQLite holds now, over every connection of the process (its own count).
+pub(crate) fn sqlite_memory_used() -> u64 {
+    // SAFETY: a plain read of SQLite's memory statistics; callable from any thread.
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    u64::try_from(used).unwrap_or(0)
+}
+
 /// A commit as the node log took it.
 struct Logged {
     lsn: log_record::Lsn,
