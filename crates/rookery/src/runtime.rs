@@ -211,6 +211,8 @@ impl RuntimeBuilder {
 
     /// Opens the data directory, applies pending migrations and checks every binding.
     pub fn build(self) -> Result<Runtime, StartError> {
+        // SQLite's memory defaults can only be set before its first connection.
+        crate::storage::configure_sqlite();
         // The lock comes first: nothing of the directory is read or changed without it.
         let (lock, mut catalog) = match &self.data_dir {
             Some(dir) => {

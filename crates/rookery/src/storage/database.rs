@@ -79,6 +79,7 @@ impl Database {
         limits: &StorageLimits,
         open_files: &Arc<AtomicUsize>,
     ) -> Result<Self> {
+        configure_sqlite();
         let (conn, absent) = match location {
             Location::File(path) if !path.exists() => (open_memory()?, true),
             Location::File(path) => (open_file(path, false)?, false),
@@ -650,9 +651,54 @@ const LOOKASIDE_SLOTS: std::ffi::c_int = 32;
 /// Bytes of one lookaside slot (SQLite's default slot size is 1 200).
 const LOOKASIDE_SLOT_BYTES: std::ffi::c_int = 256;
 
-/// Gives the fresh connection `conn` (nothing run on it yet) a small lookaside allocator.
-/// Best effort: SQLite refuses while lookaside memory is in use, and the default then stays.
+/// Whether `configure_sqlite` set SQLite's defaults before it started.
+static CONFIGURED: AtomicBool = AtomicBool::new(false);
+
+/// Sets SQLite's process-wide memory defaults for many small connections, once, before SQLite
+/// starts (it refuses later, and then changes nothing): no bulk page-cache allocation when a
+/// connection first reads (SQLite's default takes up to 20 pages at once; here pages are
+/// taken as used, so a counter holds three or four) and a small lookaside for every
+/// connection, instead of 120 KB allocated and given back at each open.
+pub(crate) fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config with the arguments each option takes (PAGECACHE: a null
+        // buffer, then two ints; LOOKASIDE: two ints); SQLite only records them, and refuses
+        // once it has started.
+        let (page_cache, lookaside) = unsafe {
+            (
+                rusqlite::ffi::sqlite3_config(
+                    rusqlite::ffi::SQLITE_CONFIG_PAGECACHE,
+                    std::ptr::null_mut::<std::ffi::c_void>(),
+                    0 as std::ffi::c_int,
+                    0 as std::ffi::c_int,
+                ),
+                rusqlite::ffi::sqlite3_config(
+                    rusqlite::ffi::SQLITE_CONFIG_LOOKASIDE,
+                    LOOKASIDE_SLOT_BYTES,
+                    LOOKASIDE_SLOTS,
+                ),
+            )
+        };
+        let ok = page_cache == rusqlite::ffi::SQLITE_OK && lookaside == rusqlite::ffi::SQLITE_OK;
+        CONFIGURED.store(ok, Ordering::Release);
+        if !ok {
+            tracing::debug!(
+                page_cache,
+                lookaside,
+                "SQLite started before the runtime: each connection is sized on its own"
+            );
+        }
+    });
+}
+
+/// Gives the fresh connection `conn` (nothing run on it yet) a small lookaside allocator,
+/// unless every connection already has one (`configure_sqlite`). Best effort: SQLite refuses
+/// while lookaside memory is in use, and the default then stays.
 fn shrink_lookaside(conn: &Connection) {
+    if CONFIGURED.load(Ordering::Acquire) {
+        return;
+    }
     // SAFETY: the handle is the open connection's; with a null buffer SQLite allocates the
     // slots itself; the variadic arguments are the (void*, int, int) SQLITE_DBCONFIG_LOOKASIDE
     // takes.

@@ -41,6 +41,7 @@ pub(crate) use node_log::{NodeLog, SEGMENT_BYTES};
 pub(crate) use object_sync::ObjectSync;
 pub(crate) use recovery::recover;
 
+pub(crate) use database::configure_sqlite;
 use database::{Closed, Database, FRAME_BYTES};
 
 use crate::addr::{AlarmKey, Location, ObjectAddr};
