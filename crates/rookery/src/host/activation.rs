@@ -30,7 +30,7 @@ pub(crate) struct Activation {
 /// Starts activations of one class; the class's type is erased behind it.
 pub(crate) trait ClassFactory: Send + Sync + 'static {
     /// Spawns the task of `activation`, which drains `mailbox`.
-    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Event>);
+    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Box<Event>>);
 }
 
 /// The factory of instances of type `I`.
@@ -43,7 +43,7 @@ impl<I> Factory<I> {
 }
 
 impl<I: Instance> ClassFactory for Factory<I> {
-    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Event>) {
+    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Box<Event>>) {
         let span = tracing::debug_span!(
             "object",
             class = %activation.addr.class.name,
@@ -100,7 +100,7 @@ fn open_state(host: &Host, addr: &ObjectAddr) -> Result<ObjectState> {
 
 /// The task of one activation: opens the object, then runs one turn per event until the object
 /// is evicted or the host shuts down.
-pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receiver<Event>) {
+pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receiver<Box<Event>>) {
     let _live = LiveGuard(act.host.clone(), act.usage.clone());
     tracing::debug!("activated");
     let mut state = match act.open().await {
@@ -155,7 +155,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
         };
         act.usage.set_evictable(false);
         let event = match next {
-            Ok(Some(event)) => event,
+            Ok(Some(event)) => *event,
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
             // The host picked this object, one of the least recently used, to make room. One
@@ -392,7 +392,7 @@ fn reset<I>(instance: &mut Option<I>, state: &ObjectState) {
 /// name paths), or that storage is unavailable when the data directory is gone.
 async fn fail(
     act: &Activation,
-    mut mailbox: mpsc::Receiver<Event>,
+    mut mailbox: mpsc::Receiver<Box<Event>>,
     first: Option<Event>,
     message: &str,
 ) {
@@ -413,7 +413,7 @@ async fn fail(
         reject(event, error());
     }
     while let Some(event) = mailbox.recv().await {
-        reject(event, error());
+        reject(*event, error());
     }
 }
 
