@@ -80,6 +80,8 @@ async fn objects_idle_inner(
     let load = drive(target, args.conns, args.objects, paths).await?;
     let mut problems = load.tally.problems(args.objects);
     let (after, settled, took) = settle(args.pid).await?;
+    // The first connection idled through the increments: the server may have closed it.
+    let mut conn = Conn::open(target).await?;
     let stats = server_stats::fetch(&mut conn).await?;
     let live = stats
         .runtime
