@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use common::crash::{integrity_check_all, xorshift};
 use common::{ChildServer, client, wait_until};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -18,33 +19,6 @@ const WRITERS: usize = 8;
 const ADMIN_TOKEN: &str = "crash-history-admin-token";
 /// Objects whose state is bookmarked mid-run and restored at the end.
 const BOOKMARKED: usize = 10;
-
-/// Every object database under `data_dir`.
-fn object_databases(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![data_dir.join("objects")];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "sqlite") {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
 
 /// The one value an object's three keys hold (`None`: nothing stored); panics on a torn turn.
 async fn stored(c: &reqwest::Client, server: &ChildServer, object: usize) -> Option<u64> {
@@ -73,28 +47,6 @@ async fn stored(c: &reqwest::Client, server: &ChildServer, object: usize) -> Opt
     Some(values[0])
 }
 
-fn integrity_check_all(data: &std::path::Path, what: &str) {
-    let dbs = object_databases(data);
-    // A thread per core's share: a thousand small databases per round.
-    std::thread::scope(|scope| {
-        for part in dbs.chunks(dbs.len().div_ceil(4).max(1)) {
-            scope.spawn(move || {
-                for db in part {
-                    let conn = rusqlite::Connection::open(db).unwrap();
-                    let check: String = conn
-                        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-                        .unwrap();
-                    assert_eq!(check, "ok", "{what}: {}", db.display());
-                }
-            });
-        }
-    });
-}
-
-// Ignored, not deleted: on 8663b51 one run restored o-201 to 1 where its bookmark had 2
-// acknowledged (seed 1796028679754412785). A point-in-time restore can return an older state
-// than its bookmark: a real bug, open in issue 12. Run it with `--ignored`.
-#[ignore = "point-in-time restore can return an older state than its bookmark (issue 12, open)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_rounds_over_many_objects_lose_nothing_and_restore_to_bookmarks_exactly() {
     let rounds: u64 = std::env::var("ROOKERY_CRASH_ROUNDS")

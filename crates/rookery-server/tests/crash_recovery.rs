@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use common::crash::{integrity_check_all, xorshift};
 use common::{ChildServer, client, wait_until};
 use serde_json::Value;
 
@@ -120,31 +121,6 @@ async fn acknowledged_increments_survive_kill_9() {
 
 const KV_CONFIG: &str = include_str!("../../../examples/kv.toml");
 
-/// Every object database under `data_dir`.
-fn object_databases(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![data_dir.join("objects")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "sqlite") {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-/// A small deterministic generator for kill moments, seeded per run and printed on failure.
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_lose_no_acknowledged_turn_and_tear_none() {
     const WRITERS: usize = 8;
@@ -202,18 +178,7 @@ async fn twenty_kills_lose_no_acknowledged_turn_and_tear_none() {
         for w in workers {
             w.await.unwrap();
         }
-        for db in object_databases(&data) {
-            let conn = rusqlite::Connection::open(&db).unwrap();
-            let check: String = conn
-                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-                .unwrap();
-            assert_eq!(
-                check,
-                "ok",
-                "round {round} (seed {initial_seed}): {}",
-                db.display()
-            );
-        }
+        integrity_check_all(&data, &format!("round {round} (seed {initial_seed})"));
         let server = ChildServer::start(&data, &["--config", &config]);
         let c = client();
         for w in 0..WRITERS {

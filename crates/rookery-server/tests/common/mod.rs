@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod crash;
 pub mod ws;
 
 use std::collections::HashMap;
