@@ -26,6 +26,7 @@ use crate::scenarios::alarms::{AlarmsArgs, alarms};
 use crate::scenarios::calls::{CallRoundTripArgs, call_round_trip};
 use crate::scenarios::cold_start::{ColdEvictedArgs, ColdStartArgs, cold_evicted, cold_start};
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
+use crate::scenarios::objects_idle::{ObjectsIdleArgs, objects_idle};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
 use crate::scenarios::ws_idle::{WsIdleArgs, ws_idle};
 
@@ -115,6 +116,17 @@ enum Command {
     },
     /// Prints the server configuration `alarms` needs (a KvStore under /kv/:name).
     AlarmsConfig,
+    /// Makes K counters live with one increment each, leaves them idle and reports the
+    /// server's memory per live object. Needs a server with the `objects-idle-config`
+    /// configuration.
+    ObjectsIdle {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: ObjectsIdleArgs,
+    },
+    /// Prints the server configuration `objects-idle` needs (Counter, no idle eviction).
+    ObjectsIdleConfig,
     /// Starts the server for every scenario at fixed sizes and writes the Markdown report
     /// (exits 0 once the report is written, whatever the verdicts).
     Run(RunArgs),
@@ -176,6 +188,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CallRoundTrip { args } => call_round_trip(&args).await,
         Command::AlarmsConfig => {
             print!("{}", scenarios::alarms::CONFIG);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::ObjectsIdle { server, args } => objects_idle(&target(&server).await?, &args).await,
+        Command::ObjectsIdleConfig => {
+            print!("{}", scenarios::objects_idle::CONFIG);
             return Ok(ExitCode::SUCCESS);
         }
         Command::Run(args) => {

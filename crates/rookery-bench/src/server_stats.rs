@@ -26,6 +26,13 @@ pub struct ServerStats {
 pub struct RuntimeCounters {
     /// Objects with a live activation now.
     pub live_objects: u64,
+    /// Live objects with their database files open now (0 from servers that do not say).
+    #[serde(default)]
+    pub open_databases: u64,
+    /// Memory the server counts against its cap for live objects, in bytes (0 from servers
+    /// that do not say).
+    #[serde(default)]
+    pub live_bytes: u64,
     /// Activations started so far.
     pub activations: u64,
     /// Turns that committed writes so far.

@@ -172,8 +172,13 @@ pub struct ServerConfig {
     pub max_sockets_per_object: usize,
     /// Largest WebSocket message in bytes.
     pub max_ws_message_bytes: usize,
-    /// Most objects in memory at once; 0 derives it from the open-file limit.
+    /// Most objects in memory at once; 0: 100 000.
     pub max_live_objects: usize,
+    /// Most objects with their database files open; 0 derives it from the open-file limit.
+    pub max_open_databases: usize,
+    /// Most memory live objects hold, in bytes (SQLite's heap plus an estimate per object);
+    /// 0: 1 GiB.
+    pub max_live_bytes: u64,
     /// Largest key in bytes.
     pub max_key_bytes: usize,
     /// Largest value in bytes.
@@ -182,6 +187,10 @@ pub struct ServerConfig {
     pub max_batch_keys: usize,
     /// Largest database of one object, in bytes.
     pub max_object_bytes: u64,
+    /// Most SQLite page cache of one live object, in KiB.
+    pub page_cache_kib: u32,
+    /// Most prepared statements one live object keeps.
+    pub statement_cache: usize,
     /// Time a client has to send a complete request head, from connecting or from the first
     /// byte of a later request on the same connection, in milliseconds.
     pub header_read_timeout_ms: u64,
@@ -229,10 +238,14 @@ impl Default for ServerConfig {
             max_sockets_per_object: host.max_sockets_per_object,
             max_ws_message_bytes: host.max_message_bytes,
             max_live_objects: host.max_live_objects,
+            max_open_databases: host.max_open_databases,
+            max_live_bytes: host.max_live_bytes,
             max_key_bytes: storage.max_key_bytes,
             max_value_bytes: storage.max_value_bytes,
             max_batch_keys: storage.max_batch_keys,
             max_object_bytes: storage.max_object_bytes,
+            page_cache_kib: storage.page_cache_kib,
+            statement_cache: storage.statement_cache,
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
@@ -265,6 +278,8 @@ impl ServerConfig {
                 max_sockets_per_object: self.max_sockets_per_object,
                 max_message_bytes: self.max_ws_message_bytes,
                 max_live_objects: self.max_live_objects,
+                max_open_databases: self.max_open_databases,
+                max_live_bytes: self.max_live_bytes,
                 max_wait_until: self.max_wait_until,
                 wait_until_timeout: Duration::from_millis(self.wait_until_timeout_ms),
             },
@@ -273,6 +288,8 @@ impl ServerConfig {
                 max_value_bytes: self.max_value_bytes,
                 max_batch_keys: self.max_batch_keys,
                 max_object_bytes: self.max_object_bytes,
+                page_cache_kib: self.page_cache_kib,
+                statement_cache: self.statement_cache,
             },
             durability: self.durability,
             history: HistoryOptions {
@@ -800,10 +817,14 @@ mod tests {
         "max_sockets_per_object",
         "max_ws_message_bytes",
         "max_live_objects",
+        "max_open_databases",
+        "max_live_bytes",
         "max_key_bytes",
         "max_value_bytes",
         "max_batch_keys",
         "max_object_bytes",
+        "page_cache_kib",
+        "statement_cache",
         "header_read_timeout_ms",
         "keep_alive_timeout_ms",
         "body_read_timeout_ms",

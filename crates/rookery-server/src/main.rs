@@ -124,6 +124,9 @@ struct ServeArgs {
     admin_token: Option<String>,
 }
 
+/// Threads of the blocking pool (opening, checkpointing and closing object databases).
+const BLOCKING_THREADS: usize = 32;
+
 fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "strict" => Ok(Durability::Strict),
@@ -230,6 +233,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Objects open and close their databases on the blocking pool; under churn tokio's
+        // default (512 threads) grows hundreds of threads that only contend for the disk.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {

@@ -63,7 +63,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use env::{Env, Http};
 pub use error::{Error, OutboundErrorKind, Result, StartError};
 pub use host::alarm_event::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
-pub use host::{ClassStats, HostOptions, LocalPlacement, Location, Placement};
+pub use host::{ClassStats, HostOptions, LIVE_OBJECT_BYTES, LocalPlacement, Location, Placement};
 pub use id::{IdMinter, ObjectId};
 pub use object::DurableObject;
 pub use outbound::Outbound;

@@ -211,6 +211,8 @@ impl RuntimeBuilder {
 
     /// Opens the data directory, applies pending migrations and checks every binding.
     pub fn build(self) -> Result<Runtime, StartError> {
+        // SQLite's memory defaults can only be set before its first connection.
+        crate::storage::configure_sqlite();
         // The lock comes first: nothing of the directory is read or changed without it.
         let (lock, mut catalog) = match &self.data_dir {
             Some(dir) => {
@@ -337,6 +339,7 @@ impl RuntimeBuilder {
         alarms.set_hosted(&hosted)?;
         let storage = Arc::new(StorageContext {
             limits: self.options.storage,
+            open_files: Arc::default(),
             durability: self.options.durability,
             syncer: Syncer::start(
                 self.sync_hook,
@@ -354,7 +357,13 @@ impl RuntimeBuilder {
         });
         let mut options = self.options;
         if options.host.max_live_objects == 0 {
-            options.host.max_live_objects = default_max_live();
+            options.host.max_live_objects = DEFAULT_MAX_LIVE;
+        }
+        if options.host.max_open_databases == 0 {
+            options.host.max_open_databases = default_max_open();
+        }
+        if options.host.max_live_bytes == 0 {
+            options.host.max_live_bytes = DEFAULT_MAX_LIVE_BYTES;
         }
         let host = Host::new(HostParts {
             classes,
@@ -465,9 +474,14 @@ fn check_bindings(
     Ok(())
 }
 
-/// Live objects this process's open-file limit allows.
-fn default_max_live() -> usize {
-    max_live_for(open_file_limit())
+/// Live objects by default: an idle object whose files are closed costs a few KiB.
+const DEFAULT_MAX_LIVE: usize = 100_000;
+/// Most bytes live objects hold unless configured (see `HostOptions::max_live_bytes`).
+const DEFAULT_MAX_LIVE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Open object databases this process's open-file limit allows.
+fn default_max_open() -> usize {
+    max_open_for(open_file_limit())
 }
 
 /// The process's soft open-file limit, if it can be read.
@@ -486,12 +500,12 @@ fn open_file_limit() -> Option<usize> {
     None
 }
 
-/// Live objects an open-file limit of `files` allows: each holds its database, its WAL and a
-/// handle for syncing, and a quarter of the limit stays for sockets and the rest. At least 64,
-/// at most a million; 10 000 when the limit is unknown.
-fn max_live_for(files: Option<usize>) -> usize {
+/// Open object databases an open-file limit of `files` allows: each holds two (SQLite's
+/// database and WAL), and a quarter of the limit stays for sockets and the rest. At least 64, at most a
+/// million; 10 000 when the limit is unknown.
+fn max_open_for(files: Option<usize>) -> usize {
     match files {
-        Some(files) => (files / 4).clamp(64, 1_000_000),
+        Some(files) => (files / 8 * 3).clamp(64, 1_000_000),
         None => 10_000,
     }
 }
@@ -533,6 +547,11 @@ impl NotReady {
 pub struct RuntimeStats {
     /// Objects with a live activation.
     pub live_objects: usize,
+    /// Live objects whose database files are open now (two descriptors each).
+    pub open_databases: usize,
+    /// Memory live objects hold as `max_live_bytes` counts it: SQLite's heap plus an
+    /// estimate per live object.
+    pub live_bytes: u64,
     /// Activations started so far.
     pub activations: u64,
     /// Turns that committed writes so far.
@@ -606,6 +625,8 @@ impl Runtime {
         let (sync_rounds, file_syncs) = self.inner.storage.syncer.counts();
         RuntimeStats {
             live_objects: self.inner.host.live_objects(),
+            open_databases: self.inner.storage.open_files.load(Ordering::Relaxed),
+            live_bytes: self.inner.host.live_bytes(),
             activations: self.inner.host.activations(),
             commits: self.inner.storage.commits.load(Ordering::Relaxed),
             sync_rounds,
@@ -754,13 +775,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn live_objects_follow_the_open_file_limit() {
-        assert_eq!(max_live_for(Some(1_024)), 256);
-        assert_eq!(max_live_for(Some(65_536)), 16_384);
+    fn open_databases_follow_the_open_file_limit() {
+        assert_eq!(max_open_for(Some(1_024)), 384);
+        assert_eq!(max_open_for(Some(65_536)), 24_576);
+        assert_eq!(max_open_for(Some(20_000)), 7_500);
         // A low limit still allows some objects; an unlimited one is capped.
-        assert_eq!(max_live_for(Some(100)), 64);
-        assert_eq!(max_live_for(Some(usize::MAX)), 1_000_000);
-        assert_eq!(max_live_for(None), 10_000);
+        assert_eq!(max_open_for(Some(100)), 64);
+        assert_eq!(max_open_for(Some(usize::MAX)), 1_000_000);
+        assert_eq!(max_open_for(None), 10_000);
     }
 
     /// Set in the child process of `the_default_comes_from_the_process_limit`.
@@ -785,8 +807,8 @@ mod tests {
                 assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
             }
             assert_eq!(open_file_limit(), Some(limit));
-            // Both limits the parent sets are within the bounds: a quarter of the limit.
-            assert_eq!(default_max_live(), limit / 4);
+            // Both limits the parent sets are within the bounds: three eighths of the limit.
+            assert_eq!(default_max_open(), limit / 8 * 3);
             return;
         }
         for limit in [1_000, 400] {

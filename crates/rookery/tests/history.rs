@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rookery::testing::{Blank, TestHarness};
+use rookery::testing::{Blank, TestHarness, wait_until};
 use rookery::{Error, HistoryOptions, ManualClock, Runtime, RuntimeOptions};
 
 /// A harness over `dir` whose history is kept for an hour, in small log segments.
@@ -249,5 +249,70 @@ async fn history_past_its_byte_cap_is_compacted_whatever_its_age() {
         Some(30),
         "compaction changed no live state"
     );
+    assert!(h.shutdown().await);
+}
+
+/// Object WALs this process holds open under `dir`.
+fn open_wals(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with(dir.join("objects")) && t.to_string_lossy().ends_with("-wal"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_whose_files_were_closed_while_idle_restores_to_its_bookmark() {
+    const OPEN: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().canonicalize().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let mut options = RuntimeOptions {
+        history: HistoryOptions {
+            retention: Duration::from_secs(3600),
+            ..HistoryOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    options.host.max_open_databases = OPEN;
+    let build = || {
+        TestHarness::from_builder::<Blank>(
+            Runtime::builder(&data)
+                .options(options)
+                .clock(clock.clone())
+                .log_segment_bytes(16 * 1024),
+        )
+        .unwrap()
+    };
+    let h = build();
+    for _ in 0..3 {
+        increment(&h, "c").await;
+    }
+    let at_three = bookmark(&h, "c").await;
+    for _ in 0..2 {
+        increment(&h, "c").await;
+    }
+    let wal = open_wals(&data);
+    assert_eq!(wal.len(), 1, "only c is open: {wal:?}");
+    // Newer objects push c, the least recently used, to close its files (it stays live).
+    for other in 0..3 * OPEN {
+        increment(&h, &format!("o-{other}")).await;
+    }
+    let rt = h.runtime().clone();
+    wait_until("idle objects closed their files", || {
+        rt.stats().open_databases <= OPEN && !open_wals(&data).contains(&wal[0])
+    })
+    .await;
+    // Restored while its files are closed, with the WAL it left behind not yet folded in.
+    restore(&h, "c", &at_three).await.unwrap();
+    assert_eq!(value(&h, "c").await, Some(3), "restored to the bookmark");
+    assert_eq!(increment(&h, "c").await, 4);
+    for other in 0..3 * OPEN {
+        assert_eq!(value(&h, &format!("o-{other}")).await, Some(1));
+    }
+    assert!(h.shutdown().await);
+    drop(rt);
+    let h = build();
+    assert_eq!(value(&h, "c").await, Some(4), "the restore is durable");
     assert!(h.shutdown().await);
 }

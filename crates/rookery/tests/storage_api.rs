@@ -93,6 +93,7 @@ async fn limits_are_errors_to_the_handler_and_corrupt_nothing() {
             max_value_bytes: 64,
             max_batch_keys: 3,
             max_object_bytes: 256 * 1024,
+            ..StorageLimits::default()
         },
         ..RuntimeOptions::default()
     };

@@ -73,7 +73,7 @@ impl Tally {
     }
 
     /// Requests that got no 200, as verdict problems.
-    fn problems(&self, expected: u64) -> Vec<String> {
+    pub(crate) fn problems(&self, expected: u64) -> Vec<String> {
         let mut problems = Vec::new();
         let first = self.first_error.as_deref().unwrap_or("?");
         if self.bad_status > 0 {
@@ -99,10 +99,10 @@ impl Tally {
 }
 
 /// What [`drive`] measured.
-struct Load {
-    samples: Samples,
-    tally: Tally,
-    elapsed: Duration,
+pub(crate) struct Load {
+    pub(crate) samples: Samples,
+    pub(crate) tally: Tally,
+    pub(crate) elapsed: Duration,
 }
 
 /// Sends `requests` POSTs over `conns` connections, request i to `paths[i % paths.len()]`.
@@ -110,7 +110,7 @@ struct Load {
 /// Connections are opened before the clock starts so throughput measures requests, not TCP
 /// handshakes. Requests are handed out from a shared ticket counter so a slow connection does
 /// not leave the others idle at the end.
-async fn drive(
+pub(crate) async fn drive(
     target: &Target,
     conns: usize,
     requests: u64,

@@ -6,6 +6,7 @@ pub mod cold_start;
 pub mod counter;
 #[cfg(test)]
 mod mock_chat;
+pub mod objects_idle;
 pub mod ws_client;
 pub mod ws_fanout;
 pub mod ws_idle;

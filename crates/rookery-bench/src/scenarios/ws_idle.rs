@@ -100,7 +100,7 @@ impl Settler {
 }
 
 /// Polls the server's RSS until it settles or [`SETTLE_LIMIT`] passes: (KiB, settled, time).
-async fn settle(pid: u32) -> anyhow::Result<(u64, bool, Duration)> {
+pub(crate) async fn settle(pid: u32) -> anyhow::Result<(u64, bool, Duration)> {
     let start = Instant::now();
     let mut settler = Settler::default();
     loop {

@@ -5,11 +5,11 @@ use std::marker::PhantomData;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::Host;
 use super::alarm_turn;
 use super::class::{Instance, instance_of};
 use super::event::{Event, TurnOutput};
 use super::turn::{self, TurnContext};
+use super::{Ask, Host, Usage};
 use crate::addr::{ObjectAddr, ObjectKey};
 use crate::background::{Background, BackgroundLimits};
 use crate::error::{Error, Result};
@@ -24,12 +24,14 @@ pub(crate) struct Activation {
     pub(crate) host: Host,
     pub(crate) addr: ObjectAddr,
     pub(crate) generation: u64,
+    /// Shared with the registry slot: how recently used, whether it may leave under pressure.
+    pub(crate) usage: std::sync::Arc<Usage>,
 }
 
 /// Starts activations of one class; the class's type is erased behind it.
 pub(crate) trait ClassFactory: Send + Sync + 'static {
     /// Spawns the task of `activation`, which drains `mailbox`.
-    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Event>);
+    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Box<Event>>);
 }
 
 /// The factory of instances of type `I`.
@@ -42,7 +44,7 @@ impl<I> Factory<I> {
 }
 
 impl<I: Instance> ClassFactory for Factory<I> {
-    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Event>) {
+    fn start(&self, activation: Activation, mailbox: mpsc::Receiver<Box<Event>>) {
         let span = tracing::debug_span!(
             "object",
             class = %activation.addr.class.name,
@@ -53,11 +55,11 @@ impl<I: Instance> ClassFactory for Factory<I> {
 }
 
 /// Decrements the host's count of live activations when the task ends, however it ends.
-struct LiveGuard(Host);
+struct LiveGuard(Host, std::sync::Arc<Usage>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.activation_ended();
+        self.0.activation_ended(&self.1);
     }
 }
 
@@ -99,8 +101,8 @@ fn open_state(host: &Host, addr: &ObjectAddr) -> Result<ObjectState> {
 
 /// The task of one activation: opens the object, then runs one turn per event until the object
 /// is evicted or the host shuts down.
-pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receiver<Event>) {
-    let _live = LiveGuard(act.host.clone());
+pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receiver<Box<Event>>) {
+    let _live = LiveGuard(act.host.clone(), act.usage.clone());
     tracing::debug!("activated");
     let mut state = match act.open().await {
         Ok(state) => state,
@@ -127,11 +129,16 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             .increment(1);
     };
     let mut instance: Option<I> = None;
-    let mut pressure = act.host.pressure();
-    pressure.mark_unchanged();
+    // One more live object, perhaps with its files open: room may be needed.
+    act.host.relieve_pressure(Some(&key));
     // Held from leaving the registry until the storage is closed.
     let mut retiring = None;
     loop {
+        act.usage.set_files_open(state.storage().files_open());
+        if state.storage().take_reopened() {
+            // Files opened by the last turn (reopened, or made): room may be needed.
+            act.host.relieve_pressure(Some(&key));
+        }
         let sockets = state.sockets();
         // Plain sockets belong to the live instance; with only hibernatable ones the object
         // may leave memory sooner, and they stay connected.
@@ -145,6 +152,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
         // Objects kept in memory only, or held by plain sockets, never leave under pressure.
         let durable = act.addr.class.dir.is_some();
         let evictable = idle.is_some() && durable;
+        act.usage.set_evictable(evictable);
         let next = tokio::select! {
             next = async {
                 match idle {
@@ -152,29 +160,43 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
                     None => Ok(mailbox.recv().await),
                 }
             } => next,
-            Ok(()) = pressure.changed(), if evictable => Err(Wake::Pressure),
+            () = act.usage.asked(), if evictable => Err(Wake::Pressure),
         };
+        act.usage.set_evictable(false);
         let event = match next {
-            Ok(Some(event)) => event,
+            Ok(Some(event)) => *event,
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
+            // The host picked this object, one of the least recently used, to make room. One
+            // with streams or wait_until work only closes its files.
+            Err(Wake::Pressure) => {
+                let ask = act.usage.take_ask();
+                if ask == Ask::Leave && !state.busy_outside_turns() {
+                    let leaving = act.host.begin_retiring(key, act.generation);
+                    if act.host.evict(&key, act.generation, &mailbox) {
+                        tracing::debug!("evicted to make room");
+                        evicted("pressure");
+                        // Answered when the task ends (`LiveGuard`), no longer live.
+                        act.usage.set_leaving();
+                        retiring = Some(leaving);
+                        break;
+                    }
+                }
+                if ask != Ask::Nothing {
+                    if state.storage().close_files() {
+                        tracing::debug!("closed its files to make room");
+                        act.usage.set_files_open(false);
+                    }
+                    // Answered once the files are closed: the count of open ones is right.
+                    act.host.pressure_answered();
+                }
+                continue;
+            }
             // Streams being read and wait_until work would be cut off: the object stays.
             Err(_) if state.busy_outside_turns() => {
                 tracing::debug!(
                     "staying in memory: a stream is being read or wait_until work runs"
                 );
-                continue;
-            }
-            Err(Wake::Pressure) => {
-                if act.host.take_eviction() {
-                    let leaving = act.host.begin_retiring(key, act.generation);
-                    if act.host.evict(&key, act.generation, &mailbox) {
-                        tracing::debug!("evicted to make room");
-                        evicted("pressure");
-                        retiring = Some(leaving);
-                        break;
-                    }
-                }
                 continue;
             }
             Err(Wake::Idle) => {
@@ -383,7 +405,7 @@ fn reset<I>(instance: &mut Option<I>, state: &ObjectState) {
 /// name paths), or that storage is unavailable when the data directory is gone.
 async fn fail(
     act: &Activation,
-    mut mailbox: mpsc::Receiver<Event>,
+    mut mailbox: mpsc::Receiver<Box<Event>>,
     first: Option<Event>,
     message: &str,
 ) {
@@ -404,7 +426,7 @@ async fn fail(
         reject(event, error());
     }
     while let Some(event) = mailbox.recv().await {
-        reject(event, error());
+        reject(*event, error());
     }
 }
 

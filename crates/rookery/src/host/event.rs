@@ -15,7 +15,8 @@ use crate::state::ObjectState;
 use crate::storage::OutputGate;
 
 /// An event for an object; each one is handled as one turn.
-// Requests are the common event: keeping them inline saves an allocation per request.
+// Requests are the common event: kept inline, so the one box the mailbox puts each event in
+// is its only allocation.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Event {
     /// An HTTP request, from the gateway or another object.

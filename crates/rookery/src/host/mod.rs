@@ -20,12 +20,12 @@ pub(crate) mod turn;
 pub(crate) mod waits;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 pub use class_stats::ClassStats;
 pub use placement::{LocalPlacement, Location, Placement};
@@ -35,7 +35,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::outbound::Outbound;
 use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket, close_code};
-use crate::storage::StorageContext;
+use crate::storage::{self, StorageContext};
 use crate::vars::Vars;
 use activation::{Activation, ClassFactory};
 use event::Event;
@@ -58,9 +58,17 @@ pub struct HostOptions {
     pub max_sockets_per_object: usize,
     /// Largest WebSocket message in bytes; a bigger one closes the socket with 1009.
     pub max_message_bytes: usize,
-    /// Most objects in memory at once (each holds a few open files); beyond it, idle objects
-    /// are evicted early. 0: derived from the process's open-file limit.
+    /// Most objects in memory at once; beyond it, the least recently used idle objects are
+    /// evicted early. 0: 100 000.
     pub max_live_objects: usize,
+    /// Most live objects with their database files open (two descriptors each); beyond it,
+    /// the least recently used idle objects close their files (they stay in memory and reopen
+    /// them at their next event). 0: derived from the process's open-file limit.
+    pub max_open_databases: usize,
+    /// Most memory live objects may hold, in bytes: what SQLite counts of its own memory plus
+    /// [`LIVE_OBJECT_BYTES`] per live object. Beyond it the least recently used idle objects
+    /// close their files (which frees their SQLite connections), then leave memory. 0: 1 GiB.
+    pub max_live_bytes: u64,
     /// Most `wait_until` work one object may have registered or running.
     pub max_wait_until: usize,
     /// Wall-time limit of one piece of `wait_until` work; also how long the runtime waits for
@@ -79,6 +87,8 @@ impl Default for HostOptions {
             max_sockets_per_object: 32_768,
             max_message_bytes: 32 * 1024 * 1024,
             max_live_objects: 0,
+            max_open_databases: 0,
+            max_live_bytes: 0,
             max_wait_until: 256,
             wait_until_timeout: Duration::from_secs(30),
         }
@@ -113,8 +123,70 @@ pub(crate) struct Reach {
 }
 
 struct Slot {
-    mailbox: mpsc::Sender<Event>,
+    mailbox: mpsc::Sender<Box<Event>>,
     generation: u64,
+    usage: Arc<Usage>,
+}
+
+/// How recently an activation was used, whether it may make room, and what the host asks of
+/// it; shared by its registry slot (which the senders touch) and its task.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    /// The host's use count when an event was last sent to it.
+    last: AtomicU64,
+    /// It waits for events and may make room under pressure (set by the activation's task).
+    evictable: AtomicBool,
+    /// Its database files are open (set by the activation's task).
+    files_open: AtomicBool,
+    /// What the host asks of it: an `Ask` as a number.
+    ask: AtomicU8,
+    /// Wakes the activation to look at `ask`.
+    asked: Notify,
+    /// It agreed to leave; its answer counts once its task has ended (until then it is still
+    /// live, and a new round would ask others for the same room).
+    leaving: AtomicBool,
+}
+
+/// What the host asks of an idle activation under pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// Nothing (or the ask was answered).
+    Nothing = 0,
+    /// Close its database files: too many are open.
+    CloseFiles = 1,
+    /// Leave memory: too many objects are live.
+    Leave = 2,
+}
+
+impl Usage {
+    /// Records whether the activation may make room now.
+    pub(crate) fn set_evictable(&self, evictable: bool) {
+        self.evictable.store(evictable, Ordering::Relaxed);
+    }
+
+    /// Records whether the activation's files are open.
+    pub(crate) fn set_files_open(&self, open: bool) {
+        self.files_open.store(open, Ordering::Relaxed);
+    }
+
+    /// Waits until the host asks something of the activation.
+    pub(crate) async fn asked(&self) {
+        self.asked.notified().await;
+    }
+
+    /// Records that the activation leaves, as asked.
+    pub(crate) fn set_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+    }
+
+    /// What the host asks, now answered.
+    pub(crate) fn take_ask(&self) -> Ask {
+        match self.ask.swap(Ask::Nothing as u8, Ordering::AcqRel) {
+            1 => Ask::CloseFiles,
+            2 => Ask::Leave,
+            _ => Ask::Nothing,
+        }
+    }
 }
 
 /// A handle on the registry of live objects; cheap to clone.
@@ -151,10 +223,14 @@ pub(crate) struct HostInner {
     activations: AtomicU64,
     /// Most live objects before idle ones are asked to leave.
     max_live: usize,
-    /// Bumped to ask idle activations to leave memory.
-    pressure: watch::Sender<u64>,
-    /// How many more idle activations should leave.
-    evictions_wanted: AtomicI64,
+    /// Most open database files before idle objects are asked to close theirs.
+    max_open: usize,
+    /// Most bytes live objects may hold before idle ones are asked to make room.
+    max_bytes: u64,
+    /// Counts events sent to objects: the clock of least-recent use.
+    uses: AtomicU64,
+    /// The current pressure round.
+    round: Mutex<Round>,
     /// Activations that left the registry and are still closing their storage, by key: a new
     /// activation of the same object waits until its predecessor has let go of the files.
     retiring: DashMap<ObjectKey, (u64, watch::Sender<()>)>,
@@ -164,11 +240,13 @@ pub(crate) struct HostInner {
 
 /// Puts `event` in `mailbox`: `Ok(None)` when queued, `Ok(Some(event))` back when the mailbox
 /// is closed, `Overloaded` when it is full.
-fn offer(mailbox: &mpsc::Sender<Event>, event: Event) -> Result<Option<Event>> {
-    match mailbox.try_send(event) {
+fn offer(mailbox: &mpsc::Sender<Box<Event>>, event: Event) -> Result<Option<Event>> {
+    // Boxed: a mailbox's channel holds a block of 32 slots from the start, 32 pointers rather
+    // than 32 events (about 8 KB) for every live object.
+    match mailbox.try_send(Box::new(event)) {
         Ok(()) => Ok(None),
         Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded),
-        Err(mpsc::error::TrySendError::Closed(event)) => Ok(Some(event)),
+        Err(mpsc::error::TrySendError::Closed(event)) => Ok(Some(*event)),
     }
 }
 
@@ -182,8 +260,10 @@ impl Host {
             .collect();
         Self(Arc::new(HostInner {
             max_live: parts.options.max_live_objects.max(1),
-            pressure: watch::Sender::new(0),
-            evictions_wanted: AtomicI64::new(0),
+            max_open: parts.options.max_open_databases.max(1),
+            max_bytes: parts.options.max_live_bytes.max(1),
+            uses: AtomicU64::new(0),
+            round: Mutex::new(Round::default()),
             objects: DashMap::new(),
             sockets: DashMap::new(),
             classes: parts.classes,
@@ -278,13 +358,19 @@ impl Host {
             if host.closing.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown);
             }
+            let use_count = host.uses.fetch_add(1, Ordering::Relaxed);
             let offered = match host.objects.get(&key) {
-                Some(slot) => offer(&slot.mailbox, event)?,
+                Some(slot) => {
+                    slot.usage.last.store(use_count, Ordering::Relaxed);
+                    offer(&slot.mailbox, event)?
+                }
                 None => {
-                    let slot = host
-                        .objects
-                        .entry(key)
-                        .or_insert_with(|| self.activate(addr));
+                    let mut activated = false;
+                    let slot = host.objects.entry(key).or_insert_with(|| {
+                        activated = true;
+                        self.activate(addr, use_count)
+                    });
+                    slot.usage.last.store(use_count, Ordering::Relaxed);
                     // Shutdown sets `closing` before it clears the registry: if it is not set
                     // now, this slot was inserted before the clear and goes with it.
                     if host.closing.load(Ordering::SeqCst) {
@@ -292,7 +378,13 @@ impl Host {
                         host.objects.remove(&key);
                         return Err(Error::ShuttingDown);
                     }
-                    offer(&slot.mailbox, event)?
+                    let offered = offer(&slot.mailbox, event);
+                    // Choosing whom to evict reads the whole registry: not under a shard lock.
+                    drop(slot);
+                    if activated {
+                        self.relieve_pressure(Some(&key));
+                    }
+                    offered?
                 }
             };
             match offered {
@@ -308,17 +400,21 @@ impl Host {
     }
 
     /// Starts an activation of the object at `addr` and returns its registry slot.
-    fn activate(&self, addr: &ObjectAddr) -> Slot {
+    fn activate(&self, addr: &ObjectAddr, use_count: u64) -> Slot {
         let host = &self.0;
         let (tx, rx) = mpsc::channel(host.options.mailbox_capacity.max(1));
         let generation = host.generations.fetch_add(1, Ordering::Relaxed);
         host.activations.fetch_add(1, Ordering::Relaxed);
         host.live.send_modify(|n| *n += 1);
-        self.relieve_pressure();
+        let usage = Arc::new(Usage {
+            last: AtomicU64::new(use_count),
+            ..Usage::default()
+        });
         let activation = Activation {
             host: self.clone(),
             addr: addr.clone(),
             generation,
+            usage: usage.clone(),
         };
         match host.classes.get(addr.class.idx as usize) {
             Some(class) => class.factory.start(activation, rx),
@@ -331,12 +427,21 @@ impl Host {
         Slot {
             mailbox: tx,
             generation,
+            usage,
         }
     }
 
     /// Counts an activation's task as ended.
-    fn activation_ended(&self) {
+    fn activation_ended(&self, usage: &Usage) {
         self.0.live.send_modify(|n| *n = n.saturating_sub(1));
+        // Left as asked, or asked but gone another way: the round must not wait for it.
+        if usage.take_ask() != Ask::Nothing || usage.leaving.load(Ordering::Acquire) {
+            self.pressure_answered();
+        }
+    }
+
+    fn round(&self) -> std::sync::MutexGuard<'_, Round> {
+        self.0.round.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The socket set of an object, made if it has none.
@@ -372,31 +477,119 @@ impl Host {
         self.0.sockets.remove_if(key, |_, s| s.len() == 0);
     }
 
-    /// Asks idle activations to leave if too many objects are live: a tenth below the limit,
-    /// so that the next activations do not ask again at once.
-    fn relieve_pressure(&self) {
+    /// Makes room if too many objects are live (they are asked to leave memory), too many
+    /// database files are open (they are asked to close their files) or live objects hold more
+    /// than `max_live_bytes` (they are asked to close their files, which frees their SQLite
+    /// connections, and once no idle one has a file open, to leave): down to a tenth below the
+    /// limit, so that the next activations do not ask again at once. The ones asked are the
+    /// least recently used of those waiting for events with an empty mailbox, never `fresh`
+    /// (the object an event is on its way to).
+    pub(crate) fn relieve_pressure(&self, fresh: Option<&ObjectKey>) {
         let host = &self.0;
         let live = *host.live.borrow();
-        if live > host.max_live && host.evictions_wanted.load(Ordering::Acquire) <= 0 {
-            let excess = live - host.max_live * 9 / 10;
-            host.evictions_wanted
-                .store(i64::try_from(excess).unwrap_or(i64::MAX), Ordering::Release);
-            host.pressure.send_modify(|n| *n += 1);
+        let open = host.storage.open_files.load(Ordering::Relaxed);
+        let (ask, excess, limit) = if live > host.max_live {
+            (Ask::Leave, live - host.max_live * 9 / 10, host.max_live)
+        } else if open > host.max_open {
+            (
+                Ask::CloseFiles,
+                open - host.max_open * 9 / 10,
+                host.max_open,
+            )
+        } else {
+            let sqlite = storage::sqlite_memory_used();
+            let bytes = live_bytes(live, sqlite);
+            if bytes <= host.max_bytes {
+                return;
+            }
+            let over = bytes - host.max_bytes / 10 * 9;
+            // Closing files frees a connection's worth of SQLite memory each; leaving frees
+            // an object's share of all of it.
+            let per_open = sqlite / open.max(1) as u64;
+            let per_live = bytes / live.max(1) as u64;
+            let close = usize::try_from(over.div_ceil(per_open.max(1))).unwrap_or(usize::MAX);
+            let leave = usize::try_from(over.div_ceil(per_live.max(1))).unwrap_or(usize::MAX);
+            if open > 0 && self.pick(fresh, Ask::CloseFiles, close.min(open), live) {
+                return;
+            }
+            (Ask::Leave, leave.min(live), live)
+        };
+        self.pick(fresh, ask, excess, limit);
+    }
+
+    /// Asks `excess` of the least recently used idle activations (not `fresh`) for `ask`,
+    /// unless a round is under way; `limit` sizes the patience with a round that does not
+    /// end. Returns whether it found any to ask (or a round is under way).
+    fn pick(&self, fresh: Option<&ObjectKey>, ask: Ask, excess: usize, limit: usize) -> bool {
+        let host = &self.0;
+        let uses = host.uses.load(Ordering::Relaxed);
+        let mut round = self.round();
+        // One round at a time; a round whose picks never answered (they became busy) gives
+        // way once events for another tenth of the limit went by.
+        if round.pending > 0 && uses.saturating_sub(round.start) <= (limit / 10) as u64 {
+            return true;
+        }
+        let mut idle: Vec<(u64, Arc<Usage>)> = host
+            .objects
+            .iter()
+            .filter(|e| {
+                Some(e.key()) != fresh
+                    && e.usage.evictable.load(Ordering::Relaxed)
+                    && (ask == Ask::Leave || e.usage.files_open.load(Ordering::Relaxed))
+                    && e.mailbox.capacity() == e.mailbox.max_capacity()
+            })
+            .map(|e| (e.usage.last.load(Ordering::Relaxed), e.usage.clone()))
+            .collect();
+        if idle.len() > excess {
+            idle.select_nth_unstable_by_key(excess, |(last, _)| *last);
+            idle.truncate(excess);
+        }
+        if idle.is_empty() {
+            return false;
+        }
+        round.pending = idle.len();
+        round.start = uses;
+        round.live = *host.live.borrow();
+        round.open = host.storage.open_files.load(Ordering::Relaxed);
+        drop(round);
+        for (_, usage) in idle {
+            usage.ask.store(ask as u8, Ordering::Release);
+            usage.asked.notify_one();
+        }
+        true
+    }
+
+    /// What live objects hold now, as `max_live_bytes` counts it.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        live_bytes(*self.0.live.borrow(), storage::sqlite_memory_used())
+    }
+
+    /// Counts one answer to the current round (done, or declined).
+    pub(crate) fn pressure_answered(&self) {
+        let mut round = self.round();
+        if round.pending == 0 {
+            return;
+        }
+        round.pending -= 1;
+        // A round that freed something looks again at once: closing files may not have been
+        // enough, and with no new event nothing else would look. One that freed nothing (its
+        // picks were busy) waits for the next activation, or it would ask them again and again.
+        let freed = *self.0.live.borrow() < round.live
+            || self.0.storage.open_files.load(Ordering::Relaxed) < round.open;
+        let again = round.pending == 0 && freed;
+        drop(round);
+        if again {
+            self.relieve_pressure(None);
         }
     }
 
-    /// A subscription to requests for idle activations to leave.
-    fn pressure(&self) -> watch::Receiver<u64> {
-        self.0.pressure.subscribe()
-    }
-
-    /// Whether an idle activation asked to leave should (one of the wanted evictions).
-    fn take_eviction(&self) -> bool {
-        self.0.evictions_wanted.fetch_sub(1, Ordering::AcqRel) > 0
-    }
-
     /// Removes an idle activation's slot, if its mailbox is still empty.
-    fn evict(&self, key: &ObjectKey, generation: u64, mailbox: &mpsc::Receiver<Event>) -> bool {
+    fn evict(
+        &self,
+        key: &ObjectKey,
+        generation: u64,
+        mailbox: &mpsc::Receiver<Box<Event>>,
+    ) -> bool {
         self.0
             .objects
             .remove_if(key, |_, slot| {
@@ -452,6 +645,28 @@ impl Host {
             .await
             .is_ok()
     }
+}
+
+/// What live objects are counted to hold beyond SQLite's own memory, each: the task, its
+/// mailbox, its state and its registry slot (measured by `rookery-bench objects-idle`).
+pub const LIVE_OBJECT_BYTES: u64 = 8 * 1024;
+
+/// Bytes `live` objects hold when SQLite counts `sqlite` bytes of its own.
+fn live_bytes(live: usize, sqlite: u64) -> u64 {
+    sqlite.saturating_add((live as u64).saturating_mul(LIVE_OBJECT_BYTES))
+}
+
+/// A round of asks to make room.
+#[derive(Default)]
+struct Round {
+    /// Activations asked that have not answered yet.
+    pending: usize,
+    /// The host's use count when the round began.
+    start: u64,
+    /// Live objects when the round began.
+    live: usize,
+    /// Open databases when the round began.
+    open: usize,
 }
 
 /// An activation that is leaving: while it lives, a new activation of the object waits.

@@ -12,12 +12,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::StorageLimits;
 use super::policy::{Policy, RESERVED_PREFIX, reserved};
 use crate::addr::Location;
 use crate::error::{Error, Result};
@@ -27,20 +28,29 @@ pub(crate) const PAGE_SIZE: u64 = 4096;
 
 /// An open object database and the state of the current turn's transaction.
 pub(crate) struct Database {
-    pub(crate) conn: Connection,
+    /// The connection; `None` while the files are closed (`close_files`) until the next use.
+    conn: Option<Connection>,
+    /// Connections to object files open in the runtime, this one's included while open.
+    open_files: Arc<AtomicUsize>,
+    /// Whether this database is counted in `open_files`.
+    counted: bool,
+    /// The files were opened (made, or reopened) since the last `take_reopened`.
+    reopened: bool,
     location: Location,
     /// The file does not exist yet; `conn` is an empty in-memory stand-in.
     absent: bool,
     /// The size limit, applied to every connection.
     max_bytes: u64,
+    /// Most page cache of the connection, in KiB.
+    cache_kib: u32,
+    /// Most prepared statements the connection keeps.
+    statements: usize,
     /// The object's name, recorded with its first write.
     pending_name: Option<String>,
     /// Frames in the WAL after the last commit, as SQLite's WAL hook reports them.
     wal_frames: Arc<AtomicU32>,
     /// Frames of the WAL already handed to the node log.
     logged_frames: u32,
-    /// The WAL, opened for reading the frames of each commit.
-    wal_reader: Option<std::fs::File>,
     in_txn: bool,
     dirty: bool,
     /// Depth of nested `transaction` savepoints.
@@ -59,24 +69,35 @@ pub(crate) fn process_ms() -> u64 {
 }
 
 impl Database {
-    /// Opens the database at `location`, limited to `max_bytes` of pages. A file that does not
-    /// exist yet is not made here: until the object first writes, an empty database in memory
-    /// stands in for it, so that reading an object that never wrote leaves nothing on disk.
-    pub(crate) fn open(location: &Location, max_bytes: u64) -> Result<Self> {
+    /// Opens the database at `location`, within `limits` (size, page cache, statements). A file
+    /// that does not exist yet is not made here: until the object first writes, an empty
+    /// database in memory stands in for it, so that reading an object that never wrote leaves
+    /// nothing on disk.
+    /// `open_files` counts the runtime's open database files.
+    pub(crate) fn open(
+        location: &Location,
+        limits: &StorageLimits,
+        open_files: &Arc<AtomicUsize>,
+    ) -> Result<Self> {
+        configure_sqlite();
         let (conn, absent) = match location {
-            Location::File(path) if !path.exists() => (Connection::open_in_memory()?, true),
+            Location::File(path) if !path.exists() => (open_memory()?, true),
             Location::File(path) => (open_file(path, false)?, false),
-            Location::Memory => (Connection::open_in_memory()?, false),
+            Location::Memory => (open_memory()?, false),
         };
         let mut db = Self {
-            conn,
+            conn: Some(conn),
+            open_files: open_files.clone(),
+            counted: false,
+            reopened: false,
             location: location.clone(),
             absent,
-            max_bytes,
+            max_bytes: limits.max_object_bytes,
+            cache_kib: limits.page_cache_kib,
+            statements: limits.statement_cache,
             pending_name: None,
             wal_frames: Arc::new(AtomicU32::new(0)),
             logged_frames: 0,
-            wal_reader: None,
             in_txn: false,
             dirty: false,
             savepoints: 0,
@@ -84,18 +105,106 @@ impl Database {
             policy: Arc::new(Policy::default()),
             deadline: Arc::new(AtomicU64::new(u64::MAX)),
         };
+        db.count_open(matches!(location, Location::File(_)) && !absent);
         db.prepare_conn()?;
         Ok(db)
+    }
+
+    /// The open connection (every caller reopens closed files first, with `resume`).
+    fn conn(&self) -> Result<&Connection> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| Error::msg("the object's database files are closed"))
+    }
+
+    /// The open connection, to set its hooks.
+    fn conn_mut(&mut self) -> Result<&mut Connection> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::msg("the object's database files are closed"))
+    }
+
+    /// Keeps the runtime's count of open database files.
+    fn count_open(&mut self, open: bool) {
+        if open != self.counted {
+            if open {
+                self.open_files.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.open_files.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.counted = open;
+        }
+    }
+
+    /// Whether the connection (and with it the database file and the WAL) is open.
+    pub(crate) fn files_open(&self) -> bool {
+        self.conn.is_some() && self.counted
+    }
+
+    /// Whether the files were reopened since the last call.
+    pub(crate) fn take_reopened(&mut self) -> bool {
+        std::mem::take(&mut self.reopened)
+    }
+
+    /// Closes the connection of an idle object, and with it the database file and the WAL,
+    /// when every commit it made is in the node log (durable or not: the WAL on disk is what
+    /// an open connection would have read too). Nothing is checkpointed and the WAL stays as
+    /// it is, so this costs no write; the next storage call reopens the files. Returns whether
+    /// they are closed now.
+    pub(crate) fn close_files(&mut self) -> Result<bool> {
+        if self.conn.is_none() {
+            return Ok(true);
+        }
+        if self.absent
+            || !matches!(self.location, Location::File(_))
+            || self.in_txn
+            || self.logged_frames != self.wal_frames()
+        {
+            return Ok(false);
+        }
+        let Some(conn) = self.conn.take() else {
+            return Ok(true);
+        };
+        self.count_open(false);
+        conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        Ok(true)
+    }
+
+    /// Reopens files closed by `close_files`. SQLite reads the WAL back (the exclusive lock
+    /// keeps its index in memory) and finds exactly the frames it held: only whole commits,
+    /// all of them in the node log, so the frame counts stay right.
+    fn resume(&mut self) -> Result<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let Location::File(path) = &self.location else {
+            return Err(Error::msg("a database in memory cannot be reopened"));
+        };
+        self.conn = Some(open_file(path, false)?);
+        self.count_open(true);
+        self.reopened = true;
+        self.prepare_conn()
     }
 
     /// Readies a fresh connection: safety settings, the runtime's tables, the size limit, the
     /// SQL policy and the turn's time limit.
     fn prepare_conn(&mut self) -> Result<()> {
-        let conn = &self.conn;
+        let file = matches!(self.location, Location::File(_)) && !self.absent;
+        let frames = self.wal_frames.clone();
+        let deadline = self.deadline.clone();
+        let user_sql = self.user_sql.clone();
+        let policy = self.policy.clone();
+        let (cache_kib, max_bytes, statements) = (self.cache_kib, self.max_bytes, self.statements);
+        let conn = self.conn_mut()?;
         // Refuse writes to the schema table and other ways to corrupt the file from SQL.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        // SQLite's default page cache (2 MB, with the first 20 pages allocated at once) and
+        // lookaside (120 KB, all touched when the connection opens) are sized for one big
+        // database; here every live object has a connection, and most objects are small.
+        // Pages beyond the cache are read again from the operating system's cache.
         conn.execute_batch(&format!(
-            "PRAGMA max_page_count = {};
+            "PRAGMA cache_size = -{};
+             PRAGMA max_page_count = {};
              BEGIN;
              CREATE TABLE IF NOT EXISTS main._rookery_kv (
                  key BLOB PRIMARY KEY,
@@ -106,27 +215,32 @@ impl Database {
                  value ANY
              ) WITHOUT ROWID;
              COMMIT;",
-            (self.max_bytes / PAGE_SIZE).max(16)
+            cache_kib.max(1),
+            (max_bytes / PAGE_SIZE).max(16)
         ))?;
-        conn.set_prepared_statement_cache_capacity(64);
-        if matches!(self.location, Location::File(_)) && !self.absent {
+        conn.set_prepared_statement_cache_capacity(statements);
+        if file {
             // Checkpoints are the runtime's alone (see `checkpoint`), also at close.
             conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
             // The hook reports the WAL's size after every commit, so each commit's frames can
             // go to the node log. It also turns SQLite's automatic checkpoints off: the runtime
             // checkpoints only once the node log holds what is copied.
-            let frames = self.wal_frames.clone();
-            self.conn.wal_hook(Some(
+            conn.wal_hook(Some(
                 move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
                     frames.store(u32::try_from(n).unwrap_or(0), Ordering::Release);
                     Ok(())
                 },
             ))?;
         }
-        self.install_authorizer()?;
+        conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+            if user_sql.load(Ordering::Relaxed) {
+                policy.judge(&ctx)
+            } else {
+                rusqlite::hooks::Authorization::Allow
+            }
+        }))?;
         // A turn's time limit must also stop runaway SQL, which never yields to the runtime.
-        let deadline = self.deadline.clone();
-        self.conn.progress_handler(
+        conn.progress_handler(
             10_000,
             Some(move || process_ms() > deadline.load(Ordering::Relaxed)),
         )?;
@@ -136,8 +250,9 @@ impl Database {
     /// The name the object was first addressed by, as recorded in its database; records
     /// `name` (now, or with the first write if the file is not made yet) if none is recorded.
     pub(crate) fn remember_name(&mut self, name: Option<&str>) -> Result<Option<String>> {
+        self.resume()?;
         let stored: Option<String> = self
-            .conn
+            .conn()?
             .prepare_cached("SELECT value FROM main._rookery_meta WHERE key = 'name'")?
             .query_row([], |r| r.get(0))
             .optional()?;
@@ -145,7 +260,7 @@ impl Database {
             if self.absent {
                 self.pending_name = Some(name.to_string());
             } else {
-                self.conn
+                self.conn()?
                     .prepare_cached(
                         "INSERT INTO main._rookery_meta (key, value) VALUES ('name', ?1)",
                     )?
@@ -171,37 +286,27 @@ impl Database {
             }
             e => e,
         })?;
-        if self.in_txn && !self.conn.is_autocommit() {
+        if let Some(stand_in) = &self.conn
+            && self.in_txn
+            && !stand_in.is_autocommit()
+        {
             // Only reads ran on the stand-in: nothing to carry over.
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = stand_in.execute_batch("ROLLBACK");
         }
         self.in_txn = false;
         self.savepoints = 0;
-        self.conn = conn;
+        self.conn = Some(conn);
         self.absent = false;
+        self.count_open(true);
+        self.reopened = true;
         self.prepare_conn()?;
         if let Some(name) = self.pending_name.take() {
-            self.txn()?;
-            self.conn
+            self.txn()?
                 .prepare_cached(
                     "INSERT OR IGNORE INTO main._rookery_meta (key, value) VALUES ('name', ?1)",
                 )?
                 .execute([name])?;
         }
-        Ok(())
-    }
-
-    fn install_authorizer(&mut self) -> Result<()> {
-        let user_sql = self.user_sql.clone();
-        let policy = self.policy.clone();
-        self.conn
-            .authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
-                if user_sql.load(Ordering::Relaxed) {
-                    policy.judge(&ctx)
-                } else {
-                    rusqlite::hooks::Authorization::Allow
-                }
-            }))?;
         Ok(())
     }
 
@@ -215,17 +320,18 @@ impl Database {
 
     /// The connection, inside the turn's transaction (opened now if needed).
     pub(crate) fn txn(&mut self) -> Result<&Connection> {
+        self.resume()?;
         if !self.in_txn {
-            self.conn.execute_batch("BEGIN")?;
+            self.conn()?.execute_batch("BEGIN")?;
             self.in_txn = true;
-        } else if self.conn.is_autocommit() {
+        } else if self.conn()?.is_autocommit() {
             // SQLite rolled the whole transaction back after an error (e.g. a full disk).
             // Going on would run later writes outside any transaction.
             return Err(Error::msg(
                 "the turn's transaction was aborted by an earlier storage error",
             ));
         }
-        Ok(&self.conn)
+        self.conn()
     }
 
     /// The connection, inside the turn's transaction, for an operation that writes (making
@@ -246,10 +352,12 @@ impl Database {
         f: impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         if self.absent {
-            let changes = self.conn.total_changes();
+            let changes = self.conn()?.total_changes();
             let schema = self.schema_version()?;
             let (result, changed) = self.user_call(&f, true)?;
-            if !changed && self.conn.total_changes() == changes && self.schema_version()? == schema
+            if !changed
+                && self.conn()?.total_changes() == changes
+                && self.schema_version()? == schema
             {
                 return result;
             }
@@ -267,17 +375,18 @@ impl Database {
         probe: bool,
     ) -> Result<(Result<T>, bool)> {
         self.txn()?;
+        let conn = self.conn()?;
         // Each call is all or nothing, and can be undone if it turns out to have renamed
         // something into the runtime's names (the authorizer never sees a rename's new name).
-        self.conn.execute_batch("SAVEPOINT rookery_sql")?;
+        conn.execute_batch("SAVEPOINT rookery_sql")?;
         let schema_before = self.schema_version()?;
         self.policy.clear();
         self.user_sql.store(true, Ordering::Relaxed);
-        let result = f(&self.conn);
+        let result = f(conn);
         self.user_sql.store(false, Ordering::Relaxed);
         let result = result.map_err(|e| match self.policy.take_refusal() {
             Some(why) => Error::SqlRefused(why),
-            None => map_sqlite(&self.conn, e),
+            None => map_sqlite(conn, e),
         });
         let schema_changed = self.schema_version()? != schema_before;
         let result = match result {
@@ -289,22 +398,22 @@ impl Database {
         } else {
             "ROLLBACK TO rookery_sql; RELEASE rookery_sql"
         };
-        if !self.conn.is_autocommit() {
-            self.conn.execute_batch(end)?;
+        if !conn.is_autocommit() {
+            conn.execute_batch(end)?;
         }
         Ok((result, schema_changed))
     }
 
     fn schema_version(&self) -> Result<i64> {
         Ok(self
-            .conn
+            .conn()?
             .query_row("PRAGMA main.schema_version", [], |r| r.get(0))?)
     }
 
     /// Refuses a schema with runtime names other than the runtime's own tables.
     fn check_reserved_names(&self) -> Result<()> {
         let mut stmt = self
-            .conn
+            .conn()?
             .prepare_cached("SELECT name FROM main.sqlite_schema")?;
         let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
         for name in names {
@@ -328,7 +437,7 @@ impl Database {
         if !self.in_txn {
             return Ok(false);
         }
-        if self.conn.is_autocommit() {
+        if self.conn()?.is_autocommit() {
             self.in_txn = false;
             self.dirty = false;
             return Err(Error::msg(
@@ -336,7 +445,7 @@ impl Database {
             ));
         }
         let wrote = self.dirty;
-        match self.conn.execute_batch("COMMIT") {
+        match self.conn()?.execute_batch("COMMIT") {
             Ok(()) => {
                 self.in_txn = false;
                 self.dirty = false;
@@ -344,7 +453,10 @@ impl Database {
                 Ok(wrote)
             }
             Err(e) => {
-                let e = map_sqlite(&self.conn, e);
+                let e = match &self.conn {
+                    Some(conn) => map_sqlite(conn, e),
+                    None => Error::Sqlite(e),
+                };
                 self.rollback();
                 Err(e)
             }
@@ -354,8 +466,9 @@ impl Database {
     /// Rolls the turn's transaction back, leaving storage as it was before the turn.
     pub(crate) fn rollback(&mut self) {
         if self.in_txn {
-            if !self.conn.is_autocommit()
-                && let Err(e) = self.conn.execute_batch("ROLLBACK")
+            if let Some(conn) = &self.conn
+                && !conn.is_autocommit()
+                && let Err(e) = conn.execute_batch("ROLLBACK")
             {
                 tracing::warn!(error = %e, "rollback failed");
             }
@@ -367,7 +480,7 @@ impl Database {
 
     /// Whether the object stores nothing: no key, no table of its own, no alarm.
     fn is_empty(&self) -> Result<bool> {
-        Ok(self.conn.query_row(
+        Ok(self.conn()?.query_row(
             "SELECT NOT EXISTS (SELECT 1 FROM main._rookery_kv)
                 AND NOT EXISTS (SELECT 1 FROM main._rookery_meta
                                 WHERE key IN ('alarm', 'alarm_retries'))
@@ -385,15 +498,26 @@ impl Database {
     /// is left as it is, for recovery.
     pub(crate) fn close(mut self, checkpoint: bool) -> Result<Closed> {
         self.rollback();
+        if checkpoint {
+            // The files were closed while idle: the checkpoint (and the look at whether the
+            // object still stores anything) needs them.
+            self.resume()?;
+        }
         let (path, empty) = match &self.location {
-            Location::File(path) if !self.absent => (Some(path.clone()), self.is_empty()?),
+            // Closed files hold what they held when the object went idle: not nothing,
+            // unless the object left them empty (then it is looked at when next opened).
+            Location::File(path) if !self.absent => {
+                (Some(path.clone()), self.conn.is_some() && self.is_empty()?)
+            }
             _ => (None, false),
         };
         if checkpoint {
             self.checkpoint()?;
         }
-        drop(self.wal_reader.take());
-        self.conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        self.count_open(false);
+        if let Some(conn) = self.conn.take() {
+            conn.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        }
         let Some(path) = path else {
             return Ok(Closed::NoFile);
         };
@@ -455,18 +579,10 @@ impl Database {
         if now == from {
             return Ok(None);
         }
-        if self.wal_reader.is_none() {
-            let mut wal = path.as_os_str().to_owned();
-            wal.push("-wal");
-            self.wal_reader = Some(std::fs::File::open(std::path::PathBuf::from(wal))?);
-        }
-        let Some(reader) = &self.wal_reader else {
-            return Ok(None);
-        };
         let count = (now - from) as usize;
         let mut frames = vec![0u8; count * FRAME_BYTES];
         let at = WAL_HEADER_BYTES + u64::from(from) * FRAME_BYTES as u64;
-        std::os::unix::fs::FileExt::read_exact_at(reader, &mut frames, at)?;
+        read_wal(self.conn()?, path, &mut frames, at)?;
         let last = &frames[(count - 1) * FRAME_BYTES..];
         let db_pages = u32::from_be_bytes([last[4], last[5], last[6], last[7]]);
         if db_pages == 0 {
@@ -493,15 +609,22 @@ impl Database {
         if self.absent || !matches!(self.location, Location::File(_)) {
             return Ok(());
         }
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        self.resume()?;
+        let busy: i64 =
+            self.conn()?
+                .query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
         if busy != 0 {
             return Err(Error::msg("the WAL checkpoint could not complete"));
         }
         self.wal_frames.store(0, Ordering::Release);
         self.logged_frames = 0;
         Ok(())
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.count_open(false);
     }
 }
 
@@ -523,6 +646,133 @@ const WAL_HEADER_BYTES: u64 = 32;
 /// Bytes of one WAL frame: a 24-byte header and a page.
 pub(crate) const FRAME_BYTES: usize = 24 + PAGE_SIZE as usize;
 
+/// Lookaside slots per connection and their size: a few KiB instead of SQLite's 120 KiB.
+const LOOKASIDE_SLOTS: std::ffi::c_int = 32;
+/// Bytes of one lookaside slot (SQLite's default slot size is 1 200).
+const LOOKASIDE_SLOT_BYTES: std::ffi::c_int = 256;
+
+/// Whether `configure_sqlite` set SQLite's defaults before it started.
+static CONFIGURED: AtomicBool = AtomicBool::new(false);
+
+/// Sets SQLite's process-wide memory defaults for many small connections, once, before SQLite
+/// starts (it refuses later, and then changes nothing): no bulk page-cache allocation when a
+/// connection first reads (SQLite's default takes up to 20 pages at once; here pages are
+/// taken as used, so a counter holds three or four) and a small lookaside for every
+/// connection, instead of 120 KB allocated and given back at each open.
+pub(crate) fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config with the arguments each option takes (PAGECACHE: a null
+        // buffer, then two ints; LOOKASIDE: two ints); SQLite only records them, and refuses
+        // once it has started.
+        let (page_cache, lookaside) = unsafe {
+            (
+                rusqlite::ffi::sqlite3_config(
+                    rusqlite::ffi::SQLITE_CONFIG_PAGECACHE,
+                    std::ptr::null_mut::<std::ffi::c_void>(),
+                    0 as std::ffi::c_int,
+                    0 as std::ffi::c_int,
+                ),
+                rusqlite::ffi::sqlite3_config(
+                    rusqlite::ffi::SQLITE_CONFIG_LOOKASIDE,
+                    LOOKASIDE_SLOT_BYTES,
+                    LOOKASIDE_SLOTS,
+                ),
+            )
+        };
+        let ok = page_cache == rusqlite::ffi::SQLITE_OK && lookaside == rusqlite::ffi::SQLITE_OK;
+        CONFIGURED.store(ok, Ordering::Release);
+        if !ok {
+            tracing::debug!(
+                page_cache,
+                lookaside,
+                "SQLite started before the runtime: each connection is sized on its own"
+            );
+        }
+    });
+}
+
+/// Gives the fresh connection `conn` (nothing run on it yet) a small lookaside allocator,
+/// unless every connection already has one (`configure_sqlite`). Best effort: SQLite refuses
+/// while lookaside memory is in use, and the default then stays.
+fn shrink_lookaside(conn: &Connection) {
+    if CONFIGURED.load(Ordering::Acquire) {
+        return;
+    }
+    // SAFETY: the handle is the open connection's; with a null buffer SQLite allocates the
+    // slots itself; the variadic arguments are the (void*, int, int) SQLITE_DBCONFIG_LOOKASIDE
+    // takes.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            LOOKASIDE_SLOT_BYTES,
+            LOOKASIDE_SLOTS,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "the lookaside allocator keeps its default size");
+    }
+}
+
+/// Reads `buf.len()` bytes of the WAL at `offset` through SQLite's own handle on it, so an
+/// open object holds no descriptor of its own for the WAL (only SQLite's database and WAL).
+/// Falls back to opening the file when SQLite has no handle to give.
+fn read_wal(conn: &Connection, db_path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut file: *mut rusqlite::ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: the handle is the open connection's; SQLITE_FCNTL_JOURNAL_POINTER writes one
+    // `sqlite3_file*` (the WAL's, in WAL mode) into `file`.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    // SAFETY: a non-null pointer from SQLite is its open WAL file, valid while the connection
+    // is open and untouched by others: the caller holds the connection (`&Connection` of a
+    // database whose turn lock is held) between transactions.
+    let methods = if rc == rusqlite::ffi::SQLITE_OK && !file.is_null() {
+        unsafe { (*file).pMethods }
+    } else {
+        std::ptr::null()
+    };
+    // SAFETY: as above; `pMethods` is null for a file SQLite has not opened.
+    let read = if methods.is_null() {
+        None
+    } else {
+        unsafe { (*methods).xRead }
+    };
+    let (Some(read), Ok(amount), Ok(at)) = (
+        read,
+        std::ffi::c_int::try_from(buf.len()),
+        i64::try_from(offset),
+    ) else {
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        let reader = std::fs::File::open(std::path::PathBuf::from(wal))?;
+        std::os::unix::fs::FileExt::read_exact_at(&reader, buf, offset)?;
+        return Ok(());
+    };
+    // SAFETY: `buf` is valid for `amount` bytes; `file` and `read` are SQLite's, as above.
+    let rc = unsafe { read(file, buf.as_mut_ptr().cast(), amount, at) };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(Error::msg(format!(
+            "reading the WAL back for the node log failed (SQLite code {rc})"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens an in-memory database (an object kept in memory, or the stand-in for a file not made).
+fn open_memory() -> Result<Connection> {
+    let conn = Connection::open_in_memory()?;
+    shrink_lookaside(&conn);
+    Ok(conn)
+}
+
 /// Opens an object's database file in WAL mode with an exclusive lock, creating it if `new`.
 fn open_file(path: &Path, new: bool) -> Result<Connection> {
     let flags = if new {
@@ -533,6 +783,7 @@ fn open_file(path: &Path, new: bool) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
+    shrink_lookaside(&conn);
     // Another connection can only exist for a moment, while an evicted activation closes and a
     // new one opens; wait for it rather than fail.
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -590,5 +841,114 @@ fn at_page_limit(conn: &Connection) -> bool {
         // A write that needs a few more pages than are left fails just below the limit.
         (Some(count), Some(max)) => count + 16 >= max,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many descriptors this process holds on files under `dir`.
+    fn fds_under(dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    /// One increment of a counter kept under `k`, committed and handed to the "log".
+    fn increment(db: &mut Database, value: i64) -> (u32, Vec<u8>) {
+        db.txn_for_write()
+            .unwrap()
+            .execute(
+                "INSERT OR REPLACE INTO main._rookery_kv (key, value) VALUES (x'6b', ?1)",
+                [value],
+            )
+            .unwrap();
+        assert!(db.commit().unwrap());
+        let frames = db.take_commit_frames().unwrap().unwrap();
+        db.frames_logged();
+        frames
+    }
+
+    #[test]
+    fn an_open_object_holds_only_sqlites_two_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_path = dir.path().canonicalize().unwrap();
+        let path = dir_path.join("o.sqlite");
+        let mut db = Database::open(
+            &Location::File(path.clone()),
+            &StorageLimits::default(),
+            &Arc::default(),
+        )
+        .unwrap();
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let mut at = WAL_HEADER_BYTES;
+        for value in 0..5 {
+            let (db_pages, frames) = increment(&mut db, value);
+            assert!(db_pages > 0);
+            assert_eq!(frames.len() % FRAME_BYTES, 0);
+            // What SQLite's handle gave is what the file holds.
+            let wal = std::fs::read(std::path::PathBuf::from(&wal_path)).unwrap();
+            let at_usize = usize::try_from(at).unwrap();
+            assert_eq!(&wal[at_usize..at_usize + frames.len()], &frames[..]);
+            at += frames.len() as u64;
+        }
+        // The database and the WAL, both SQLite's: no descriptor of the runtime's own for
+        // reading the WAL back, and no `-shm` (the exclusive lock keeps the index in memory).
+        assert_eq!(fds_under(&dir_path), 2);
+        assert!(matches!(db.close(true).unwrap(), Closed::Kept(_)));
+        assert_eq!(fds_under(&dir_path), 0);
+    }
+
+    /// Heap bytes SQLite reports for one kind of use of `conn`'s memory.
+    fn db_status(conn: &Connection, what: std::ffi::c_int) -> i64 {
+        let (mut current, mut highest) = (0, 0);
+        // SAFETY: the handle is the open connection's; SQLite writes the two ints.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(conn.handle(), what, &mut current, &mut highest, 0)
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        i64::from(current)
+    }
+
+    #[test]
+    fn a_small_object_keeps_a_small_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.sqlite");
+        let limits = StorageLimits::default();
+        let mut db = Database::open(&Location::File(path), &limits, &Arc::default()).unwrap();
+        for value in 0..20 {
+            increment(&mut db, value);
+        }
+        let size: i64 = db
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(size, -i64::from(limits.page_cache_kib));
+        // SQLite's own default would allocate 20 pages (about 90 KB) at the first read.
+        let cache = db_status(
+            db.conn().unwrap(),
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
+        );
+        assert!(cache <= 40 * 1024, "page cache of a counter: {cache} bytes");
+        db.close(true).unwrap();
+
+        let bigger = StorageLimits {
+            page_cache_kib: 4096,
+            ..StorageLimits::default()
+        };
+        let db = Database::open(&Location::Memory, &bigger, &Arc::default()).unwrap();
+        let size: i64 = db
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(size, -4096, "the cache is configurable");
     }
 }

@@ -41,6 +41,7 @@ pub(crate) use node_log::{NodeLog, SEGMENT_BYTES};
 pub(crate) use object_sync::ObjectSync;
 pub(crate) use recovery::recover;
 
+pub(crate) use database::configure_sqlite;
 use database::{Closed, Database, FRAME_BYTES};
 
 use crate::addr::{AlarmKey, Location, ObjectAddr};
@@ -59,6 +60,11 @@ pub struct StorageLimits {
     pub max_batch_keys: usize,
     /// Largest database of one object, in bytes.
     pub max_object_bytes: u64,
+    /// Most SQLite page cache of one live object, in KiB: every live object has its own, so
+    /// this bounds memory per object (pages beyond it are read again from the OS cache).
+    pub page_cache_kib: u32,
+    /// Most prepared statements one live object keeps for reuse.
+    pub statement_cache: usize,
 }
 
 impl Default for StorageLimits {
@@ -68,6 +74,8 @@ impl Default for StorageLimits {
             max_value_bytes: 2 * 1024 * 1024,
             max_batch_keys: 128,
             max_object_bytes: 10 * 1024 * 1024 * 1024,
+            page_cache_kib: 32,
+            statement_cache: 16,
         }
     }
 }
@@ -75,6 +83,8 @@ impl Default for StorageLimits {
 /// What every object's storage shares within a runtime.
 pub(crate) struct StorageContext {
     pub(crate) limits: StorageLimits,
+    /// Object databases whose files are open now (two descriptors each).
+    pub(crate) open_files: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) durability: Durability,
     pub(crate) syncer: Syncer,
     pub(crate) commit_log: Arc<dyn CommitLog>,
@@ -189,7 +199,7 @@ impl Storage {
             recovery::discard_wal(path)?;
         }
         let mut db =
-            Database::open(location, ctx.limits.max_object_bytes).map_err(|e| match e {
+            Database::open(location, &ctx.limits, &ctx.open_files).map_err(|e| match e {
                 Error::Sqlite(_) | Error::Io(_) => Error::internal(
                     format!(
                         "the database of {} at {} cannot be opened",
@@ -275,7 +285,7 @@ impl Storage {
             turn.db.txn_for_write()?;
             turn.db.savepoints += 1;
             let name = format!("rookery_txn_{}", turn.db.savepoints);
-            turn.db.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+            turn.db.txn()?.execute_batch(&format!("SAVEPOINT {name}"))?;
             (name, (turn.alarm, turn.alarm_by_handler))
         };
         let result = f(self);
@@ -289,7 +299,7 @@ impl Storage {
             (turn.alarm, turn.alarm_by_handler) = alarm_before;
             format!("ROLLBACK TO {name}; RELEASE {name}")
         };
-        turn.db.conn.execute_batch(&end)?;
+        turn.db.txn()?.execute_batch(&end)?;
         result
     }
 
@@ -654,6 +664,28 @@ impl Storage {
         self.lock().db.path().map(Path::to_path_buf)
     }
 
+    /// Closes the files of the idle object (its database and WAL) without checkpointing; the
+    /// next storage call reopens them. Returns whether they are closed.
+    pub(crate) fn close_files(&self) -> bool {
+        match self.lock().db.close_files() {
+            Ok(closed) => closed,
+            Err(e) => {
+                tracing::warn!(error = %e, "closing the object's files");
+                false
+            }
+        }
+    }
+
+    /// Whether the object's files are open (it holds descriptors).
+    pub(crate) fn files_open(&self) -> bool {
+        self.lock().db.files_open()
+    }
+
+    /// Whether the object's files were reopened since the last call.
+    pub(crate) fn take_reopened(&self) -> bool {
+        self.lock().db.take_reopened()
+    }
+
     /// Whether making a commit durable failed; the object must then be reset.
     pub(crate) fn failed(&self) -> bool {
         self.sync.failed()
@@ -694,6 +726,13 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// Bytes of heap SQLite holds now, over every connection of the process (its own count).
+pub(crate) fn sqlite_memory_used() -> u64 {
+    // SAFETY: a plain read of SQLite's memory statistics; callable from any thread.
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    u64::try_from(used).unwrap_or(0)
 }
 
 /// A commit as the node log took it.
