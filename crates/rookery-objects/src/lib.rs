@@ -2,10 +2,12 @@
 //! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence
 //! and channel objects; and the demo app's worker.
 
+mod advanced_rate_limiter;
 mod channel;
 mod chat_room;
 mod counter;
 mod demo_worker;
+pub mod input;
 mod kv_store;
 mod member;
 mod rate_limiter;
@@ -13,6 +15,9 @@ mod rate_limiter;
 mod test_client;
 mod waddle;
 
+pub use advanced_rate_limiter::{
+    AdvancedRateLimiter, BucketDecision, RateLimits, RateLimitsStub, WindowDecision,
+};
 pub use channel::Channel;
 pub use chat_room::ChatRoom;
 pub use counter::Counter;
@@ -32,5 +37,6 @@ pub fn builtin_classes() -> Classes {
         .with::<KvStore>("KvStore")
         .with::<Waddle>("Waddle")
         .with::<Channel>("Channel")
+        .with::<AdvancedRateLimiter>("AdvancedRateLimiter")
         .with_worker("Demo", DemoWorker)
 }
