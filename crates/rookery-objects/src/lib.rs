@@ -7,6 +7,7 @@ mod channel;
 mod chat_room;
 mod counter;
 mod demo_worker;
+mod distributed_lock;
 pub mod input;
 mod kv_store;
 mod member;
@@ -22,6 +23,7 @@ pub use channel::Channel;
 pub use chat_room::ChatRoom;
 pub use counter::Counter;
 pub use demo_worker::DemoWorker;
+pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
 pub use kv_store::KvStore;
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
 pub use waddle::Waddle;
@@ -38,5 +40,6 @@ pub fn builtin_classes() -> Classes {
         .with::<Waddle>("Waddle")
         .with::<Channel>("Channel")
         .with::<AdvancedRateLimiter>("AdvancedRateLimiter")
+        .with::<DistributedLock>("DistributedLock")
         .with_worker("Demo", DemoWorker)
 }
