@@ -10,6 +10,7 @@ mod demo_worker;
 mod distributed_lock;
 pub mod input;
 mod kv_store;
+mod leader_election;
 mod member;
 mod rate_limiter;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use counter::Counter;
 pub use demo_worker::DemoWorker;
 pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
 pub use kv_store::KvStore;
+pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
 pub use waddle::Waddle;
 
@@ -41,5 +43,6 @@ pub fn builtin_classes() -> Classes {
         .with::<Channel>("Channel")
         .with::<AdvancedRateLimiter>("AdvancedRateLimiter")
         .with::<DistributedLock>("DistributedLock")
+        .with::<LeaderElection>("LeaderElection")
         .with_worker("Demo", DemoWorker)
 }
