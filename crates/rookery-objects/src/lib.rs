@@ -16,6 +16,7 @@ mod rate_limiter;
 #[cfg(test)]
 mod test_client;
 mod waddle;
+mod websocket_room;
 
 pub use advanced_rate_limiter::{
     AdvancedRateLimiter, BucketDecision, RateLimits, RateLimitsStub, WindowDecision,
@@ -29,6 +30,7 @@ pub use kv_store::KvStore;
 pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
 pub use waddle::Waddle;
+pub use websocket_room::WebSocketRoom;
 
 use rookery::Classes;
 
@@ -44,5 +46,6 @@ pub fn builtin_classes() -> Classes {
         .with::<AdvancedRateLimiter>("AdvancedRateLimiter")
         .with::<DistributedLock>("DistributedLock")
         .with::<LeaderElection>("LeaderElection")
+        .with::<WebSocketRoom>("WebSocketRoom")
         .with_worker("Demo", DemoWorker)
 }
