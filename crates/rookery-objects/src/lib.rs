@@ -8,6 +8,7 @@ mod chat_room;
 mod counter;
 mod demo_worker;
 mod distributed_lock;
+mod game_server;
 pub mod input;
 mod kv_store;
 mod leader_election;
@@ -26,6 +27,7 @@ pub use chat_room::ChatRoom;
 pub use counter::Counter;
 pub use demo_worker::DemoWorker;
 pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
+pub use game_server::{GameServer, MAX_PLAYERS, Player};
 pub use kv_store::KvStore;
 pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
@@ -47,5 +49,6 @@ pub fn builtin_classes() -> Classes {
         .with::<DistributedLock>("DistributedLock")
         .with::<LeaderElection>("LeaderElection")
         .with::<WebSocketRoom>("WebSocketRoom")
+        .with::<GameServer>("GameServer")
         .with_worker("Demo", DemoWorker)
 }
