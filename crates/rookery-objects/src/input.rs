@@ -69,6 +69,23 @@ impl Body {
         }
     }
 
+    /// A JSON value that must be an object.
+    pub fn from_value(value: Value) -> Result<Self, InputError> {
+        match value {
+            Value::Object(map) => Ok(Self(map)),
+            _ => Err(InputError::Body("not an object".into())),
+        }
+    }
+
+    /// A required finite number.
+    pub fn number(&self, field: &'static str) -> Result<f64, InputError> {
+        let value = self.present(field).ok_or(InputError::Missing(field))?;
+        value
+            .as_f64()
+            .filter(|n| n.is_finite())
+            .ok_or_else(|| InputError::invalid(field, "must be a finite number"))
+    }
+
     fn present(&self, field: &'static str) -> Option<&Value> {
         self.0.get(field).filter(|v| !v.is_null())
     }

@@ -8,6 +8,7 @@ mod chat_room;
 mod counter;
 mod demo_worker;
 mod distributed_lock;
+mod event_aggregator;
 mod game_server;
 pub mod input;
 mod kv_store;
@@ -27,6 +28,7 @@ pub use chat_room::ChatRoom;
 pub use counter::Counter;
 pub use demo_worker::DemoWorker;
 pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
+pub use event_aggregator::{Aggregate, AggregateStub, AggregatorStats, EventAggregator};
 pub use game_server::{GameServer, MAX_PLAYERS, Player};
 pub use kv_store::KvStore;
 pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
@@ -50,5 +52,6 @@ pub fn builtin_classes() -> Classes {
         .with::<LeaderElection>("LeaderElection")
         .with::<WebSocketRoom>("WebSocketRoom")
         .with::<GameServer>("GameServer")
+        .with::<EventAggregator>("EventAggregator")
         .with_worker("Demo", DemoWorker)
 }
