@@ -14,6 +14,7 @@ pub mod input;
 mod kv_store;
 mod leader_election;
 mod member;
+mod metrics;
 mod rate_limiter;
 #[cfg(test)]
 mod test_client;
@@ -32,6 +33,7 @@ pub use event_aggregator::{Aggregate, AggregateStub, AggregatorStats, EventAggre
 pub use game_server::{GameServer, MAX_PLAYERS, Player};
 pub use kv_store::KvStore;
 pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
+pub use metrics::{Metrics, MetricsService, MetricsServiceStub, Summary};
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
 pub use waddle::Waddle;
 pub use websocket_room::WebSocketRoom;
@@ -53,5 +55,6 @@ pub fn builtin_classes() -> Classes {
         .with::<WebSocketRoom>("WebSocketRoom")
         .with::<GameServer>("GameServer")
         .with::<EventAggregator>("EventAggregator")
+        .with::<Metrics>("Metrics")
         .with_worker("Demo", DemoWorker)
 }
