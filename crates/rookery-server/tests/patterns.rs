@@ -409,3 +409,147 @@ async fn the_game_takes_four_players_and_keeps_its_state_across_a_restart() {
     assert_eq!(r.status(), 400, "still full after the restart");
     server.stop().await;
 }
+
+/// An analytics endpoint that records the events it takes, or answers 503 while told to.
+#[derive(Default)]
+struct Ingest {
+    events: std::sync::Mutex<Vec<Value>>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+async fn start_ingest() -> (std::sync::Arc<Ingest>, std::net::SocketAddr) {
+    use axum::extract::State;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let ingest = Arc::new(Ingest::default());
+    let app = axum::Router::new()
+        .route(
+            "/ingest",
+            axum::routing::post(
+                |State(i): State<Arc<Ingest>>, axum::Json(batch): axum::Json<Vec<Value>>| async move {
+                    if i.failing.load(Ordering::SeqCst) {
+                        return http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    i.events.lock().unwrap().extend(batch);
+                    http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state(ingest.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (ingest, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_events_survive_kill_9_and_are_delivered_at_least_once() {
+    use std::sync::atomic::Ordering;
+    let (ingest, addr) = start_ingest().await;
+    ingest.failing.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("events.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{DEMO_CONFIG}\n[vars]\nEVENTS_ENDPOINT = \"http://{addr}/ingest\"\nEVENTS_FLUSH_INTERVAL_MS = 600000\n\n[outbound]\nallow = [\"127.0.0.1\"]\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let c = client();
+    let server = common::ChildServer::start(&data, &args);
+    for i in 0..10 {
+        let (status, r) = post(&c, server.url("/events/clicks"), &json!({"n": i})).await;
+        assert_eq!((status, r["buffered"].as_u64()), (200, Some(i + 1)));
+    }
+    // A failed delivery keeps the batch.
+    let (status, _) = post(&c, server.url("/events/clicks/flush"), &json!({})).await;
+    assert_eq!(status, 200);
+    eventually("the failed delivery is counted", || {
+        let (c, url) = (c.clone(), server.url("/events/clicks"));
+        async move {
+            let r: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+            r["attempts"].as_u64() >= Some(1) && r["buffered"] == 10
+        }
+    })
+    .await;
+    server.kill9();
+
+    let server = common::ChildServer::start(&data, &args);
+    let r: Value = c
+        .get(server.url("/events/clicks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["buffered"], 10,
+        "acknowledged events survive kill -9: {r}"
+    );
+    ingest.failing.store(false, Ordering::SeqCst);
+    let (status, _) = post(&c, server.url("/events/clicks/flush"), &json!({})).await;
+    assert_eq!(status, 200);
+    let i = ingest.clone();
+    wait_until("the kept batch is delivered", || {
+        i.events.lock().unwrap().len() >= 10
+    })
+    .await;
+    let delivered: Vec<Value> = ingest.events.lock().unwrap().clone();
+    assert_eq!(
+        delivered[..10],
+        (0..10).map(|n| json!({"n": n})).collect::<Vec<_>>()[..]
+    );
+    // A hundred buffered events are delivered without waiting for the interval.
+    let hundred: Vec<Value> = (10..110).map(|n| json!({"n": n})).collect();
+    let (status, _) = post(&c, server.url("/events/clicks"), &json!(hundred)).await;
+    assert_eq!(status, 200);
+    let i = ingest.clone();
+    wait_until("the full batch is delivered", || {
+        i.events.lock().unwrap().len() >= 110
+    })
+    .await;
+    eventually("the buffer is empty", || {
+        let (c, url) = (c.clone(), server.url("/events/clicks"));
+        async move {
+            let r: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+            r["buffered"] == 0 && r["delivered"].as_u64() >= Some(110)
+        }
+    })
+    .await;
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_recorded_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = demo(dir.path()).await;
+    let c = client();
+    let (status, r) = post(
+        &c,
+        server.url("/metrics/api/record"),
+        &json!([{"name": "latency_ms", "value": 12.5}, {"name": "latency_ms", "value": 7.5}]),
+    )
+    .await;
+    assert_eq!((status, r["recorded"].as_u64()), (200, Some(2)));
+    let r: Value = c
+        .get(server.url("/metrics/api"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["metrics"]["latency_ms"],
+        json!({"sum": 20.0, "count": 2, "min": 7.5, "max": 12.5})
+    );
+    let (status, r) = post(&c, server.url("/metrics/api/record"), &json!({"name": "x"})).await;
+    assert_eq!((status, r["field"].as_str()), (400, Some("value")));
+    server.stop().await;
+}
