@@ -1,6 +1,8 @@
 //! Built-in Rookery object classes, reproducing the workloads of our users: a counter, a
 //! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence
-//! and channel objects; and the demo app's worker.
+//! and channel objects; seed 002's patterns (docs/PATTERNS.md: rate limiting with four
+//! algorithms, a distributed lock, leader election, a WebSocket room, a game server, an event
+//! aggregator, metrics); and the demo app's worker.
 
 mod advanced_rate_limiter;
 mod channel;
