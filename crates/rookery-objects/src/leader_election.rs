@@ -75,8 +75,10 @@ impl LeaderElection {
         Ok(self.state.storage().get(KEY)?.unwrap_or_default())
     }
 
-    fn view(&self, lease: &Lease, node_id: Option<&str>) -> Leadership {
-        let live = lease.expires_at > self.state.now_ms();
+    /// The election as of `now`: a turn decides and answers with the same time, so a lease
+    /// granted for 1 ms is reported as granted.
+    fn view(lease: &Lease, node_id: Option<&str>, now: i64) -> Leadership {
+        let live = lease.expires_at > now;
         let leader = lease.leader.clone().filter(|_| live);
         Leadership {
             is_leader: leader.is_some() && leader.as_deref() == node_id,
@@ -99,7 +101,7 @@ impl LeaderElection {
         let mut lease = self.lease()?;
         let same = lease.leader.as_deref() == Some(node_id);
         if lease.expires_at > now && !same {
-            return Ok(self.view(&lease, Some(node_id)));
+            return Ok(Self::view(&lease, Some(node_id), now));
         }
         if !same {
             lease.term += 1;
@@ -107,7 +109,7 @@ impl LeaderElection {
         }
         lease.expires_at = now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
         self.state.storage().put(KEY, &lease)?;
-        Ok(self.view(&lease, Some(node_id)))
+        Ok(Self::view(&lease, Some(node_id), now))
     }
 
     fn step_down(&mut self, node_id: &str) -> Result<Leadership> {
@@ -118,7 +120,7 @@ impl LeaderElection {
             lease.expires_at = now;
             self.state.storage().put(KEY, &lease)?;
         }
-        Ok(self.view(&lease, Some(node_id)))
+        Ok(Self::view(&lease, Some(node_id), now))
     }
 
     fn http(&mut self, path: &str, req: &Request) -> Result<Response> {
@@ -152,7 +154,7 @@ impl Election for LeaderElection {
     }
 
     async fn leader(&mut self) -> Result<Leadership> {
-        Ok(self.view(&self.lease()?, None))
+        Ok(Self::view(&self.lease()?, None, self.state.now_ms()))
     }
 }
 
@@ -167,7 +169,7 @@ impl DurableObject for LeaderElection {
             "/elect" | "/resign" if req.method() == Method::POST => self.http(&path, &req),
             "/elect" | "/resign" => Ok(method_not_allowed("POST")),
             "/" | "/leader" if req.method() == Method::GET => {
-                Response::json(&self.view(&self.lease()?, None))
+                Response::json(&Self::view(&self.lease()?, None, self.state.now_ms()))
             }
             "/" | "/leader" => Ok(method_not_allowed("GET")),
             _ => Ok(not_found()),
