@@ -1,25 +1,44 @@
 //! Built-in Rookery object classes, reproducing the workloads of our users: a counter, a
 //! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence
-//! and channel objects; and the demo app's worker.
+//! and channel objects; seed 002's patterns (docs/PATTERNS.md: rate limiting with four
+//! algorithms, a distributed lock, leader election, a WebSocket room, a game server, an event
+//! aggregator, metrics); and the demo app's worker.
 
+mod advanced_rate_limiter;
 mod channel;
 mod chat_room;
 mod counter;
 mod demo_worker;
+mod distributed_lock;
+mod event_aggregator;
+mod game_server;
+pub mod input;
 mod kv_store;
+mod leader_election;
 mod member;
+mod metrics;
 mod rate_limiter;
 #[cfg(test)]
 mod test_client;
 mod waddle;
+mod websocket_room;
 
+pub use advanced_rate_limiter::{
+    AdvancedRateLimiter, BucketDecision, RateLimits, RateLimitsStub, WindowDecision,
+};
 pub use channel::Channel;
 pub use chat_room::ChatRoom;
 pub use counter::Counter;
 pub use demo_worker::DemoWorker;
+pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
+pub use event_aggregator::{Aggregate, AggregateStub, AggregatorStats, EventAggregator};
+pub use game_server::{GameServer, MAX_PLAYERS, Player};
 pub use kv_store::KvStore;
+pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
+pub use metrics::{Metrics, MetricsService, MetricsServiceStub, Summary};
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
 pub use waddle::Waddle;
+pub use websocket_room::WebSocketRoom;
 
 use rookery::Classes;
 
@@ -32,5 +51,12 @@ pub fn builtin_classes() -> Classes {
         .with::<KvStore>("KvStore")
         .with::<Waddle>("Waddle")
         .with::<Channel>("Channel")
+        .with::<AdvancedRateLimiter>("AdvancedRateLimiter")
+        .with::<DistributedLock>("DistributedLock")
+        .with::<LeaderElection>("LeaderElection")
+        .with::<WebSocketRoom>("WebSocketRoom")
+        .with::<GameServer>("GameServer")
+        .with::<EventAggregator>("EventAggregator")
+        .with::<Metrics>("Metrics")
         .with_worker("Demo", DemoWorker)
 }

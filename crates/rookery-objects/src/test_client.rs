@@ -29,6 +29,20 @@ impl Client {
         }
     }
 
+    /// Connects to the object `name` with an upgrade of `uri`, without identity headers.
+    pub(crate) async fn connect_to(h: &TestHarness, name: &str, uri: &str) -> Self {
+        let req = Request::get(uri).unwrap().with_header(
+            rookery::HeaderName::from_static("upgrade"),
+            HeaderValue::from_static("websocket"),
+        );
+        let mut resp = h.fetch(name, req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        Self {
+            link: resp.take_socket_link().unwrap(),
+            inbox: VecDeque::new(),
+        }
+    }
+
     /// Sends a text message.
     pub(crate) async fn say(&self, text: &str) {
         self.link.incoming(WsMessage::text(text)).await.unwrap();
