@@ -32,7 +32,7 @@ use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::outbound::Outbound;
-use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket, close_code};
+use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket};
 use crate::storage::StorageContext;
 use crate::vars::Vars;
 use activation::{Activation, ClassFactory};
@@ -443,7 +443,7 @@ impl Host {
         // Dropping the slots closes the mailboxes; each activation works off its queue and ends.
         host.objects.clear();
         for sockets in host.sockets.iter() {
-            sockets.close_all(close_code::GOING_AWAY, "the server is shutting down", false);
+            sockets.close_for_shutdown();
         }
         let mut live = host.live.subscribe();
         tokio::time::timeout(wait, live.wait_for(|n| *n == 0))
