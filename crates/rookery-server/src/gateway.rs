@@ -505,9 +505,21 @@ async fn upgrade_of(
     if !is_websocket_upgrade(&parts.headers) {
         return Ok(None);
     }
+    // A browser fails the handshake unless the server picks one of the subprotocols it offered.
+    // Clients such as Waddle's pass a token there (`new WebSocket(url, [token])`), so the first
+    // offered value is echoed as the chosen protocol.
+    let offered = parts
+        .headers
+        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
+        .map(str::to_string);
     WebSocketUpgrade::from_request_parts(parts, &())
         .await
-        .map(Some)
+        .map(|upgrade| match offered {
+            Some(protocol) => Some(upgrade.protocols([protocol])),
+            None => Some(upgrade),
+        })
         .map_err(IntoResponse::into_response)
 }
 
