@@ -4,14 +4,20 @@
 //! - An upgrade carries the caller's identity in the gateway's trusted headers (see
 //!   [`crate::Waddle`]); without a user id it is refused with 401. The new socket gets
 //!   `{"type":"initial_state","lastSequence":N,"messages":[the last 50],"typing":[user ids]}`.
-//! - `{"type":"message","content":..}` (needs `write`) is numbered with the channel's next
-//!   sequence, stored under `msg:<20-digit sequence>` and broadcast to everyone, the sender too.
+//! - `{"type":"message","content":..,"threadId":..}` (needs `write`) is numbered with the
+//!   channel's next sequence, stored under `msg:<20-digit sequence>` and broadcast to everyone,
+//!   the sender too, in a frame both seeds read: seed 000's flat envelope (`sequence` and the
+//!   message's fields) and seed 004's `message` object. Its `id` is a UUID (version 8) that
+//!   encodes the channel and the sequence, so `sync` by id needs no index.
 //!   `POST /message` with `{"content":..}` does the same from the server side.
-//! - `{"type":"typing","isTyping":bool}` goes to everyone but the typist. A typing indicator
+//! - `{"type":"typing","isTyping":bool}` goes to everyone but the typist, with the current
+//!   typists in `users` (seed 000). A typing indicator
 //!   expires 3 s after the last `isTyping:true`: expiries are stored under `typing:<userId>` and
 //!   the object's alarm, set for the earliest, clears the expired ones and broadcasts
 //!   `isTyping:false`. Nothing lives in memory, so nothing leaks across hibernation or restarts.
-//! - `{"type":"sync","after":SEQ}` replays what a reconnecting client missed, 500 at a time.
+//! - `{"type":"sync","after":SEQ}` replays what a reconnecting client missed, 500 at a time;
+//!   seed 004's `{"type":"sync","afterMessageId":ID}` gets them as `message` frames.
+//! - Seed 004's `{"type":"presence","status":..}` is relayed to the others, not stored.
 //! - `GET /messages?after=SEQ&limit=N` pages through the history.
 //! - When a user's last socket closes, their typing indicator is cleared and everyone gets
 //!   `{"type":"user_disconnected","userId",..}`.
@@ -20,7 +26,7 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::member::{Member, error_reply, upgrading_member};
+use crate::member::{Member, STATUSES, error_reply, online_users, upgrading_member};
 
 /// The key of the last sequence handed out.
 const SEQ_KEY: &str = "seq";
@@ -36,6 +42,48 @@ const INITIAL_MESSAGES: usize = 50;
 const MAX_PAGE: usize = 500;
 /// Longest message content, in characters.
 const MAX_CONTENT_CHARS: usize = 4_000;
+/// Longest `threadId`, in bytes.
+const MAX_THREAD_ID_BYTES: usize = 256;
+/// The low 62 bits of a message id hold the sequence.
+const SEQ_BITS: u64 = (1 << 62) - 1;
+
+/// The id of message `seq` of the channel whose object id is `object_hex`: a UUID of version 8
+/// (RFC 9562, "custom") whose first 60 free bits are the object id's and whose last 62 bits
+/// are the sequence. Stable, unique per channel and message, and decodable by [`seq_of_id`].
+fn message_id(object_hex: &str, seq: u64) -> String {
+    let prefix = |range: std::ops::Range<usize>| object_hex.get(range).unwrap_or("000000000000");
+    let tail = (2u64 << 62) | (seq & SEQ_BITS);
+    let tail = format!("{tail:016x}");
+    format!(
+        "{}-{}-8{}-{}-{}",
+        prefix(0..8),
+        prefix(8..12),
+        prefix(12..15),
+        &tail[..4],
+        &tail[4..]
+    )
+}
+
+/// The sequence of message `id` of this channel, from a [`message_id`] or from the
+/// `<16 hex>-<sequence>` ids of messages stored before ids were UUIDs; `None` for anything else.
+fn seq_of_id(object_hex: &str, id: &str) -> Option<u64> {
+    if let Some((prefix, seq)) = id.split_once('-')
+        && prefix.len() == 16
+        && object_hex.get(..16) == Some(prefix)
+    {
+        return seq.parse().ok();
+    }
+    let hex: String = id.chars().filter(|c| *c != '-').collect();
+    if id.len() != 36 || hex.len() != 32 || hex.get(12..13) != Some("8") {
+        return None;
+    }
+    let ours = format!("{}{}", object_hex.get(..12)?, object_hex.get(12..15)?);
+    if format!("{}{}", &hex[..12], &hex[13..16]) != ours {
+        return None;
+    }
+    let tail = u64::from_str_radix(hex.get(16..)?, 16).ok()?;
+    (tail >> 62 == 2).then_some(tail & SEQ_BITS)
+}
 
 /// The storage key of message `seq`: ordered like the sequence.
 fn msg_key(seq: u64) -> String {
@@ -48,10 +96,27 @@ fn msg_key(seq: u64) -> String {
 struct StoredMessage {
     sequence: u64,
     id: String,
+    /// The channel's name; empty in messages stored before it was kept (filled in on reading).
+    #[serde(default)]
+    channel_id: String,
     user_id: String,
     username: String,
     content: String,
     timestamp: i64,
+    /// The thread the message answers, as the client gave it (seed 004); `null` if none.
+    #[serde(default)]
+    thread_id: Option<String>,
+}
+
+impl StoredMessage {
+    /// The `message` frame: seed 000's envelope (`type`, `sequence` and the message's fields,
+    /// flat) with seed 004's `message` object inside.
+    fn frame(&self) -> Result<Value> {
+        let mut out = serde_json::to_value(self)?;
+        out["message"] = serde_json::to_value(self)?;
+        out["type"] = json!("message");
+        Ok(out)
+    }
 }
 
 /// A stored typing indicator.
@@ -73,6 +138,26 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// The channel's name as clients know it (the object's name; its hex id if unnamed).
+    fn channel_id(&self) -> String {
+        let id = self.state.id();
+        id.name().map_or_else(|| id.to_hex(), str::to_string)
+    }
+
+    /// `messages` with the channel id filled in where storage predates it.
+    fn complete(&self, messages: Vec<(String, StoredMessage)>) -> Vec<StoredMessage> {
+        let channel_id = self.channel_id();
+        messages
+            .into_iter()
+            .map(|(_, mut m)| {
+                if m.channel_id.is_empty() {
+                    m.channel_id.clone_from(&channel_id);
+                }
+                m
+            })
+            .collect()
+    }
+
     fn last_sequence(&mut self) -> Result<u64> {
         match self.last_seq {
             Some(seq) => Ok(seq),
@@ -94,7 +179,7 @@ impl Channel {
         )?;
         let more = messages.len() > limit;
         messages.truncate(limit);
-        Ok((messages.into_iter().map(|(_, m)| m).collect(), more))
+        Ok((self.complete(messages), more))
     }
 
     /// The last `n` messages, oldest first.
@@ -104,11 +189,15 @@ impl Channel {
             .storage()
             .list::<StoredMessage>(&ListOptions::new().prefix(MSG_PREFIX).reverse(true).limit(n))?;
         messages.reverse();
-        Ok(messages.into_iter().map(|(_, m)| m).collect())
+        Ok(self.complete(messages))
     }
 
-    /// Checks that `member` may post `content`.
-    fn check(member: &Member, content: Option<&Value>) -> std::result::Result<String, Refusal> {
+    /// Checks that `member` may post the message in `data`: its content and thread id.
+    fn check(
+        member: &Member,
+        data: &Value,
+    ) -> std::result::Result<(String, Option<String>), Refusal> {
+        let content = data.get("content");
         if !member.may("write") {
             return Err(Refusal(StatusCode::FORBIDDEN, "No write permission".into()));
         }
@@ -130,21 +219,37 @@ impl Channel {
                 format!("Message too long (at most {MAX_CONTENT_CHARS} characters)"),
             ));
         }
-        Ok(content.to_string())
+        let thread_id = match data.get("threadId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) if t.len() <= MAX_THREAD_ID_BYTES => Some(t.clone()),
+            Some(_) => {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    format!("threadId must be a string of at most {MAX_THREAD_ID_BYTES} bytes"),
+                ));
+            }
+        };
+        Ok((content.to_string(), thread_id))
     }
 
     /// Numbers, stores and broadcasts a message of `member` (already checked). Everything is
     /// stored before anything is sent, so an error leaves nothing behind.
-    fn deliver(&mut self, member: &Member, content: String) -> Result<StoredMessage> {
+    fn deliver(
+        &mut self,
+        member: &Member,
+        content: String,
+        thread_id: Option<String>,
+    ) -> Result<StoredMessage> {
         let sequence = self.last_sequence()? + 1;
-        let hex = self.state.id().to_hex();
         let message = StoredMessage {
             sequence,
-            id: format!("{}-{sequence}", hex.get(..16).unwrap_or(&hex)),
+            id: message_id(&self.state.id().to_hex(), sequence),
+            channel_id: self.channel_id(),
             user_id: member.user_id.clone(),
             username: member.username.clone(),
             content,
             timestamp: self.state.now_ms(),
+            thread_id,
         };
         let was_typing = self.state.storage().transaction(|txn| {
             txn.put(&msg_key(sequence), &message)?;
@@ -156,12 +261,11 @@ impl Channel {
         if was_typing {
             self.send_to_others(
                 &member.user_id,
-                &Self::typing_update(&member.user_id, &member.username, false),
+                &self.typing_update(&member.user_id, &member.username, false)?,
             )?;
         }
-        let mut out = serde_json::to_value(&message)?;
-        out["type"] = json!("message");
-        self.state.broadcast(&WsMessage::json(&out)?, None, None);
+        self.state
+            .broadcast(&WsMessage::json(&message.frame()?)?, None, None);
         Ok(message)
     }
 
@@ -176,8 +280,23 @@ impl Channel {
         Ok(())
     }
 
-    fn typing_update(user_id: &str, username: &str, is_typing: bool) -> Value {
-        json!({ "type": "typing", "userId": user_id, "username": username, "isTyping": is_typing })
+    /// A `typing` frame: seed 004's fields and seed 000's `users`, the user ids typing now
+    /// (read after the change, so they include or exclude `user_id` already).
+    fn typing_update(&self, user_id: &str, username: &str, is_typing: bool) -> Result<Value> {
+        let now = self.state.now_ms();
+        let users: Vec<String> = self
+            .typists()?
+            .into_iter()
+            .filter(|(_, t)| t.expires_at > now)
+            .map(|(user, _)| user)
+            .collect();
+        Ok(json!({
+            "type": "typing",
+            "userId": user_id,
+            "username": username,
+            "isTyping": is_typing,
+            "users": users,
+        }))
     }
 
     /// Marks `member` as typing for the next 3 s; the others hear of it if they did not know.
@@ -198,7 +317,7 @@ impl Channel {
         if !was {
             self.send_to_others(
                 &member.user_id,
-                &Self::typing_update(&member.user_id, &member.username, true),
+                &self.typing_update(&member.user_id, &member.username, true)?,
             )?;
         }
         Ok(())
@@ -220,7 +339,7 @@ impl Channel {
         if self.clear_typing(&member.user_id)? {
             self.send_to_others(
                 &member.user_id,
-                &Self::typing_update(&member.user_id, &member.username, false),
+                &self.typing_update(&member.user_id, &member.username, false)?,
             )?;
         }
         Ok(())
@@ -251,7 +370,7 @@ impl Channel {
     }
 
     fn connect(&mut self, req: &Request) -> Result<Response> {
-        let member = match upgrading_member(req) {
+        let mut member = match upgrading_member(req) {
             Ok(member) => member,
             Err((status, why)) => return Ok(Response::error(status, why)),
         };
@@ -268,6 +387,7 @@ impl Channel {
             "lastSequence": self.last_sequence()?,
             "messages": self.recent(INITIAL_MESSAGES)?,
             "typing": typing,
+            "onlineUsers": online_users(&self.state),
         }))?;
         Ok(Response::websocket(&ws))
     }
@@ -286,9 +406,9 @@ impl Channel {
                 ));
             }
         };
-        match Self::check(&member, body.get("content")) {
-            Ok(content) => {
-                let message = self.deliver(&member, content)?;
+        match Self::check(&member, &body) {
+            Ok((content, thread_id)) => {
+                let message = self.deliver(&member, content, thread_id)?;
                 Response::json(&json!({ "success": true, "sequence": message.sequence }))
             }
             Err(Refusal(status, why)) => Ok(Response::error(status, &why)),
@@ -328,6 +448,52 @@ impl Channel {
     }
 }
 
+impl Channel {
+    /// Seed 004's `sync` by the last message id seen: the missed messages as `message` frames
+    /// (the only frames whose id its client records), then a `sync` frame that says how many
+    /// and whether more follow.
+    fn sync_by_id(&mut self, ws: &WebSocket, id: &Value) -> Result<()> {
+        let last = self.last_sequence()?;
+        let after = id
+            .as_str()
+            .and_then(|id| seq_of_id(&self.state.id().to_hex(), id))
+            .filter(|seq| *seq <= last);
+        let Some(after) = after else {
+            return error_reply(ws, "sync: afterMessageId is not a message of this channel");
+        };
+        let (messages, more) = self.page(after, MAX_PAGE)?;
+        for message in &messages {
+            let mut frame = message.frame()?;
+            frame["replay"] = json!(true);
+            ws.send_json(&frame)?;
+        }
+        ws.send_json(&json!({
+            "type": "sync",
+            "replayed": messages.len(),
+            "lastSequence": last,
+            "hasMore": more,
+        }))
+    }
+
+    /// Seed 004's `presence`: relayed to the other sockets, not stored (the Waddle keeps
+    /// presence).
+    fn relay_presence(&self, ws: &WebSocket, member: &Member, status: Option<&Value>) -> Result<()> {
+        let Some(status) = status.and_then(Value::as_str).filter(|s| STATUSES.contains(s)) else {
+            return error_reply(ws, "Invalid status: use online, away, dnd or offline");
+        };
+        let update = json!({
+            "type": "presence",
+            "userId": member.user_id,
+            "username": member.username,
+            "status": status,
+            "timestamp": self.state.now_ms(),
+        });
+        self.state
+            .broadcast(&WsMessage::json(&update)?, None, Some(ws));
+        Ok(())
+    }
+}
+
 impl DurableObject for Channel {
     fn new(state: ObjectState, _env: Env) -> Self {
         Self {
@@ -364,7 +530,7 @@ impl DurableObject for Channel {
                     .delete(&format!("{TYPING_PREFIX}{user_id}"))?;
                 self.send_to_others(
                     &user_id,
-                    &Self::typing_update(&user_id, &typing.username, false),
+                    &self.typing_update(&user_id, &typing.username, false)?,
                 )?;
             }
         }
@@ -380,8 +546,8 @@ impl DurableObject for Channel {
         };
         // Each handler stores before it sends: after an error nothing was stored or sent.
         let handled = match data.get("type").and_then(Value::as_str) {
-            Some("message") => match Self::check(&member, data.get("content")) {
-                Ok(content) => self.deliver(&member, content).map(drop),
+            Some("message") => match Self::check(&member, &data) {
+                Ok((content, thread_id)) => self.deliver(&member, content, thread_id).map(drop),
                 Err(Refusal(_, why)) => error_reply(&ws, &why),
             },
             Some("typing") => match data.get("isTyping").and_then(Value::as_bool) {
@@ -389,7 +555,11 @@ impl DurableObject for Channel {
                 Some(false) => self.stop_typing(&member),
                 None => error_reply(&ws, "typing needs isTyping: true or false"),
             },
-            Some("sync") => self.sync(&ws, data.get("after")),
+            Some("sync") => match data.get("afterMessageId") {
+                Some(id) => self.sync_by_id(&ws, id),
+                None => self.sync(&ws, data.get("after")),
+            },
+            Some("presence") => self.relay_presence(&ws, &member, data.get("status")),
             _ => error_reply(&ws, "Unknown message type"),
         };
         handled.or_else(|e| error_reply(&ws, &format!("The request failed: {e}")))
