@@ -629,7 +629,7 @@ mod tests {
         ann.say(r#"{"type":"typing","isTyping":true}"#).await;
         assert_eq!(
             bob.next().await,
-            json!({"type": "typing", "userId": "ann", "username": "ann name", "isTyping": true})
+            json!({"type": "typing", "userId": "ann", "username": "ann name", "isTyping": true, "users": ["ann"]})
         );
         // The typist hears nothing: the next thing ann gets is her own sync reply.
         ann.say(r#"{"type":"sync","after":0}"#).await;
