@@ -9,11 +9,11 @@
 use axum::extract::Request as AxumRequest;
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use rookery::{Error, Response, percent_decode};
+use rookery::{Error, Response, Runtime, percent_decode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::gateway::{Gateway, error_response, failure, into_axum, same_secret, unauthorized};
+use crate::reply::{error_response, failure, into_axum, presents_token, unauthorized};
 
 /// Where the admin API lives.
 pub(crate) const ADMIN_PREFIX: &str = "/_rookery/admin/";
@@ -31,20 +31,15 @@ struct RestoreBody {
 
 /// Serves one admin request.
 pub(crate) async fn serve(
-    gw: &Gateway,
+    runtime: &Runtime,
+    admin_token: Option<&str>,
     req: AxumRequest,
     request_id: &HeaderValue,
 ) -> axum::response::Response {
-    let Some(token) = &gw.admin_token else {
+    let Some(token) = admin_token else {
         return error_response(StatusCode::NOT_FOUND, "Not found");
     };
-    let presented = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+    if !presents_token(req.headers(), token) {
         return unauthorized("the admin API needs the admin token as a bearer token");
     }
     let path = req.uri().path().to_string();
@@ -66,13 +61,13 @@ pub(crate) async fn serve(
                 Ok(time) => time,
                 Err(e) => return failure(&e, request_id),
             };
-            gw.runtime
+            runtime
                 .object_bookmark(binding, name, time)
                 .await
                 .map(|bookmark| json!({ "bookmark": bookmark }))
         }
         (Method::POST, ["objects", binding, name, "restore"]) => {
-            restore(gw, binding, name, req).await
+            restore(runtime, binding, name, req).await
         }
         (_, ["objects", _, _, "bookmark" | "restore"]) => {
             return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
@@ -87,7 +82,7 @@ pub(crate) async fn serve(
 
 /// Restores an object to the bookmark or time in the request's body.
 async fn restore(
-    gw: &Gateway,
+    runtime: &Runtime,
     binding: &str,
     name: &str,
     req: AxumRequest,
@@ -106,18 +101,14 @@ async fn restore(
     })?;
     let bookmark = match (body.bookmark, body.time) {
         (Some(bookmark), None) => bookmark,
-        (None, Some(time)) => {
-            gw.runtime
-                .object_bookmark(binding, name, Some(time))
-                .await?
-        }
+        (None, Some(time)) => runtime.object_bookmark(binding, name, Some(time)).await?,
         _ => {
             return Err(Error::BadRequest(
                 "give exactly one of \"bookmark\" and \"time\"".into(),
             ));
         }
     };
-    let undo = gw.runtime.restore_object(binding, name, &bookmark).await?;
+    let undo = runtime.restore_object(binding, name, &bookmark).await?;
     Ok(json!({ "restoredTo": bookmark, "undo": undo }))
 }
 

@@ -19,6 +19,7 @@ use rookery::{Error, Request, Response, SharedWorker, identity, percent_decode};
 use crate::client_ip::{client_ip, rate_limit_key};
 use crate::conn::Connections;
 use crate::identity::Authenticator;
+use crate::reply::{error_response, failure, into_axum, presents_token, unauthorized};
 use crate::{socket_io, stream_io};
 
 use crate::routes::{Matched, Pick, RateLimit, Routes};
@@ -131,56 +132,6 @@ pub(crate) async fn handle(
     response
 }
 
-/// A JSON error response.
-pub(crate) fn error_response(status: StatusCode, message: &str) -> axum::response::Response {
-    into_axum(Response::error(status, message))
-}
-
-/// The answer to a failed request: the error's client-safe message (and, for a 5xx, the
-/// request id, to find the log line) with its status and `Retry-After` when waiting helps.
-/// The whole error, with its causes, goes to the log only: it can name files and SQLite
-/// internals.
-pub(crate) fn failure(e: &Error, request_id: &HeaderValue) -> axum::response::Response {
-    let status = e.status();
-    let public = e.public_message();
-    let id = request_id.to_str().unwrap_or("-");
-    let error = error_chain(e);
-    if public != e.to_string() {
-        tracing::error!(request_id = id, status = status.as_u16(), %error, "request failed");
-    } else if status.is_server_error() {
-        tracing::warn!(request_id = id, status = status.as_u16(), %error, "request failed");
-    } else {
-        tracing::debug!(request_id = id, status = status.as_u16(), %error, "request refused");
-    }
-    let mut body = serde_json::json!({ "error": public });
-    if status.is_server_error() {
-        body["requestId"] = id.into();
-    }
-    let mut response = into_axum(Response::json_bytes(body.to_string()).with_status(status));
-    if let Some(seconds) = e.retry_after() {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
-}
-
-/// An error and every error under it, `outer: inner: innermost`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Wrappers often repeat their cause's text; say it once.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// The response to a HEAD request: the GET response's status and headers, with the length of
 /// the body it would have had, and no body.
 fn without_body(mut response: axum::response::Response) -> axum::response::Response {
@@ -198,19 +149,6 @@ fn without_body(mut response: axum::response::Response) -> axum::response::Respo
     response
 }
 
-/// Whether two secrets are equal, in time that does not depend on where they differ.
-pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-pub(crate) fn into_axum(resp: Response) -> axum::response::Response {
-    let (status, headers, body) = resp.into_parts();
-    let mut out = axum::response::Response::new(Body::from(body));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
-}
-
 impl Gateway {
     async fn serve(
         &self,
@@ -219,7 +157,13 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> axum::response::Response {
         if req.uri().path().starts_with(crate::admin::ADMIN_PREFIX) {
-            return crate::admin::serve(self, req, request_id).await;
+            return crate::admin::serve(
+                &self.runtime,
+                self.admin_token.as_deref(),
+                req,
+                request_id,
+            )
+            .await;
         }
         if req.uri().path().starts_with(RUNTIME_PREFIX) {
             return self.runtime_endpoint(&req);
@@ -271,13 +215,7 @@ impl Gateway {
         match &self.runtime_access {
             RuntimeAccess::Open => {}
             RuntimeAccess::Token(token) => {
-                let presented = req
-                    .headers()
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::trim);
-                if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+                if !presents_token(req.headers(), token) {
                     return unauthorized(
                         "the runtime's endpoints need the stats token as a bearer token",
                     );
@@ -521,16 +459,6 @@ async fn upgrade_of(
             None => Some(upgrade),
         })
         .map_err(IntoResponse::into_response)
-}
-
-/// An answer to a caller without the access the runtime's endpoints need.
-pub(crate) fn unauthorized(message: &str) -> axum::response::Response {
-    let mut response = error_response(StatusCode::UNAUTHORIZED, message);
-    response.headers_mut().insert(
-        http::header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"rookery\""),
-    );
-    response
 }
 
 /// Whether the request asks for a WebSocket upgrade.

@@ -11,6 +11,7 @@ mod conn;
 mod gateway;
 pub mod identity;
 pub mod outbound;
+mod reply;
 mod route_pattern;
 mod routes;
 pub mod secrets;

@@ -385,25 +385,32 @@ impl RuntimeBuilder {
     }
 }
 
-/// Compacts expired history now and then (a tenth of the retention, at most once a minute),
-/// until the runtime is dropped.
+/// Compacts history that the byte cap or the free disk space forces out every second, and
+/// expired history now and then (a tenth of the retention, at most once a minute), until the
+/// runtime is dropped.
 fn compact_history_periodically(
     storage: &Arc<StorageContext>,
     handle: &tokio::runtime::Handle,
     options: HistoryOptions,
 ) {
-    let every = (options.retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    const PRESSURE_EVERY: Duration = Duration::from_secs(1);
+    let by_age_every = (options.retention / 10).clamp(PRESSURE_EVERY, Duration::from_secs(60));
+    let ticks_per_age_check = (by_age_every.as_millis() / PRESSURE_EVERY.as_millis()).max(1);
     let storage = Arc::downgrade(storage);
     handle.spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(PRESSURE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut ticks = 0u128;
         loop {
             tick.tick().await;
+            ticks += 1;
+            let by_age = ticks % ticks_per_age_check == 0;
             let Some(storage) = storage.upgrade() else {
                 break;
             };
-            let compacted = tokio::task::spawn_blocking(move || storage.compact_history()).await;
+            let compacted =
+                tokio::task::spawn_blocking(move || storage.compact_history(by_age)).await;
             if let Ok(Err(e)) = compacted {
                 tracing::warn!(error = %e, "compacting the log's history");
             }
@@ -610,7 +617,7 @@ impl Runtime {
     /// as the runtime does by itself now and then; returns how many log segments it folded.
     pub async fn compact_history(&self) -> Result<usize> {
         let storage = self.inner.storage.clone();
-        let compacted = tokio::task::spawn_blocking(move || storage.compact_history())
+        let compacted = tokio::task::spawn_blocking(move || storage.compact_history(true))
             .await
             .map_err(|e| Error::internal("compacting the history failed", e))?;
         Ok(compacted?)

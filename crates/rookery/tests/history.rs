@@ -206,3 +206,48 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn history_past_its_byte_cap_is_compacted_whatever_its_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = RuntimeOptions {
+        history: HistoryOptions {
+            retention: Duration::from_secs(3600),
+            max_bytes: 32 * 1024,
+        },
+        ..RuntimeOptions::default()
+    };
+    let open = || {
+        TestHarness::from_builder::<Blank>(
+            Runtime::builder(dir.path())
+                .options(options)
+                .clock(clock.clone())
+                .log_segment_bytes(16 * 1024),
+        )
+        .unwrap()
+    };
+    let h = open();
+    let mut early = String::new();
+    for i in 1..=30 {
+        increment(&h, "c").await;
+        if i == 2 {
+            early = bookmark(&h, "c").await;
+        }
+    }
+    assert!(h.shutdown().await);
+    let h = open();
+    // Nothing is past the hour of retention, but the history holds more than 32 KiB.
+    let folded = h.runtime().compact_history().await.unwrap();
+    assert!(folded > 0, "the byte cap forced compaction");
+    match restore(&h, "c", &early).await {
+        Err(Error::BadRequest(message)) => assert!(message.contains("older"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        value(&h, "c").await,
+        Some(30),
+        "compaction changed no live state"
+    );
+    assert!(h.shutdown().await);
+}

@@ -227,9 +227,11 @@ impl History {
         }
     }
 
-    /// Compacts the segments whose commits are past retention (or past the byte cap) into the
-    /// snapshots and retires them; `now_ms` is the current time. Returns how many.
-    pub(crate) fn compact(&self, log: &NodeLog, now_ms: i64) -> io::Result<usize> {
+    /// Compacts the segments whose commits are past retention (or past the byte cap, or all
+    /// the disk can spare) into the snapshots and retires them; `now_ms` is the current time.
+    /// Without `by_age`, only the cheap checks run (size and free space, no segment is read
+    /// unless one of them says so). Returns how many.
+    pub(crate) fn compact(&self, log: &NodeLog, now_ms: i64, by_age: bool) -> io::Result<usize> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let retention_ms = i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX);
         let mut done = 0;
@@ -244,6 +246,13 @@ impl History {
                 // Recovery still needs it.
                 break;
             }
+            let over_cap = recovery_start - start > self.options.max_bytes;
+            // History never fills the disk under the log: with less than a few segments'
+            // room left, the oldest goes whatever its age.
+            let pressed = free_bytes(&self.dir).is_some_and(|free| free < 4 * (end - start));
+            if !by_age && !over_cap && !pressed {
+                break;
+            }
             let bytes = fs::read(path)?;
             let records: Vec<(Lsn, Record<'_>)> = log_record::records(&bytes, start).collect();
             let newest = records
@@ -252,10 +261,6 @@ impl History {
                 .map(|(_, r)| r.time_ms)
                 .max();
             let expired = newest.is_none_or(|t| t < now_ms.saturating_sub(retention_ms));
-            let over_cap = recovery_start - start > self.options.max_bytes;
-            // History never fills the disk under the log: with less than a few segments'
-            // room left, the oldest goes whatever its age.
-            let pressed = free_bytes(&self.dir).is_some_and(|free| free < 4 * (end - start));
             if !expired && !over_cap && !pressed {
                 break;
             }

@@ -13,6 +13,7 @@ mod history;
 mod kv;
 mod log_record;
 mod node_log;
+mod object_sync;
 mod policy;
 mod recovery;
 mod restore;
@@ -24,18 +25,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use catalog::Migration;
 pub use commit_log::{CommitLog, CommitRecord, LocalCommitLog, PageWrite};
-pub use durability::{Durability, OutputGate, SyncHook};
+pub use durability::{Durability, SyncHook};
 pub use history::HistoryOptions;
 pub use kv::ListOptions;
+pub use object_sync::OutputGate;
 pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
 pub(crate) use alarm_index::{AlarmIndex, AlarmListener, scan_objects};
 pub(crate) use catalog::{Catalog, ClassRecord};
 pub(crate) use dir_health::DirHealth;
 pub(crate) use dir_lock::DirLock;
-pub(crate) use durability::{ObjectSync, Syncer};
+pub(crate) use durability::Syncer;
 pub(crate) use history::History;
 pub(crate) use node_log::{NodeLog, SEGMENT_BYTES};
+pub(crate) use object_sync::ObjectSync;
 pub(crate) use recovery::recover;
 
 use database::{Closed, Database, FRAME_BYTES};
@@ -90,10 +93,11 @@ pub(crate) struct StorageContext {
 }
 
 impl StorageContext {
-    /// Compacts the log's expired history into snapshots; how many segments it folded.
-    pub(crate) fn compact_history(&self) -> std::io::Result<usize> {
+    /// Compacts the log's expired history into snapshots (only what size and free space
+    /// force, without `by_age`); how many segments it folded.
+    pub(crate) fn compact_history(&self, by_age: bool) -> std::io::Result<usize> {
         match (&self.log, &self.history) {
-            (Some(log), Some(history)) => history.compact(log, self.clock.now_ms()),
+            (Some(log), Some(history)) => history.compact(log, self.clock.now_ms(), by_age),
             _ => Ok(0),
         }
     }

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::durability::ObjectSync;
 use super::log_record::{self, Frame, Kind, Lsn};
+use super::object_sync::ObjectSync;
 use crate::addr::AlarmKey;
 use crate::durable_dir::sync_dir;
 
