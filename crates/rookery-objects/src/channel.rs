@@ -171,12 +171,24 @@ impl Channel {
 
     /// Up to `limit` messages after sequence `after`, oldest first, and whether more follow.
     fn page(&self, after: u64, limit: usize) -> Result<(Vec<StoredMessage>, bool)> {
-        let mut messages = self.state.storage().list::<StoredMessage>(
-            &ListOptions::new()
-                .prefix(MSG_PREFIX)
-                .start_after(msg_key(after))
-                .limit(limit.saturating_add(1)),
-        )?;
+        self.page_until(after, None, limit)
+    }
+
+    /// [`Self::page`] holding only messages up to sequence `until`, if given.
+    fn page_until(
+        &self,
+        after: u64,
+        until: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool)> {
+        let mut options = ListOptions::new()
+            .prefix(MSG_PREFIX)
+            .start_after(msg_key(after))
+            .limit(limit.saturating_add(1));
+        if let Some(until) = until {
+            options = options.end(msg_key(until.saturating_add(1)));
+        }
+        let mut messages = self.state.storage().list::<StoredMessage>(&options)?;
         let more = messages.len() > limit;
         messages.truncate(limit);
         Ok((self.complete(messages), more))
@@ -374,6 +386,7 @@ impl Channel {
             Ok(member) => member,
             Err((status, why)) => return Ok(Response::error(status, why)),
         };
+        member.since_sequence = Some(self.last_sequence()?);
         let ws = member.accept(&self.state, req)?;
         let now = self.state.now_ms();
         let typing: Vec<String> = self
@@ -451,8 +464,10 @@ impl Channel {
 impl Channel {
     /// Seed 004's `sync` by the last message id seen: the missed messages as `message` frames
     /// (the only frames whose id its client records), then a `sync` frame that says how many
-    /// and whether more follow.
-    fn sync_by_id(&mut self, ws: &WebSocket, id: &Value) -> Result<()> {
+    /// and whether more follow. Missed means stored before this socket opened: later messages
+    /// were sent on it live (seed 004's client flushes its queue before it asks), and this
+    /// client does not skip a message it saw twice.
+    fn sync_by_id(&mut self, ws: &WebSocket, member: &Member, id: &Value) -> Result<()> {
         let last = self.last_sequence()?;
         let after = id
             .as_str()
@@ -461,7 +476,7 @@ impl Channel {
         let Some(after) = after else {
             return error_reply(ws, "sync: afterMessageId is not a message of this channel");
         };
-        let (messages, more) = self.page(after, MAX_PAGE)?;
+        let (messages, more) = self.page_until(after, member.since_sequence, MAX_PAGE)?;
         for message in &messages {
             let mut frame = message.frame()?;
             frame["replay"] = json!(true);
@@ -477,8 +492,16 @@ impl Channel {
 
     /// Seed 004's `presence`: relayed to the other sockets, not stored (the Waddle keeps
     /// presence).
-    fn relay_presence(&self, ws: &WebSocket, member: &Member, status: Option<&Value>) -> Result<()> {
-        let Some(status) = status.and_then(Value::as_str).filter(|s| STATUSES.contains(s)) else {
+    fn relay_presence(
+        &self,
+        ws: &WebSocket,
+        member: &Member,
+        status: Option<&Value>,
+    ) -> Result<()> {
+        let Some(status) = status
+            .and_then(Value::as_str)
+            .filter(|s| STATUSES.contains(s))
+        else {
             return error_reply(ws, "Invalid status: use online, away, dnd or offline");
         };
         let update = json!({
@@ -556,7 +579,7 @@ impl DurableObject for Channel {
                 None => error_reply(&ws, "typing needs isTyping: true or false"),
             },
             Some("sync") => match data.get("afterMessageId") {
-                Some(id) => self.sync_by_id(&ws, id),
+                Some(id) => self.sync_by_id(&ws, &member, id),
                 None => self.sync(&ws, data.get("after")),
             },
             Some("presence") => self.relay_presence(&ws, &member, data.get("status")),

@@ -20,6 +20,10 @@ pub(crate) struct Member {
     /// before this field existed. Seed 004 lists it in `onlineUsers`.
     #[serde(default)]
     pub(crate) joined_at: i64,
+    /// Channel: its last sequence when the socket was accepted; what came later was sent on
+    /// the socket live. `None` for Waddle sockets and for attachments written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) since_sequence: Option<u64>,
 }
 
 impl Member {
@@ -50,6 +54,7 @@ impl Member {
             username,
             permissions,
             joined_at: 0,
+            since_sequence: None,
         })
     }
 

@@ -168,7 +168,10 @@ impl Waddle {
             return Ok(Response::error(StatusCode::UNAUTHORIZED, "Unauthorized"));
         };
         if !member.may("admin") {
-            return Ok(Response::error(StatusCode::FORBIDDEN, "No admin permission"));
+            return Ok(Response::error(
+                StatusCode::FORBIDDEN,
+                "No admin permission",
+            ));
         }
         let body = match req.json::<Value>() {
             Ok(body @ Value::Object(_)) => body,
@@ -220,12 +223,14 @@ impl DurableObject for Waddle {
         };
         // `set_presence` stores before it sends: after an error nothing was stored or sent.
         let handled = match data.get("type").and_then(Value::as_str) {
-            Some("presence_update" | "presence") => match data.get("status").and_then(Value::as_str) {
-                Some(status) if STATUSES.contains(&status) => {
-                    self.set_presence(&member, status, Some(&ws))
+            Some("presence_update" | "presence") => {
+                match data.get("status").and_then(Value::as_str) {
+                    Some(status) if STATUSES.contains(&status) => {
+                        self.set_presence(&member, status, Some(&ws))
+                    }
+                    _ => error_reply(&ws, "Invalid status: use online, away, dnd or offline"),
                 }
-                _ => error_reply(&ws, "Invalid status: use online, away, dnd or offline"),
-            },
+            }
             Some("typing") => self.relay_typing(&ws, &member, &data),
             _ => error_reply(&ws, "Unknown message type"),
         };

@@ -164,23 +164,24 @@ async fn presence_goes_online_and_offline_with_the_last_socket() {
         .collect();
     assert_eq!(ids, ["ann", "bob"]);
 
-    // A status change reaches everyone, the sender too.
+    // A status change reaches everyone else, not the sender (seed 000).
     say(
         &mut bob1,
         &json!({"type": "presence_update", "status": "away"}),
     )
     .await;
-    for ws in [&mut ann, &mut bob1] {
-        let u = next_json(ws).await;
-        assert_eq!(
-            (
-                u["type"].as_str(),
-                u["userId"].as_str(),
-                u["status"].as_str()
-            ),
-            (Some("presence_update"), Some("bob"), Some("away"))
-        );
-    }
+    let u = next_json(&mut ann).await;
+    assert_eq!(
+        (
+            u["type"].as_str(),
+            u["userId"].as_str(),
+            u["status"].as_str()
+        ),
+        (Some("presence_update"), Some("bob"), Some("away"))
+    );
+    // Bob's next frame is the error he provokes, not an echo of his own update.
+    say_raw(&mut bob1, "{not json").await;
+    assert_eq!(next_json(&mut bob1).await["type"], "error");
 
     // A second socket of bob's: no new announcement; closing one of two keeps him online.
     let mut bob2 = connect(&server, &format!("/ws/waddle/w1?{}", who("bob", "read"))).await;
@@ -196,16 +197,26 @@ async fn presence_goes_online_and_offline_with_the_last_socket() {
         waddle.websocket_count() == 2
     })
     .await;
-    // Ann's next message is the probe she asks for, not an offline for bob.
+    // Ann's next message is the one bob2 sends, not an offline for bob.
     say(
         &mut ann,
         &json!({"type": "presence_update", "status": "dnd"}),
     )
     .await;
-    let next = next_json(&mut ann).await;
+    let next = next_json(&mut bob2).await;
     assert_eq!(
         (next["userId"].as_str(), next["status"].as_str()),
         (Some("ann"), Some("dnd"))
+    );
+    say(
+        &mut bob2,
+        &json!({"type": "presence_update", "status": "away"}),
+    )
+    .await;
+    let next = next_json(&mut ann).await;
+    assert_eq!(
+        (next["userId"].as_str(), next["status"].as_str()),
+        (Some("bob"), Some("away"))
     );
 
     // The last socket going (even abruptly) makes bob offline for everyone.
@@ -294,15 +305,29 @@ async fn typing_reaches_the_others_only_and_the_alarm_clears_it() {
     .await;
     let initial = next_json(&mut ann).await;
     assert_eq!(
-        initial,
-        json!({"type": "initial_state", "lastSequence": 0, "messages": [], "typing": []})
+        (
+            &initial["type"],
+            &initial["lastSequence"],
+            &initial["messages"],
+            &initial["typing"]
+        ),
+        (&json!("initial_state"), &json!(0), &json!([]), &json!([]))
     );
+    // Seed 004: who is connected, each with the time they joined.
+    let online: Vec<&str> = initial["onlineUsers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["userId"].as_str().unwrap())
+        .collect();
+    assert!(online.contains(&"ann"), "{initial}");
+    assert!(initial["onlineUsers"][0]["joinedAt"].as_i64().is_some());
     assert_eq!(next_json(&mut bob).await["type"], "initial_state");
 
     say(&mut ann, &json!({"type": "typing", "isTyping": true})).await;
     assert_eq!(
         next_json(&mut bob).await,
-        json!({"type": "typing", "userId": "ann", "username": "User ann", "isTyping": true})
+        json!({"type": "typing", "userId": "ann", "username": "User ann", "isTyping": true, "users": ["ann"]})
     );
     // The typist is not told about herself: her next message is the sync she asks for.
     say(&mut ann, &json!({"type": "sync", "after": 0})).await;
@@ -318,7 +343,7 @@ async fn typing_reaches_the_others_only_and_the_alarm_clears_it() {
         let cleared = next_json(ws).await;
         assert_eq!(
             cleared,
-            json!({"type": "typing", "userId": "ann", "username": "User ann", "isTyping": false})
+            json!({"type": "typing", "userId": "ann", "username": "User ann", "isTyping": false, "users": []})
         );
     }
     say(&mut ann, &json!({"type": "sync", "after": 0})).await;
@@ -633,9 +658,9 @@ impl Seed004Client {
 
 fn is_uuid(id: &str) -> bool {
     id.len() == 36
-        && id
-            .char_indices()
-            .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit()))
+        && id.char_indices().all(|(i, c)| {
+            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
+        })
 }
 
 async fn post_to(base: &str, channel: &str, query: &str, content: &str) -> u64 {
@@ -646,14 +671,20 @@ async fn post_to(base: &str, channel: &str, query: &str, content: &str) -> u64 {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    r.json::<Value>().await.unwrap()["sequence"].as_u64().unwrap()
+    r.json::<Value>().await.unwrap()["sequence"]
+        .as_u64()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_004_client_reconnects_after_a_restart_and_replays_exactly_what_it_missed() {
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::start(dir.path(), &[]);
-    let mut ann = Seed004Client::new(server.addr.to_string(), "general", &who("ann", "read,write"));
+    let mut ann = Seed004Client::new(
+        server.addr.to_string(),
+        "general",
+        &who("ann", "read,write"),
+    );
     ann.connect().await;
     let initial = ann.until("initial_state").await;
     let online = &initial["onlineUsers"];
@@ -673,14 +704,25 @@ async fn a_seed_004_client_reconnects_after_a_restart_and_replays_exactly_what_i
     say(&mut bob, &json!({"type": "typing", "isTyping": true})).await;
     let typing = ann.until("typing").await;
     assert_eq!(
-        (&typing["userId"], &typing["username"], &typing["isTyping"], &typing["users"]),
-        (&json!("bob"), &json!("User bob"), &json!(true), &json!(["bob"]))
+        (
+            &typing["userId"],
+            &typing["username"],
+            &typing["isTyping"],
+            &typing["users"]
+        ),
+        (
+            &json!("bob"),
+            &json!("User bob"),
+            &json!(true),
+            &json!(["bob"])
+        )
     );
     say(&mut bob, &json!({"type": "presence", "status": "away"})).await;
     assert_eq!(ann.until("presence").await["status"], "away");
     drop(bob);
 
-    ann.send(json!({"type": "message", "content": "one", "threadId": "t1"})).await;
+    ann.send(json!({"type": "message", "content": "one", "threadId": "t1"}))
+        .await;
     let one = ann.until("message").await;
     let id = one["message"]["id"].as_str().unwrap();
     assert!(is_uuid(id), "{id}");
@@ -691,13 +733,25 @@ async fn a_seed_004_client_reconnects_after_a_restart_and_replays_exactly_what_i
                "threadId": "t1"})
     );
     // Seed 000's envelope: `type`, `sequence` and the message's fields, flat.
-    assert_eq!((one["sequence"].as_u64(), one["id"].as_str()), (Some(1), Some(id)));
+    assert_eq!(
+        (one["sequence"].as_u64(), one["id"].as_str()),
+        (Some(1), Some(id))
+    );
 
     // First a graceful restart (SIGTERM), then a crash (SIGKILL): each time the client must see
-    // an unclean close, reconnect, and get exactly the messages posted while it was away.
+    // an unclean close, reconnect, and get exactly the messages stored while it was away.
+    // Every message's content, by sequence - 1.
+    let mut stored: Vec<String> = vec!["one".into()];
     let mut server = Some(server);
-    let mut expected_last = 1;
     for (round, graceful) in [(0, true), (1, false)] {
+        // The sequence of the last `message` frame the client read: where its last id points.
+        let last_seen = ann
+            .events
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "message")
+            .and_then(|e| e["sequence"].as_u64())
+            .unwrap();
         let old = server.take().unwrap();
         if graceful {
             old.terminate();
@@ -709,44 +763,78 @@ async fn a_seed_004_client_reconnects_after_a_restart_and_replays_exactly_what_i
                 break closed;
             }
         };
-        assert_eq!(ended, Closed::Unclean, "round {round}: a browser would not reconnect");
+        assert_eq!(
+            ended,
+            Closed::Unclean,
+            "round {round}: a browser would not reconnect"
+        );
         assert_eq!(ann.scheduled, Some(1000));
         // Queued while offline, sent on open before the sync.
-        ann.send(json!({"type": "message", "content": format!("queued {round}")})).await;
+        let queued = format!("queued {round}");
+        ann.send(json!({"type": "message", "content": queued}))
+            .await;
 
         let new = ChildServer::start(dir.path(), &[]);
-        let missed = [format!("missed {round}a"), format!("missed {round}b")];
-        for text in &missed {
-            expected_last += 1;
-            assert_eq!(post_to(&new.addr.to_string(), "general", &who("bob", "write"), text).await, expected_last);
+        for text in [format!("missed {round}a"), format!("missed {round}b")] {
+            assert_eq!(
+                post_to(
+                    &new.addr.to_string(),
+                    "general",
+                    &who("bob", "write"),
+                    &text
+                )
+                .await,
+                stored.len() as u64 + 1
+            );
+            stored.push(text);
         }
         ann.base = new.addr.to_string();
         ann.events.clear();
         ann.connect().await;
         ann.until("sync").await;
-        expected_last += 1;
-        let got: Vec<(String, bool)> = ann
+        let opened_at = ann.events[0]["lastSequence"].as_u64().unwrap();
+        assert_eq!(opened_at, stored.len() as u64);
+        let (live, replayed): (Vec<&Value>, Vec<&Value>) = ann
             .events
             .iter()
             .filter(|e| e["type"] == "message")
-            .map(|e| (e["content"].as_str().unwrap().to_string(), e["replay"] == true))
+            .partition(|e| e["replay"] != true);
+        // The queued message is stored and sent live before the sync is read, so it is not
+        // replayed; the replay holds exactly what was stored after the client's last id and
+        // before it connected. (In round 1 that includes round 0's queued message: the seed's
+        // client read it live before the replay, so its last id points at the replay's end.)
+        let live: Vec<&str> = live
+            .iter()
+            .map(|e| e["content"].as_str().unwrap())
             .collect();
-        // The queued message is delivered live; the replay holds exactly the missed ones.
-        let replayed: Vec<&str> = got.iter().filter(|(_, r)| *r).map(|(c, _)| c.as_str()).collect();
-        assert_eq!(replayed, [missed[0].as_str(), missed[1].as_str()], "round {round}");
+        assert_eq!(live, [queued.as_str()], "round {round}");
+        stored.push(queued);
+        assert_eq!(
+            ann.events[1]["sequence"].as_u64(),
+            Some(opened_at + 1),
+            "round {round}"
+        );
+        let replayed: Vec<&str> = replayed
+            .iter()
+            .map(|e| e["content"].as_str().unwrap())
+            .collect();
+        let missed: Vec<&str> = stored[last_seen as usize..opened_at as usize]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(replayed, missed, "round {round}");
         let sync = ann.events.last().unwrap();
-        assert_eq!(sync["replayed"], 2);
-        // Sync by sequence still works, and the id sync moved the client's last id on.
-        let queued = ann.until("message").await;
-        assert_eq!(queued["content"], format!("queued {round}"));
-        assert_eq!(queued["sequence"], expected_last);
+        assert_eq!(sync["replayed"], missed.len());
         ann.scheduled = None;
         server = Some(new);
     }
+    let expected_last = stored.len() as u64;
     let server = server.unwrap();
-    ann.send(json!({"type": "sync", "afterMessageId": "not-an-id"})).await;
+    ann.send(json!({"type": "sync", "afterMessageId": "not-an-id"}))
+        .await;
     assert_eq!(ann.until("error").await["type"], "error");
-    ann.send(json!({"type": "sync", "after": expected_last - 1})).await;
+    ann.send(json!({"type": "sync", "after": expected_last - 1}))
+        .await;
     let by_seq = ann.until("sync").await;
     assert_eq!(by_seq["messages"].as_array().unwrap().len(), 1);
     assert_eq!(by_seq["hasMore"], false);
@@ -767,7 +855,10 @@ struct Seed000Client {
 
 impl Seed000Client {
     async fn connect(&mut self) {
-        let url = format!("ws://{}/ws/waddle/{}?{}", self.base, self.waddle_id, self.query);
+        let url = format!(
+            "ws://{}/ws/waddle/{}?{}",
+            self.base, self.waddle_id, self.query
+        );
         let mut req = url.into_client_request().unwrap();
         req.headers_mut()
             .insert("sec-websocket-protocol", self.token.parse().unwrap());
@@ -776,7 +867,10 @@ impl Seed000Client {
             .await
             .expect("connects in time")
             .expect("handshake completes with the offered subprotocol");
-        assert_eq!(resp.headers()["sec-websocket-protocol"], self.token.as_str());
+        assert_eq!(
+            resp.headers()["sec-websocket-protocol"],
+            self.token.as_str()
+        );
         self.reconnect_attempts = 0;
         self.ws = Some(ws);
     }
@@ -790,12 +884,16 @@ impl Seed000Client {
     }
 
     async fn update_presence(&mut self, status: &str) {
-        self.send("presence_update", json!({ "status": status })).await;
+        self.send("presence_update", json!({ "status": status }))
+            .await;
     }
 
     async fn send_typing_indicator(&mut self, channel_id: &str, is_typing: bool) {
-        self.send("typing", json!({ "channelId": channel_id, "isTyping": is_typing }))
-            .await;
+        self.send(
+            "typing",
+            json!({ "channelId": channel_id, "isTyping": is_typing }),
+        )
+        .await;
     }
 
     /// The next message (`handleMessage`); `None` when the connection closed, after which the
@@ -808,7 +906,10 @@ impl Seed000Client {
             }
             Err(_) => {
                 self.ws = None;
-                assert!(self.reconnect_attempts < 5, "Max reconnection attempts reached");
+                assert!(
+                    self.reconnect_attempts < 5,
+                    "Max reconnection attempts reached"
+                );
                 self.reconnect_attempts += 1;
                 None
             }
@@ -839,7 +940,10 @@ async fn a_seed_000_client_works_against_the_demo_app() {
 
     bob.update_presence("away").await;
     let update = ann.next().await.unwrap();
-    assert_eq!((update["userId"].as_str(), update["status"].as_str()), (Some("bob"), Some("away")));
+    assert_eq!(
+        (update["userId"].as_str(), update["status"].as_str()),
+        (Some("bob"), Some("away"))
+    );
     // Bob's own update is not sent back: the next thing he gets is ann's typing.
     ann.send_typing_indicator("general", true).await;
     let typing = bob.next().await.unwrap();
@@ -852,9 +956,19 @@ async fn a_seed_000_client_works_against_the_demo_app() {
     // `/broadcast` of the Waddle reaches every socket; it needs admin.
     let url = format!("http://{}/ws/waddle/w1/broadcast?", server.addr);
     let notice = json!({"type": "announcement", "text": "hello"});
-    let r = client().post(format!("{url}{}", who("ops", "read"))).json(&notice).send().await.unwrap();
+    let r = client()
+        .post(format!("{url}{}", who("ops", "read")))
+        .json(&notice)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = client().post(format!("{url}{}", who("ops", "admin"))).json(&notice).send().await.unwrap();
+    let r = client()
+        .post(format!("{url}{}", who("ops", "admin")))
+        .json(&notice)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(ann.next().await.unwrap(), notice);
     assert_eq!(bob.next().await.unwrap(), notice);

@@ -201,7 +201,10 @@ impl ObjectSockets {
             } else {
                 close_code::GOING_AWAY
             };
-            s.deliver(Outgoing::Close(code, "the server is shutting down".to_string()));
+            s.deliver(Outgoing::Close(
+                code,
+                "the server is shutting down".to_string(),
+            ));
         }
     }
 
