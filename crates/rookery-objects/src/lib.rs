@@ -1,6 +1,6 @@
 //! Built-in Rookery object classes, reproducing the workloads of our users: a counter, a
-//! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence
-//! and channel objects; and the demo app's worker.
+//! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence,
+//! channel and voice channel objects; and the demo app's worker.
 
 mod channel;
 mod chat_room;
@@ -11,6 +11,8 @@ mod member;
 mod rate_limiter;
 #[cfg(test)]
 mod test_client;
+mod voice_channel;
+mod voice_session;
 mod waddle;
 
 pub use channel::Channel;
@@ -19,6 +21,8 @@ pub use counter::Counter;
 pub use demo_worker::DemoWorker;
 pub use kv_store::KvStore;
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
+pub use voice_channel::{MAX_PARTICIPANTS, VoiceChannel};
+pub use voice_session::{LocalSessions, SessionProvider, SessionRequest, VoiceSession};
 pub use waddle::Waddle;
 
 use rookery::Classes;
@@ -32,5 +36,6 @@ pub fn builtin_classes() -> Classes {
         .with::<KvStore>("KvStore")
         .with::<Waddle>("Waddle")
         .with::<Channel>("Channel")
+        .with::<VoiceChannel>("VoiceChannel")
         .with_worker("Demo", DemoWorker)
 }

@@ -166,11 +166,11 @@ async fn a_configuration_that_cannot_serve_applies_no_migration() {
     assert_eq!(r.status(), 200);
     server.stop().await;
     let before = recorded_migrations(dir.path());
-    assert_eq!(before, ["v1", "v2"]);
+    assert_eq!(before, ["v1", "v2", "v3"]);
 
     // Deleting a class that a binding still names.
     let deleting =
-        format!("{demo}\n[[migrations]]\ntag = \"v3\"\ndeleted_classes = [\"Counter\"]\n");
+        format!("{demo}\n[[migrations]]\ntag = \"v4\"\ndeleted_classes = [\"Counter\"]\n");
     let err = Server::new(
         &config_in(dir.path(), &deleting),
         rookery_objects::builtin_classes(),
@@ -186,7 +186,7 @@ async fn a_configuration_that_cannot_serve_applies_no_migration() {
 
     // A duplicate route.
     let duplicate = format!(
-        "{demo}\n[[migrations]]\ntag = \"v3\"\nnew_sqlite_classes = [\"KvStore\"]\n\n[[routes]]\npath = \"/counter/:name\"\nbinding = \"COUNTER\"\nname_from = \"name\"\n"
+        "{demo}\n[[migrations]]\ntag = \"v4\"\nnew_sqlite_classes = [\"KvStore\"]\n\n[[routes]]\npath = \"/counter/:name\"\nbinding = \"COUNTER\"\nname_from = \"name\"\n"
     );
     let err = Server::new(
         &config_in(dir.path(), &duplicate),
@@ -201,10 +201,10 @@ async fn a_configuration_that_cannot_serve_applies_no_migration() {
     // A port in use (the binary binds before it opens the data directory).
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();
-    let config = dir.path().join("v3.toml");
+    let config = dir.path().join("v4.toml");
     std::fs::write(
         &config,
-        format!("{demo}\n[[migrations]]\ntag = \"v3\"\nnew_sqlite_classes = [\"KvStore\"]\n"),
+        format!("{demo}\n[[migrations]]\ntag = \"v4\"\nnew_sqlite_classes = [\"KvStore\"]\n"),
     )
     .unwrap();
     let err = serve_fails(

@@ -985,3 +985,94 @@ async fn a_seed_000_client_works_against_the_demo_app() {
     assert_eq!(state["users"][0]["status"], "online");
     server.terminate();
 }
+
+/// The next `participants` frame on `ws`.
+async fn participants(ws: &mut Ws) -> Value {
+    next_of(ws, "participants").await
+}
+
+fn participant_ids(frame: &Value) -> Vec<&str> {
+    frame["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["userId"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_channel_keeps_its_session_across_a_crash_of_the_demo_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(dir.path(), &[]);
+    let open = |base: String, user: &str| {
+        let url = format!("ws://{base}/ws/voice/lobby?{}", who(user, "read"));
+        async move {
+            tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+                .await
+                .expect("connects in time")
+                .expect("upgrade accepted")
+                .0
+        }
+    };
+    let mut ann = open(server.addr.to_string(), "ann").await;
+    let mut bob = open(server.addr.to_string(), "bob").await;
+    assert_eq!(participants(&mut ann).await["sessionId"], Value::Null);
+    participants(&mut bob).await;
+    say(&mut ann, &json!({"type": "join"})).await;
+    let joined = participants(&mut bob).await;
+    let session_id = joined["sessionId"].as_str().unwrap().to_string();
+    assert!(session_id.ends_with("-lobby"), "{session_id}");
+    assert_eq!(
+        session_id.len(),
+        64 + "-lobby".len(),
+        "<object id>-<channel id>"
+    );
+    assert_eq!(participant_ids(&joined), ["ann"]);
+    participants(&mut ann).await;
+    say(&mut ann, &json!({"type": "mute"})).await;
+    assert_eq!(
+        participants(&mut bob).await["participants"][0]["audioEnabled"],
+        false
+    );
+
+    // A crash: ann's record and the session survive; she comes back as she was.
+    server.kill9();
+    drop((ann, bob));
+    let server = ChildServer::start(dir.path(), &[]);
+    let mut bob = open(server.addr.to_string(), "bob").await;
+    let seen = participants(&mut bob).await;
+    assert_eq!(
+        seen["sessionId"],
+        session_id.as_str(),
+        "the session is stored"
+    );
+    assert_eq!(
+        participant_ids(&seen),
+        Vec::<&str>::new(),
+        "ann is not connected"
+    );
+    let mut ann = open(server.addr.to_string(), "ann").await;
+    let back = participants(&mut bob).await;
+    assert_eq!(participant_ids(&back), ["ann"]);
+    assert_eq!(back["participants"][0]["audioEnabled"], false);
+    assert_eq!(back["sessionId"], session_id.as_str());
+    participants(&mut ann).await;
+
+    // The last one leaving ends the session.
+    say(&mut ann, &json!({"type": "leave"})).await;
+    let ended = next_of(&mut bob, "session_ended").await;
+    assert_eq!(ended["sessionId"], session_id.as_str());
+    let list: Value = client()
+        .get(server.url("/ws/voice/lobby/participants"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&list["sessionId"], &list["participants"]),
+        (&Value::Null, &json!([]))
+    );
+    server.terminate();
+}
