@@ -21,11 +21,16 @@
 //! - `GET /messages?after=SEQ&limit=N` pages through the history.
 //! - When a user's last socket closes, their typing indicator is cleared and everyone gets
 //!   `{"type":"user_disconnected","userId",..}`.
+//! - With `PUT /shards {"count":n}` (n > 1) the channel is sharded: new sockets live on
+//!   `ChannelShard` objects and this object sequences and fans out (see `channel_shards.rs`).
 
 use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use std::sync::Mutex;
+
+use crate::channel_shards as shards;
 use crate::member::{Member, STATUSES, error_reply, online_users, upgrading_member};
 
 /// The key of the last sequence handed out.
@@ -128,13 +133,17 @@ struct Typing {
 }
 
 /// Why a message was refused, with the HTTP status for `POST /message`.
-struct Refusal(StatusCode, String);
+pub(crate) struct Refusal(pub(crate) StatusCode, pub(crate) String);
 
 /// One channel.
 pub struct Channel {
     state: ObjectState,
+    env: Env,
     /// The last sequence handed out, once read from storage.
     last_seq: Option<u64>,
+    /// Frames of this event for the shards (with the user whose sockets skip them), sent by
+    /// [`Channel::flush_fanout`] at the end of the event; empty unless the channel is sharded.
+    fanout: Mutex<Vec<(String, Option<String>)>>,
 }
 
 impl Channel {
@@ -205,7 +214,7 @@ impl Channel {
     }
 
     /// Checks that `member` may post the message in `data`: its content and thread id.
-    fn check(
+    pub(crate) fn check(
         member: &Member,
         data: &Value,
     ) -> std::result::Result<(String, Option<String>), Refusal> {
@@ -276,20 +285,43 @@ impl Channel {
                 &self.typing_update(&member.user_id, &member.username, false)?,
             )?;
         }
-        self.state
-            .broadcast(&WsMessage::json(&message.frame()?)?, None, None);
+        let frame = message.frame()?;
+        self.state.broadcast(&WsMessage::json(&frame)?, None, None);
+        self.queue_fanout(&frame, None)?;
         Ok(message)
     }
 
-    /// Sends `value` to every socket not belonging to `user_id`.
+    /// Sends `value` to every socket not belonging to `user_id`, on the shards too.
     fn send_to_others(&self, user_id: &str, value: &Value) -> Result<()> {
-        let message = WsMessage::json(value)?;
-        for ws in self.state.get_websockets(None) {
-            if !ws.tags().iter().any(|t| t == user_id) {
-                ws.send(message.clone());
-            }
+        shards::send_except_user(&self.state, &WsMessage::json(value)?, Some(user_id));
+        self.queue_fanout(value, Some(user_id))
+    }
+
+    /// Queues `frame` for every shard's sockets (but `except_user`'s), if the channel has
+    /// shards.
+    fn queue_fanout(&self, frame: &Value, except_user: Option<&str>) -> Result<()> {
+        if shards::span(&self.state)? > 0 {
+            self.fanout
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((frame.to_string(), except_user.map(str::to_string)));
         }
         Ok(())
+    }
+
+    /// Sends the frames this event queued to every shard, in order, and waits for them: the
+    /// next event's frames cannot overtake them.
+    async fn flush_fanout(&self) -> Result<()> {
+        let frames = std::mem::take(
+            &mut *self
+                .fanout
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if frames.is_empty() {
+            return Ok(());
+        }
+        shards::fan_out(&self.state, &self.env, &self.channel_id(), frames).await
     }
 
     /// A `typing` frame: seed 004's fields and seed 000's `users`, the user ids typing now
@@ -381,13 +413,9 @@ impl Channel {
         }
     }
 
-    fn connect(&mut self, req: &Request) -> Result<Response> {
-        let mut member = match upgrading_member(req) {
-            Ok(member) => member,
-            Err((status, why)) => return Ok(Response::error(status, why)),
-        };
-        member.since_sequence = Some(self.last_sequence()?);
-        let ws = member.accept(&self.state, req)?;
+    /// The initial state of a new socket, without `onlineUsers` (which depends on where the
+    /// socket is).
+    fn initial_state(&mut self) -> Result<Value> {
         let now = self.state.now_ms();
         let typing: Vec<String> = self
             .typists()?
@@ -395,13 +423,32 @@ impl Channel {
             .filter(|(_, t)| t.expires_at > now)
             .map(|(user, _)| user)
             .collect();
-        ws.send_json(&json!({
+        Ok(json!({
             "type": "initial_state",
             "lastSequence": self.last_sequence()?,
             "messages": self.recent(INITIAL_MESSAGES)?,
             "typing": typing,
-            "onlineUsers": online_users(&self.state),
-        }))?;
+        }))
+    }
+
+    async fn connect(&mut self, req: Request) -> Result<Response> {
+        let mut member = match upgrading_member(&req) {
+            Ok(member) => member,
+            Err((status, why)) => return Ok(Response::error(status, why)),
+        };
+        let count = shards::count(&self.state)?;
+        if count > 1 {
+            // The socket lives on the user's shard; it starts from this state.
+            let initial = self.initial_state()?;
+            return shards::connect(&self.env, &self.channel_id(), count, &member, req, &initial)
+                .await;
+        }
+        let req = &req;
+        member.since_sequence = Some(self.last_sequence()?);
+        let ws = member.accept(&self.state, req)?;
+        let mut initial = self.initial_state()?;
+        initial["onlineUsers"] = json!(online_users(&self.state));
+        ws.send_json(&initial)?;
         Ok(Response::websocket(&ws))
     }
 
@@ -447,17 +494,28 @@ impl Channel {
         }))
     }
 
-    fn sync(&mut self, ws: &WebSocket, after: Option<&Value>) -> Result<()> {
+    /// The answer to `sync {after}`, or an error frame.
+    fn sync(&mut self, after: Option<&Value>) -> Result<Vec<Value>> {
         let Some(after) = after.and_then(Value::as_u64) else {
-            return error_reply(ws, "sync needs after: the last sequence seen (0 for none)");
+            return Ok(vec![error_frame(
+                "sync needs after: the last sequence seen (0 for none)",
+            )]);
         };
         let (messages, more) = self.page(after, MAX_PAGE)?;
-        ws.send_json(&json!({
+        Ok(vec![json!({
             "type": "sync",
             "messages": messages,
             "lastSequence": self.last_sequence()?,
             "hasMore": more,
-        }))
+        })])
+    }
+
+    /// The answer to a `sync` frame (`data`) of a socket opened at sequence `since`.
+    pub(crate) fn sync_reply(&mut self, data: &Value, since: Option<u64>) -> Result<Vec<Value>> {
+        match data.get("afterMessageId") {
+            Some(id) => self.sync_by_id(id, since),
+            None => self.sync(data.get("after")),
+        }
     }
 }
 
@@ -467,27 +525,31 @@ impl Channel {
     /// and whether more follow. Missed means stored before this socket opened: later messages
     /// were sent on it live (seed 004's client flushes its queue before it asks), and this
     /// client does not skip a message it saw twice.
-    fn sync_by_id(&mut self, ws: &WebSocket, member: &Member, id: &Value) -> Result<()> {
+    fn sync_by_id(&mut self, id: &Value, since: Option<u64>) -> Result<Vec<Value>> {
         let last = self.last_sequence()?;
         let after = id
             .as_str()
             .and_then(|id| seq_of_id(&self.state.id().to_hex(), id))
             .filter(|seq| *seq <= last);
         let Some(after) = after else {
-            return error_reply(ws, "sync: afterMessageId is not a message of this channel");
+            return Ok(vec![error_frame(
+                "sync: afterMessageId is not a message of this channel",
+            )]);
         };
-        let (messages, more) = self.page_until(after, member.since_sequence, MAX_PAGE)?;
+        let (messages, more) = self.page_until(after, since, MAX_PAGE)?;
+        let mut frames = Vec::with_capacity(messages.len() + 1);
         for message in &messages {
             let mut frame = message.frame()?;
             frame["replay"] = json!(true);
-            ws.send_json(&frame)?;
+            frames.push(frame);
         }
-        ws.send_json(&json!({
+        frames.push(json!({
             "type": "sync",
             "replayed": messages.len(),
             "lastSequence": last,
             "hasMore": more,
-        }))
+        }));
+        Ok(frames)
     }
 
     /// Seed 004's `presence`: relayed to the other sockets, not stored (the Waddle keeps
@@ -504,88 +566,70 @@ impl Channel {
         else {
             return error_reply(ws, "Invalid status: use online, away, dnd or offline");
         };
-        let update = json!({
+        let update = self.presence_frame(member, status);
+        self.state
+            .broadcast(&WsMessage::json(&update)?, None, Some(ws));
+        self.queue_fanout(&update, Some(&member.user_id))
+    }
+
+    /// A `presence` frame of `member`.
+    fn presence_frame(&self, member: &Member, status: &str) -> Value {
+        json!({
             "type": "presence",
             "userId": member.user_id,
             "username": member.username,
             "status": status,
             "timestamp": self.state.now_ms(),
+        })
+    }
+
+    /// `member` has no socket left in the channel: their typing indicator goes, and everyone
+    /// is told.
+    fn user_left(&self, member: &Member) -> Result<()> {
+        self.stop_typing(member)?;
+        let gone = json!({
+            "type": "user_disconnected",
+            "userId": member.user_id,
+            "username": member.username,
         });
-        self.state
-            .broadcast(&WsMessage::json(&update)?, None, Some(ws));
-        Ok(())
+        self.state.broadcast(&WsMessage::json(&gone)?, None, None);
+        self.queue_fanout(&gone, None)
     }
 }
 
 impl DurableObject for Channel {
-    fn new(state: ObjectState, _env: Env) -> Self {
+    fn new(state: ObjectState, env: Env) -> Self {
         Self {
             state,
+            env,
             last_seq: None,
+            fanout: Mutex::new(Vec::new()),
         }
     }
 
     async fn fetch(&mut self, req: Request) -> Result<Response> {
         if req.is_websocket_upgrade() {
-            return self.connect(&req);
+            return self.connect(req).await;
         }
-        match (req.method(), req.path()) {
-            (&Method::POST, "/message") => self.post_message(&req),
-            (&Method::GET, "/messages") => self.get_messages(&req),
-            (_, "/message" | "/messages") => Ok(Response::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method not allowed",
-            )),
-            (_, "/") => Ok(Response::error(
-                StatusCode::BAD_REQUEST,
-                "Expected WebSocket",
-            )),
-            _ => Ok(Response::not_found()),
-        }
+        let response = self.http(&req)?;
+        self.flush_fanout().await?;
+        Ok(response)
+    }
+
+    async fn call(&mut self, call: Call) -> Result<Reply> {
+        let reply = shards::Sequencer::serve(self, call).await;
+        self.flush_fanout().await?;
+        reply
     }
 
     async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
-        let now = self.state.now_ms();
-        for (user_id, typing) in self.typists()? {
-            if typing.expires_at <= now {
-                self.state
-                    .storage()
-                    .delete(&format!("{TYPING_PREFIX}{user_id}"))?;
-                self.send_to_others(
-                    &user_id,
-                    &self.typing_update(&user_id, &typing.username, false)?,
-                )?;
-            }
-        }
-        self.schedule_expiry()
+        self.expire_typing()?;
+        self.flush_fanout().await
     }
 
     async fn websocket_message(&mut self, ws: WebSocket, message: WsMessage) -> Result<()> {
-        let Some(member) = Member::of(&ws) else {
-            return error_reply(&ws, "Unknown user");
-        };
-        let Ok(data) = message.json_body::<Value>() else {
-            return error_reply(&ws, "Invalid message format");
-        };
-        // Each handler stores before it sends: after an error nothing was stored or sent.
-        let handled = match data.get("type").and_then(Value::as_str) {
-            Some("message") => match Self::check(&member, &data) {
-                Ok((content, thread_id)) => self.deliver(&member, content, thread_id).map(drop),
-                Err(Refusal(_, why)) => error_reply(&ws, &why),
-            },
-            Some("typing") => match data.get("isTyping").and_then(Value::as_bool) {
-                Some(true) => self.start_typing(&member),
-                Some(false) => self.stop_typing(&member),
-                None => error_reply(&ws, "typing needs isTyping: true or false"),
-            },
-            Some("sync") => match data.get("afterMessageId") {
-                Some(id) => self.sync_by_id(&ws, &member, id),
-                None => self.sync(&ws, data.get("after")),
-            },
-            Some("presence") => self.relay_presence(&ws, &member, data.get("status")),
-            _ => error_reply(&ws, "Unknown message type"),
-        };
-        handled.or_else(|e| error_reply(&ws, &format!("The request failed: {e}")))
+        self.on_message(&ws, message)?;
+        self.flush_fanout().await
     }
 
     async fn websocket_close(
@@ -601,15 +645,127 @@ impl DurableObject for Channel {
         if !self.state.get_websockets(Some(&member.user_id)).is_empty() {
             return Ok(());
         }
-        self.stop_typing(&member)?;
-        let gone = json!({
-            "type": "user_disconnected",
-            "userId": member.user_id,
-            "username": member.username,
-        });
-        self.state.broadcast(&WsMessage::json(&gone)?, None, None);
-        Ok(())
+        self.user_left(&member)?;
+        self.flush_fanout().await
     }
+}
+
+impl Channel {
+    /// The HTTP requests of a channel (all but upgrades).
+    fn http(&mut self, req: &Request) -> Result<Response> {
+        match (req.method(), req.path()) {
+            (&Method::GET | &Method::PUT, "/shards") => shards::configure(&self.state, req),
+            (_, "/shards") => Ok(Response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+            )),
+            (&Method::POST, "/message") => self.post_message(req),
+            (&Method::GET, "/messages") => self.get_messages(req),
+            (_, "/message" | "/messages") => Ok(Response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+            )),
+            (_, "/") => Ok(Response::error(
+                StatusCode::BAD_REQUEST,
+                "Expected WebSocket",
+            )),
+            _ => Ok(Response::not_found()),
+        }
+    }
+
+    /// Clears the typing indicators that expired, and sets the alarm for the next expiry.
+    fn expire_typing(&mut self) -> Result<()> {
+        let now = self.state.now_ms();
+        for (user_id, typing) in self.typists()? {
+            if typing.expires_at <= now {
+                self.state
+                    .storage()
+                    .delete(&format!("{TYPING_PREFIX}{user_id}"))?;
+                self.send_to_others(
+                    &user_id,
+                    &self.typing_update(&user_id, &typing.username, false)?,
+                )?;
+            }
+        }
+        self.schedule_expiry()
+    }
+
+    /// A frame from a client on one of this object's own sockets.
+    fn on_message(&mut self, ws: &WebSocket, message: WsMessage) -> Result<()> {
+        let Some(member) = Member::of(ws) else {
+            return error_reply(ws, "Unknown user");
+        };
+        let Ok(data) = message.json_body::<Value>() else {
+            return error_reply(ws, "Invalid message format");
+        };
+        // Each handler stores before it sends: after an error nothing was stored or sent.
+        let handled = match data.get("type").and_then(Value::as_str) {
+            Some("message") => match Self::check(&member, &data) {
+                Ok((content, thread_id)) => self.deliver(&member, content, thread_id).map(drop),
+                Err(Refusal(_, why)) => error_reply(ws, &why),
+            },
+            Some("typing") => match data.get("isTyping").and_then(Value::as_bool) {
+                Some(true) => self.start_typing(&member),
+                Some(false) => self.stop_typing(&member),
+                None => error_reply(ws, "typing needs isTyping: true or false"),
+            },
+            Some("sync") => self
+                .sync_reply(&data, member.since_sequence)
+                .and_then(|frames| frames.iter().try_for_each(|f| ws.send_json(f))),
+            Some("presence") => self.relay_presence(ws, &member, data.get("status")),
+            _ => error_reply(ws, "Unknown message type"),
+        };
+        handled.or_else(|e| error_reply(ws, &format!("The request failed: {e}")))
+    }
+}
+
+impl shards::Sequencer for Channel {
+    async fn post(
+        &mut self,
+        member: shards::Author,
+        content: String,
+        thread_id: Option<String>,
+    ) -> Result<u64> {
+        Ok(self.deliver(&member.into(), content, thread_id)?.sequence)
+    }
+
+    async fn typing(&mut self, member: shards::Author, is_typing: bool) -> Result<()> {
+        let member = member.into();
+        if is_typing {
+            self.start_typing(&member)
+        } else {
+            self.stop_typing(&member)
+        }
+    }
+
+    async fn presence(&mut self, member: shards::Author, status: String) -> Result<()> {
+        let member: Member = member.into();
+        let update = self.presence_frame(&member, &status);
+        shards::send_except_user(
+            &self.state,
+            &WsMessage::json(&update)?,
+            Some(&member.user_id),
+        );
+        self.queue_fanout(&update, Some(&member.user_id))
+    }
+
+    async fn left(&mut self, member: shards::Author) -> Result<()> {
+        self.user_left(&member.into())
+    }
+
+    async fn sync(&mut self, request: String, since: Option<u64>) -> Result<Vec<String>> {
+        let data: Value = serde_json::from_str(&request)?;
+        Ok(self
+            .sync_reply(&data, since)?
+            .iter()
+            .map(Value::to_string)
+            .collect())
+    }
+}
+
+/// `{"type":"error","message":message}`.
+fn error_frame(message: &str) -> Value {
+    json!({ "type": "error", "message": message })
 }
 
 #[cfg(test)]

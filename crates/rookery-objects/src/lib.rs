@@ -3,6 +3,7 @@
 //! channel and voice channel objects; and the demo app's worker.
 
 mod channel;
+mod channel_shards;
 mod chat_room;
 mod counter;
 mod demo_worker;
@@ -16,6 +17,9 @@ mod voice_session;
 mod waddle;
 
 pub use channel::Channel;
+pub use channel_shards::{
+    CHANNEL_BINDING, ChannelShard, MAX_SHARDS, SHARD_BINDING, shard_index, shard_name,
+};
 pub use chat_room::ChatRoom;
 pub use counter::Counter;
 pub use demo_worker::DemoWorker;
@@ -36,6 +40,7 @@ pub fn builtin_classes() -> Classes {
         .with::<KvStore>("KvStore")
         .with::<Waddle>("Waddle")
         .with::<Channel>("Channel")
+        .with::<ChannelShard>("ChannelShard")
         .with::<VoiceChannel>("VoiceChannel")
         .with_worker("Demo", DemoWorker)
 }
