@@ -750,7 +750,7 @@ mod tests {
     #[test]
     fn the_demo_config_parses() {
         let c = Config::demo();
-        assert_eq!(c.bindings.len(), 5);
+        assert_eq!(c.bindings.len(), 7);
         assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8787)));
     }
 
