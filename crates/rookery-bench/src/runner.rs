@@ -209,11 +209,13 @@ pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
             clients: 1_000 / scale,
             messages: 100 / scale as u32,
             room: None,
+            channel_shards: None,
         }),
         Planned::WsFanout(WsFanoutArgs {
             clients: 10_000 / scale,
             messages: 20 / scale as u32,
             room: None,
+            channel_shards: None,
         }),
         // About 100 clients per room, as in a busy chat service. 50 000 clients would need
         // more than the open-file hard limit of 20 000 that many machines have (the report

@@ -1,11 +1,12 @@
 //! Built-in Rookery object classes, reproducing the workloads of our users: a counter, a
-//! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence
-//! and channel objects; seed 002's patterns (docs/PATTERNS.md: rate limiting with four
-//! algorithms, a distributed lock, leader election, a WebSocket room, a game server, an event
-//! aggregator, metrics); and the demo app's worker.
+//! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence,
+//! channel and voice channel objects; seed 002's patterns (docs/PATTERNS.md: rate limiting
+//! with four algorithms, a distributed lock, leader election, a WebSocket room, a game server,
+//! an event aggregator, metrics); and the demo app's worker.
 
 mod advanced_rate_limiter;
 mod channel;
+mod channel_shards;
 mod chat_room;
 mod counter;
 mod demo_worker;
@@ -20,6 +21,8 @@ mod metrics;
 mod rate_limiter;
 #[cfg(test)]
 mod test_client;
+mod voice_channel;
+mod voice_session;
 mod waddle;
 mod websocket_room;
 
@@ -27,6 +30,9 @@ pub use advanced_rate_limiter::{
     AdvancedRateLimiter, BucketDecision, RateLimits, RateLimitsStub, WindowDecision,
 };
 pub use channel::Channel;
+pub use channel_shards::{
+    CHANNEL_BINDING, ChannelShard, MAX_SHARDS, SHARD_BINDING, shard_index, shard_name,
+};
 pub use chat_room::ChatRoom;
 pub use counter::Counter;
 pub use demo_worker::DemoWorker;
@@ -37,6 +43,8 @@ pub use kv_store::KvStore;
 pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
 pub use metrics::{Metrics, MetricsService, MetricsServiceStub, Summary};
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
+pub use voice_channel::{MAX_PARTICIPANTS, VoiceChannel};
+pub use voice_session::{LocalSessions, SessionProvider, SessionRequest, VoiceSession};
 pub use waddle::Waddle;
 pub use websocket_room::WebSocketRoom;
 
@@ -58,5 +66,7 @@ pub fn builtin_classes() -> Classes {
         .with::<GameServer>("GameServer")
         .with::<EventAggregator>("EventAggregator")
         .with::<Metrics>("Metrics")
+        .with::<ChannelShard>("ChannelShard")
+        .with::<VoiceChannel>("VoiceChannel")
         .with_worker("Demo", DemoWorker)
 }

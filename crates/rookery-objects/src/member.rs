@@ -16,6 +16,14 @@ pub(crate) struct Member {
     pub(crate) username: String,
     /// What the user may do, e.g. `read`, `write`.
     pub(crate) permissions: Vec<String>,
+    /// When the socket was accepted (ms since the epoch); 0 before, and in attachments written
+    /// before this field existed. Seed 004 lists it in `onlineUsers`.
+    #[serde(default)]
+    pub(crate) joined_at: i64,
+    /// Channel: its last sequence when the socket was accepted; what came later was sent on
+    /// the socket live. `None` for Waddle sockets and for attachments written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) since_sequence: Option<u64>,
 }
 
 impl Member {
@@ -45,6 +53,8 @@ impl Member {
             user_id,
             username,
             permissions,
+            joined_at: 0,
+            since_sequence: None,
         })
     }
 
@@ -59,8 +69,9 @@ impl Member {
     }
 
     /// Accepts the upgrade `req` as a hibernatable socket of this member: tagged with the user
-    /// id, with the member as attachment.
-    pub(crate) fn accept(&self, state: &ObjectState, req: &Request) -> Result<WebSocket> {
+    /// id, with the member (joined now) as attachment.
+    pub(crate) fn accept(&mut self, state: &ObjectState, req: &Request) -> Result<WebSocket> {
+        self.joined_at = state.now_ms();
         let ws = state.accept_websocket(req, &[&self.user_id])?;
         ws.serialize_attachment(self)?;
         Ok(ws)
@@ -87,4 +98,27 @@ pub(crate) fn upgrading_member(
 /// Sends `{"type":"error","message":message}` to `ws`.
 pub(crate) fn error_reply(ws: &WebSocket, message: &str) -> Result<()> {
     ws.send_json(&json!({ "type": "error", "message": message }))
+}
+
+/// The statuses a user may be in.
+pub(crate) const STATUSES: [&str; 4] = ["online", "away", "dnd", "offline"];
+
+/// The users with an open socket, once each (with their earliest `joinedAt`), by user id:
+/// seed 004's `onlineUsers`.
+pub(crate) fn online_users(state: &ObjectState) -> Vec<serde_json::Value> {
+    let mut users: std::collections::BTreeMap<String, Member> = std::collections::BTreeMap::new();
+    for ws in state.get_websockets(None) {
+        let Some(m) = Member::of(&ws) else { continue };
+        match users.get_mut(&m.user_id) {
+            Some(known) if known.joined_at <= m.joined_at => {}
+            Some(known) => known.joined_at = m.joined_at,
+            None => {
+                users.insert(m.user_id.clone(), m);
+            }
+        }
+    }
+    users
+        .into_values()
+        .map(|m| json!({"userId": m.user_id, "username": m.username, "joinedAt": m.joined_at}))
+        .collect()
 }

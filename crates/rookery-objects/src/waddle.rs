@@ -8,9 +8,13 @@
 //! - The new socket gets `{"type":"presence_state","users":[..]}`: the users with an open
 //!   socket (from the attachments) with their stored status, then the other known users as
 //!   `offline`. When it is the user's first socket, the others get a `presence_update` `online`.
-//! - `{"type":"presence_update","status":"online|away|dnd|offline"}` stores the status under
-//!   `presence:<userId>` and everyone gets
-//!   `{"type":"presence_update","userId","username","status","timestamp"}`.
+//! - `{"type":"presence_update","status":"online|away|dnd|offline"}` (or seed 004's `presence`)
+//!   stores the status under `presence:<userId>` and every other socket gets
+//!   `{"type":"presence_update","userId","username","status","timestamp"}` (seed 000 does not
+//!   send it back to the sender).
+//! - `{"type":"typing","channelId","isTyping"}` (seed 000's client) is relayed to every other
+//!   socket with the typist's `userId` and `username`; nothing is stored.
+//! - `POST /broadcast` with a JSON object (caller with `admin`) sends it to every socket.
 //! - When a user's last socket closes, they are stored and broadcast as `offline`.
 //! - `GET /presence`: `{"users":[..]}` as in `presence_state`.
 //! - Invalid JSON and unknown types get `{"type":"error","message":..}`.
@@ -21,12 +25,12 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::member::{Member, error_reply, upgrading_member};
+use crate::member::{Member, STATUSES, error_reply, upgrading_member};
 
 /// Where a user's presence is stored.
 const PRESENCE_PREFIX: &str = "presence:";
-/// The statuses a user may be in.
-const STATUSES: [&str; 4] = ["online", "away", "dnd", "offline"];
+/// Longest `channelId` relayed in a `typing` frame, in bytes.
+const MAX_CHANNEL_ID_BYTES: usize = 256;
 
 /// A user's stored presence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,7 +125,7 @@ impl Waddle {
     }
 
     fn connect(&mut self, req: &Request) -> Result<Response> {
-        let member = match upgrading_member(req) {
+        let mut member = match upgrading_member(req) {
             Ok(member) => member,
             Err((status, why)) => return Ok(Response::error(status, why)),
         };
@@ -132,6 +136,55 @@ impl Waddle {
         }
         ws.send_json(&json!({ "type": "presence_state", "users": self.presence_list()? }))?;
         Ok(Response::websocket(&ws))
+    }
+
+    /// Seed 000's `typing` on the Waddle: relayed to the other sockets, not stored (the Channel
+    /// keeps the expiring indicators).
+    fn relay_typing(&self, ws: &WebSocket, member: &Member, data: &Value) -> Result<()> {
+        let Some(is_typing) = data.get("isTyping").and_then(Value::as_bool) else {
+            return error_reply(ws, "typing needs isTyping: true or false");
+        };
+        let channel_id = match data.get("channelId") {
+            None | Some(Value::Null) => Value::Null,
+            Some(Value::String(c)) if c.len() <= MAX_CHANNEL_ID_BYTES => json!(c),
+            Some(_) => return error_reply(ws, "channelId must be a string of at most 256 bytes"),
+        };
+        let update = json!({
+            "type": "typing",
+            "channelId": channel_id,
+            "userId": member.user_id,
+            "username": member.username,
+            "isTyping": is_typing,
+        });
+        self.state
+            .broadcast(&WsMessage::json(&update)?, None, Some(ws));
+        Ok(())
+    }
+
+    /// Seed 000's `/broadcast`: the JSON object in the body goes to every socket. It lets the
+    /// server side speak for the Waddle, so it needs `admin`.
+    fn broadcast(&self, req: &Request) -> Result<Response> {
+        let Some(member) = Member::from_request(req) else {
+            return Ok(Response::error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        };
+        if !member.may("admin") {
+            return Ok(Response::error(
+                StatusCode::FORBIDDEN,
+                "No admin permission",
+            ));
+        }
+        let body = match req.json::<Value>() {
+            Ok(body @ Value::Object(_)) => body,
+            _ => {
+                return Ok(Response::error(
+                    StatusCode::BAD_REQUEST,
+                    "The body must be a JSON object",
+                ));
+            }
+        };
+        let sockets = self.state.get_websockets(None).len();
+        self.state.broadcast(&WsMessage::json(&body)?, None, None);
+        Response::json(&json!({ "success": true, "sockets": sockets }))
     }
 }
 
@@ -148,7 +201,8 @@ impl DurableObject for Waddle {
             (&Method::GET, "/presence") => {
                 Response::json(&json!({ "users": self.presence_list()? }))
             }
-            (_, "/presence") => Ok(Response::error(
+            (&Method::POST, "/broadcast") => self.broadcast(&req),
+            (_, "/presence" | "/broadcast") => Ok(Response::error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method not allowed",
             )),
@@ -169,12 +223,15 @@ impl DurableObject for Waddle {
         };
         // `set_presence` stores before it sends: after an error nothing was stored or sent.
         let handled = match data.get("type").and_then(Value::as_str) {
-            Some("presence_update") => match data.get("status").and_then(Value::as_str) {
-                Some(status) if STATUSES.contains(&status) => {
-                    self.set_presence(&member, status, None)
+            Some("presence_update" | "presence") => {
+                match data.get("status").and_then(Value::as_str) {
+                    Some(status) if STATUSES.contains(&status) => {
+                        self.set_presence(&member, status, Some(&ws))
+                    }
+                    _ => error_reply(&ws, "Invalid status: use online, away, dnd or offline"),
                 }
-                _ => error_reply(&ws, "Invalid status: use online, away, dnd or offline"),
-            },
+            }
+            Some("typing") => self.relay_typing(&ws, &member, &data),
             _ => error_reply(&ws, "Unknown message type"),
         };
         handled.or_else(|e| error_reply(&ws, &format!("The request failed: {e}")))
@@ -254,15 +311,27 @@ mod tests {
 
         bob.say(r#"{"type":"presence_update","status":"dnd"}"#)
             .await;
-        for c in [&mut ann, &mut bob] {
-            let u = c.next().await;
-            assert_eq!(
-                (u["userId"].as_str(), u["status"].as_str()),
-                (Some("bob"), Some("dnd"))
-            );
-        }
+        let u = ann.next().await;
+        assert_eq!(
+            (u["userId"].as_str(), u["status"].as_str()),
+            (Some("bob"), Some("dnd"))
+        );
+        // Seed 000: the sender does not get its own update; its next frame answers the next
+        // request. Seed 004's `presence` is the same request.
         bob.say(r#"{"type":"presence_update","status":"sleeping"}"#)
             .await;
+        assert_eq!(bob.next().await["type"], "error");
+        bob.say(r#"{"type":"presence","status":"away"}"#).await;
+        assert_eq!(ann.next().await["status"], "away");
+        // Seed 000's typing goes to the others only.
+        bob.say(r#"{"type":"typing","channelId":"general","isTyping":true}"#)
+            .await;
+        assert_eq!(
+            ann.next().await,
+            json!({"type": "typing", "channelId": "general", "userId": "bob",
+                   "username": "bob name", "isTyping": true})
+        );
+        bob.say(r#"{"type":"typing"}"#).await;
         assert_eq!(bob.next().await["type"], "error");
         bob.say("not json").await;
         assert_eq!(

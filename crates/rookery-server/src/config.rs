@@ -128,6 +128,8 @@ pub struct AuthConfig {
     pub query_identity: bool,
     /// Bearer tokens and the identity each one proves.
     pub tokens: BTreeMap<String, Identity>,
+    /// `[auth.jwt]`: bearer JSON Web Tokens, verified with the keys it names.
+    pub jwt: Option<crate::jwt::JwtConfig>,
 }
 
 /// A caller's identity.
@@ -765,7 +767,7 @@ mod tests {
     #[test]
     fn the_demo_config_parses() {
         let c = Config::demo();
-        assert_eq!(c.bindings.len(), 12);
+        assert_eq!(c.bindings.len(), 14);
         assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8787)));
     }
 
@@ -876,7 +878,7 @@ mod tests {
                 2,
                 "query",
                 "in [auth]",
-                &["query_identity", "tokens"],
+                &["query_identity", "tokens", "jwt"],
             ),
             (
                 "[durable_objects]\nbindings = [{ name = \"A\", class_name = \"B\", script_name = \"c\" }]\n",

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::client_ip::{client_ip, rate_limit_key};
 use crate::conn::Connections;
-use crate::identity::Authenticator;
+use crate::identity::{Authenticator, Unauthorized, Verified};
 use crate::prometheus::{METRICS_PATH, OwnRoutes, RouteMetrics};
 use crate::reply::{error_response, failure, into_axum, presents_token, unauthorized};
 use crate::{socket_io, stream_io};
@@ -396,12 +396,12 @@ impl Gateway {
         let uri = uri
             .parse()
             .map_err(|e| Error::bad_request(format!("invalid path: {e}")))?;
-        let req = match self.admit(parts, body, uri, client, Tokens::Refuse).await? {
-            Ok(req) => req,
+        let (req, verified) = match self.admit(parts, body, uri, client, Tokens::Refuse).await? {
+            Ok(admitted) => admitted,
             Err(answer) => return Ok(answer),
         };
         let resp = stub.fetch(req).await?;
-        self.respond(resp, upgrade)
+        self.respond(resp, choose_protocol(upgrade, verified))
     }
 
     /// Hands a request to the worker, with the client's path and query.
@@ -418,18 +418,19 @@ impl Gateway {
         };
         let uri = parts.uri.clone();
         // The worker may check tokens of its own: one `[auth]` does not know is its to judge.
-        let req = match self.admit(parts, body, uri, client, Tokens::PassOn).await? {
-            Ok(req) => req,
+        let (req, verified) = match self.admit(parts, body, uri, client, Tokens::PassOn).await? {
+            Ok(admitted) => admitted,
             Err(answer) => return Ok(answer),
         };
         let resp = worker.fetch(req, &self.env).await?;
-        self.respond(resp, upgrade)
+        self.respond(resp, choose_protocol(upgrade, verified))
     }
 
     /// The request as an object or the worker receives it: the body read within its size and
     /// time limits, the identity headers the gateway's own (see `rookery::identity`) and the
-    /// client's address in `x-rookery-client-ip`. `Err` holds the answer when the gateway
-    /// answers itself (a body too slow, an unknown token where `tokens` refuses them).
+    /// client's address in `x-rookery-client-ip`; with what the credential check verified.
+    /// `Err` holds the answer when the gateway answers itself (a body too slow, a credential
+    /// that does not verify where `tokens` refuses them).
     async fn admit(
         &self,
         mut parts: http::request::Parts,
@@ -437,7 +438,7 @@ impl Gateway {
         uri: http::Uri,
         client: IpAddr,
         tokens: Tokens,
-    ) -> rookery::Result<Result<Request, axum::response::Response>> {
+    ) -> rookery::Result<Result<(Request, Verified), axum::response::Response>> {
         let collect = Limited::new(body, self.max_body_bytes).collect();
         let body = match tokio::time::timeout(self.body_read_timeout, collect).await {
             Err(_elapsed) => return Ok(Err(self.body_too_slow())),
@@ -457,23 +458,24 @@ impl Gateway {
                 )));
             }
         };
-        let verified = self.auth.apply(&mut parts.headers, parts.uri.query());
-        if verified.is_err() && matches!(tokens, Tokens::Refuse) {
-            return Ok(Err(error_response(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-            )));
-        }
+        let verified = match self.auth.apply(&mut parts.headers, parts.uri.query()) {
+            Ok(verified) => verified,
+            Err(Unauthorized) if matches!(tokens, Tokens::Refuse) => {
+                return Ok(Err(error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                )));
+            }
+            Err(Unauthorized) => Verified::default(),
+        };
         // What a client sent under this name is not its address.
         parts.headers.remove(identity::CLIENT_IP);
         if let Ok(ip) = HeaderValue::try_from(client.to_string()) {
             parts.headers.insert(identity::CLIENT_IP, ip);
         }
-        Ok(Ok(Request::from_parts(
-            parts.method,
-            uri,
-            parts.headers,
-            body,
+        Ok(Ok((
+            Request::from_parts(parts.method, uri, parts.headers, body),
+            verified,
         )))
     }
 
@@ -517,10 +519,34 @@ async fn upgrade_of(
     if !is_websocket_upgrade(&parts.headers) {
         return Ok(None);
     }
+    // A browser fails the handshake unless the server picks one of the subprotocols it offered.
+    // Clients such as Waddle's pass a token there (`new WebSocket(url, [token])`), so the first
+    // offered value is echoed as the chosen protocol.
+    let offered = parts
+        .headers
+        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
+        .map(str::to_string);
     WebSocketUpgrade::from_request_parts(parts, &())
         .await
-        .map(Some)
+        .map(|upgrade| match offered {
+            Some(protocol) => Some(upgrade.protocols([protocol])),
+            None => Some(upgrade),
+        })
         .map_err(IntoResponse::into_response)
+}
+
+/// `upgrade`, choosing the subprotocol that carried the credential when one did (by default
+/// the first offered one is echoed).
+fn choose_protocol(
+    upgrade: Option<WebSocketUpgrade>,
+    verified: Verified,
+) -> Option<WebSocketUpgrade> {
+    match (upgrade, verified.protocol) {
+        (Some(upgrade), Some(protocol)) => Some(upgrade.protocols([protocol])),
+        (upgrade, _) => upgrade,
+    }
 }
 
 /// Whether the request asks for a WebSocket upgrade.

@@ -1,8 +1,10 @@
 //! Who the caller is: verified at the gateway and passed to objects in headers they can trust.
 //!
 //! The gateway removes any `x-rookery-user-*` / `x-rookery-permissions` headers the client sent,
-//! then sets them from a configured bearer token, or (with `query_identity`, for demos) from the
-//! query parameters `user`, `name` and `permissions`. An unknown bearer token is refused.
+//! then sets them from a credential: a configured bearer token or a JWT (`[auth.jwt]`), from
+//! `Authorization: Bearer` or, for browsers (which cannot set headers on a WebSocket), offered
+//! as a WebSocket subprotocol; or, with `query_identity` (for demos), from the query parameters
+//! `user`, `name` and `permissions`. A credential that does not verify is refused.
 
 use std::collections::HashMap;
 
@@ -11,24 +13,77 @@ use rookery::Request;
 pub use rookery::identity::{PERMISSIONS, USER_ID, USER_NAME};
 
 use crate::config::{AuthConfig, Identity};
+use crate::jwt::{JwtConfigError, JwtVerifier};
 
 /// Verifies callers.
 #[derive(Debug, Default)]
 pub(crate) struct Authenticator {
     query_identity: bool,
     tokens: HashMap<String, Identity>,
+    jwt: Option<JwtVerifier>,
 }
 
-/// The bearer token was not one the configuration knows.
+/// The credential did not verify: an unknown token, or a JWT that failed a check.
 #[derive(Debug)]
 pub(crate) struct Unauthorized;
 
+/// What [`Authenticator::apply`] verified.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Verified {
+    /// The offered WebSocket subprotocol that carried the credential: the one to choose in
+    /// the handshake (a browser fails it unless the server echoes one it offered).
+    pub(crate) protocol: Option<String>,
+}
+
 impl Authenticator {
-    pub(crate) fn new(config: &AuthConfig) -> Self {
-        Self {
+    /// The authenticator of `config`, with the JWT keys it names read.
+    pub(crate) fn new(config: &AuthConfig) -> Result<Self, JwtConfigError> {
+        Ok(Self {
             query_identity: config.query_identity,
             tokens: config.tokens.clone().into_iter().collect(),
+            jwt: config.jwt.as_ref().map(JwtVerifier::new).transpose()?,
+        })
+    }
+
+    /// The identity `token` proves, if any: a configured token, else a verified JWT.
+    fn token_identity(&self, token: &str) -> Option<Identity> {
+        if let Some(id) = self.tokens.get(token) {
+            return Some(id.clone());
         }
+        let jwt = self.jwt.as_ref()?;
+        if !JwtVerifier::looks_like_jwt(token) {
+            return None;
+        }
+        jwt.verify(token)
+            .inspect_err(|e| tracing::debug!(error = %e, "refused a JWT"))
+            .ok()
+    }
+
+    /// The credential offered as a WebSocket subprotocol, with its identity: `Ok(None)` when
+    /// no offered protocol is a credential, `Err` when one is meant as one and fails.
+    fn protocol_credential(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(String, Identity)>, Unauthorized> {
+        let offered = headers
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty());
+        for protocol in offered {
+            if let Some(id) = self.tokens.get(protocol) {
+                return Ok(Some((protocol.to_string(), id.clone())));
+            }
+            if self.jwt.is_some() && JwtVerifier::looks_like_jwt(protocol) {
+                return match self.token_identity(protocol) {
+                    Some(id) => Ok(Some((protocol.to_string(), id))),
+                    None => Err(Unauthorized),
+                };
+            }
+        }
+        Ok(None)
     }
 
     /// Replaces the identity headers of a request with the verified identity, if any.
@@ -36,7 +91,7 @@ impl Authenticator {
         &self,
         headers: &mut HeaderMap,
         query: Option<&str>,
-    ) -> Result<(), Unauthorized> {
+    ) -> Result<Verified, Unauthorized> {
         for h in [&USER_ID, &USER_NAME, &PERMISSIONS] {
             headers.remove(h);
         }
@@ -45,10 +100,17 @@ impl Authenticator {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
+        let mut verified = Verified::default();
         let identity = match bearer {
-            Some(token) => Some(self.tokens.get(token).cloned().ok_or(Unauthorized)?),
-            None if self.query_identity => from_query(query),
-            None => None,
+            Some(token) => Some(self.token_identity(token).ok_or(Unauthorized)?),
+            None => match self.protocol_credential(headers)? {
+                Some((protocol, id)) => {
+                    verified.protocol = Some(protocol);
+                    Some(id)
+                }
+                None if self.query_identity => from_query(query),
+                None => None,
+            },
         };
         if let Some(id) = identity {
             let set = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
@@ -70,7 +132,7 @@ impl Authenticator {
             );
             set(headers, &PERMISSIONS, &id.permissions.join(","));
         }
-        Ok(())
+        Ok(verified)
     }
 }
 
@@ -115,6 +177,7 @@ mod tests {
         Authenticator {
             query_identity,
             tokens,
+            jwt: None,
         }
     }
 

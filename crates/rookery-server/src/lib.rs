@@ -10,6 +10,7 @@ pub mod config;
 mod conn;
 mod gateway;
 pub mod identity;
+pub mod jwt;
 pub mod outbound;
 mod prometheus;
 mod reply;
@@ -60,12 +61,12 @@ pub struct Server {
 }
 
 /// Who may use `/_rookery/...`: the stats token's holders; without one, anyone only while no
-/// bearer tokens are configured (the demo), since a deployment with tokens expects no public
+/// bearer tokens or JWT keys are configured (the demo), since a deployment with tokens expects no public
 /// endpoints.
 fn runtime_access(config: &Config) -> RuntimeAccess {
     match &config.server.stats_token {
         Some(token) => RuntimeAccess::Token(token.trim().to_string()),
-        None if config.auth.tokens.is_empty() => RuntimeAccess::Open,
+        None if config.auth.tokens.is_empty() && config.auth.jwt.is_none() => RuntimeAccess::Open,
         None => RuntimeAccess::Closed,
     }
 }
@@ -115,6 +116,8 @@ impl Server {
             .outbound
             .settings()
             .map_err(|(at, message)| config.error_at(at, message))?;
+        let auth = identity::Authenticator::new(&config.auth)
+            .map_err(|e| config.error(format!("[auth.jwt]: {e}")))?;
         let mut builder = Runtime::builder(&config.server.data_dir)
             .classes(classes)
             .options(config.server.runtime_options())
@@ -146,7 +149,7 @@ impl Server {
             max_body_bytes: server.max_body_bytes,
             max_message_bytes: server.max_ws_message_bytes,
             body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
-            auth: identity::Authenticator::new(&config.auth),
+            auth,
             runtime_access: runtime_access(config),
             admin_token: server.admin_token.as_ref().map(|t| t.trim().to_string()),
             connections,

@@ -3,7 +3,8 @@
 //! The task writes what the runtime queues (batched: many frames, one flush), hands what the
 //! client sends to the object, answers the client's close frame itself, and reports how the
 //! connection ended: the client's code for a clean close, 1006 for a dropped connection, 1009
-//! for a message over the limit, 1002 for a protocol error.
+//! for a message over the limit, 1002 for a protocol error. A close the runtime queues with
+//! 1006 drops the connection without a close frame (shutdown of hibernatable sockets).
 
 use std::sync::{Arc, Mutex};
 
@@ -103,6 +104,11 @@ async fn run(ws: WebSocket, link: SocketLink) {
                     break Ending::new(close_code::ABNORMAL, "", false);
                 }
                 if let Some((code, reason)) = close {
+                    if code == close_code::ABNORMAL {
+                        // 1006 never goes on the wire: the runtime asks to drop the connection
+                        // so that the client sees an unclean close and reconnects.
+                        break Ending::new(code, reason, false);
+                    }
                     // The runtime closes: say so, then give the client a moment to answer.
                     let _ = tx.send(close_frame(code, &reason)).await;
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {

@@ -41,6 +41,11 @@ pub fn chat_frame(text: &str) -> String {
     serde_json::json!({ "type": "message", "text": text }).to_string()
 }
 
+/// The frame a client sends to post message `text` to a Waddle channel.
+pub fn channel_frame(text: &str) -> String {
+    serde_json::json!({ "type": "message", "content": text }).to_string()
+}
+
 /// Opens a WebSocket to `path_and_query` on `target`, within [`CONNECT_TIMEOUT`] per step.
 ///
 /// A refused upgrade becomes an error naming the HTTP status and the start of the body, which is
@@ -136,14 +141,17 @@ struct Frame<'a> {
     kind: Cow<'a, str>,
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
+    /// A Waddle channel's message text.
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
 }
 
-/// Classifies one text frame from the chat room.
+/// Classifies one text frame from the chat room (or a Waddle channel).
 pub fn classify(frame: &str) -> Event {
     let Ok(parsed) = serde_json::from_str::<Frame<'_>>(frame) else {
         return Event::Unparsed;
     };
-    match (&*parsed.kind, parsed.text.as_deref()) {
+    match (&*parsed.kind, parsed.text.or(parsed.content).as_deref()) {
         ("message", Some(READY_TEXT)) => Event::Ready,
         ("message", Some(text)) => match text.strip_prefix("bench-").map(str::parse::<u32>) {
             Some(Ok(i)) => Event::Bench(i),
@@ -200,6 +208,25 @@ pub async fn within<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classifies_waddle_channel_frames() {
+        let frame = r#"{"type":"message","sequence":3,"content":"bench-7","message":{"content":"bench-7"}}"#;
+        assert_eq!(classify(frame), Event::Bench(7));
+        assert_eq!(
+            classify(r#"{"type":"message","content":"bench-ready"}"#),
+            Event::Ready
+        );
+        assert_eq!(
+            classify(r#"{"type":"initial_state","messages":[]}"#),
+            Event::Other
+        );
+        let sent: serde_json::Value = serde_json::from_str(&channel_frame("bench-1")).unwrap();
+        assert_eq!(
+            sent,
+            serde_json::json!({"type": "message", "content": "bench-1"})
+        );
+    }
 
     #[test]
     fn classifies_chat_frames() {

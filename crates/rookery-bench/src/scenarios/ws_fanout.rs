@@ -1,5 +1,6 @@
 //! `ws-fanout`: M chat clients in one room, one of them sends R messages one at a time, and
-//! each message's latency is the time until the last of the M clients has it.
+//! each message's latency is the time until the last of the M clients has it. The room is a
+//! ChatRoom, or with `--channel-shards N` a Waddle Channel split over N shards (1: unsharded).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,8 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::ws_client::{
-    Event, READY_TEXT, SeqChecker, WsSink, WsStream, bench_text, chat_frame, classify, connect_all,
-    within,
+    Event, READY_TEXT, SeqChecker, WsSink, WsStream, bench_text, channel_frame, chat_frame,
+    classify, connect_all, within,
 };
 use super::{Outcome, Verdict, unique_prefix};
 use crate::http::Target;
@@ -40,6 +41,10 @@ pub struct WsFanoutArgs {
     /// Room name (default: a fresh random one).
     #[arg(long)]
     pub room: Option<String>,
+    /// Use a Waddle Channel (`/ws/channel/:room`, identities from the query as in the demo)
+    /// instead of a ChatRoom, sharded this many ways (`PUT /channel/:room/shards`) when over 1.
+    #[arg(long)]
+    pub channel_shards: Option<u32>,
 }
 
 /// What one client saw.
@@ -194,17 +199,18 @@ async fn measure(
     shared: &Shared,
     messages: u32,
     samples: &mut Samples,
+    frame: fn(&str) -> String,
 ) -> Result<Measured, String> {
     // The barrier: every client gets it after the joins broadcast before it, so once all have
     // it the join storm is over and the measured messages do not queue behind it.
     let sent = Instant::now();
-    send_text(sender, READY_TEXT).await?;
+    send_text(sender, &frame(READY_TEXT)).await?;
     let ready = wait_for(events, shared, Want::Ready, READY_TIMEOUT).await?;
     let ready = ready.saturating_duration_since(sent);
     let start = Instant::now();
     for i in 0..messages {
         let sent = Instant::now();
-        send_text(sender, &bench_text(i)).await?;
+        send_text(sender, &frame(&bench_text(i))).await?;
         let at = wait_for(events, shared, Want::Bench(i), MESSAGE_TIMEOUT).await?;
         samples.record(at.saturating_duration_since(sent));
     }
@@ -214,13 +220,13 @@ async fn measure(
     })
 }
 
-/// Posts chat message `text` from `sender`.
-async fn send_text(sender: &mut WsSink, text: &str) -> Result<(), String> {
-    let what = format!("sending {text}");
+/// Sends the message `frame` from `sender`.
+async fn send_text(sender: &mut WsSink, frame: &str) -> Result<(), String> {
+    let what = format!("sending {frame}");
     within(
         MESSAGE_TIMEOUT,
         &what,
-        sender.send(Message::text(chat_frame(text))),
+        sender.send(Message::text(frame.to_string())),
     )
     .await
     .map_err(|e| format!("{e:#}"))?
@@ -256,11 +262,23 @@ pub async fn ws_fanout(target: &Target, args: &WsFanoutArgs) -> Outcome {
     let mut sinks: Vec<Option<WsSink>> = (0..clients).map(|_| None).collect();
     let mut readers: Vec<JoinHandle<ClientLog>> = Vec::with_capacity(sinks.len());
 
+    if let Some(shards) = args.channel_shards.filter(|n| *n > 1) {
+        if let Err(e) = shard_channel(target, &room, shards).await {
+            return outcome.failed(format!("sharding the channel: {e:#}"));
+        }
+    }
+    let channel = args.channel_shards.is_some();
     let started = Instant::now();
     let connected = connect_all(
         target,
         clients,
-        |i| format!("/room/{room}/websocket?name=c{i}"),
+        |i| {
+            if channel {
+                format!("/ws/channel/{room}?user=c{i}&permissions=read,write")
+            } else {
+                format!("/room/{room}/websocket?name=c{i}")
+            }
+        },
         |i, ws| {
             let (sink, stream) = ws.split();
             sinks[i as usize] = Some(sink);
@@ -279,7 +297,16 @@ pub async fn ws_fanout(target: &Target, args: &WsFanoutArgs) -> Outcome {
         Err(e) => Err(format!("{e:#}")),
         Ok(()) => match sinks.first_mut().and_then(Option::as_mut) {
             Some(sender) => {
-                measure(sender, &mut events, &shared, args.messages, &mut samples).await
+                let frame = if channel { channel_frame } else { chat_frame };
+                measure(
+                    sender,
+                    &mut events,
+                    &shared,
+                    args.messages,
+                    &mut samples,
+                    frame,
+                )
+                .await
             }
             None => Err("client 0 has no connection".into()),
         },
@@ -304,6 +331,23 @@ pub async fn ws_fanout(target: &Target, args: &WsFanoutArgs) -> Outcome {
         verdict.detail = format!("{}; {note}", verdict.detail);
     }
     outcome.verdict(verdict)
+}
+
+/// Splits Waddle channel `room` over `shards` shards (as an `admin` of the demo's query
+/// identities).
+async fn shard_channel(target: &Target, room: &str, shards: u32) -> anyhow::Result<()> {
+    let mut conn = crate::http::Conn::open(target).await?;
+    let uri = crate::http::path_uri(format!(
+        "/channel/{room}/shards?user=bench&permissions=admin"
+    ))?;
+    let body = serde_json::json!({ "count": shards }).to_string();
+    let (status, answer) = conn.send_body(hyper::Method::PUT, uri, body.into()).await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
 }
 
 /// Waits for every reader's log; a reader that does not stop in time yields `None`.
@@ -415,6 +459,7 @@ mod tests {
             clients: 10,
             messages: 5,
             room: Some("r".into()),
+            channel_shards: None,
         };
         let o = ws_fanout(&target, &args).await;
         assert!(!o.ok);
@@ -466,6 +511,7 @@ mod tests {
             clients: 20,
             messages: 5,
             room: None,
+            channel_shards: None,
         };
         let o = ws_fanout(&target, &args).await;
         assert!(o.ok, "{}", o.detail);
@@ -483,6 +529,7 @@ mod tests {
             clients: 5,
             messages: 3,
             room: Some("dup".into()),
+            channel_shards: None,
         };
         let o = ws_fanout(&target, &args).await;
         assert!(!o.ok);

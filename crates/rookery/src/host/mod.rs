@@ -638,7 +638,7 @@ impl Host {
         // Dropping the slots closes the mailboxes; each activation works off its queue and ends.
         host.objects.clear();
         for sockets in host.sockets.iter() {
-            sockets.close_all(close_code::GOING_AWAY, "the server is shutting down", false);
+            sockets.close_for_shutdown();
         }
         let mut live = host.live.subscribe();
         tokio::time::timeout(wait, live.wait_for(|n| *n == 0))

@@ -140,7 +140,8 @@ impl From<String> for WsMessage {
 pub enum Outgoing {
     /// A message.
     Message(WsMessage),
-    /// A close frame; nothing follows it.
+    /// A close frame; nothing follows it. Code 1006 (which RFC 6455 forbids on the wire) means
+    /// "drop the connection without a close frame", so that the client sees it as not clean.
     Close(u16, String),
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::events::SocketEvents;
 use super::inner::SocketInner;
-use super::{Frame, Outgoing, WebSocket, WsMessage, check_tags};
+use super::{Frame, Outgoing, WebSocket, WsMessage, check_tags, close_code};
 use crate::addr::ObjectAddr;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -187,6 +187,24 @@ impl ObjectSockets {
         match (&*auto, message) {
             (Some((req, resp)), WsMessage::Text(text)) if req == text => Some(resp.clone()),
             _ => None,
+        }
+    }
+
+    /// At shutdown: plain sockets are closed with 1001; hibernatable ones are dropped without a
+    /// close frame ([`Outgoing::Close`] with 1006), because their object outlives this process
+    /// and a browser reports a dropped connection as not clean (`wasClean == false`), which is
+    /// what makes clients such as Waddle's reconnect and replay (docs/PROTOCOL.md).
+    pub(crate) fn close_for_shutdown(&self) {
+        for s in self.sockets().values() {
+            let code = if s.hibernatable {
+                close_code::ABNORMAL
+            } else {
+                close_code::GOING_AWAY
+            };
+            s.deliver(Outgoing::Close(
+                code,
+                "the server is shutting down".to_string(),
+            ));
         }
     }
 
