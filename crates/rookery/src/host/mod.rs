@@ -34,7 +34,7 @@ use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::outbound::Outbound;
-use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket, close_code};
+use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket};
 use crate::storage::{self, StorageContext};
 use crate::vars::Vars;
 use activation::{Activation, ClassFactory};
