@@ -31,7 +31,9 @@ use serde_json::{Value, json};
 use std::sync::Mutex;
 
 use crate::channel_shards as shards;
-use crate::member::{Member, STATUSES, error_reply, online_users, upgrading_member};
+use crate::member::{
+    Member, Refusal, STATUSES, check_message, error_reply, online_users, upgrading_member,
+};
 
 /// The key of the last sequence handed out.
 const SEQ_KEY: &str = "seq";
@@ -45,10 +47,6 @@ const TYPING_TTL_MS: i64 = 3_000;
 const INITIAL_MESSAGES: usize = 50;
 /// Most messages in one `sync` reply or `GET /messages` page.
 const MAX_PAGE: usize = 500;
-/// Longest message content, in characters.
-const MAX_CONTENT_CHARS: usize = 4_000;
-/// Longest `threadId`, in bytes.
-const MAX_THREAD_ID_BYTES: usize = 256;
 /// The low 62 bits of a message id hold the sequence.
 const SEQ_BITS: u64 = (1 << 62) - 1;
 
@@ -132,9 +130,6 @@ struct Typing {
     expires_at: i64,
 }
 
-/// Why a message was refused, with the HTTP status for `POST /message`.
-pub(crate) struct Refusal(pub(crate) StatusCode, pub(crate) String);
-
 /// One channel.
 pub struct Channel {
     state: ObjectState,
@@ -211,46 +206,6 @@ impl Channel {
             .list::<StoredMessage>(&ListOptions::new().prefix(MSG_PREFIX).reverse(true).limit(n))?;
         messages.reverse();
         Ok(self.complete(messages))
-    }
-
-    /// Checks that `member` may post the message in `data`: its content and thread id.
-    pub(crate) fn check(
-        member: &Member,
-        data: &Value,
-    ) -> std::result::Result<(String, Option<String>), Refusal> {
-        let content = data.get("content");
-        if !member.may("write") {
-            return Err(Refusal(StatusCode::FORBIDDEN, "No write permission".into()));
-        }
-        let Some(content) = content.and_then(Value::as_str) else {
-            return Err(Refusal(
-                StatusCode::BAD_REQUEST,
-                "A message needs a content string".into(),
-            ));
-        };
-        if content.trim().is_empty() {
-            return Err(Refusal(
-                StatusCode::BAD_REQUEST,
-                "A message cannot be empty".into(),
-            ));
-        }
-        if content.chars().count() > MAX_CONTENT_CHARS {
-            return Err(Refusal(
-                StatusCode::BAD_REQUEST,
-                format!("Message too long (at most {MAX_CONTENT_CHARS} characters)"),
-            ));
-        }
-        let thread_id = match data.get("threadId") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(t)) if t.len() <= MAX_THREAD_ID_BYTES => Some(t.clone()),
-            Some(_) => {
-                return Err(Refusal(
-                    StatusCode::BAD_REQUEST,
-                    format!("threadId must be a string of at most {MAX_THREAD_ID_BYTES} bytes"),
-                ));
-            }
-        };
-        Ok((content.to_string(), thread_id))
     }
 
     /// Numbers, stores and broadcasts a message of `member` (already checked). Everything is
@@ -466,7 +421,7 @@ impl Channel {
                 ));
             }
         };
-        match Self::check(&member, &body) {
+        match check_message(&member, &body) {
             Ok((content, thread_id)) => {
                 let message = self.deliver(&member, content, thread_id)?;
                 Response::json(&json!({ "success": true, "sequence": message.sequence }))
@@ -700,7 +655,7 @@ impl Channel {
         };
         // Each handler stores before it sends: after an error nothing was stored or sent.
         let handled = match data.get("type").and_then(Value::as_str) {
-            Some("message") => match Self::check(&member, &data) {
+            Some("message") => match check_message(&member, &data) {
                 Ok((content, thread_id)) => self.deliver(&member, content, thread_id).map(drop),
                 Err(Refusal(_, why)) => error_reply(ws, &why),
             },
@@ -771,6 +726,7 @@ fn error_frame(message: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::member::MAX_CONTENT_CHARS;
     use crate::test_client::{Client, as_user};
     use rookery::Clock;
     use rookery::testing::TestHarness;

@@ -23,8 +23,9 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::channel::{Channel, Refusal};
-use crate::member::{Member, STATUSES, error_reply, online_users, upgrading_member};
+use crate::member::{
+    Member, Refusal, STATUSES, check_message, error_reply, online_users, upgrading_member,
+};
 
 /// The binding of the shard objects.
 pub const SHARD_BINDING: &str = "CHANNEL_SHARD";
@@ -346,7 +347,7 @@ impl ChannelShard {
             return error_reply(ws, "Invalid message format");
         };
         let what = match data.get("type").and_then(Value::as_str) {
-            Some("message") => match Channel::check(&member, &data) {
+            Some("message") => match check_message(&member, &data) {
                 Ok((content, thread_id)) => Forward::Post { content, thread_id },
                 Err(Refusal(_, why)) => return error_reply(ws, &why),
             },

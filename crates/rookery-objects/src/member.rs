@@ -4,7 +4,7 @@
 use rookery::identity::{PERMISSIONS, USER_ID, USER_NAME};
 use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The verified caller of a request, and the attachment of each socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,4 +121,52 @@ pub(crate) fn online_users(state: &ObjectState) -> Vec<serde_json::Value> {
         .into_values()
         .map(|m| json!({"userId": m.user_id, "username": m.username, "joinedAt": m.joined_at}))
         .collect()
+}
+
+/// Longest message content, in characters.
+pub(crate) const MAX_CONTENT_CHARS: usize = 4_000;
+/// Longest `threadId`, in bytes.
+const MAX_THREAD_ID_BYTES: usize = 256;
+
+/// Why a message was refused, with the HTTP status for `POST /message`.
+pub(crate) struct Refusal(pub(crate) StatusCode, pub(crate) String);
+
+/// Checks that `member` may post the message in `data`: its content and thread id.
+pub(crate) fn check_message(
+    member: &Member,
+    data: &Value,
+) -> std::result::Result<(String, Option<String>), Refusal> {
+    let content = data.get("content");
+    if !member.may("write") {
+        return Err(Refusal(StatusCode::FORBIDDEN, "No write permission".into()));
+    }
+    let Some(content) = content.and_then(Value::as_str) else {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "A message needs a content string".into(),
+        ));
+    };
+    if content.trim().is_empty() {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "A message cannot be empty".into(),
+        ));
+    }
+    if content.chars().count() > MAX_CONTENT_CHARS {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("Message too long (at most {MAX_CONTENT_CHARS} characters)"),
+        ));
+    }
+    let thread_id = match data.get("threadId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if t.len() <= MAX_THREAD_ID_BYTES => Some(t.clone()),
+        Some(_) => {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("threadId must be a string of at most {MAX_THREAD_ID_BYTES} bytes"),
+            ));
+        }
+    };
+    Ok((content.to_string(), thread_id))
 }

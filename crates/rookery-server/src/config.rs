@@ -129,7 +129,7 @@ pub struct AuthConfig {
     /// Bearer tokens and the identity each one proves.
     pub tokens: BTreeMap<String, Identity>,
     /// `[auth.jwt]`: bearer JSON Web Tokens, verified with the keys it names.
-    pub jwt: Option<crate::jwt::JwtConfig>,
+    pub jwt: Option<JwtConfig>,
 }
 
 /// A caller's identity.
@@ -758,6 +758,62 @@ fn line_of(text: &str, at: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// `[auth.jwt]`: how bearer JWTs are verified and read.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// A file holding the HS256 shared secret (its bytes, without a trailing newline).
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// A PEM file holding an RSA public key: tokens signed RS256.
+    #[serde(default)]
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// A PEM file holding an Ed25519 public key: tokens signed EdDSA.
+    #[serde(default)]
+    pub eddsa_public_key_file: Option<PathBuf>,
+    /// A JWKS file (`{"keys":[..]}`): RSA, Ed25519, P-256/P-384 and HMAC keys, picked by `kid`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` a token must carry; any (or none) when unset.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// An `aud` a token must carry; when unset, a token with an `aud` is refused.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// The claim holding the user id.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// The claim holding the display name (the user id when absent).
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    /// The claim holding the permissions: an array of strings, or one string separated by
+    /// spaces or commas (an OAuth `scope`).
+    #[serde(default = "default_permissions_claim")]
+    pub permissions_claim: String,
+    /// The permissions of a token without the permissions claim.
+    #[serde(default = "default_permissions")]
+    pub default_permissions: Vec<String>,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_name_claim() -> String {
+    "name".into()
+}
+fn default_permissions_claim() -> String {
+    "permissions".into()
+}
+fn default_permissions() -> Vec<String> {
+    vec!["read".into()]
 }
 
 #[cfg(test)]
