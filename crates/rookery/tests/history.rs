@@ -20,7 +20,7 @@ fn harness(dir: &Path, clock: &Arc<ManualClock>) -> TestHarness {
         Runtime::builder(dir)
             .options(options)
             .clock(clock.clone())
-            .log_segment_bytes(16 * 1024),
+            .log_segment_bytes(2 * 1024),
     )
     .unwrap()
 }
@@ -214,7 +214,8 @@ async fn history_past_its_byte_cap_is_compacted_whatever_its_age() {
     let options = RuntimeOptions {
         history: HistoryOptions {
             retention: Duration::from_secs(3600),
-            max_bytes: 32 * 1024,
+            // Pages are compressed: 30 counter increments log about 5 KiB.
+            max_bytes: 2 * 1024,
         },
         ..RuntimeOptions::default()
     };
@@ -223,7 +224,7 @@ async fn history_past_its_byte_cap_is_compacted_whatever_its_age() {
             Runtime::builder(dir.path())
                 .options(options)
                 .clock(clock.clone())
-                .log_segment_bytes(16 * 1024),
+                .log_segment_bytes(1024),
         )
         .unwrap()
     };
@@ -237,7 +238,7 @@ async fn history_past_its_byte_cap_is_compacted_whatever_its_age() {
     }
     assert!(h.shutdown().await);
     let h = open();
-    // Nothing is past the hour of retention, but the history holds more than 32 KiB.
+    // Nothing is past the hour of retention, but the history holds more than 2 KiB.
     let folded = h.runtime().compact_history().await.unwrap();
     assert!(folded > 0, "the byte cap forced compaction");
     match restore(&h, "c", &early).await {
@@ -280,7 +281,7 @@ async fn an_object_whose_files_were_closed_while_idle_restores_to_its_bookmark()
             Runtime::builder(&data)
                 .options(options)
                 .clock(clock.clone())
-                .log_segment_bytes(16 * 1024),
+                .log_segment_bytes(2 * 1024),
         )
         .unwrap()
     };

@@ -206,7 +206,7 @@ impl History {
                     image = Some(Vec::new());
                 }
                 if let Some(image) = &mut image {
-                    apply_to_vec(image, &record);
+                    apply_to_vec(image, &record)?;
                 }
             }
         }
@@ -321,8 +321,9 @@ impl History {
                 let Some(file) = &file else { continue };
                 if record.kind == Kind::Commit {
                     for frame in record.frames() {
+                        let frame = frame?;
                         let at = u64::from(frame.pgno.saturating_sub(1)) * PAGE_BYTES as u64;
-                        file.write_all_at(frame.page, at)?;
+                        file.write_all_at(&frame.page, at)?;
                     }
                     file.set_len(u64::from(record.db_pages) * PAGE_BYTES as u64)?;
                 }
@@ -354,20 +355,22 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 /// Applies a commit's pages (or a removal) to an image held in memory.
-fn apply_to_vec(image: &mut Vec<u8>, record: &Record<'_>) {
+fn apply_to_vec(image: &mut Vec<u8>, record: &Record<'_>) -> io::Result<()> {
     if record.kind != Kind::Commit {
         image.clear();
-        return;
+        return Ok(());
     }
     let len = record.db_pages as usize * PAGE_BYTES;
     if image.len() < len {
         image.resize(len, 0);
     }
     for frame in record.frames() {
+        let frame = frame?;
         let at = (frame.pgno.saturating_sub(1) as usize) * PAGE_BYTES;
         if let Some(slot) = image.get_mut(at..at + PAGE_BYTES) {
-            slot.copy_from_slice(frame.page);
+            slot.copy_from_slice(&frame.page);
         }
     }
     image.truncate(len);
+    Ok(())
 }

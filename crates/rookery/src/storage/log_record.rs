@@ -10,15 +10,23 @@
 //! ```
 //!
 //! - **Commit** (`value` = the object's commit sequence): `db_pages: u32 | frames: u32`, then per
-//!   frame `pgno: u32 | page: [u8; 4096]`: the pages the turn's commit wrote to the object's
-//!   WAL, in order, and the database's size in pages after it.
+//!   frame `pgno: u32 | stored: u16 | bytes`: the pages the turn's commit wrote to the object's
+//!   WAL, in order, and the database's size in pages after it. A page is stored as an LZ4 block
+//!   of `stored` bytes, or whole when `stored` is 4096 (it did not get smaller). Kind byte 4;
+//!   kind 1 is the earlier form, every page whole (`pgno: u32 | page: [u8; 4096]`), still read.
 //! - **Checkpoint** (`value` = an LSN): the object's own database file holds, durably, every
 //!   commit of the object up to that LSN.
 //! - **Removed** (`value` = an LSN): the object stored nothing any more and its file was removed.
 //!
+//! Pages are compressed because a commit usually changes a few bytes of a mostly empty page:
+//! a counter increment logs about 100 bytes instead of 4 KiB, and the bytes each sync round
+//! writes (and the zeros written ahead of them) shrink with it.
+//!
 //! A record's LSN is the byte offset of its start in the log, counted from the first record ever
 //! written. A torn or unsynced tail fails its length or checksum and ends the log.
 
+use std::borrow::Cow;
+use std::io;
 use std::sync::Arc;
 
 use crate::addr::AlarmKey;
@@ -42,12 +50,17 @@ pub(crate) enum Kind {
     Removed = 3,
 }
 
+/// The kind byte of a commit whose pages are packed (the form written now).
+const PACKED_COMMIT: u8 = 4;
+
 impl Kind {
-    fn from_u8(b: u8) -> Option<Self> {
+    /// The kind a byte names, and whether a commit's pages are packed.
+    fn from_u8(b: u8) -> Option<(Self, bool)> {
         match b {
-            1 => Some(Kind::Commit),
-            2 => Some(Kind::Checkpoint),
-            3 => Some(Kind::Removed),
+            1 => Some((Kind::Commit, false)),
+            2 => Some((Kind::Checkpoint, false)),
+            3 => Some((Kind::Removed, false)),
+            PACKED_COMMIT => Some((Kind::Commit, true)),
             _ => None,
         }
     }
@@ -60,6 +73,57 @@ pub(crate) struct Frame<'a> {
     pub(crate) page: &'a [u8],
 }
 
+/// A commit's pages, packed for the log (done before the log's lock is taken: compressing
+/// is the costly part of appending).
+#[derive(Debug, Default)]
+pub(crate) struct Packed {
+    count: u32,
+    bytes: Vec<u8>,
+    /// The bytes the pages take whole: what the record would hold unpacked.
+    whole: usize,
+}
+
+impl Packed {
+    /// Bytes the packed pages take.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Bytes the pages take whole, with their page numbers.
+    pub(crate) fn whole_len(&self) -> usize {
+        self.whole
+    }
+}
+
+/// Packs `frames`: each page compressed, or whole where compressing does not make it smaller.
+pub(crate) fn pack(frames: &[Frame<'_>]) -> Packed {
+    let mut bytes = Vec::with_capacity(frames.len() * 256);
+    let mut scratch = vec![0u8; lz4_flex::block::get_maximum_output_size(PAGE_BYTES)];
+    for frame in frames {
+        // Frames are whole pages (WAL frames, or a restored image cut into pages).
+        debug_assert_eq!(frame.page.len(), PAGE_BYTES);
+        bytes.extend_from_slice(&frame.pgno.to_le_bytes());
+        match lz4_flex::block::compress_into(frame.page, &mut scratch) {
+            Ok(n) if n < PAGE_BYTES && frame.page.len() == PAGE_BYTES => {
+                bytes.extend_from_slice(&(n as u16).to_le_bytes());
+                bytes.extend_from_slice(&scratch[..n]);
+            }
+            _ => {
+                let page = frame.page.get(..PAGE_BYTES).unwrap_or(frame.page);
+                bytes.extend_from_slice(&(PAGE_BYTES as u16).to_le_bytes());
+                bytes.extend_from_slice(page);
+                // A short page is stored padded: the record stays well formed.
+                bytes.resize(bytes.len() + PAGE_BYTES - page.len(), 0);
+            }
+        }
+    }
+    Packed {
+        count: u32::try_from(frames.len()).unwrap_or(u32::MAX),
+        bytes,
+        whole: frames.len() * (4 + PAGE_BYTES),
+    }
+}
+
 /// Appends a commit record for `key` to `out`, at log position `lsn`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_commit(
@@ -69,19 +133,12 @@ pub(crate) fn encode_commit(
     key: &AlarmKey,
     seq: u64,
     db_pages: u32,
-    frames: &[Frame<'_>],
+    packed: &Packed,
 ) {
-    let start = begin(out, lsn, Kind::Commit, time_ms, key, seq);
+    let start = begin(out, lsn, PACKED_COMMIT, time_ms, key, seq);
     out.extend_from_slice(&db_pages.to_le_bytes());
-    out.extend_from_slice(
-        &u32::try_from(frames.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    for frame in frames {
-        out.extend_from_slice(&frame.pgno.to_le_bytes());
-        out.extend_from_slice(frame.page);
-    }
+    out.extend_from_slice(&packed.count.to_le_bytes());
+    out.extend_from_slice(&packed.bytes);
     finish(out, start);
 }
 
@@ -95,14 +152,14 @@ pub(crate) fn encode_cover(
     key: &AlarmKey,
     through: Lsn,
 ) {
-    let start = begin(out, lsn, kind, time_ms, key, through);
+    let start = begin(out, lsn, kind as u8, time_ms, key, through);
     finish(out, start);
 }
 
 fn begin(
     out: &mut Vec<u8>,
     lsn: Lsn,
-    kind: Kind,
+    kind: u8,
     time_ms: i64,
     key: &AlarmKey,
     value: u64,
@@ -110,7 +167,7 @@ fn begin(
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER]);
     out.extend_from_slice(&lsn.to_le_bytes());
-    out.push(kind as u8);
+    out.push(kind);
     out.extend_from_slice(&time_ms.to_le_bytes());
     let uid = key.class_uid.as_bytes();
     out.extend_from_slice(&u16::try_from(uid.len()).unwrap_or(u16::MAX).to_le_bytes());
@@ -140,6 +197,16 @@ pub(crate) struct Record<'a> {
     pub(crate) db_pages: u32,
     frames: &'a [u8],
     frame_count: usize,
+    /// Whether the frames are packed (`pgno | stored | bytes`) or whole pages.
+    packed: bool,
+}
+
+/// One page of a commit read back.
+#[derive(Debug)]
+pub(crate) struct Page<'a> {
+    pub(crate) pgno: u32,
+    /// The whole page: borrowed from the log where it was stored whole, else decompressed.
+    pub(crate) page: Cow<'a, [u8]>,
 }
 
 impl<'a> Record<'a> {
@@ -156,8 +223,8 @@ impl<'a> Record<'a> {
                     return false;
                 }
                 let mut seen = vec![false; pages];
-                for frame in self.frames() {
-                    if let Some(slot) = (frame.pgno as usize)
+                for pgno in self.pgnos() {
+                    if let Some(slot) = (pgno as usize)
                         .checked_sub(1)
                         .and_then(|i| seen.get_mut(i))
                     {
@@ -169,16 +236,52 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// The pages of a commit, in the order they were written.
-    pub(crate) fn frames(&self) -> impl Iterator<Item = Frame<'a>> + 'a {
-        let bytes = self.frames;
-        (0..self.frame_count).map(move |i| {
-            let at = i * (4 + PAGE_BYTES);
-            let mut pgno = [0u8; 4];
-            pgno.copy_from_slice(&bytes[at..at + 4]);
-            Frame {
-                pgno: u32::from_le_bytes(pgno),
-                page: &bytes[at + 4..at + 4 + PAGE_BYTES],
+    /// Each frame's page number and stored bytes, in the order they were written (the bytes
+    /// are whole pages, or LZ4 blocks where shorter than a page).
+    fn stored(&self) -> impl Iterator<Item = (u32, &'a [u8])> + 'a {
+        let (bytes, packed) = (self.frames, self.packed);
+        let mut at = 0usize;
+        (0..self.frame_count).map_while(move |_| {
+            let pgno = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+            at += 4;
+            let len = if packed {
+                let len = u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
+                at += 2;
+                usize::from(len)
+            } else {
+                PAGE_BYTES
+            };
+            let stored = bytes.get(at..at + len)?;
+            at += len;
+            Some((pgno, stored))
+        })
+    }
+
+    /// The page numbers of a commit's frames, in the order they were written.
+    pub(crate) fn pgnos(&self) -> impl Iterator<Item = u32> + 'a {
+        self.stored().map(|(pgno, _)| pgno)
+    }
+
+    /// The pages of a commit, in the order they were written. A page that does not
+    /// decompress to a whole page is an error (the record passed its checksum, so this is
+    /// not a torn tail but a fault).
+    pub(crate) fn frames(&self) -> impl Iterator<Item = io::Result<Page<'a>>> + 'a {
+        self.stored().map(|(pgno, stored)| {
+            if stored.len() == PAGE_BYTES {
+                return Ok(Page {
+                    pgno,
+                    page: Cow::Borrowed(stored),
+                });
+            }
+            let mut page = vec![0u8; PAGE_BYTES];
+            match lz4_flex::block::decompress_into(stored, &mut page) {
+                Ok(PAGE_BYTES) => Ok(Page {
+                    pgno,
+                    page: Cow::Owned(page),
+                }),
+                _ => Err(io::Error::other(format!(
+                    "page {pgno} of a log record does not decompress to a whole page"
+                ))),
             }
         })
     }
@@ -241,7 +344,7 @@ fn take4(bytes: &[u8], at: usize) -> [u8; 4] {
 fn parse(body: &[u8]) -> Option<(Lsn, Record<'_>)> {
     let mut r = Reader { bytes: body, at: 0 };
     let lsn = u64::from_le_bytes(r.bytes(8)?.try_into().ok()?);
-    let kind = Kind::from_u8(r.bytes(1)?[0])?;
+    let (kind, packed) = Kind::from_u8(r.bytes(1)?[0])?;
     let time_ms = i64::from_le_bytes(r.bytes(8)?.try_into().ok()?);
     let uid_len = u16::from_le_bytes(r.bytes(2)?.try_into().ok()?) as usize;
     let uid = std::str::from_utf8(r.bytes(uid_len)?).ok()?;
@@ -251,7 +354,21 @@ fn parse(body: &[u8]) -> Option<(Lsn, Record<'_>)> {
         Kind::Commit => {
             let db_pages = u32::from_le_bytes(r.bytes(4)?.try_into().ok()?);
             let count = u32::from_le_bytes(r.bytes(4)?.try_into().ok()?) as usize;
-            let frames = r.bytes(count.checked_mul(4 + PAGE_BYTES)?)?;
+            let frames = if packed {
+                // Every frame's length must fit: the iterators then never stop early.
+                let start = r.at;
+                for _ in 0..count {
+                    r.bytes(4)?;
+                    let len = u16::from_le_bytes(r.bytes(2)?.try_into().ok()?);
+                    if usize::from(len) > PAGE_BYTES {
+                        return None;
+                    }
+                    r.bytes(usize::from(len))?;
+                }
+                &body[start..r.at]
+            } else {
+                r.bytes(count.checked_mul(4 + PAGE_BYTES)?)?
+            };
             (db_pages, count, frames)
         }
         Kind::Checkpoint | Kind::Removed => (0, 0, &body[..0]),
@@ -272,6 +389,7 @@ fn parse(body: &[u8]) -> Option<(Lsn, Record<'_>)> {
             db_pages,
             frames,
             frame_count,
+            packed,
         },
     ))
 }
@@ -316,7 +434,7 @@ mod tests {
                 page: &page_b,
             },
         ];
-        encode_commit(&mut log, 100, 1_000, &key(), 5, 3, &frames);
+        encode_commit(&mut log, 100, 1_000, &key(), 5, 3, &pack(&frames));
         let second = 100 + log.len() as u64;
         encode_cover(&mut log, second, Kind::Checkpoint, 2_000, &key(), 0);
         let (commit, used) = decode(&log, 100).unwrap();
@@ -326,8 +444,11 @@ mod tests {
             (5, 3, 1_000)
         );
         assert_eq!(commit.key, key());
-        let pages: Vec<(u32, u8)> = commit.frames().map(|f| (f.pgno, f.page[0])).collect();
-        assert_eq!(pages, [(1, 1), (3, 2)]);
+        let pages: Vec<(u32, Vec<u8>)> = commit
+            .frames()
+            .map(|f| f.map(|f| (f.pgno, f.page.into_owned())).unwrap())
+            .collect();
+        assert_eq!(pages, [(1, page_a.clone()), (3, page_b.clone())]);
         let (cover, used2) = decode(&log[used..], second).unwrap();
         assert_eq!((cover.kind, cover.value), (Kind::Checkpoint, 0));
         assert_eq!(
@@ -343,5 +464,88 @@ mod tests {
         assert_eq!(decode(&flipped, 100).unwrap_err(), End::Torn);
         // A valid record at another position is one an earlier use of the segment left.
         assert_eq!(decode(&log, 200).unwrap_err(), End::Clean);
+    }
+
+    /// A page of `len` pseudo-random bytes followed by zeros (what a mostly empty SQLite page
+    /// looks like).
+    fn page(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut page = vec![0u8; PAGE_BYTES];
+        for b in &mut page[..len] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        page
+    }
+
+    #[test]
+    fn pages_are_packed_small_and_read_back_whole() {
+        let sparse = page(1, 100);
+        let noise = page(2, PAGE_BYTES);
+        let frames = [
+            Frame {
+                pgno: 2,
+                page: &sparse,
+            },
+            Frame {
+                pgno: 9,
+                page: &noise,
+            },
+        ];
+        let packed = pack(&frames);
+        // The sparse page shrinks to about its content; the random one is stored whole.
+        assert!(packed.len() < PAGE_BYTES + 400, "{} bytes", packed.len());
+        assert!(packed.len() > PAGE_BYTES, "{} bytes", packed.len());
+        let mut log = Vec::new();
+        encode_commit(&mut log, 0, 1, &key(), 1, 9, &packed);
+        let (commit, used) = decode(&log, 0).unwrap();
+        assert_eq!(used, log.len());
+        assert_eq!(commit.pgnos().collect::<Vec<_>>(), [2, 9]);
+        let pages: Vec<(u32, Vec<u8>)> = commit
+            .frames()
+            .map(|f| f.map(|f| (f.pgno, f.page.into_owned())).unwrap())
+            .collect();
+        assert_eq!(pages, [(2, sparse), (9, noise)]);
+    }
+
+    #[test]
+    fn commits_written_with_whole_pages_are_still_read() {
+        // The earlier form: kind 1, every page whole.
+        let page_a = page(3, 50);
+        let mut log = Vec::new();
+        let start = begin(&mut log, 40, Kind::Commit as u8, 7, &key(), 2);
+        log.extend_from_slice(&1u32.to_le_bytes());
+        log.extend_from_slice(&1u32.to_le_bytes());
+        log.extend_from_slice(&1u32.to_le_bytes());
+        log.extend_from_slice(&page_a);
+        finish(&mut log, start);
+        let (commit, _) = decode(&log, 40).unwrap();
+        assert_eq!((commit.kind, commit.value, commit.db_pages), (Kind::Commit, 2, 1));
+        assert!(commit.is_base());
+        let frames: Vec<Page<'_>> = commit.frames().map(|f| f.unwrap()).collect();
+        assert_eq!(frames.len(), 1);
+        assert_eq!((frames[0].pgno, &*frames[0].page), (1, &page_a[..]));
+    }
+
+    #[test]
+    fn a_page_that_does_not_decompress_is_an_error_not_a_page() {
+        let sparse = page(4, 64);
+        let frames = [Frame {
+            pgno: 1,
+            page: &sparse,
+        }];
+        let mut packed = pack(&frames);
+        // Cut the end off the LZ4 block (and say so in its length), then seal the record with
+        // a valid checksum: the checksum cannot catch it, decompression must.
+        let stored = u16::from_le_bytes([packed.bytes[4], packed.bytes[5]]);
+        assert!(usize::from(stored) < PAGE_BYTES);
+        packed.bytes.truncate(packed.bytes.len() - 10);
+        packed.bytes[4..6].copy_from_slice(&(stored - 10).to_le_bytes());
+        let mut log = Vec::new();
+        encode_commit(&mut log, 0, 1, &key(), 1, 1, &packed);
+        let (commit, _) = decode(&log, 0).unwrap();
+        assert!(commit.frames().all(|f| f.is_err()));
     }
 }

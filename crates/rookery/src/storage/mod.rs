@@ -548,12 +548,13 @@ impl Storage {
                 page: &f[24..],
             })
             .collect();
+        let packed = log_record::pack(&frames);
         let lsn = log.append_commit(
             self.ctx.clock.now_ms(),
             &self.alarm_key,
             seq,
             db_pages,
-            &frames,
+            &packed,
             &self.sync,
             write_now,
         )?;

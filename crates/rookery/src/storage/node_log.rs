@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::log_record::{self, Frame, Kind, Lsn};
+use super::log_record::{self, Kind, Lsn, Packed};
 use super::object_sync::{LogWait, ObjectSync};
 use crate::addr::AlarmKey;
 use crate::durable_dir::sync_dir;
@@ -193,17 +193,28 @@ impl NodeLog {
         key: &AlarmKey,
         seq: u64,
         db_pages: u32,
-        frames: &[Frame<'_>],
+        packed: &Packed,
         sync: &Arc<ObjectSync>,
         write_now: bool,
     ) -> io::Result<Lsn> {
         if self.failed() {
             return Err(io::Error::other("the node log failed earlier"));
         }
+        // A larger record would read back as a torn tail, ending the log at it.
+        if packed.len() > log_record::MAX_BODY - 1024 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a commit of {} bytes of pages is larger than the log takes ({} bytes)",
+                    packed.len(),
+                    log_record::MAX_BODY - 1024
+                ),
+            ));
+        }
         let mut tail = self.tail();
         let lsn = tail.next;
         let before = tail.buffer.len();
-        log_record::encode_commit(&mut tail.buffer, lsn, time_ms, key, seq, db_pages, frames);
+        log_record::encode_commit(&mut tail.buffer, lsn, time_ms, key, seq, db_pages, packed);
         let len = (tail.buffer.len() - before) as u64;
         tail.next += len;
         tail.segment_len += len;
@@ -270,6 +281,9 @@ impl NodeLog {
         let result = tail.file.write_all_at(&tail.buffer, at).and_then(|()| {
             if end > tail.prepared {
                 // Zeros ahead, so that the next rounds overwrite instead of growing the file.
+                // (Growing it a megabyte at a time, not each round: a round that changes the
+                // file's size makes its `fdatasync` commit the inode too. Pages are compressed,
+                // so a megabyte lasts thousands of commits.)
                 let target = end + ZERO_AHEAD;
                 write_zeros(&tail.file, end, target)?;
                 tail.prepared = target;
@@ -579,7 +593,7 @@ fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::id::ID_BYTES;
-    use crate::storage::log_record::PAGE_BYTES;
+    use crate::storage::log_record::{Frame, PAGE_BYTES};
     use crate::storage::recovery::recover;
 
     fn key() -> AlarmKey {
@@ -589,14 +603,29 @@ mod tests {
         }
     }
 
-    /// Appends one commit that sets pages `1..=pages` to `value`, and makes it durable.
+    /// A page that does not compress, different for each `value`: records take whole pages,
+    /// so these tests know how many fit in a segment.
+    fn page_of(value: u8) -> Vec<u8> {
+        let mut x = u64::from(value).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..PAGE_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Appends one commit that sets pages `1..=pages` to `page_of(value)`, and makes it
+    /// durable.
     fn commit(log: &NodeLog, sync: &Arc<ObjectSync>, seq: u64, value: u8, pages: u32) -> Lsn {
-        let page = vec![value; PAGE_BYTES];
+        let page = page_of(value);
         let frames: Vec<Frame<'_>> = (1..=pages)
             .map(|pgno| Frame { pgno, page: &page })
             .collect();
         let lsn = log
-            .append_commit(0, &key(), seq, pages, &frames, sync, false)
+            .append_commit(0, &key(), seq, pages, &log_record::pack(&frames), sync, false)
             .unwrap();
         let written = log.write().unwrap();
         log.sync(written).unwrap();
@@ -671,10 +700,7 @@ mod tests {
         let bytes = fs::read(&db).unwrap();
         // The last commit (n = 9) left a database of one page.
         assert_eq!(bytes.len(), PAGE_BYTES, "the last commit's page count");
-        assert!(
-            bytes.iter().all(|b| *b == seq as u8),
-            "page 1 holds the last commit"
-        );
+        assert!(bytes == page_of(seq as u8), "page 1 holds the last commit");
         assert!(
             recovered.next > last,
             "the log goes on after what it replayed"

@@ -285,8 +285,9 @@ fn apply(
         let (record, _) = log_record::decode(&buf, segment + offset as u64)
             .map_err(|_| io::Error::other("a log record changed while recovering"))?;
         for frame in record.frames() {
+            let frame = frame?;
             let at = u64::from(frame.pgno.saturating_sub(1)) * PAGE_BYTES as u64;
-            file.write_all_at(frame.page, at)?;
+            file.write_all_at(&frame.page, at)?;
         }
         db_pages = record.db_pages;
     }

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::history::format_bookmark;
-use super::log_record::{Frame, Lsn, PAGE_BYTES};
+use super::log_record::{self, Frame, Lsn, PAGE_BYTES};
 use super::{ObjectSync, StorageContext};
 use crate::addr::AlarmKey;
 use crate::durable_dir::{create_dir_durable, sync_dir, write_file_durable};
@@ -68,7 +68,8 @@ pub(crate) fn run(ctx: &StorageContext, key: &AlarmKey, db: &Path, at: Lsn) -> R
         let pages = u32::try_from(frames.len())
             .map_err(|_| Error::msg("the restored database is too large"))?;
         let unused = ObjectSync::new(db, false);
-        Some(log.append_commit(now, key, 0, pages, &frames, &unused, false)?)
+        let packed = log_record::pack(&frames);
+        Some(log.append_commit(now, key, 0, pages, &packed, &unused, false)?)
     };
     // The log says what the file will hold before the file holds it.
     wait_synced(ctx, log.next_lsn())?;
