@@ -79,19 +79,12 @@ pub(crate) struct Frame<'a> {
 pub(crate) struct Packed {
     count: u32,
     bytes: Vec<u8>,
-    /// The bytes the pages take whole: what the record would hold unpacked.
-    whole: usize,
 }
 
 impl Packed {
     /// Bytes the packed pages take.
     pub(crate) fn len(&self) -> usize {
         self.bytes.len()
-    }
-
-    /// Bytes the pages take whole, with their page numbers.
-    pub(crate) fn whole_len(&self) -> usize {
-        self.whole
     }
 }
 
@@ -120,7 +113,6 @@ pub(crate) fn pack(frames: &[Frame<'_>]) -> Packed {
     Packed {
         count: u32::try_from(frames.len()).unwrap_or(u32::MAX),
         bytes,
-        whole: frames.len() * (4 + PAGE_BYTES),
     }
 }
 
