@@ -141,6 +141,11 @@ fn stopped(e: oneshot::error::RecvError) -> Error {
 }
 
 impl Stub {
+    /// A stub for the object at `addr`.
+    pub(crate) fn new(host: Host, addr: ObjectAddr) -> Self {
+        Self { host, addr }
+    }
+
     /// The id of the object this stub calls.
     pub fn id(&self) -> &ObjectId {
         &self.addr.id
@@ -222,10 +227,28 @@ impl Stub {
         &self,
         job: impl FnOnce(&ObjectState) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.run_job(job, true).await
+    }
+
+    /// Runs `job` as [`Stub::run`] does, keeping the object's instance: for jobs that only
+    /// read, or copy, its storage.
+    pub(crate) async fn run_reading<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&ObjectState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.run_job(job, false).await
+    }
+
+    async fn run_job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&ObjectState) -> Result<T> + Send + 'static,
+        fresh: bool,
+    ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         let job: RunJob =
             Box::new(move |state| job(state).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>));
-        self.host.dispatch(&self.addr, Event::Run { job, reply })?;
+        self.host
+            .dispatch(&self.addr, Event::Run { job, fresh, reply })?;
         let value = answer(rx).await?;
         value
             .downcast::<T>()
