@@ -34,7 +34,7 @@ pub enum AdminError {
     /// No hosted class has this name (or binding).
     #[error("no class {0:?} is hosted here")]
     UnknownClass(String),
-    /// The object stores nothing and is not in memory.
+    /// The object stores nothing (it has no database file).
     #[error("{0} stores nothing here")]
     UnknownObject(String),
     /// The request itself is wrong (a bad cursor, limit, query or directory).
@@ -227,7 +227,7 @@ impl Admin {
     }
 
     /// The object `object` of `class`: its id (64 lowercase hex characters this class minted)
-    /// or else its name. Refused if it stores nothing and is not in memory.
+    /// or else its name. Refused if it stores nothing (it has no database file).
     fn object(&self, class: &str, object: &str) -> AdminResult<ObjectAddr> {
         let info = self.class(class)?;
         if object.is_empty() {
@@ -238,11 +238,12 @@ impl Admin {
             Err(_) => info.minter.id_from_name(object),
         };
         let addr = ObjectAddr::new(info, id);
-        let on_disk = match addr.location() {
+        let stores = match addr.location() {
             crate::addr::Location::File(path) => path.exists(),
-            crate::addr::Location::Memory => false,
+            // A runtime without a data directory: what is in memory is all there is.
+            crate::addr::Location::Memory => self.host.is_live(&addr.key()),
         };
-        if !on_disk && !self.host.is_live(&addr.key()) {
+        if !stores {
             return Err(AdminError::UnknownObject(addr.describe()));
         }
         Ok(addr)
