@@ -13,7 +13,7 @@ use std::time::UNIX_EPOCH;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::admin::{AdminError, AdminResult};
+use crate::admin_error::{AdminError, AdminResult};
 use crate::durable_dir::sync_dir;
 use crate::error::Error;
 use crate::id::ID_BYTES;

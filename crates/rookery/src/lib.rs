@@ -25,6 +25,7 @@
 // values
 mod addr;
 mod admin;
+mod admin_error;
 mod backup;
 mod call;
 mod clock;
@@ -60,10 +61,10 @@ mod runtime;
 pub mod testing;
 
 pub use admin::{
-    Admin, AdminError, AdminResult, AlarmRun, BackupReport, ClassSummary, DEFAULT_PAGE, KvEntry,
-    KvPage, MAX_PAGE, ObjectDetail, ObjectPage, ObjectQuery, ObjectSummary, QUERY_TIME_LIMIT,
-    QueryRows,
+    Admin, AlarmRun, BackupReport, ClassSummary, DEFAULT_PAGE, KvEntry, KvPage, MAX_PAGE,
+    ObjectDetail, ObjectPage, ObjectQuery, ObjectSummary, QUERY_TIME_LIMIT, QueryRows,
 };
+pub use admin_error::{AdminError, AdminResult};
 pub use alarm::{AlarmStats, LatenessSummary};
 pub use backup::{BACKUP_MANIFEST, RestoreReport, restore_backup};
 pub use call::{Call, CallError, CallResult, MethodResult, Reply};
