@@ -16,12 +16,13 @@ fn json_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = logs.clone();
-        // The same layer as `main.rs` installs for `--log-format json`, at the default level.
+        // The same layer as `main.rs` installs for `--log-format json`; at debug, to see the
+        // runtime's own debug line from inside a turn.
         tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .with_max_level(tracing::Level::INFO)
+            .with_max_level(tracing::Level::DEBUG)
             .with_writer(move || Sink(sink.clone()))
             .init();
         logs
@@ -104,5 +105,33 @@ async fn a_turns_log_line_names_the_request_id_class_and_object() {
     .await;
     let line = lines_with(&logs, needle).remove(1);
     assert_eq!(line["span"]["request_id"], "client-chosen-42", "{line}");
+
+    // A request one object sends another carries the id on: the callee's turn logs under it.
+    // Probe nested-a calls nested-b, which calls nested-a back: refused as a cycle, logged in
+    // nested-b's turn.
+    let callee: Value = client()
+        .get(server.url("/probe/nested-b/whoami"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = client()
+        .get(server.url("/probe/nested-a/call?target=nested-b&then=nested-a"))
+        .header("x-request-id", "nested-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 508);
+    let needle = "call refused: call cycle";
+    wait_until("the refused call is logged", || {
+        !lines_with(&logs, needle).is_empty()
+    })
+    .await;
+    let line = lines_with(&logs, needle).remove(0);
+    assert_eq!(line["span"]["name"], "turn", "{line}");
+    assert_eq!(line["span"]["request_id"], "nested-7", "{line}");
+    assert_eq!(line["span"]["id"], callee["id"], "{line}");
     server.stop().await;
 }

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use crate::addr::{ClassInfo, ObjectAddr};
 use crate::call::{Call, CallResult, MethodResult};
 use crate::error::{Error, Result};
+use crate::host::activation::REQUEST_ID_HEADER;
 use crate::host::alarm_event::AlarmReport;
 use crate::host::event::{Event, RunJob, TurnOutput};
 use crate::host::turn::{CallChain, TurnContext};
@@ -162,7 +163,15 @@ impl Stub {
     /// are durable (the output gate), and fails at once if the callee is already waiting further
     /// up the call chain ([`Error::CallCycle`]) or its running turn waits on the caller
     /// ([`Error::Deadlock`]), since that call could never be served.
-    pub async fn fetch(&self, req: Request) -> Result<Response> {
+    ///
+    /// A request sent from a turn that serves a request with an id (`X-Request-Id`) carries
+    /// that id too, unless it has one of its own: the callee's turn logs under the same id.
+    pub async fn fetch(&self, mut req: Request) -> Result<Response> {
+        if !req.headers().contains_key(REQUEST_ID_HEADER)
+            && let Some(Some(id)) = turn::with_current(|ctx| ctx.request_id().cloned())
+        {
+            req = req.with_header(http::HeaderName::from_static(REQUEST_ID_HEADER), id);
+        }
         self.deliver(|chain, reply| Event::Fetch { req, chain, reply })
             .await
     }

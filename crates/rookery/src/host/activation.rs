@@ -349,8 +349,10 @@ async fn handle<I: Instance>(
             let _ = reply.send(TurnOutput { result, gate });
         }
         Event::Fetch { req, chain, reply } => {
+            let request_id = req.headers().get(REQUEST_ID_HEADER).cloned();
+            let ctx = ctx(&chain).serving(request_id);
             let result = match instance_of(instance, state, &act.host) {
-                Ok(object) => turn::run(object.on_fetch(req), ctx(&chain), limit).await,
+                Ok(object) => turn::run(object.on_fetch(req), ctx, limit).await,
                 Err(e) => Err(e),
             };
             let (result, gate) = turn::finish(state, result).await;
@@ -403,8 +405,8 @@ fn turn_span(addr: &ObjectAddr, event: &Event) -> tracing::Span {
     )
 }
 
-/// The header the gateway passes a request's id in.
-const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The header the gateway passes a request's id in (and `Stub::fetch` passes on).
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Why an activation woke without an event.
 enum Wake {
