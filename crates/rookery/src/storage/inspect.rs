@@ -68,6 +68,12 @@ impl Storage {
     /// Copies the object's database, as its last commit left it, into a new file at `dest`
     /// (synced). Returns whether the object has a file to copy.
     pub(crate) fn backup_to(&self, dest: &Path) -> Result<bool> {
-        self.lock().db.backup_to(dest)
+        let copy = || self.lock().db.backup_to(dest);
+        // The copy reads and writes a whole file: the other tasks of this worker thread move
+        // to another one meanwhile (where the runtime has others).
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(copy),
+            _ => copy(),
+        }
     }
 }
