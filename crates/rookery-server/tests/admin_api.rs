@@ -336,6 +336,30 @@ async fn the_admin_api_needs_its_token() {
         .await
         .unwrap();
     assert_eq!(delete.status(), 401);
+    let backups = tempfile::tempdir().unwrap();
+    for (path, body) in [
+        (
+            "classes/PROBE/objects/secret/query",
+            json!({ "sql": "SELECT 1" }),
+        ),
+        ("classes/PROBE/objects/secret/alarm", json!({})),
+        (
+            "backup",
+            json!({ "dir": backups.path().join("b").to_str().unwrap() }),
+        ),
+    ] {
+        let r = client()
+            .post(server.url(&format!("/_rookery/admin/{path}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    assert!(
+        !backups.path().join("b").exists(),
+        "a refused backup writes nothing"
+    );
     assert_eq!(
         get(&server, "/probe/secret/get?key=a").await["value"],
         "b",
