@@ -5,11 +5,19 @@
 //!   the object's state now, or at a time (point-in-time recovery).
 //! - `POST /_rookery/admin/objects/{binding}/{name}/restore` with `{"bookmark": …}` or
 //!   `{"time": <ms>}` → `{"restoredTo": …, "undo": …}`: the object restarts at that point.
+//! - `GET classes` → `{"classes": […]}`; `GET classes/{class}/objects[?prefix&cursor&limit]`
+//!   → a page of objects; `GET|DELETE classes/{class}/objects/{object}` → one object, or
+//!   deletes it; `GET …/{object}/kv[?prefix&cursor&limit]` → its entries; `POST …/{object}/query`
+//!   with `{"sql": …}` → rows (read-only); `POST …/{object}/alarm` → runs its alarm now.
+//! - `POST backup` with `{"dir": "/absolute/path"}` → a backup of every object.
+//!
+//! `{class}` is a class name or a binding; `{object}` an object id or name (see
+//! [`rookery::Admin`]). The paths are relative to `/_rookery/admin/`.
 
 use axum::extract::Request as AxumRequest;
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use rookery::{Error, Response, Runtime, percent_decode};
+use rookery::{AdminError, AdminResult, Error, ObjectQuery, Response, Runtime, percent_decode};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -55,6 +63,29 @@ pub(crate) async fn serve(
         );
     };
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let query = req.uri().query().map(str::to_string);
+    if let ["classes", ..] | ["backup"] = parts.as_slice() {
+        match allowed(&parts) {
+            None => return error_response(StatusCode::NOT_FOUND, "Not found"),
+            Some(methods) if !methods.contains(req.method()) => {
+                return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+            }
+            Some(_) => {}
+        }
+        return match operations(
+            runtime,
+            &req.method().clone(),
+            &parts,
+            query.as_deref(),
+            req,
+        )
+        .await
+        {
+            Ok(body) => into_axum(Response::json_bytes(body.to_string())),
+            Err(AdminError::Runtime(e)) => failure(&e, request_id),
+            Err(e) => error_response(e.status(), &e.to_string()),
+        };
+    }
     let result = match (req.method().clone(), parts.as_slice()) {
         (Method::GET, ["objects", binding, name, "bookmark"]) => {
             let time = match query_time(req.uri().query()) {
@@ -78,6 +109,126 @@ pub(crate) async fn serve(
         Ok(body) => into_axum(Response::json_bytes(body.to_string())),
         Err(e) => failure(&e, request_id),
     }
+}
+
+/// What `POST …/query` sends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    sql: String,
+}
+
+/// What `POST backup` sends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    dir: std::path::PathBuf,
+}
+
+/// The operations on classes and objects, and backups.
+async fn operations(
+    runtime: &Runtime,
+    method: &Method,
+    parts: &[&str],
+    query: Option<&str>,
+    req: AxumRequest,
+) -> AdminResult<serde_json::Value> {
+    let admin = runtime.admin();
+    let param = |name: &str| query_param(query, name);
+    let limit = || -> AdminResult<Option<usize>> {
+        param("limit")
+            .map(|l| {
+                l.parse()
+                    .map_err(|_| AdminError::BadInput(format!("limit={l:?} is not a number")))
+            })
+            .transpose()
+    };
+    match (method, parts) {
+        (&Method::GET, ["classes"]) => Ok(json!({ "classes": admin.classes() })),
+        (&Method::GET, ["classes", class, "objects"]) => {
+            let query = ObjectQuery {
+                prefix: param("prefix"),
+                cursor: param("cursor"),
+                limit: limit()?,
+            };
+            json(&admin.list_objects(class, &query).await?)
+        }
+        (&Method::GET, ["classes", class, "objects", object]) => {
+            json(&admin.object_detail(class, object).await?)
+        }
+        (&Method::DELETE, ["classes", class, "objects", object]) => {
+            admin.delete_object(class, object).await?;
+            Ok(json!({ "deleted": true }))
+        }
+        (&Method::GET, ["classes", class, "objects", object, "kv"]) => {
+            let page = admin
+                .kv_entries(
+                    class,
+                    object,
+                    param("prefix").as_deref(),
+                    param("cursor").as_deref(),
+                    limit()?,
+                )
+                .await?;
+            json(&page)
+        }
+        (&Method::POST, ["classes", class, "objects", object, "query"]) => {
+            let body: QueryBody = read_json(req, "{\"sql\": \"SELECT …\"}").await?;
+            json(&admin.query(class, object, &body.sql).await?)
+        }
+        (&Method::POST, ["classes", class, "objects", object, "alarm"]) => {
+            json(&admin.run_alarm(class, object).await?)
+        }
+        (&Method::POST, ["backup"]) => {
+            let body: BackupBody = read_json(req, "{\"dir\": \"/absolute/path\"}").await?;
+            json(&admin.backup(&body.dir).await?)
+        }
+        // `serve` checked the path and the method with `allowed`.
+        _ => Err(AdminError::BadInput(format!(
+            "{method} is not allowed on this path"
+        ))),
+    }
+}
+
+/// The methods a path of [`operations`] takes; `None` for a path it does not serve.
+fn allowed(parts: &[&str]) -> Option<&'static [Method]> {
+    Some(match parts {
+        ["classes"] | ["classes", _, "objects"] | ["classes", _, "objects", _, "kv"] => {
+            &[Method::GET]
+        }
+        ["classes", _, "objects", _] => &[Method::GET, Method::DELETE],
+        ["backup"] | ["classes", _, "objects", _, "query" | "alarm"] => &[Method::POST],
+        _ => return None,
+    })
+}
+
+/// An answer of [`operations`] as JSON.
+fn json<T: serde::Serialize>(value: &T) -> AdminResult<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| AdminError::Runtime(Error::from(e)))
+}
+
+/// The request's body as JSON of shape `shape`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: AxumRequest,
+    shape: &str,
+) -> AdminResult<T> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            AdminError::BadInput(format!("the body must be JSON of at most {MAX_BODY} bytes"))
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| AdminError::BadInput(format!("the body must be {shape}: {e}")))
+}
+
+/// The percent-decoded value of query parameter `name`.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(&value.replace('+', " ")))?
+    })
 }
 
 /// Restores an object to the bookmark or time in the request's body.

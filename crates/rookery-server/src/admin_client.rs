@@ -1,5 +1,5 @@
-//! The command line's side of the admin API: point-in-time recovery of one object on a
-//! running server (`rookery objects bookmark|restore`).
+//! The command line's side of the admin API: listing, inspecting and deleting objects, point-in-time
+//! recovery of one object and backups, on a running server (`rookery objects …`, `rookery backup`).
 
 use serde_json::{Value, json};
 
@@ -61,6 +61,73 @@ pub async fn restore(
     };
     let url = object_url(target, binding, name, "restore");
     send(target, reqwest::Method::POST, url, Some(body)).await
+}
+
+/// A page of the objects of `class` (a class name or binding): after `cursor`, with names
+/// starting with `prefix`, at most `limit`.
+pub async fn list_objects(
+    target: &AdminTarget,
+    class: &str,
+    prefix: Option<&str>,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Value, AdminError> {
+    let mut url = format!("{}/objects", class_url(target, class));
+    let mut sep = '?';
+    for (key, value) in [
+        ("prefix", prefix.map(encode)),
+        ("cursor", cursor.map(encode)),
+        ("limit", limit.map(|l| l.to_string())),
+    ] {
+        if let Some(value) = value {
+            url.push_str(&format!("{sep}{key}={value}"));
+            sep = '&';
+        }
+    }
+    send(target, reqwest::Method::GET, url, None).await
+}
+
+/// One object of `class` (by id or name): its summary and tables, and the first page of its
+/// key-value entries.
+pub async fn show_object(
+    target: &AdminTarget,
+    class: &str,
+    object: &str,
+) -> Result<Value, AdminError> {
+    let url = format!("{}/objects/{}", class_url(target, class), encode(object));
+    let detail = send(target, reqwest::Method::GET, url.clone(), None).await?;
+    let kv = send(target, reqwest::Method::GET, format!("{url}/kv"), None).await?;
+    Ok(json!({ "object": detail, "kv": kv }))
+}
+
+/// Deletes one object of `class` (by id or name): its storage, alarm and WebSockets.
+pub async fn delete_object(
+    target: &AdminTarget,
+    class: &str,
+    object: &str,
+) -> Result<Value, AdminError> {
+    let url = format!("{}/objects/{}", class_url(target, class), encode(object));
+    send(target, reqwest::Method::DELETE, url, None).await
+}
+
+/// Has the server back up every object into `dir` (a path on the server's machine).
+pub async fn backup(target: &AdminTarget, dir: &std::path::Path) -> Result<Value, AdminError> {
+    let url = format!("{}/_rookery/admin/backup", target.url.trim_end_matches('/'));
+    send(
+        target,
+        reqwest::Method::POST,
+        url,
+        Some(json!({ "dir": dir })),
+    )
+    .await
+}
+
+fn class_url(target: &AdminTarget, class: &str) -> String {
+    format!(
+        "{}/_rookery/admin/classes/{}",
+        target.url.trim_end_matches('/'),
+        encode(class)
+    )
 }
 
 fn object_url(target: &AdminTarget, binding: &str, name: &str, action: &str) -> String {

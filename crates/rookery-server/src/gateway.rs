@@ -218,6 +218,9 @@ impl Gateway {
                 Err(e) => return (metrics, failure(&e, request_id)),
             },
         };
+        // The object (or worker) sees the request id, and its turn's span carries it.
+        let mut req = req;
+        req.headers_mut().insert(REQUEST_ID, request_id.clone());
         let answer = match (object, &self.worker) {
             (Some((stub, path)), _) => self.forward(stub, path, req, client).await,
             (None, Some(worker)) if route.worker => self.to_worker(worker, req, client).await,

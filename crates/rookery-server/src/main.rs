@@ -37,13 +37,64 @@ enum LogFormat {
 enum Command {
     /// Serve the objects and routes of a configuration (the built-in demo app by default).
     Serve(ServeArgs),
-    /// One object of a running server, through its admin API (`[server] admin_token`).
+    /// The objects of a running server, through its admin API (`[server] admin_token`).
     #[command(subcommand)]
     Objects(ObjectsCommand),
+    /// Has a running server copy every object and its catalog into DIR (absent or empty; on
+    /// the server's machine), through its admin API; writes wait for one object's copy at most.
+    Backup {
+        /// Where the backup goes.
+        dir: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Copies a backup made by `rookery backup` into an empty data directory; start the server
+    /// on it afterwards. The server must not be running on that directory.
+    Restore {
+        /// The backup.
+        dir: PathBuf,
+        /// The data directory to fill (absent or empty).
+        #[arg(long, default_value = "./rookery-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum ObjectsCommand {
+    /// Lists the objects of a class that store something: id, name, size, alarm, sockets.
+    Ls {
+        /// The class name or binding, e.g. COUNTER.
+        class: String,
+        /// Only objects whose name starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Start after this object id (the `cursor` of the previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Most objects to list (at most 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shows one object: its size, alarm, sockets, tables and first key-value entries.
+    Show {
+        /// The class name or binding.
+        class: String,
+        /// The object's name or id.
+        object: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Deletes one object: its WebSockets close, its storage and alarm are deleted.
+    Rm {
+        /// The class name or binding.
+        class: String,
+        /// The object's name or id.
+        object: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Prints a bookmark of an object's state now, or at --time.
     Bookmark {
         /// The binding, e.g. COUNTER.
@@ -156,14 +207,33 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Objects(command) => objects(command),
+        Command::Backup { dir, admin } => {
+            // The server writes the backup: it needs the path whole.
+            let dir = std::path::absolute(&dir)
+                .with_context(|| format!("the backup directory {}", dir.display()))?;
+            let target = admin.target()?;
+            let answer = client_runtime()?.block_on(admin_client::backup(&target, &dir))?;
+            println!("{answer}");
+            Ok(())
+        }
+        Command::Restore { dir, data_dir } => {
+            let report = rookery::restore_backup(&dir, &data_dir)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
     }
 }
 
-fn objects(command: ObjectsCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// The async runtime of a command that talks to a server.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+        .context("starting the async runtime")
+}
+
+fn objects(command: ObjectsCommand) -> anyhow::Result<()> {
+    let runtime = client_runtime()?;
     let now = rookery::SystemClock.now_ms();
     let time = |t: Option<String>| -> anyhow::Result<Option<i64>> {
         t.map(|t| admin_client::parse_time(&t, now).map_err(anyhow::Error::msg))
@@ -171,6 +241,35 @@ fn objects(command: ObjectsCommand) -> anyhow::Result<()> {
     };
     let answer = runtime.block_on(async {
         match command {
+            ObjectsCommand::Ls {
+                class,
+                prefix,
+                cursor,
+                limit,
+                admin,
+            } => {
+                let target = admin.target()?;
+                Ok::<_, anyhow::Error>(
+                    admin_client::list_objects(
+                        &target,
+                        &class,
+                        prefix.as_deref(),
+                        cursor.as_deref(),
+                        limit,
+                    )
+                    .await?,
+                )
+            }
+            ObjectsCommand::Show {
+                class,
+                object,
+                admin,
+            } => Ok(admin_client::show_object(&admin.target()?, &class, &object).await?),
+            ObjectsCommand::Rm {
+                class,
+                object,
+                admin,
+            } => Ok(admin_client::delete_object(&admin.target()?, &class, &object).await?),
             ObjectsCommand::Bookmark {
                 binding,
                 name,

@@ -24,6 +24,9 @@
 // Layers, from the bottom; every module imports only modules below it (docs/ARCHITECTURE.md).
 // values
 mod addr;
+mod admin;
+mod admin_error;
+mod backup;
 mod call;
 mod clock;
 mod durable_dir;
@@ -57,7 +60,13 @@ mod alarm;
 mod runtime;
 pub mod testing;
 
+pub use admin::{
+    Admin, AlarmRun, BackupReport, ClassSummary, DEFAULT_PAGE, KvEntry, KvPage, MAX_PAGE,
+    ObjectDetail, ObjectPage, ObjectQuery, ObjectSummary, QUERY_TIME_LIMIT, QueryRows,
+};
+pub use admin_error::{AdminError, AdminResult};
 pub use alarm::{AlarmStats, LatenessSummary};
+pub use backup::{BACKUP_MANIFEST, RestoreReport, restore_backup};
 pub use call::{Call, CallError, CallResult, MethodResult, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use env::{Env, Http};
@@ -78,7 +87,7 @@ pub use state::ObjectState;
 pub use storage::{
     ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, HistoryOptions, ListOptions,
     LocalCommitLog, Migration, OutputGate, PageWrite, Sql, SqlCursor, SqlRow, SqlValue, Storage,
-    StorageLimits, SyncHook,
+    StorageLimits, SyncHook, TableInfo,
 };
 pub use stream::{
     BodyStream, EVENT_STREAM, MAX_QUEUED_CHUNKS, MAX_QUEUED_STREAM_BYTES, SseEvent, StreamCut,

@@ -620,6 +620,12 @@ impl Runtime {
         self.inner.data_dir.as_deref()
     }
 
+    /// The operator's handle: list classes and objects, inspect, delete or back them up
+    /// (see [`crate::Admin`]; the server serves it as its admin API).
+    pub fn admin(&self) -> crate::Admin {
+        crate::Admin::new(self.inner.host.clone(), self.inner.data_dir.clone())
+    }
+
     /// What the runtime is doing now.
     pub fn stats(&self) -> RuntimeStats {
         let (sync_rounds, file_syncs) = self.inner.storage.syncer.counts();

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use crate::addr::{ClassInfo, ObjectAddr};
 use crate::call::{Call, CallResult, MethodResult};
 use crate::error::{Error, Result};
+use crate::host::activation::REQUEST_ID_HEADER;
 use crate::host::alarm_event::AlarmReport;
 use crate::host::event::{Event, RunJob, TurnOutput};
 use crate::host::turn::{CallChain, TurnContext};
@@ -141,6 +142,11 @@ fn stopped(e: oneshot::error::RecvError) -> Error {
 }
 
 impl Stub {
+    /// A stub for the object at `addr`.
+    pub(crate) fn new(host: Host, addr: ObjectAddr) -> Self {
+        Self { host, addr }
+    }
+
     /// The id of the object this stub calls.
     pub fn id(&self) -> &ObjectId {
         &self.addr.id
@@ -157,7 +163,15 @@ impl Stub {
     /// are durable (the output gate), and fails at once if the callee is already waiting further
     /// up the call chain ([`Error::CallCycle`]) or its running turn waits on the caller
     /// ([`Error::Deadlock`]), since that call could never be served.
-    pub async fn fetch(&self, req: Request) -> Result<Response> {
+    ///
+    /// A request sent from a turn that serves a request with an id (`X-Request-Id`) carries
+    /// that id too, unless it has one of its own: the callee's turn logs under the same id.
+    pub async fn fetch(&self, mut req: Request) -> Result<Response> {
+        if !req.headers().contains_key(REQUEST_ID_HEADER)
+            && let Some(Some(id)) = turn::with_current(|ctx| ctx.request_id().cloned())
+        {
+            req = req.with_header(http::HeaderName::from_static(REQUEST_ID_HEADER), id);
+        }
         self.deliver(|chain, reply| Event::Fetch { req, chain, reply })
             .await
     }
@@ -222,10 +236,28 @@ impl Stub {
         &self,
         job: impl FnOnce(&ObjectState) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.run_job(job, true).await
+    }
+
+    /// Runs `job` as [`Stub::run`] does, keeping the object's instance: for jobs that only
+    /// read, or copy, its storage.
+    pub(crate) async fn run_reading<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&ObjectState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.run_job(job, false).await
+    }
+
+    async fn run_job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&ObjectState) -> Result<T> + Send + 'static,
+        fresh: bool,
+    ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         let job: RunJob =
             Box::new(move |state| job(state).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>));
-        self.host.dispatch(&self.addr, Event::Run { job, reply })?;
+        self.host
+            .dispatch(&self.addr, Event::Run { job, fresh, reply })?;
         let value = answer(rx).await?;
         value
             .downcast::<T>()

@@ -235,7 +235,10 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             };
         }
         let started = std::time::Instant::now();
-        handle(&act, &state, &mut instance, event).await;
+        let span = turn_span(&act.addr, &event);
+        handle(&act, &state, &mut instance, event)
+            .instrument(span)
+            .await;
         turn_seconds.record(started.elapsed().as_secs_f64());
         if state.take_abort() {
             tracing::info!("restarting the object: it aborted");
@@ -335,17 +338,21 @@ async fn handle<I: Instance>(
                 }
             }
         }
-        Event::Run { job, reply } => {
+        Event::Run { job, fresh, reply } => {
             // The job may change what the instance caches: the next event builds a fresh one.
-            *instance = None;
+            if fresh {
+                *instance = None;
+            }
             let run = async { job(state) };
             let result = turn::run(run, ctx(&[]), limit).await;
             let (result, gate) = turn::finish(state, result).await;
             let _ = reply.send(TurnOutput { result, gate });
         }
         Event::Fetch { req, chain, reply } => {
+            let request_id = req.headers().get(REQUEST_ID_HEADER).cloned();
+            let ctx = ctx(&chain).serving(request_id);
             let result = match instance_of(instance, state, &act.host) {
-                Ok(object) => turn::run(object.on_fetch(req), ctx(&chain), limit).await,
+                Ok(object) => turn::run(object.on_fetch(req), ctx, limit).await,
                 Err(e) => Err(e),
             };
             let (result, gate) = turn::finish(state, result).await;
@@ -382,6 +389,24 @@ async fn handle<I: Instance>(
         }
     }
 }
+
+/// The span of one turn: the object's class and id, and the request id of a request (the
+/// gateway's `X-Request-Id`), so that every log line of the turn names all three.
+fn turn_span(addr: &ObjectAddr, event: &Event) -> tracing::Span {
+    let request_id = match event {
+        Event::Fetch { req, .. } => req.header(REQUEST_ID_HEADER),
+        _ => None,
+    };
+    tracing::info_span!(
+        "turn",
+        class = %addr.class.name,
+        id = %addr.id,
+        request_id = request_id.unwrap_or("-"),
+    )
+}
+
+/// The header the gateway passes a request's id in (and `Stub::fetch` passes on).
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Why an activation woke without an event.
 enum Wake {

@@ -45,6 +45,9 @@ pub(crate) enum Event {
     /// A closure run as a turn against the object's state, without its instance (tests, tools).
     Run {
         job: RunJob,
+        /// Whether the next event builds a fresh instance (the job may change what the
+        /// instance caches); read-only jobs keep it.
+        fresh: bool,
         reply: oneshot::Sender<TurnOutput<Box<dyn Any + Send>>>,
     },
 }

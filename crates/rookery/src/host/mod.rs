@@ -33,6 +33,7 @@ pub use placement::{LocalPlacement, Location, Placement};
 use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::id::{ID_BYTES, ObjectId};
 use crate::outbound::Outbound;
 use crate::socket::{ObjectSockets, SocketEvent, SocketEvents, WebSocket};
 use crate::storage::{self, StorageContext};
@@ -126,6 +127,8 @@ struct Slot {
     mailbox: mpsc::Sender<Box<Event>>,
     generation: u64,
     usage: Arc<Usage>,
+    /// The object's id as it was addressed (with its name, if by name).
+    id: ObjectId,
 }
 
 /// How recently an activation was used, whether it may make room, and what the host asks of
@@ -327,6 +330,39 @@ impl Host {
         names
     }
 
+    /// The hosted classes, in the order of their `idx`.
+    pub(crate) fn hosted_classes(&self) -> impl Iterator<Item = &Arc<ClassInfo>> {
+        self.0.classes.iter().map(|c| &c.info)
+    }
+
+    /// The bindings that name the class `info`, sorted.
+    pub(crate) fn bindings_of(&self, info: &ClassInfo) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .0
+            .bindings
+            .iter()
+            .filter(|(_, c)| c.idx == info.idx)
+            .map(|(b, _)| b.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The names of the live objects of class `class` that were addressed by name, by id.
+    pub(crate) fn live_names(&self, class: u32) -> HashMap<[u8; ID_BYTES], String> {
+        self.0
+            .objects
+            .iter()
+            .filter(|e| e.key().class == class)
+            .filter_map(|e| Some((e.key().id, e.id.name()?.to_string())))
+            .collect()
+    }
+
+    /// Whether the object `key` has a live activation now.
+    pub(crate) fn is_live(&self, key: &ObjectKey) -> bool {
+        self.0.objects.contains_key(key)
+    }
+
     /// The hosted class with stable uid `uid`.
     pub(crate) fn class_by_uid(&self, uid: &str) -> Option<&Arc<ClassInfo>> {
         self.0.by_uid.get(uid)
@@ -428,6 +464,7 @@ impl Host {
             mailbox: tx,
             generation,
             usage,
+            id: addr.id.clone(),
         }
     }
 

@@ -25,12 +25,30 @@ pub(crate) struct TurnContext {
     pub(crate) chain: CallChain,
     /// The object running this turn.
     state: ObjectState,
+    /// The id of the request this turn serves (its `X-Request-Id`), if it serves one: calls
+    /// the turn makes pass it on.
+    request_id: Option<http::HeaderValue>,
 }
 
 impl TurnContext {
     /// The context of a turn of `state`'s object, called along `chain` (which includes it).
     pub(crate) fn new(chain: CallChain, state: ObjectState) -> Self {
-        Self { chain, state }
+        Self {
+            chain,
+            state,
+            request_id: None,
+        }
+    }
+
+    /// This context, for a turn that serves the request `request_id`.
+    pub(crate) fn serving(mut self, request_id: Option<http::HeaderValue>) -> Self {
+        self.request_id = request_id;
+        self
+    }
+
+    /// The id of the request this turn serves, if any.
+    pub(crate) fn request_id(&self) -> Option<&http::HeaderValue> {
+        self.request_id.as_ref()
     }
 
     /// The object running this turn: the last of its call chain.

@@ -622,6 +622,81 @@ impl Database {
     }
 }
 
+/// What the admin tools may do with a database: read it as it is, outside any turn's writes.
+impl Database {
+    /// Whether the object has a file (it wrote at least once and was not emptied and closed).
+    pub(crate) fn has_file(&self) -> bool {
+        matches!(self.location, Location::File(_)) && !self.absent
+    }
+
+    /// Runs `f` on the connection for an operator's read-only query: writes are refused by
+    /// SQLite (`query_only`), the object's SQL policy applies (no ATTACH, no transaction
+    /// control, no settings, not the runtime's tables), and the query is interrupted once
+    /// `limit` has passed.
+    pub(crate) fn read_only<T>(
+        &mut self,
+        limit: Duration,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.resume()?;
+        let previous = self.deadline.load(Ordering::Relaxed);
+        let until =
+            process_ms().saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX));
+        self.deadline.store(previous.min(until), Ordering::Relaxed);
+        let conn = self.conn()?;
+        conn.execute_batch("PRAGMA query_only = ON")?;
+        self.policy.clear();
+        self.user_sql.store(true, Ordering::Relaxed);
+        let result = f(conn);
+        self.user_sql.store(false, Ordering::Relaxed);
+        let reset = conn.execute_batch("PRAGMA query_only = OFF");
+        self.deadline.store(previous, Ordering::Relaxed);
+        let result = result.map_err(|e| match self.policy.take_refusal() {
+            Some(why) => Error::SqlRefused(why),
+            None if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+                Error::BadRequest(format!(
+                    "the query ran longer than {} ms and was stopped",
+                    limit.as_millis()
+                ))
+            }
+            None => match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ReadOnly) => {
+                    Error::BadRequest("the query would write; only reading is allowed".into())
+                }
+                _ => Error::BadRequest(format!("the query failed: {e}")),
+            },
+        });
+        reset?;
+        result
+    }
+
+    /// Copies the database as it is now (the WAL's commits included) into a new file at
+    /// `dest` with SQLite's online backup, and syncs it. Returns whether there was a file to
+    /// copy.
+    pub(crate) fn backup_to(&mut self, dest: &Path) -> Result<bool> {
+        if !self.has_file() {
+            return Ok(false);
+        }
+        self.resume()?;
+        let mut target = Connection::open(dest)?;
+        {
+            let backup = rusqlite::backup::Backup::new(self.conn()?, &mut target)?;
+            // One step copies every page: the object's turn waits for it anyway.
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => {}
+                other => {
+                    return Err(Error::msg(format!(
+                        "the backup of the object's database did not finish: {other:?}"
+                    )));
+                }
+            }
+        }
+        target.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        std::fs::File::open(dest)?.sync_all()?;
+        Ok(true)
+    }
+}
+
 impl Drop for Database {
     fn drop(&mut self) {
         self.count_open(false);

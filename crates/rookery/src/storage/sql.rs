@@ -333,7 +333,11 @@ impl Sql<'_> {
     }
 }
 
-fn run(conn: &Connection, query: &str, params: &[SqlValue]) -> rusqlite::Result<SqlCursor> {
+pub(super) fn run(
+    conn: &Connection,
+    query: &str,
+    params: &[SqlValue],
+) -> rusqlite::Result<SqlCursor> {
     let before = conn.total_changes();
     let mut batch = Batch::new(conn, query);
     let mut cursor = SqlCursor::default();
