@@ -20,9 +20,9 @@
 //   typing (typing frames); announces itself with presence 'online' on every connection.
 //
 // Events (chat.on(type, fn)): 'status' ({status: 'connecting'|'online'|'offline'|'closed',
-// retryInMs?}), 'message' (the message object), 'online' (array of users), 'typing' (array of
-// {userId, username}), 'error' (the server's error message), and every raw frame type as in the
-// seed ('initial_state', 'presence', 'user_disconnected', 'sync', ...).
+// retryInMs?}), 'message' (each message once, in sequence order), 'online' (array of users),
+// 'typing' (array of {userId, username}), 'error' (the server's error message), 'queue' (how
+// many messages wait), and 'frame' (every frame as received, as the seed's emit(type, data)).
 
 export class WaddleClient {
   constructor(options = {}) {
@@ -264,7 +264,9 @@ export class WaddleClient {
       default:
         break;
     }
-    this.emit(data.type, data);
+    // Every frame as received (replays and duplicates included), for what this client does
+    // not model.
+    this.emit('frame', data);
   }
 
   onInitialState(data) {

@@ -427,17 +427,16 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The handshake request of `config`.
-fn request(
-    config: &ClientConfig,
-) -> Result<tungstenite::handshake::client::Request, ClientError> {
+fn request(config: &ClientConfig) -> Result<tungstenite::handshake::client::Request, ClientError> {
     let mut request = config
         .url
         .as_str()
         .into_client_request()
         .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
     if let Some(token) = &config.bearer_token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| ClientError::InvalidUrl("the bearer token is not a header value".into()))?;
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            ClientError::InvalidUrl("the bearer token is not a header value".into())
+        })?;
         request
             .headers_mut()
             .insert(tungstenite::http::header::AUTHORIZATION, value);
@@ -802,7 +801,11 @@ impl Worker {
                 self.seen.remove(&old);
             }
         }
-        if self.last.as_ref().is_none_or(|(seq, _)| message.sequence > *seq) {
+        if self
+            .last
+            .as_ref()
+            .is_none_or(|(seq, _)| message.sequence > *seq)
+        {
             self.last = Some((message.sequence, message.id.clone()));
         }
         self.emit(Event::Message(message));
@@ -879,8 +882,11 @@ mod tests {
 
     #[test]
     fn urls_are_built_and_encoded() {
-        let c = ClientConfig::channel("http://127.0.0.1:8787/", "general chat")
-            .query_identity("ann", "Ann B", "read,write");
+        let c = ClientConfig::channel("http://127.0.0.1:8787/", "general chat").query_identity(
+            "ann",
+            "Ann B",
+            "read,write",
+        );
         assert_eq!(
             c.url,
             "ws://127.0.0.1:8787/channel/general%20chat/websocket?user=ann&name=Ann%20B&permissions=read%2Cwrite"

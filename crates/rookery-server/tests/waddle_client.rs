@@ -52,7 +52,10 @@ impl Member {
             }
             Event::Message(m) => self.messages.push(m),
             Event::Disconnected { retry_in, .. } => {
-                assert!(retry_in <= Duration::from_millis(800), "capped: {retry_in:?}");
+                assert!(
+                    retry_in <= Duration::from_millis(800),
+                    "capped: {retry_in:?}"
+                );
                 self.disconnects += 1;
             }
             Event::Presence {
@@ -125,7 +128,11 @@ async fn two_clients_chat_across_a_kill_9_without_losing_or_duplicating() {
     let mut bob = Member::join(addr, "bob", "Bob");
     bob.until("bob is connected", |m| m.connects == 1).await;
     let online: HashSet<&str> = bob.online.iter().map(|u| u.user_id.as_str()).collect();
-    assert_eq!(online, HashSet::from(["ann", "bob"]), "bob sees who is online");
+    assert_eq!(
+        online,
+        HashSet::from(["ann", "bob"]),
+        "bob sees who is online"
+    );
     // Bob announced himself when he connected; Ann hears it.
     ann.until("ann sees bob online", |m| {
         m.presence.contains(&("bob".into(), "online".into()))
@@ -155,8 +162,12 @@ async fn two_clients_chat_across_a_kill_9_without_losing_or_duplicating() {
     assert!(!ann.client.is_connected() && !bob.client.is_connected());
 
     // Sent while disconnected: queued.
-    ann.client.send_message("ann while offline").expect("queued");
-    bob.client.send_message("bob while offline").expect("queued");
+    ann.client
+        .send_message("ann while offline")
+        .expect("queued");
+    bob.client
+        .send_message("bob while offline")
+        .expect("queued");
     assert_eq!((ann.client.queued(), bob.client.queued()), (1, 1));
 
     // The same port and data directory; nobody tells the clients.
@@ -220,7 +231,10 @@ async fn two_clients_chat_across_a_kill_9_without_losing_or_duplicating() {
     offline.sort_unstable();
     assert_eq!(offline, ["ann while offline", "bob while offline"]);
     assert_eq!(
-        stored[5..].iter().map(|(_, _, c)| c.as_str()).collect::<Vec<_>>(),
+        stored[5..]
+            .iter()
+            .map(|(_, _, c)| c.as_str())
+            .collect::<Vec<_>>(),
         ["bot after restart", "ann is back", "bob is back", "bye"]
     );
 
