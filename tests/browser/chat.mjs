@@ -11,6 +11,7 @@
 //
 // Every wait is bounded; any failure exits non-zero. Run: `node chat.mjs` (after `npm ci`), with
 // the binary at $ROOKERY_BIN, else $CARGO_TARGET_DIR/debug/rookery, else target/debug/rookery.
+// With $CHAT_SCREENSHOTS set to a directory, screenshots of both pages are saved there.
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
@@ -233,6 +234,9 @@ async function main() {
     log('chatting after the restart');
     await type(bob, 'still th');
     await until(ann, 'Ann sees Bob typing after the restart', typingShows, 'Bob is typing…');
+    if (process.env.CHAT_SCREENSHOTS) {
+      await ann.screenshot({ path: path.join(process.env.CHAT_SCREENSHOTS, 'chat-Ann-typing.png'), timeout: WAIT });
+    }
     await send(bob, 'still there?');
     for (const p of both) await until(p, '"still there?" arrives', hasMessage, 'still there?');
     await say(ann, both, 'yes, back');
@@ -262,6 +266,13 @@ async function main() {
       if (new Set(shown.map((m) => m.id)).size !== shown.length) throw new Error(`${p.who} shows a duplicate`);
     }
     log(`both pages show the ${expected.length} stored messages, in order, once each`);
+    if (process.env.CHAT_SCREENSHOTS) {
+      for (const p of both) {
+        const file = path.join(process.env.CHAT_SCREENSHOTS, `chat-${p.who}.png`);
+        await p.screenshot({ path: file, fullPage: true, timeout: WAIT });
+        log(`screenshot: ${file}`);
+      }
+    }
   } finally {
     await context.close().catch(() => {});
     await stopServer(server.child);
