@@ -329,5 +329,15 @@ export class WaddleClient {
   }
 }
 
+/** Seed 004's constructor, `new WaddleWebSocket(channelId, token)`, on the finished client. */
+export class WaddleWebSocket extends WaddleClient {
+  constructor(channelId, token, options = {}) {
+    super({ ...options, channelId, token });
+  }
+}
+
 // For pages that load this file as a module but use it from other scripts.
-if (typeof globalThis !== 'undefined') globalThis.WaddleClient = WaddleClient;
+if (typeof globalThis !== 'undefined') {
+  globalThis.WaddleClient = WaddleClient;
+  globalThis.WaddleWebSocket = WaddleWebSocket;
+}

@@ -5,7 +5,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { WaddleClient } from '../../web/waddle-client.js';
+import { WaddleClient, WaddleWebSocket } from '../../web/waddle-client.js';
 
 class FakeSocket {
   static CONNECTING = 0;
@@ -134,4 +134,19 @@ test('backoff doubles, jitters and is capped', () => {
       assert.ok(d >= 15000 && d <= 30000, `${attempt} ${r}: ${d}`);
     }
   }
+});
+
+test("seed 004's constructor: the token travels as the subprotocol", () => {
+  let protocols;
+  class Recording extends FakeSocket {
+    constructor(url, p) {
+      super(url);
+      protocols = p;
+    }
+  }
+  const c = new WaddleWebSocket('general', 'tok', { base: 'ws://test', WebSocket: Recording });
+  c.connect();
+  assert.equal(FakeSocket.last.url, 'ws://test/channel/general/websocket');
+  assert.deepEqual(protocols, ['tok']);
+  c.close();
 });
