@@ -901,6 +901,7 @@ mod tests {
         "max_wait_until",
         "wait_until_timeout_ms",
         "secrets_file",
+        "chat_page",
     ];
 
     #[test]
