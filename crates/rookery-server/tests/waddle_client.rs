@@ -1,7 +1,8 @@
 //! The Rust client (`rookery-client`) against the real `rookery serve` with the demo app: two
 //! clients chat with typing and presence, the server is killed with SIGKILL and restarted on
 //! the same port and data directory, both clients reconnect on their own, the messages sent
-//! while disconnected arrive, and neither client loses or duplicates a message.
+//! while disconnected arrive, and neither client loses or duplicates a message. Also: the demo
+//! serves the chat page (`/chat`) and its JavaScript client.
 
 mod common;
 
@@ -122,6 +123,29 @@ async fn two_clients_chat_across_a_kill_9_without_losing_or_duplicating() {
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::start(dir.path(), &[]);
     let addr = server.addr;
+
+    // The demo serves the chat page and its client from the binary.
+    for (path, kind, needle) in [
+        (
+            "/chat",
+            "text/html; charset=utf-8",
+            "/chat/waddle-client.js",
+        ),
+        (
+            "/chat/waddle-client.js",
+            "text/javascript; charset=utf-8",
+            "export class WaddleClient",
+        ),
+    ] {
+        let r = client()
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], kind, "{path}");
+        assert!(r.text().await.expect("body").contains(needle), "{path}");
+    }
 
     let mut ann = Member::join(addr, "ann", "Ann");
     ann.until("ann is connected", |m| m.connects == 1).await;
