@@ -18,8 +18,10 @@
 //! every (re)connection the client announces itself with `{"type":"presence","status":"online"}`
 //! (see [`ClientConfig::announce_presence`]).
 //!
-//! Only `ws://` URLs are supported (no TLS is compiled in): run it next to the server or behind
-//! a proxy that terminates TLS.
+//! Only `ws://` URLs are supported (no TLS is compiled in; [`Client::connect`] refuses others):
+//! run it next to the server or behind a proxy that terminates TLS.
+
+#![warn(missing_docs)]
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -428,6 +430,12 @@ type Socket =
 
 /// The handshake request of `config`.
 fn request(config: &ClientConfig) -> Result<tungstenite::handshake::client::Request, ClientError> {
+    if !config.url.starts_with("ws://") {
+        return Err(ClientError::InvalidUrl(format!(
+            "{}: only ws:// URLs are supported (no TLS is compiled in)",
+            config.url
+        )));
+    }
     let mut request = config
         .url
         .as_str()
@@ -894,6 +902,10 @@ mod tests {
         assert!(request(&c).is_ok());
         assert!(matches!(
             request(&ClientConfig::new("not a url")),
+            Err(ClientError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            request(&ClientConfig::channel("https://example.test", "c")),
             Err(ClientError::InvalidUrl(_))
         ));
         assert!(matches!(
