@@ -55,6 +55,7 @@ export class WaddleClient {
     this.syncing = false;
     this.held = [];
     this.initialMessages = [];
+    this.everConnected = false;
   }
 
   /** The WebSocket URL of a channel on this page's server (seed 004's route). */
@@ -233,7 +234,7 @@ export class WaddleClient {
       }
       case 'sync':
         for (const m of data.messages ?? []) this.deliver(m);
-        if (data.hasMore && this.lastMessageId) this.requestSync();
+        if (data.hasMore) this.requestSync();
         else this.endSync();
         break;
       case 'typing':
@@ -282,7 +283,8 @@ export class WaddleClient {
     this.setStatus('online');
     this.emit('online', this.onlineUsers());
     this.emit('typing', this.typingUsers());
-    if (this.lastMessageId === null) {
+    if (!this.everConnected) {
+      this.everConnected = true;
       for (const m of data.messages ?? []) this.deliver(m);
     } else {
       // A reconnection: ask for exactly what we missed.
@@ -295,7 +297,11 @@ export class WaddleClient {
   }
 
   requestSync() {
-    this.ws?.send(JSON.stringify({ type: 'sync', afterMessageId: this.lastMessageId }));
+    // Without a message yet, everything after sequence 0 was missed.
+    const frame = this.lastMessageId === null
+      ? { type: 'sync', after: 0 }
+      : { type: 'sync', afterMessageId: this.lastMessageId };
+    this.ws?.send(JSON.stringify(frame));
   }
 
   endSync() {

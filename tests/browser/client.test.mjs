@@ -150,3 +150,24 @@ test("seed 004's constructor: the token travels as the subprotocol", () => {
   assert.deepEqual(protocols, ['tok']);
   c.close();
 });
+
+test('a reconnect without any message yet syncs from sequence 0', () => {
+  const { c, seen } = client();
+  c.connect();
+  let ws = FakeSocket.last;
+  ws.open();
+  ws.receive({ type: 'initial_state', lastSequence: 0, messages: [], typing: [] });
+  ws.drop();
+  c.connect();
+  ws = FakeSocket.last;
+  ws.open();
+  ws.receive({ type: 'initial_state', lastSequence: 60, messages: [msg(60, 'sixty')], typing: [] });
+  assert.deepEqual(ws.sent[0], { type: 'sync', after: 0 });
+  ws.receive(frame(msg(61, 'live')));
+  ws.receive({ type: 'sync', messages: [msg(1, 'one')], lastSequence: 61, hasMore: true });
+  assert.deepEqual(ws.sent[2], { type: 'sync', afterMessageId: 'id-1' });
+  ws.receive(frame(msg(60, 'sixty'), { replay: true }));
+  ws.receive({ type: 'sync', replayed: 1, lastSequence: 61, hasMore: false });
+  assert.deepEqual(seen, ['one', 'sixty', 'live']);
+  c.close();
+});

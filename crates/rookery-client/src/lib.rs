@@ -10,8 +10,8 @@
 //!   in order, once connected again. A message leaves the queue only when it was written to an
 //!   open socket; one whose write fails is sent again after reconnecting.
 //! - **Syncs** on every reconnect with seed 004's `{"type":"sync","afterMessageId":ID}` (the
-//!   last message it delivered), holding live messages back until the replay is complete, so
-//!   messages are delivered in sequence order.
+//!   last message it delivered; `{"type":"sync","after":0}` if it has none yet), holding live
+//!   messages back until the replay is complete, so messages are delivered in sequence order.
 //! - **Dedupes** messages by id: each is delivered once, however often the server sends it.
 //!
 //! Typing and presence frames are transient: sent only while connected, dropped otherwise. On
@@ -323,6 +323,7 @@ impl Client {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             attempt: 0,
+            ever_connected: false,
         };
         let task = runtime.spawn(worker.run());
         Ok(Self {
@@ -497,6 +498,8 @@ struct Worker {
     seen_order: VecDeque<String>,
     /// Reconnect attempts since the last `initial_state`.
     attempt: u32,
+    /// Whether an `initial_state` ever arrived (later ones are reconnections).
+    ever_connected: bool,
 }
 
 impl Worker {
@@ -672,7 +675,7 @@ impl Worker {
                         }
                     }
                 }
-                if data.get("hasMore") == Some(&Value::Bool(true)) && self.last.is_some() {
+                if data.get("hasMore") == Some(&Value::Bool(true)) {
                     return self.request_sync(ws).await;
                 }
                 self.end_sync(session);
@@ -756,7 +759,8 @@ impl Worker {
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
         });
-        if self.last.is_none() {
+        if !self.ever_connected {
+            self.ever_connected = true;
             // First connection: the recent messages are where this client starts.
             for m in messages {
                 self.deliver(m);
@@ -777,13 +781,13 @@ impl Worker {
         self.flush(ws).await
     }
 
-    /// Asks for the messages after the last one delivered.
+    /// Asks for the messages after the last one delivered (all of them if none was).
     async fn request_sync(&mut self, ws: &mut Socket) -> Result<(), String> {
-        let Some((_, id)) = &self.last else {
-            return Ok(());
+        let frame = match &self.last {
+            Some((_, id)) => json!({ "type": "sync", "afterMessageId": id }),
+            None => json!({ "type": "sync", "after": 0 }),
         };
-        let frame = json!({ "type": "sync", "afterMessageId": id }).to_string();
-        send(ws, frame).await
+        send(ws, frame.to_string()).await
     }
 
     /// The replay is complete: the held live messages follow, in order.

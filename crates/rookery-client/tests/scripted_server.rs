@@ -203,3 +203,51 @@ async fn a_refused_handshake_stops_the_client() {
     );
     assert_eq!(client.send_message("x"), Err(ClientError::Closed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_before_any_message_syncs_from_sequence_zero() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = ClientConfig::channel(&format!("ws://{addr}"), "c")
+        .backoff(Duration::from_millis(10), Duration::from_millis(50));
+    let mut client = Client::connect(config).expect("client");
+    let mut ws = accept(&listener).await;
+    say(
+        &mut ws,
+        json!({"type": "initial_state", "lastSequence": 0, "messages": [], "typing": []}),
+    )
+    .await;
+    assert_eq!(heard(&mut ws).await["type"], "presence");
+    drop(ws);
+    // More than initial_state's 50 messages arrive meanwhile: only a sync finds the first.
+    let mut ws = accept(&listener).await;
+    say(
+        &mut ws,
+        json!({"type": "initial_state", "lastSequence": 60,
+                        "messages": [msg(60, "sixty")], "typing": []}),
+    )
+    .await;
+    assert_eq!(heard(&mut ws).await, json!({"type": "sync", "after": 0}));
+    say(
+        &mut ws,
+        json!({"type": "sync", "messages": [msg(1, "one")], "lastSequence": 60,
+                        "hasMore": true}),
+    )
+    .await;
+    loop {
+        let frame = heard(&mut ws).await;
+        if frame["type"] == "sync" {
+            assert_eq!(frame, json!({"type": "sync", "afterMessageId": "id-1"}));
+            break;
+        }
+    }
+    say(&mut ws, frame(&msg(60, "sixty"), true)).await;
+    say(
+        &mut ws,
+        json!({"type": "sync", "replayed": 1, "lastSequence": 60, "hasMore": false}),
+    )
+    .await;
+    assert_eq!(next_message(&mut client).await, (1, "one".into()));
+    assert_eq!(next_message(&mut client).await, (60, "sixty".into()));
+    client.close().await;
+}
