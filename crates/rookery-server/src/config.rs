@@ -219,6 +219,10 @@ pub struct ServerConfig {
     /// A file of secrets in `.dev.vars` form (`KEY=VALUE` lines), relative to the working
     /// directory; variables `ROOKERY_SECRET_<KEY>` add to and override it.
     pub secrets_file: Option<PathBuf>,
+    /// Serve the built-in Waddle chat page at `/chat` (and its client at
+    /// `/chat/waddle-client.js`), ahead of the configured routes. It needs the demo's routes
+    /// (`/channel/:id`) and query identities; off by default.
+    pub chat_page: bool,
 }
 
 impl Default for ServerConfig {
@@ -259,6 +263,7 @@ impl Default for ServerConfig {
             max_wait_until: host.max_wait_until,
             wait_until_timeout_ms: millis(host.wait_until_timeout),
             secrets_file: None,
+            chat_page: false,
         }
     }
 }
@@ -825,6 +830,8 @@ mod tests {
         let c = Config::demo();
         assert_eq!(c.bindings.len(), 14);
         assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8787)));
+        assert!(c.server.chat_page, "the demo serves the chat page");
+        assert!(!Config::parse("x.toml", "").unwrap().server.chat_page);
     }
 
     #[test]
@@ -894,6 +901,7 @@ mod tests {
         "max_wait_until",
         "wait_until_timeout_ms",
         "secrets_file",
+        "chat_page",
     ];
 
     #[test]

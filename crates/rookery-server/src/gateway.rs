@@ -66,6 +66,8 @@ pub(crate) struct Gateway {
     pub(crate) runtime_access: RuntimeAccess,
     /// The admin API's bearer token; `None` turns the API off.
     pub(crate) admin_token: Option<String>,
+    /// Whether the built-in chat page is served (`[server] chat_page`).
+    pub(crate) chat_page: bool,
     pub(crate) connections: Arc<Connections>,
     pub(crate) request_ids: RequestIds,
     /// The worker, if the configuration names one.
@@ -182,6 +184,12 @@ impl Gateway {
         }
         if path == HEALTHZ_PATH || path == READYZ_PATH {
             return (&self.own_metrics.runtime, self.health(path));
+        }
+        if self.chat_page && crate::chat_page::is_chat_path(path) {
+            return (
+                &self.own_metrics.chat,
+                crate::chat_page::serve(req.method(), path),
+            );
         }
         let client = client_ip(req.headers(), self.client_ip_header.as_ref(), peer.ip());
         let Some(matched) = self.routes.find(req.method(), req.uri().path()) else {

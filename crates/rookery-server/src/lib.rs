@@ -5,6 +5,7 @@
 
 mod admin;
 pub mod admin_client;
+mod chat_page;
 mod client_ip;
 pub mod config;
 mod conn;
@@ -152,6 +153,7 @@ impl Server {
             auth,
             runtime_access: runtime_access(config),
             admin_token: server.admin_token.as_ref().map(|t| t.trim().to_string()),
+            chat_page: server.chat_page,
             connections,
             request_ids: RequestIds::new(),
             worker,

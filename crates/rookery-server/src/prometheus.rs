@@ -145,6 +145,8 @@ pub(crate) struct OwnRoutes {
     pub(crate) admin: RouteMetrics,
     /// `/_rookery/...`, `/metrics`, `/healthz`, `/readyz`.
     pub(crate) runtime: RouteMetrics,
+    /// The built-in chat page (`/chat`, `/chat/...`).
+    pub(crate) chat: RouteMetrics,
     /// What no route takes and the worker answers.
     pub(crate) worker: RouteMetrics,
     /// What nothing takes (404).
@@ -156,6 +158,7 @@ impl OwnRoutes {
         Self {
             admin: RouteMetrics::new("_admin"),
             runtime: RouteMetrics::new("_runtime"),
+            chat: RouteMetrics::new("_chat"),
             worker: RouteMetrics::new("_worker"),
             none: RouteMetrics::new("_none"),
         }

@@ -104,8 +104,13 @@ impl Drop for ChildServer {
 impl ChildServer {
     /// Starts `rookery serve` on an ephemeral port with `data_dir` and `extra` arguments.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `rookery serve` on `listen` (e.g. the address of a server that was killed).
+    pub fn start_at(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rookery"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
