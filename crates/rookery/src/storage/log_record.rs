@@ -148,14 +148,7 @@ pub(crate) fn encode_cover(
     finish(out, start);
 }
 
-fn begin(
-    out: &mut Vec<u8>,
-    lsn: Lsn,
-    kind: u8,
-    time_ms: i64,
-    key: &AlarmKey,
-    value: u64,
-) -> usize {
+fn begin(out: &mut Vec<u8>, lsn: Lsn, kind: u8, time_ms: i64, key: &AlarmKey, value: u64) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER]);
     out.extend_from_slice(&lsn.to_le_bytes());
@@ -216,9 +209,7 @@ impl<'a> Record<'a> {
                 }
                 let mut seen = vec![false; pages];
                 for pgno in self.pgnos() {
-                    if let Some(slot) = (pgno as usize)
-                        .checked_sub(1)
-                        .and_then(|i| seen.get_mut(i))
+                    if let Some(slot) = (pgno as usize).checked_sub(1).and_then(|i| seen.get_mut(i))
                     {
                         *slot = true;
                     }
@@ -514,7 +505,10 @@ mod tests {
         log.extend_from_slice(&page_a);
         finish(&mut log, start);
         let (commit, _) = decode(&log, 40).unwrap();
-        assert_eq!((commit.kind, commit.value, commit.db_pages), (Kind::Commit, 2, 1));
+        assert_eq!(
+            (commit.kind, commit.value, commit.db_pages),
+            (Kind::Commit, 2, 1)
+        );
         assert!(commit.is_base());
         let frames: Vec<Page<'_>> = commit.frames().map(|f| f.unwrap()).collect();
         assert_eq!(frames.len(), 1);

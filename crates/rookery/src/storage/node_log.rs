@@ -625,7 +625,15 @@ mod tests {
             .map(|pgno| Frame { pgno, page: &page })
             .collect();
         let lsn = log
-            .append_commit(0, &key(), seq, pages, &log_record::pack(&frames), sync, false)
+            .append_commit(
+                0,
+                &key(),
+                seq,
+                pages,
+                &log_record::pack(&frames),
+                sync,
+                false,
+            )
             .unwrap();
         let written = log.write().unwrap();
         log.sync(written).unwrap();
