@@ -622,8 +622,8 @@ impl Runtime {
 
     /// The operator's handle: list classes and objects, inspect, delete or back them up
     /// (see [`crate::Admin`]; the server serves it as its admin API).
-    pub fn admin(&self) -> crate::Admin {
-        crate::Admin::new(self.inner.host.clone(), self.inner.data_dir.clone())
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(self.inner.host.clone(), self.inner.data_dir.clone())
     }
 
     /// What the runtime is doing now.

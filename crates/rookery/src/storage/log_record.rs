@@ -88,10 +88,14 @@ impl Packed {
     }
 }
 
+/// The largest LZ4 block of one page (what `compress_into` needs room for).
+const MAX_BLOCK: usize = lz4_flex::block::get_maximum_output_size(PAGE_BYTES);
+
 /// Packs `frames`: each page compressed, or whole where compressing does not make it smaller.
 pub(crate) fn pack(frames: &[Frame<'_>]) -> Packed {
     let mut bytes = Vec::with_capacity(frames.len() * 256);
-    let mut scratch = vec![0u8; lz4_flex::block::get_maximum_output_size(PAGE_BYTES)];
+    // On the stack: packing runs once per commit, and the worst case is a constant.
+    let mut scratch = [0u8; MAX_BLOCK];
     for frame in frames {
         // Frames are whole pages (WAL frames, or a restored image cut into pages).
         debug_assert_eq!(frame.page.len(), PAGE_BYTES);
