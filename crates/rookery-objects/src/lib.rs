@@ -5,6 +5,7 @@
 //! an event aggregator, metrics); and the demo app's worker.
 
 mod advanced_rate_limiter;
+pub mod app_metrics;
 mod channel;
 mod channel_shards;
 mod chat_room;

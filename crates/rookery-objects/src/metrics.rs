@@ -7,8 +7,8 @@
 //! - A flush `POST`s `{"source", "from", "to", "metrics": {name: {sum, count, min, max}}}` to the
 //!   `METRICS_ENDPOINT` var; only a 2xx answer clears the summaries, a failure keeps them (new
 //!   records add to them) and retries after 1 s, 2 s, 4 s, ... up to 5 minutes. Without an
-//!   endpoint the summaries are written to the server's log (the seed's `console.log`) and
-//!   cleared.
+//!   endpoint the summaries go to the server's own metrics (Prometheus at `/metrics`, see
+//!   [`crate::app_metrics`]) and, at debug level, to its log (the seed's `console.log`).
 //!
 //! Summaries are stored with every record, so an acknowledged record survives a crash.
 
@@ -19,6 +19,7 @@ use rookery::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::app_metrics;
 use crate::input::{Body, InputError, method_not_allowed, not_found};
 
 /// Longest metric name, in bytes.
@@ -130,15 +131,28 @@ impl Metrics {
             return Ok(());
         }
         let now = self.state.now_ms();
+        let source = self
+            .state
+            .id()
+            .name()
+            .map_or_else(|| self.state.id().to_string(), str::to_string);
         let report = json!({
-            "source": self.state.id().name().map_or_else(|| self.state.id().to_string(), str::to_string),
+            "source": source,
             "from": pending.from,
             "to": now,
             "metrics": pending.metrics,
         });
         let outcome = match self.env.var("METRICS_ENDPOINT").map(str::to_string) {
             None => {
-                tracing::info!(metrics = %report, "metrics");
+                tracing::debug!(metrics = %report, "metrics");
+                let dropped = app_metrics::publish(&source, &pending.metrics);
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        max_series = app_metrics::MAX_SERIES,
+                        "Metrics: the process's series budget is spent; summaries not published"
+                    );
+                }
                 Ok(())
             }
             Some(endpoint) => match Request::post(&endpoint).and_then(|r| r.with_json(&report)) {
@@ -244,8 +258,110 @@ impl DurableObject for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rookery::testing::{PATIENCE, TestHarness};
+    use rookery::testing::{PATIENCE, TestHarness, wait_until};
+    use rookery::{Clock, ManualClock, Outbound, Runtime, StatusCode, SystemClock, Vars};
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
+
+    /// An endpoint that keeps the reports it takes, or fails while told to.
+    #[derive(Default)]
+    struct Endpoint {
+        reports: Mutex<Vec<Value>>,
+        failing: AtomicBool,
+    }
+
+    impl Outbound for Endpoint {
+        fn fetch(
+            &self,
+            request: Request,
+        ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send + '_>> {
+            Box::pin(async move {
+                if self.failing.load(Ordering::SeqCst) {
+                    return Ok(Response::error(StatusCode::BAD_GATEWAY, "down"));
+                }
+                assert_eq!(request.uri().to_string(), "https://metrics.example.com/in");
+                self.reports.lock().unwrap().push(request.json()?);
+                Ok(Response::text("ok"))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_the_summaries_and_retries_with_backoff() {
+        let endpoint = Arc::new(Endpoint::default());
+        endpoint.failing.store(true, Ordering::SeqCst);
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let mut vars = Vars::new();
+        vars.set_var("METRICS_ENDPOINT", "https://metrics.example.com/in");
+        vars.set_var("METRICS_FLUSH_INTERVAL_MS", "10000");
+        let builder = Runtime::builder_in_memory()
+            .clock(clock.clone())
+            .vars(vars)
+            .outbound(endpoint.clone());
+        let h = TestHarness::from_builder::<Metrics>(builder).unwrap();
+        let m = h
+            .namespace()
+            .unwrap()
+            .typed::<MetricsServiceStub>()
+            .get_by_name("api");
+        m.record("latency_ms".into(), 10.0).await.unwrap();
+        let start = clock.now_ms();
+        let alarm = h.run("api", |s| s.storage().get_alarm()).await.unwrap();
+        assert_eq!(alarm, Some(start + 10_000), "the period's flush");
+        let mut now = start + 10_000;
+        clock.set(now);
+        // Each failure keeps the summaries and doubles the wait: 1 s, 2 s, 4 s.
+        for (attempt, backoff) in [(1_u32, 1_000), (2, 2_000), (3, 4_000)] {
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                let state: Value = h
+                    .fetch("api", Request::get("/").unwrap())
+                    .await
+                    .unwrap()
+                    .json_body()
+                    .unwrap();
+                if state["attempts"] == attempt {
+                    assert!(
+                        state["lastError"].as_str().unwrap().contains("502"),
+                        "{state}"
+                    );
+                    assert_eq!(state["metrics"]["latency_ms"]["count"], attempt, "{state}");
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{state}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let alarm = h.run("api", |s| s.storage().get_alarm()).await.unwrap();
+            assert_eq!(alarm, Some(now + backoff), "attempt {attempt}");
+            // Records made while the endpoint is down join the kept summaries.
+            m.record("latency_ms".into(), 20.0).await.unwrap();
+            now += backoff;
+            if attempt == 3 {
+                endpoint.failing.store(false, Ordering::SeqCst);
+            }
+            clock.set(now);
+        }
+        let e = endpoint.clone();
+        wait_until("the kept summaries are delivered", || {
+            e.reports.lock().unwrap().len() == 1
+        })
+        .await;
+        let report = endpoint.reports.lock().unwrap()[0].clone();
+        assert_eq!(report["source"], "api");
+        assert_eq!(report["from"], start);
+        assert_eq!(
+            report["metrics"]["latency_ms"],
+            json!({"sum": 70.0, "count": 4, "min": 10.0, "max": 20.0})
+        );
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !m.pending().await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never cleared");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 
     #[tokio::test]
     async fn records_are_summarized_and_flushed_by_the_alarm() {

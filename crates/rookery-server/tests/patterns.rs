@@ -553,3 +553,54 @@ async fn metrics_are_recorded_over_http() {
     assert_eq!((status, r["field"].as_str()), (400, Some("value")));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_without_an_endpoint_are_flushed_to_the_servers_prometheus_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{DEMO_CONFIG}\n[vars]\nMETRICS_FLUSH_INTERVAL_MS = 50\n");
+    let server = TestServer::start(&config, dir.path()).await;
+    let c = client();
+    let (status, _) = post(
+        &c,
+        server.url("/metrics/checkout/record"),
+        &json!([{"name": "latency_ms", "value": 12.5}, {"name": "latency_ms", "value": -2.5}]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let url = server.url("/metrics");
+    let wanted = r#"rookery_app_metric_count_total{source="checkout",name="latency_ms"} 2"#;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let text = loop {
+        let text = c.get(&url).send().await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == wanted) {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the summary never reached /metrics:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    for line in [
+        r#"rookery_app_metric_sum{source="checkout",name="latency_ms"} 10"#,
+        r#"rookery_app_metric_min{source="checkout",name="latency_ms"} -2.5"#,
+        r#"rookery_app_metric_max{source="checkout",name="latency_ms"} 12.5"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from:\n{text}"
+        );
+    }
+    // Flushed means cleared from the object.
+    let r: Value = c
+        .get(server.url("/metrics/checkout"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["metrics"], json!({}), "{r}");
+    assert_eq!(r["flushed"], 1, "{r}");
+    server.stop().await;
+}
