@@ -26,6 +26,8 @@ use crate::scenarios::alarms::{AlarmsArgs, alarms};
 use crate::scenarios::calls::{CallRoundTripArgs, call_round_trip};
 use crate::scenarios::cold_start::{ColdEvictedArgs, ColdStartArgs, cold_evicted, cold_start};
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
+use crate::scenarios::limiters::{LimitersArgs, limiters};
+use crate::scenarios::lock::{LockArgs, lock};
 use crate::scenarios::objects_idle::{ObjectsIdleArgs, objects_idle};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
 use crate::scenarios::ws_idle::{WsIdleArgs, ws_idle};
@@ -67,6 +69,22 @@ enum Command {
         server: Server,
         #[command(flatten)]
         args: CounterManyArgs,
+    },
+    /// N decisions of one rate-limiting algorithm over K keys (seed 002's limiter); checks
+    /// each key was allowed exactly its limit.
+    Limiters {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: LimitersArgs,
+    },
+    /// Acquire/release pairs of seed 002's distributed lock over C connections and L lock
+    /// ids; checks no two holders overlapped and every token was new.
+    Lock {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: LockArgs,
     },
     /// One increment each on K counters never used before, one at a time.
     ColdStart {
@@ -176,6 +194,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let outcome = match cli.command {
         Command::CounterOne { server, args } => counter_one(&target(&server).await?, &args).await,
         Command::CounterMany { server, args } => counter_many(&target(&server).await?, &args).await,
+        Command::Limiters { server, args } => limiters(&target(&server).await?, &args).await,
+        Command::Lock { server, args } => lock(&target(&server).await?, &args).await,
         Command::ColdStart { server, args } => cold_start(&target(&server).await?, &args).await,
         Command::ColdEvicted { server, args } => cold_evicted(&target(&server).await?, &args).await,
         Command::ColdEvictedConfig => {

@@ -15,6 +15,8 @@ use crate::scenarios::cold_start::{
     self, ColdEvictedArgs, ColdStartArgs, cold_evicted, cold_start,
 };
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
+use crate::scenarios::limiters::{Algorithm, LimitersArgs, limiters};
+use crate::scenarios::lock::{LockArgs, lock};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
 use crate::scenarios::ws_idle::{WsIdleArgs, ws_idle};
 use crate::server::{Exit, ServerProcess};
@@ -24,6 +26,8 @@ use crate::sys::nofile_hard_limit;
 pub const SCENARIOS: &[&str] = &[
     "counter-one",
     "counter-many",
+    "limiters",
+    "lock",
     "cold-start",
     "cold-evicted",
     "ws-fanout",
@@ -70,8 +74,8 @@ pub struct RunArgs {
     /// Sizes about ten times smaller, for a smoke run.
     #[arg(long)]
     pub quick: bool,
-    /// Run only these scenarios, comma-separated (counter-one, counter-many, cold-start,
-    /// cold-evicted, ws-fanout, ws-idle, alarms).
+    /// Run only these scenarios, comma-separated (counter-one, counter-many, limiters, lock,
+    /// cold-start, cold-evicted, ws-fanout, ws-idle, alarms).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A Markdown file whose text is appended to the report as its "Notes" section (read when
@@ -87,6 +91,10 @@ pub enum Planned {
     CounterOne(CounterOneArgs),
     /// `counter-many`.
     CounterMany(CounterManyArgs),
+    /// `limiters`, one algorithm.
+    Limiters(LimitersArgs),
+    /// `lock`.
+    Lock(LockArgs),
     /// `cold-start`.
     ColdStart(ColdStartArgs),
     /// `cold-evicted`, on a server with a short idle time.
@@ -105,6 +113,8 @@ impl Planned {
         match self {
             Planned::CounterOne(_) => "counter-one",
             Planned::CounterMany(_) => "counter-many",
+            Planned::Limiters(_) => "limiters",
+            Planned::Lock(_) => "lock",
             Planned::ColdStart(_) => "cold-start",
             Planned::ColdEvicted(_) => "cold-evicted",
             Planned::WsFanout(_) => "ws-fanout",
@@ -125,6 +135,17 @@ impl Planned {
             Planned::CounterMany(a) => format!(
                 "--objects {} --requests {} --conns {}",
                 a.objects, a.requests, a.conns
+            ),
+            Planned::Limiters(a) => format!(
+                "--algorithm {} --decisions {} --keys {} --conns {}",
+                a.algorithm.as_str(),
+                a.decisions,
+                a.keys,
+                a.conns
+            ),
+            Planned::Lock(a) => format!(
+                "--pairs {} --locks {} --conns {}",
+                a.pairs, a.locks, a.conns
             ),
             Planned::ColdStart(a) => format!("--objects {}", a.objects),
             Planned::ColdEvicted(a) => format!("--objects {}", a.objects),
@@ -149,6 +170,8 @@ impl Planned {
         match self {
             Planned::CounterOne(a) => Outcome::new(self.name(), a),
             Planned::CounterMany(a) => Outcome::new(self.name(), a),
+            Planned::Limiters(a) => Outcome::new(self.name(), a),
+            Planned::Lock(a) => Outcome::new(self.name(), a),
             Planned::ColdStart(a) => Outcome::new(self.name(), a),
             Planned::ColdEvicted(a) => Outcome::new(self.name(), a),
             Planned::WsFanout(a) => Outcome::new(self.name(), a),
@@ -162,6 +185,8 @@ impl Planned {
         match self {
             Planned::CounterOne(a) => counter_one(target, a).await,
             Planned::CounterMany(a) => counter_many(target, a).await,
+            Planned::Limiters(a) => limiters(target, a).await,
+            Planned::Lock(a) => lock(target, a).await,
             Planned::ColdStart(a) => cold_start(target, a).await,
             Planned::ColdEvicted(a) => cold_evicted(target, a).await,
             Planned::WsFanout(a) => ws_fanout(target, a).await,
@@ -188,7 +213,7 @@ pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
         }
     }
     let scale = if quick { 10 } else { 1 };
-    let all = vec![
+    let mut all = vec![
         Planned::CounterOne(CounterOneArgs {
             conns: 32,
             requests: 50_000 / scale,
@@ -198,6 +223,16 @@ pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
             objects: 1_000 / scale,
             requests: 50_000 / scale,
             conns: 32,
+        }),
+        Planned::Lock(LockArgs {
+            conns: 32,
+            pairs: 10_000 / scale,
+            locks: 32,
+        }),
+        Planned::Lock(LockArgs {
+            conns: 32,
+            pairs: 2_000 / scale,
+            locks: 1,
         }),
         Planned::ColdStart(ColdStartArgs {
             objects: 2_000 / scale,
@@ -238,6 +273,16 @@ pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
             pid: None,
         }),
     ];
+    // The limiters follow counter-many, one row per algorithm.
+    let limiter_rows = Algorithm::ALL.map(|algorithm| {
+        Planned::Limiters(LimitersArgs {
+            algorithm,
+            conns: 32,
+            decisions: 20_000 / scale,
+            keys: 100 / scale,
+        })
+    });
+    all.splice(2..2, limiter_rows);
     Ok(all
         .into_iter()
         .filter(|p| only.is_empty() || only.iter().any(|n| n == p.name()))
@@ -442,6 +487,12 @@ mod tests {
             [
                 "counter-one",
                 "counter-many",
+                "limiters",
+                "limiters",
+                "limiters",
+                "limiters",
+                "lock",
+                "lock",
                 "cold-start",
                 "cold-evicted",
                 "ws-fanout",
@@ -459,30 +510,46 @@ mod tests {
             p[1].command("U"),
             "counter-many --url U --objects 1000 --requests 50000 --conns 32"
         );
-        assert_eq!(p[2].command("U"), "cold-start --url U --objects 2000");
-        assert_eq!(p[3].command("U"), "cold-evicted --url U --objects 2000");
         assert_eq!(
-            p[4].command("U"),
-            "ws-fanout --url U --clients 1000 --messages 100"
+            p[2].command("U"),
+            "limiters --url U --algorithm fixed-window --decisions 20000 --keys 100 --conns 32"
         );
         assert_eq!(
             p[5].command("U"),
-            "ws-fanout --url U --clients 10000 --messages 20"
+            "limiters --url U --algorithm leaky-bucket --decisions 20000 --keys 100 --conns 32"
         );
         assert_eq!(
             p[6].command("U"),
-            "ws-idle --url U --clients 10000 --rooms 100 --pid $!"
+            "lock --url U --pairs 10000 --locks 32 --conns 32"
         );
         assert_eq!(
             p[7].command("U"),
+            "lock --url U --pairs 2000 --locks 1 --conns 32"
+        );
+        assert_eq!(p[8].command("U"), "cold-start --url U --objects 2000");
+        assert_eq!(p[9].command("U"), "cold-evicted --url U --objects 2000");
+        assert_eq!(
+            p[10].command("U"),
+            "ws-fanout --url U --clients 1000 --messages 100"
+        );
+        assert_eq!(
+            p[11].command("U"),
+            "ws-fanout --url U --clients 10000 --messages 20"
+        );
+        assert_eq!(
+            p[12].command("U"),
+            "ws-idle --url U --clients 10000 --rooms 100 --pid $!"
+        );
+        assert_eq!(
+            p[13].command("U"),
             "ws-idle --url U --clients 18000 --rooms 180 --pid $!"
         );
         assert_eq!(
-            p[8].command("U"),
+            p[14].command("U"),
             "alarms --url U --objects 10000 --alarms 100000 --pid $!"
         );
-        assert!(p[3].server_config().is_some());
-        assert!(p[8].server_config().is_some());
+        assert!(p[9].server_config().is_some());
+        assert!(p[14].server_config().is_some());
         let own: Vec<_> = p.iter().filter(|p| p.server_config().is_some()).collect();
         assert_eq!(own.len(), 2);
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use hyper::{Method, StatusCode, Uri};
 use serde::Serialize;
 
@@ -57,13 +58,15 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn note(&mut self, error: impl FnOnce() -> String) {
+    /// Keeps `error` as the first error, unless one is kept already.
+    pub(crate) fn note(&mut self, error: impl FnOnce() -> String) {
         if self.first_error.is_none() {
             self.first_error = Some(error());
         }
     }
 
-    fn merge(&mut self, other: Tally) {
+    /// Adds another connection's tally.
+    pub(crate) fn merge(&mut self, other: Tally) {
         self.ok += other.ok;
         self.bad_status += other.bad_status;
         self.failed += other.failed;
@@ -103,105 +106,139 @@ pub(crate) struct Load {
     pub(crate) samples: Samples,
     pub(crate) tally: Tally,
     pub(crate) elapsed: Duration,
+    /// The 200 answers' bodies with their request numbers, when [`drive_posts`] was asked to
+    /// keep them.
+    pub(crate) answers: Vec<(u64, Bytes)>,
 }
 
 /// Sends `requests` POSTs over `conns` connections, request i to `paths[i % paths.len()]`.
-///
-/// Connections are opened before the clock starts so throughput measures requests, not TCP
-/// handshakes. Requests are handed out from a shared ticket counter so a slow connection does
-/// not leave the others idle at the end.
 pub(crate) async fn drive(
     target: &Target,
     conns: usize,
     requests: u64,
     paths: Vec<Uri>,
 ) -> anyhow::Result<Load> {
+    let posts = paths.into_iter().map(|p| (p, Bytes::new())).collect();
+    drive_posts(target, conns, requests, posts, false).await
+}
+
+/// Sends `requests` POSTs over `conns` connections, request i with `posts[i % posts.len()]`
+/// (path and JSON body, none when empty); keeps the 200 answers' bodies when `keep` is set.
+///
+/// Connections are opened before the clock starts so throughput measures requests, not TCP
+/// handshakes. Requests are handed out from a shared ticket counter so a slow connection does
+/// not leave the others idle at the end.
+pub(crate) async fn drive_posts(
+    target: &Target,
+    conns: usize,
+    requests: u64,
+    posts: Vec<(Uri, Bytes)>,
+    keep: bool,
+) -> anyhow::Result<Load> {
     anyhow::ensure!(conns > 0, "--conns must be at least 1");
-    anyhow::ensure!(!paths.is_empty(), "no objects to send to");
+    anyhow::ensure!(!posts.is_empty(), "no objects to send to");
     let mut opened = Vec::with_capacity(conns);
     for _ in 0..conns {
         opened.push(Conn::open(target).await?);
     }
-    let paths = Arc::new(paths);
+    let posts = Arc::new(posts);
     let tickets = Arc::new(AtomicU64::new(0));
     let per_conn = usize::try_from(requests / conns as u64 + 1).unwrap_or(usize::MAX);
     let start = Instant::now();
     let mut workers = Vec::with_capacity(conns);
     for conn in opened {
         let target = target.clone();
-        let paths = Arc::clone(&paths);
+        let posts = Arc::clone(&posts);
         let tickets = Arc::clone(&tickets);
-        workers.push(tokio::spawn(async move {
-            worker(conn, &target, &paths, &tickets, requests, per_conn).await
-        }));
+        let job = Job {
+            target,
+            posts,
+            tickets,
+            requests,
+            capacity: per_conn,
+            keep,
+        };
+        workers.push(tokio::spawn(async move { job.work(conn).await }));
     }
     let mut samples = Samples::with_capacity(usize::try_from(requests).unwrap_or(0));
     let mut tally = Tally::default();
+    let mut answers = Vec::new();
     for w in workers {
-        let (s, t) = w.await.context("a load worker panicked")?;
+        let (s, t, a) = w.await.context("a load worker panicked")?;
         samples.merge(s);
         tally.merge(t);
+        answers.extend(a);
     }
     Ok(Load {
         samples,
         tally,
         elapsed: start.elapsed(),
+        answers,
     })
 }
 
-/// One connection's loop: take a ticket, send, record; reconnect once after a failure.
-async fn worker(
-    mut conn: Conn,
-    target: &Target,
-    paths: &[Uri],
-    tickets: &AtomicU64,
+/// What one load connection works through.
+struct Job {
+    target: Target,
+    posts: Arc<Vec<(Uri, Bytes)>>,
+    tickets: Arc<AtomicU64>,
     requests: u64,
     capacity: usize,
-) -> (Samples, Tally) {
-    let mut samples = Samples::with_capacity(capacity);
-    let mut tally = Tally::default();
-    let objects = paths.len() as u64;
-    loop {
-        let i = tickets.fetch_add(1, Ordering::Relaxed);
-        if i >= requests {
-            break;
-        }
-        // A Uri clone shares its bytes: no allocation per request.
-        let uri = paths[(i % objects) as usize].clone();
-        let sent = Instant::now();
-        match conn.send(Method::POST, uri).await {
-            Ok((status, body)) => {
-                samples.record(sent.elapsed());
-                if status == StatusCode::OK {
-                    tally.ok += 1;
-                } else {
-                    tally.bad_status += 1;
-                    tally.note(|| {
-                        format!(
-                            "{status} {}",
-                            truncate(&String::from_utf8_lossy(&body), 120)
-                        )
-                    });
-                }
+    keep: bool,
+}
+
+impl Job {
+    /// One connection's loop: take a ticket, send, record; reconnect once after a failure.
+    async fn work(self, mut conn: Conn) -> (Samples, Tally, Vec<(u64, Bytes)>) {
+        let mut samples = Samples::with_capacity(self.capacity);
+        let mut tally = Tally::default();
+        let mut answers = Vec::with_capacity(if self.keep { self.capacity } else { 0 });
+        let kinds = self.posts.len() as u64;
+        loop {
+            let i = self.tickets.fetch_add(1, Ordering::Relaxed);
+            if i >= self.requests {
+                break;
             }
-            Err(e) => {
-                tally.failed += 1;
-                tally.note(|| format!("{e:#}"));
-                match Conn::open(target).await {
-                    Ok(fresh) => conn = fresh,
-                    Err(e) => {
-                        tally.note(|| format!("reconnecting: {e:#}"));
-                        break;
+            // Uri and Bytes clones share their bytes: no allocation per request.
+            let (uri, body) = self.posts[(i % kinds) as usize].clone();
+            let sent = Instant::now();
+            match conn.send_body(Method::POST, uri, body).await {
+                Ok((status, body)) => {
+                    samples.record(sent.elapsed());
+                    if status == StatusCode::OK {
+                        tally.ok += 1;
+                        if self.keep {
+                            answers.push((i, body));
+                        }
+                    } else {
+                        tally.bad_status += 1;
+                        tally.note(|| {
+                            format!(
+                                "{status} {}",
+                                truncate(&String::from_utf8_lossy(&body), 120)
+                            )
+                        });
+                    }
+                }
+                Err(e) => {
+                    tally.failed += 1;
+                    tally.note(|| format!("{e:#}"));
+                    match Conn::open(&self.target).await {
+                        Ok(fresh) => conn = fresh,
+                        Err(e) => {
+                            tally.note(|| format!("reconnecting: {e:#}"));
+                            break;
+                        }
                     }
                 }
             }
         }
+        (samples, tally, answers)
     }
-    (samples, tally)
 }
 
 /// Adds the load figures every counter scenario reports.
-fn load_figures(outcome: &mut Outcome, load: &Load) {
+pub(crate) fn load_figures(outcome: &mut Outcome, load: &Load) {
     outcome
         .figure(
             "throughput",

@@ -4,6 +4,8 @@ pub mod alarms;
 pub mod calls;
 pub mod cold_start;
 pub mod counter;
+pub mod limiters;
+pub mod lock;
 #[cfg(test)]
 mod mock_chat;
 pub mod objects_idle;
