@@ -1,5 +1,6 @@
 //! Start-up never harms a data directory: a second server is refused, a missing catalog is not
-//! rebuilt over existing objects, and a configuration that cannot serve applies no migration.
+//! rebuilt over existing objects, a file where a runtime directory belongs is named, and a
+//! configuration that cannot serve applies no migration.
 
 mod common;
 
@@ -144,6 +145,18 @@ async fn a_missing_catalog_refuses_to_start_and_deletes_nothing() {
         "every object is still there"
     );
     assert!(!dir.path().join("rookery.sqlite").exists());
+}
+
+#[test]
+fn a_file_where_the_node_log_belongs_is_named_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("log"), "server output").unwrap();
+    let err = serve_fails(dir.path(), &["--listen", "127.0.0.1:0"]);
+    assert!(err.contains("log must be a directory"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log")).unwrap(),
+        "server output"
+    );
 }
 
 fn config_in(dir: &Path, text: &str) -> Config {

@@ -218,6 +218,7 @@ impl RuntimeBuilder {
             Some(dir) => {
                 create_dir_durable(dir)?;
                 let lock = DirLock::acquire(dir)?;
+                check_layout(dir)?;
                 (Some(lock), Catalog::open(dir)?)
             }
             None => (None, Catalog::in_memory()?),
@@ -774,6 +775,22 @@ struct RuntimeInner {
     data_dir: Option<PathBuf>,
     /// Held while the runtime lives: one process per data directory.
     _lock: Option<DirLock>,
+}
+
+/// Refuses a data directory where one of the runtime's directories is something else (a file
+/// someone wrote there), naming it: opening it would fail with a bare "Not a directory".
+fn check_layout(dir: &Path) -> Result<(), StartError> {
+    for name in ["objects", "log", "history"] {
+        let path = dir.join(name);
+        if path.exists() && !path.is_dir() {
+            return Err(StartError::DataDir(format!(
+                "{} must be a directory (Rookery keeps its {name} there) but is not; \
+                 move it out of the data directory",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
