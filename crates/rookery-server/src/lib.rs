@@ -12,6 +12,7 @@ mod conn;
 mod gateway;
 pub mod identity;
 pub mod jwt;
+pub mod otel;
 pub mod outbound;
 mod prometheus;
 mod reply;

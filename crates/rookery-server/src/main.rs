@@ -9,7 +9,10 @@ use rookery::Clock;
 use rookery::Durability;
 use rookery_server::admin_client::{self, AdminTarget};
 use rookery_server::{Config, Server};
-use tracing_subscriber::EnvFilter;
+use rookery_server::otel;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +27,11 @@ struct Cli {
     /// the span fields such as the request id, class and object id) for log collectors.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Export spans to this OpenTelemetry collector over OTLP/HTTP (its base URL, e.g.
+    /// `http://127.0.0.1:4318`); needs a binary built with `--features otel`. The standard
+    /// `OTEL_EXPORTER_OTLP_*` variables also turn it on and tune it (docs/OPERATIONS.md).
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// How logs are written.
@@ -189,21 +197,26 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match cli.log_format {
-        // Logs go to stderr: stdout carries what the commands print (the listening address,
-        // bookmarks), which scripts read.
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
+    // Logs go to stderr: stdout carries what the commands print (the listening address,
+    // bookmarks), which scripts read.
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match cli.log_format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs
             .json()
-            .with_writer(std::io::stderr)
             .with_current_span(true)
             .with_span_list(true)
-            .with_env_filter(filter)
-            .init(),
-    }
+            .boxed(),
+    };
+    let (export, _export_guard) = match otel::layer(cli.otlp_endpoint.as_deref())? {
+        Some((layer, guard)) => (Some(layer), Some(guard)),
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(export)
+        .init();
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Objects(command) => objects(command),

@@ -109,11 +109,23 @@ impl ChildServer {
 
     /// Starts `rookery serve` on `listen` (e.g. the address of a server that was killed).
     pub fn start_at(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, listen, extra, &[])
+    }
+
+    /// Starts `rookery serve` on `listen` with environment variables `env` (`RUST_LOG` is
+    /// `warn` unless given).
+    pub fn start_with_env(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rookery"))
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
