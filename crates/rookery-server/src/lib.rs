@@ -19,6 +19,7 @@ mod route_pattern;
 mod routes;
 pub mod secrets;
 mod socket_io;
+mod static_asset;
 mod stream_io;
 
 use std::future::Future;
