@@ -5,6 +5,7 @@
 
 mod admin;
 pub mod admin_client;
+mod admin_page;
 mod chat_page;
 mod client_ip;
 pub mod config;
