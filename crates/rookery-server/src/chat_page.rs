@@ -3,10 +3,10 @@
 //! The page talks to the demo's Channel objects through `/channel/:id/websocket` with query
 //! identities (docs/PROTOCOL.md).
 
-use axum::body::Body;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{Method, StatusCode, header};
 
 use crate::reply::error_response;
+use crate::static_asset::{self, Asset};
 
 /// Where the page is served.
 pub(crate) const CHAT_PATH: &str = "/chat";
@@ -16,6 +16,17 @@ const CLIENT_PATH: &str = "/chat/waddle-client.js";
 const CHAT_HTML: &str = include_str!("../../../web/chat.html");
 const CLIENT_JS: &str = include_str!("../../../web/waddle-client.js");
 
+/// The page.
+const PAGE: Asset = Asset {
+    body: CHAT_HTML,
+    content_type: "text/html; charset=utf-8",
+};
+/// Its client.
+const CLIENT: Asset = Asset {
+    body: CLIENT_JS,
+    content_type: "text/javascript; charset=utf-8",
+};
+
 /// Whether `path` is one of the page's.
 pub(crate) fn is_chat_path(path: &str) -> bool {
     path == CHAT_PATH || path.starts_with("/chat/")
@@ -23,27 +34,12 @@ pub(crate) fn is_chat_path(path: &str) -> bool {
 
 /// Answers a request for one of the page's paths (HEAD arrives as GET).
 pub(crate) fn serve(method: &Method, path: &str) -> axum::response::Response {
-    let (body, content_type) = match path {
-        CHAT_PATH | "/chat/" => (CHAT_HTML, "text/html; charset=utf-8"),
-        CLIENT_PATH => (CLIENT_JS, "text/javascript; charset=utf-8"),
+    let asset = match path {
+        CHAT_PATH | "/chat/" => &PAGE,
+        CLIENT_PATH => &CLIENT,
         _ => return error_response(StatusCode::NOT_FOUND, "Not found"),
     };
-    if method != Method::GET {
-        let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
-    }
-    let mut response = axum::response::Response::new(Body::from(body));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
+    static_asset::serve(method, asset, &[(header::CACHE_CONTROL, "no-cache")])
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub const HEALTHZ_PATH: &str = "/healthz";
 /// of the configured routes, open to all.
 pub const READYZ_PATH: &str = "/readyz";
 
-/// Who may use the runtime's own endpoints (`/_rookery/...`).
+/// Who may use the runtime's own endpoints (`/_rookery/...`), besides the admin token's holders.
 #[derive(Debug)]
 pub(crate) enum RuntimeAccess {
     /// Callers presenting this bearer token (`[server] stats_token`).
@@ -173,6 +173,11 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> (&RouteMetrics, axum::response::Response) {
         let path = req.uri().path();
+        // The admin page's paths are under the admin API's prefix, but need no token.
+        if crate::admin_page::is_page_path(path) {
+            let response = crate::admin_page::serve(self.admin_token.is_some(), req.method(), path);
+            return (&self.own_metrics.admin, response);
+        }
         if path.starts_with(crate::admin::ADMIN_PREFIX) {
             let response =
                 crate::admin::serve(&self.runtime, self.admin_token.as_deref(), req, request_id)
@@ -278,7 +283,13 @@ impl Gateway {
 
     /// The runtime's own endpoints, behind their own access setting.
     fn runtime_endpoint(&self, req: &axum::extract::Request) -> axum::response::Response {
+        // The admin token opens them too (the admin page shows a few figures).
+        let admin = self
+            .admin_token
+            .as_deref()
+            .is_some_and(|token| presents_token(req.headers(), token));
         match &self.runtime_access {
+            _ if admin => {}
             RuntimeAccess::Open => {}
             RuntimeAccess::Token(token) => {
                 if !presents_token(req.headers(), token) {

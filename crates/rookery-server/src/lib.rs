@@ -5,6 +5,7 @@
 
 mod admin;
 pub mod admin_client;
+mod admin_page;
 mod chat_page;
 mod client_ip;
 pub mod config;
@@ -20,6 +21,7 @@ mod route_pattern;
 mod routes;
 pub mod secrets;
 mod socket_io;
+mod static_asset;
 mod stream_io;
 
 use std::future::Future;
