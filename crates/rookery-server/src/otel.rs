@@ -126,6 +126,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing_subscriber::Registry;
+
+    #[test]
+    #[cfg(not(feature = "otel"))]
+    fn without_the_feature_asking_for_export_is_refused() {
+        let err = layer::<Registry>(Some("http://127.0.0.1:4318")).err();
+        assert!(matches!(err, Some(OtelError::NotBuilt)), "{err:?}");
+    }
+
+    #[test]
+    #[cfg(feature = "otel")]
+    fn a_bad_endpoint_is_refused() {
+        let err = layer::<Registry>(Some("not a url")).err();
+        assert!(matches!(err, Some(OtelError::Exporter(_))), "{err:?}");
+    }
 
     #[test]
     fn a_base_url_gets_the_traces_path() {
