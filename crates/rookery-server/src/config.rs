@@ -223,6 +223,9 @@ pub struct ServerConfig {
     /// `/chat/waddle-client.js`), ahead of the configured routes. It needs the demo's routes
     /// (`/channel/:id`) and query identities; off by default.
     pub chat_page: bool,
+    /// Record metrics and serve them at `/metrics` (on by default); off, the process installs
+    /// no recorder and `/metrics` answers 404.
+    pub metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -264,6 +267,7 @@ impl Default for ServerConfig {
             wait_until_timeout_ms: millis(host.wait_until_timeout),
             secrets_file: None,
             chat_page: false,
+            metrics: true,
         }
     }
 }
@@ -832,6 +836,12 @@ mod tests {
         assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8787)));
         assert!(c.server.chat_page, "the demo serves the chat page");
         assert!(!Config::parse("x.toml", "").unwrap().server.chat_page);
+        assert!(
+            Config::parse("x.toml", "").unwrap().server.metrics,
+            "on by default"
+        );
+        let off = Config::parse("x.toml", "[server]\nmetrics = false\n").unwrap();
+        assert!(!off.server.metrics);
     }
 
     #[test]
@@ -902,6 +912,7 @@ mod tests {
         "wait_until_timeout_ms",
         "secrets_file",
         "chat_page",
+        "metrics",
     ];
 
     #[test]

@@ -68,6 +68,8 @@ pub(crate) struct Gateway {
     pub(crate) admin_token: Option<String>,
     /// Whether the built-in chat page is served (`[server] chat_page`).
     pub(crate) chat_page: bool,
+    /// Whether `/metrics` is served (`[server] metrics`).
+    pub(crate) metrics: bool,
     pub(crate) connections: Arc<Connections>,
     pub(crate) request_ids: RequestIds,
     /// The worker, if the configuration names one.
@@ -309,6 +311,12 @@ impl Gateway {
             return self.stats();
         }
         if req.uri().path() == METRICS_PATH && req.method() == Method::GET {
+            if !self.metrics {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "metrics are off ([server] metrics = false)",
+                );
+            }
             return self.metrics();
         }
         error_response(StatusCode::NOT_FOUND, "Not found")

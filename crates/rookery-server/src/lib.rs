@@ -82,8 +82,10 @@ impl Server {
     pub fn new(config: &Config, classes: Classes) -> Result<Self, ServerError> {
         Routes::check(config)?;
         // Before the runtime and the routes exist: handles made before a recorder is installed
-        // record nowhere.
-        prometheus::handle();
+        // record nowhere (which is what `metrics = false` wants).
+        if config.server.metrics {
+            prometheus::handle();
+        }
         for b in &config.bindings {
             if !classes.contains(b.class_name.get_ref()) {
                 return Err(config
@@ -157,6 +159,7 @@ impl Server {
             runtime_access: runtime_access(config),
             admin_token: server.admin_token.as_ref().map(|t| t.trim().to_string()),
             chat_page: server.chat_page,
+            metrics: server.metrics,
             connections,
             request_ids: RequestIds::new(),
             worker,

@@ -164,3 +164,26 @@ fn json_logs_are_one_object_per_line() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(DEMO_CONFIG.contains("\nchat_page = true\n"));
+    let config = DEMO_CONFIG.replace(
+        "\nchat_page = true\n",
+        "\nchat_page = true\nmetrics = false\n",
+    );
+    let server = TestServer::start(&config, dir.path()).await;
+    let c = client();
+    let r = c.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("metrics = false"));
+    // Everything else is served as before.
+    let r = c
+        .post(server.url("/counter/off/increment"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
