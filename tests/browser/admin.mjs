@@ -14,73 +14,18 @@
 // the binary at $ROOKERY_BIN, else $CARGO_TARGET_DIR/debug/rookery, else target/debug/rookery.
 // With $ADMIN_SCREENSHOTS set to a directory, a screenshot of the page is saved there.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import {
+  BINARY, CHROMIUM, WAIT, logger, runTest, scratchDir, startServer, stopServer, waitInPage,
+} from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const BINARY = path.resolve(process.env.ROOKERY_BIN
-  ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'debug', 'rookery'));
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const WAIT = 20_000; // the longest any single condition may take
 const OVERALL = 120_000; // the whole test
-
 const TOKEN = randomBytes(16).toString('hex'); // 32 characters
 const COUNTERS = { 'adm-alpha': 1, 'adm-beta': 2, 'adm-gamma': 3 };
-const servers = new Set();
-const scratch = [];
-
-function log(...args) {
-  console.log(`[admin.mjs ${new Date().toISOString().slice(11, 23)}]`, ...args);
-}
-
-/** Starts `rookery serve` with the admin token; resolves with {child, addr} once it listens. */
-function startServer(dataDir) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BINARY,
-      ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--admin-token', TOKEN], {
-        env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-    servers.add(child);
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`rookery did not announce its address within ${WAIT} ms`));
-    }, WAIT);
-    child.on('exit', (code, signal) => {
-      servers.delete(child);
-      clearTimeout(timer);
-      reject(new Error(`rookery exited before listening (code ${code}, signal ${signal})`));
-    });
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      const m = line.match(/^rookery listening on http:\/\/(\S+)$/);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, addr: m[1] });
-      }
-    });
-  });
-}
-
-async function stopServer(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timeout = new Promise((resolve) => setTimeout(() => resolve('timeout'), WAIT));
-  if ((await Promise.race([exited, timeout])) === 'timeout') {
-    child.kill('SIGKILL');
-    await exited;
-  }
-}
+const log = logger('admin.mjs');
 
 /** `fetch` with a bounded wait. */
 function get(url, init = {}) {
@@ -94,21 +39,16 @@ async function admin(base, rest) {
   return r.json();
 }
 
-/** Waits until `fn(arg)` is truthy in `page`, with a bounded timeout and a readable error. */
-async function until(page, what, fn, arg) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout: WAIT, polling: 50 });
-  } catch (e) {
-    const state = await page.evaluate(() => ({
-      error: document.getElementById('error')?.textContent,
-      notice: document.getElementById('notice')?.textContent,
-      classes: [...document.querySelectorAll('#classes button')].map((b) => b.dataset.class),
-      objects: [...document.querySelectorAll('#objects tbody tr')].map((tr) => tr.dataset.name ?? tr.dataset.id),
-      status: document.getElementById('objects-status')?.textContent,
-      kv: [...document.querySelectorAll('#kv tbody tr')].map((tr) => tr.textContent),
-    })).catch(() => ({}));
-    throw new Error(`timed out waiting until ${what}: ${e.message}\npage state: ${JSON.stringify(state)}`);
-  }
+/** Waits until `fn(arg)` is truthy in `page`; a timeout reports what the page shows. */
+function until(page, what, fn, arg) {
+  return waitInPage(page, what, fn, arg, () => ({
+    error: document.getElementById('error')?.textContent,
+    notice: document.getElementById('notice')?.textContent,
+    classes: [...document.querySelectorAll('#classes button')].map((b) => b.dataset.class),
+    objects: [...document.querySelectorAll('#objects tbody tr')].map((tr) => tr.dataset.name ?? tr.dataset.id),
+    status: document.getElementById('objects-status')?.textContent,
+    kv: [...document.querySelectorAll('#kv tbody tr')].map((tr) => tr.textContent),
+  }));
 }
 
 /** The names of the listed objects, sorted. */
@@ -124,11 +64,10 @@ const listShows = (names) => {
 async function main() {
   if (!existsSync(BINARY)) throw new Error(`no rookery binary at ${BINARY}: build it first (cargo build -p rookery-server)`);
   if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'rookery-admin-data-'));
-  const profile = mkdtempSync(path.join(tmpdir(), 'rookery-admin-profile-'));
-  scratch.push(dataDir, profile);
+  const dataDir = scratchDir('rookery-admin-data-');
+  const profile = scratchDir('rookery-admin-profile-');
 
-  const server = await startServer(dataDir);
+  const server = await startServer(dataDir, '127.0.0.1:0', ['--admin-token', TOKEN]);
   const base = `http://${server.addr}`;
   log(`rookery on ${server.addr}, data in ${dataDir}`);
 
@@ -260,27 +199,4 @@ async function main() {
   }
 }
 
-const overall = setTimeout(() => {
-  console.error(`admin.mjs: the test took longer than ${OVERALL} ms`);
-  cleanup();
-  process.exit(1);
-}, OVERALL);
-
-function cleanup() {
-  for (const child of servers) child.kill('SIGKILL');
-  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
-}
-
-try {
-  await main();
-  clearTimeout(overall);
-  cleanup();
-  console.log('1 passed, 0 failed');
-  process.exit(0);
-} catch (e) {
-  clearTimeout(overall);
-  console.error(`admin.mjs FAILED: ${e.stack ?? e}`);
-  cleanup();
-  console.log('0 passed, 1 failed');
-  process.exit(1);
-}
+await runTest('admin.mjs', main, OVERALL);

@@ -13,103 +13,26 @@
 // the binary at $ROOKERY_BIN, else $CARGO_TARGET_DIR/debug/rookery, else target/debug/rookery.
 // With $CHAT_SCREENSHOTS set to a directory, screenshots of both pages are saved there.
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import {
+  BINARY, CHROMIUM, WAIT, kill9, logger, restartServer, runTest, scratchDir, startServer, stopServer,
+  waitInPage,
+} from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const BINARY = path.resolve(process.env.ROOKERY_BIN
-  ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'debug', 'rookery'));
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const WAIT = 20_000; // the longest any single condition may take
 const OVERALL = 180_000; // the whole test
-
 const CHANNEL = 'e2e';
-const servers = new Set();
-const scratch = [];
+const log = logger('chat.mjs');
 
-function log(...args) {
-  console.log(`[chat.mjs ${new Date().toISOString().slice(11, 23)}]`, ...args);
-}
-
-/** Starts `rookery serve` on `listen`; resolves with {child, addr} once it announces itself. */
-function startServer(dataDir, listen) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BINARY, ['serve', '--listen', listen, '--data-dir', dataDir], {
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    servers.add(child);
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`rookery did not announce its address within ${WAIT} ms`));
-    }, WAIT);
-    child.on('exit', (code, signal) => {
-      servers.delete(child);
-      clearTimeout(timer);
-      reject(new Error(`rookery exited before listening (code ${code}, signal ${signal})`));
-    });
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      const m = line.match(/^rookery listening on http:\/\/(\S+)$/);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, addr: m[1] });
-      }
-    });
-  });
-}
-
-/** Starts the server again on `addr`, retrying while the port is still being released. */
-async function restartServer(dataDir, addr) {
-  const deadline = Date.now() + WAIT;
-  for (;;) {
-    try {
-      return await startServer(dataDir, addr);
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      log(`restart failed (${e.message}); trying again`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
-}
-
-function kill9(child) {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill('SIGKILL');
-  });
-}
-
-async function stopServer(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timeout = new Promise((resolve) => setTimeout(() => resolve('timeout'), WAIT));
-  if ((await Promise.race([exited, timeout])) === 'timeout') await kill9(child);
-}
-
-/** Waits until `fn(arg)` is truthy in `page`, with a bounded timeout and a readable error. */
-async function until(page, what, fn, arg) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout: WAIT, polling: 50 });
-  } catch (e) {
-    const state = await page.evaluate(() => ({
-      status: document.getElementById('status')?.dataset.status,
-      messages: [...document.querySelectorAll('#messages li')].map((li) => li.textContent),
-      online: [...document.querySelectorAll('#online li')].map((li) => li.textContent),
-      typing: document.getElementById('typing')?.textContent,
-    })).catch(() => ({}));
-    throw new Error(`${page.who}: timed out waiting until ${what}: ${e.message}\npage state: ${JSON.stringify(state)}`);
-  }
+/** Waits until `fn(arg)` is truthy in `page`; a timeout reports what the page shows. */
+function until(page, what, fn, arg) {
+  return waitInPage(page, what, fn, arg, () => ({
+    status: document.getElementById('status')?.dataset.status,
+    messages: [...document.querySelectorAll('#messages li')].map((li) => li.textContent),
+    online: [...document.querySelectorAll('#online li')].map((li) => li.textContent),
+    typing: document.getElementById('typing')?.textContent,
+  }));
 }
 
 const messagesOf = (page) => page.evaluate(() => [...document.querySelectorAll('#messages li')].map((li) => ({
@@ -151,9 +74,8 @@ async function say(from, pages, content) {
 async function main() {
   if (!existsSync(BINARY)) throw new Error(`no rookery binary at ${BINARY}: build it first (cargo build -p rookery-server)`);
   if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'rookery-chat-data-'));
-  const profile = mkdtempSync(path.join(tmpdir(), 'rookery-chat-profile-'));
-  scratch.push(dataDir, profile);
+  const dataDir = scratchDir('rookery-chat-data-');
+  const profile = scratchDir('rookery-chat-profile-');
 
   let server = await startServer(dataDir, '127.0.0.1:0');
   const addr = server.addr;
@@ -220,7 +142,7 @@ async function main() {
     }
 
     log('restart on the same port and data directory');
-    server = await restartServer(dataDir, addr);
+    server = await restartServer(dataDir, addr, [], log);
     for (const p of both) {
       await until(p, 'reconnected', statusIs, 'online');
       await until(p, 'both offline messages arrive',
@@ -279,27 +201,4 @@ async function main() {
   }
 }
 
-const overall = setTimeout(() => {
-  console.error(`chat.mjs: the test took longer than ${OVERALL} ms`);
-  cleanup();
-  process.exit(1);
-}, OVERALL);
-
-function cleanup() {
-  for (const child of servers) child.kill('SIGKILL');
-  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
-}
-
-try {
-  await main();
-  clearTimeout(overall);
-  cleanup();
-  console.log('1 passed, 0 failed');
-  process.exit(0);
-} catch (e) {
-  clearTimeout(overall);
-  console.error(`chat.mjs FAILED: ${e.stack ?? e}`);
-  cleanup();
-  console.log('0 passed, 1 failed');
-  process.exit(1);
-}
+await runTest('chat.mjs', main, OVERALL);

@@ -292,59 +292,26 @@ impl DurableObject for EventAggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_endpoint::Endpoint;
     use rookery::testing::{TestHarness, wait_until};
-    use rookery::{Clock, ManualClock, Outbound, Runtime, SystemClock, Vars};
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+    use rookery::{Clock, ManualClock, Runtime, SystemClock, Vars};
+    use std::sync::Arc;
 
-    /// An endpoint that records the batches it takes, or fails while told to.
-    #[derive(Default)]
-    struct Endpoint {
-        batches: Mutex<Vec<(Vec<Value>, String)>>,
-        failing: AtomicBool,
-    }
+    const URL: &str = "https://analytics.example.com/events";
 
-    impl Endpoint {
-        fn received(&self) -> Vec<Vec<Value>> {
-            self.batches
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(b, _)| b.clone())
-                .collect()
-        }
-    }
-
-    impl Outbound for Endpoint {
-        fn fetch(
-            &self,
-            request: Request,
-        ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send + '_>> {
-            Box::pin(async move {
-                if self.failing.load(Ordering::SeqCst) {
-                    return Ok(Response::error(StatusCode::SERVICE_UNAVAILABLE, "down"));
-                }
-                assert_eq!(
-                    request.uri().to_string(),
-                    "https://analytics.example.com/events"
-                );
-                let key = request
-                    .header("idempotency-key")
-                    .unwrap_or_default()
-                    .to_string();
-                let batch: Vec<Value> = request.json()?;
-                self.batches.lock().unwrap().push((batch, key));
-                Ok(Response::text("ok"))
-            })
-        }
+    /// The batches `endpoint` took, in order.
+    fn received(endpoint: &Endpoint) -> Vec<Vec<Value>> {
+        endpoint
+            .bodies()
+            .into_iter()
+            .map(|b| serde_json::from_value(b).unwrap())
+            .collect()
     }
 
     fn harness(endpoint: Arc<Endpoint>, interval_ms: &str) -> (TestHarness, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
         let mut vars = Vars::new();
-        vars.set_var("EVENTS_ENDPOINT", "https://analytics.example.com/events");
+        vars.set_var("EVENTS_ENDPOINT", URL);
         vars.set_var("EVENTS_FLUSH_INTERVAL_MS", interval_ms);
         let builder = Runtime::builder_in_memory()
             .clock(clock.clone())
@@ -365,26 +332,26 @@ mod tests {
 
     #[tokio::test]
     async fn the_hundredth_event_flushes_a_batch_in_order() {
-        let endpoint = Arc::new(Endpoint::default());
+        let endpoint = Arc::new(Endpoint::new(URL));
         let (h, _clock) = harness(endpoint.clone(), "600000");
         let agg = stub(&h);
         for i in 0..99 {
             assert_eq!(agg.add(json!({"n": i}).to_string()).await.unwrap(), i + 1);
         }
         assert!(
-            endpoint.received().is_empty(),
+            received(&endpoint).is_empty(),
             "99 events wait for the interval"
         );
         agg.add(json!({"n": 99}).to_string()).await.unwrap();
         let e = endpoint.clone();
-        wait_until("the batch of 100 is delivered", || e.received().len() == 1).await;
-        let batch = &endpoint.received()[0];
+        wait_until("the batch of 100 is delivered", || received(&e).len() == 1).await;
+        let batch = &received(&endpoint)[0];
         assert_eq!(batch.len(), 100);
         assert!(
             batch.iter().enumerate().all(|(i, v)| v["n"] == i),
             "in order"
         );
-        let key = endpoint.batches.lock().unwrap()[0].1.clone();
+        let key = endpoint.key(0);
         assert!(
             key.ends_with(":00000000000000000000-00000000000000000099"),
             "{key}"
@@ -404,7 +371,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_interval_flushes_a_partial_batch() {
-        let endpoint = Arc::new(Endpoint::default());
+        let endpoint = Arc::new(Endpoint::new(URL));
         let (h, clock) = harness(endpoint.clone(), "5000");
         let r = h
             .fetch(
@@ -424,17 +391,17 @@ mod tests {
         assert_eq!(alarm, Some(clock.now_ms() + 5_000));
         clock.advance(5_000);
         let e = endpoint.clone();
-        wait_until("the interval's flush", || e.received().len() == 1).await;
+        wait_until("the interval's flush", || received(&e).len() == 1).await;
         assert_eq!(
-            endpoint.received()[0],
+            received(&endpoint)[0],
             vec![json!({"a": 1}), json!({"a": 2})]
         );
     }
 
     #[tokio::test]
     async fn a_failed_flush_keeps_the_batch_and_retries_with_backoff() {
-        let endpoint = Arc::new(Endpoint::default());
-        endpoint.failing.store(true, Ordering::SeqCst);
+        let endpoint = Arc::new(Endpoint::new(URL));
+        endpoint.fail(true);
         let (h, clock) = harness(endpoint.clone(), "1000");
         let agg = stub(&h);
         agg.add(r#"{"id":"e1"}"#.into()).await.unwrap();
@@ -457,18 +424,18 @@ mod tests {
             assert_eq!(alarm, Some(now + backoff), "attempt {attempt}");
             now += backoff;
             if attempt == 3 {
-                endpoint.failing.store(false, Ordering::SeqCst);
+                endpoint.fail(false);
             }
             clock.set(now);
         }
         let e = endpoint.clone();
-        wait_until("the kept batch is delivered", || e.received().len() == 1).await;
-        assert_eq!(endpoint.received()[0], vec![json!({"id": "e1"})]);
+        wait_until("the kept batch is delivered", || received(&e).len() == 1).await;
+        assert_eq!(received(&endpoint)[0], vec![json!({"id": "e1"})]);
     }
 
     #[tokio::test]
     async fn bad_events_are_refused() {
-        let endpoint = Arc::new(Endpoint::default());
+        let endpoint = Arc::new(Endpoint::new(URL));
         let (h, _clock) = harness(endpoint, "1000");
         let r = h
             .fetch("clicks", Request::post("/").unwrap().with_body("42"))

@@ -22,6 +22,8 @@ mod metrics;
 mod rate_limiter;
 #[cfg(test)]
 mod test_client;
+#[cfg(test)]
+mod test_endpoint;
 mod voice_channel;
 mod voice_session;
 mod waddle;

@@ -258,41 +258,16 @@ impl DurableObject for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_endpoint::Endpoint;
     use rookery::testing::{PATIENCE, TestHarness, wait_until};
-    use rookery::{Clock, ManualClock, Outbound, Runtime, StatusCode, SystemClock, Vars};
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+    use rookery::{Clock, ManualClock, Runtime, SystemClock, Vars};
+    use std::sync::Arc;
     use std::time::Duration;
-
-    /// An endpoint that keeps the reports it takes, or fails while told to.
-    #[derive(Default)]
-    struct Endpoint {
-        reports: Mutex<Vec<Value>>,
-        failing: AtomicBool,
-    }
-
-    impl Outbound for Endpoint {
-        fn fetch(
-            &self,
-            request: Request,
-        ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send + '_>> {
-            Box::pin(async move {
-                if self.failing.load(Ordering::SeqCst) {
-                    return Ok(Response::error(StatusCode::BAD_GATEWAY, "down"));
-                }
-                assert_eq!(request.uri().to_string(), "https://metrics.example.com/in");
-                self.reports.lock().unwrap().push(request.json()?);
-                Ok(Response::text("ok"))
-            })
-        }
-    }
 
     #[tokio::test]
     async fn a_failed_flush_keeps_the_summaries_and_retries_with_backoff() {
-        let endpoint = Arc::new(Endpoint::default());
-        endpoint.failing.store(true, Ordering::SeqCst);
+        let endpoint = Arc::new(Endpoint::new("https://metrics.example.com/in"));
+        endpoint.fail(true);
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
         let mut vars = Vars::new();
         vars.set_var("METRICS_ENDPOINT", "https://metrics.example.com/in");
@@ -325,7 +300,7 @@ mod tests {
                     .unwrap();
                 if state["attempts"] == attempt {
                     assert!(
-                        state["lastError"].as_str().unwrap().contains("502"),
+                        state["lastError"].as_str().unwrap().contains("503"),
                         "{state}"
                     );
                     assert_eq!(state["metrics"]["latency_ms"]["count"], attempt, "{state}");
@@ -340,16 +315,13 @@ mod tests {
             m.record("latency_ms".into(), 20.0).await.unwrap();
             now += backoff;
             if attempt == 3 {
-                endpoint.failing.store(false, Ordering::SeqCst);
+                endpoint.fail(false);
             }
             clock.set(now);
         }
         let e = endpoint.clone();
-        wait_until("the kept summaries are delivered", || {
-            e.reports.lock().unwrap().len() == 1
-        })
-        .await;
-        let report = endpoint.reports.lock().unwrap()[0].clone();
+        wait_until("the kept summaries are delivered", || e.bodies().len() == 1).await;
+        let report = endpoint.bodies()[0].clone();
         assert_eq!(report["source"], "api");
         assert_eq!(report["from"], start);
         assert_eq!(
