@@ -223,6 +223,7 @@ pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
             objects: 1_000 / scale,
             requests: 50_000 / scale,
             conns: 32,
+            warmup: false,
         }),
         Planned::Lock(LockArgs {
             conns: 32,

@@ -42,6 +42,10 @@ pub struct CounterManyArgs {
     /// Concurrent connections.
     #[arg(long, default_value_t = 32)]
     pub conns: usize,
+    /// Increment every counter once before the measured run (not timed, and checked like the
+    /// rest), so that the run measures live objects rather than first activations.
+    #[arg(long)]
+    pub warmup: bool,
 }
 
 /// How the answers of a load run went.
@@ -364,6 +368,22 @@ async fn counter_many_inner(
         .iter()
         .map(|n| path_uri(format!("/counter/{n}/increment")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // What every counter holds before the measured run.
+    let mut warmed = 0;
+    if args.warmup {
+        let warm = drive(target, args.conns, args.objects, paths.clone()).await?;
+        outcome
+            .figure("warmup_ms", warm.elapsed.as_millis() as u64)
+            .figure(
+                "warmup_throughput",
+                per_second(warm.samples.len() as u64, warm.elapsed),
+            );
+        let problems = warm.tally.problems(args.objects);
+        if !problems.is_empty() {
+            return Ok(outcome.failed(format!("warm-up: {}", problems.join("; "))));
+        }
+        warmed = 1;
+    }
     let before = stats_or_note(&mut Conn::open(target).await?, &mut outcome).await;
     let load = drive(target, args.conns, args.requests, paths).await?;
     load_figures(&mut outcome, &load);
@@ -377,7 +397,7 @@ async fn counter_many_inner(
     for name in &names {
         values.push(read_counter(&mut conn, name).await);
     }
-    let verdict = many_verdict(args.requests, &load.tally, &values);
+    let verdict = many_verdict(args.requests, warmed, &load.tally, &values);
     Ok(outcome.verdict(verdict))
 }
 
@@ -389,7 +409,12 @@ pub fn expected_count(k: u64, objects: u64, requests: u64) -> u64 {
 
 /// `counter-many` passes when every increment answered 200, every counter holds exactly its
 /// share and so the sum is `requests`.
-pub fn many_verdict(requests: u64, tally: &Tally, values: &[anyhow::Result<i64>]) -> Verdict {
+pub fn many_verdict(
+    requests: u64,
+    start: u64,
+    tally: &Tally,
+    values: &[anyhow::Result<i64>],
+) -> Verdict {
     let mut problems = tally.problems(requests);
     let objects = values.len() as u64;
     let mut sum: i128 = 0;
@@ -397,7 +422,7 @@ pub fn many_verdict(requests: u64, tally: &Tally, values: &[anyhow::Result<i64>]
     let mut unreadable = 0u64;
     let mut first_wrong = None;
     for (k, value) in values.iter().enumerate() {
-        let expected = expected_count(k as u64, objects, requests);
+        let expected = start + expected_count(k as u64, objects, requests);
         match value {
             Ok(v) => {
                 sum += i128::from(*v);
@@ -414,8 +439,9 @@ pub fn many_verdict(requests: u64, tally: &Tally, values: &[anyhow::Result<i64>]
             }
         }
     }
-    if sum != i128::from(requests) {
-        problems.push(format!("the counters sum to {sum}, expected {requests}"));
+    let total = i128::from(requests) + i128::from(start) * i128::from(objects);
+    if sum != total {
+        problems.push(format!("the counters sum to {sum}, expected {total}"));
     }
     if wrong + unreadable > 0 {
         problems.push(format!(
@@ -427,7 +453,12 @@ pub fn many_verdict(requests: u64, tally: &Tally, values: &[anyhow::Result<i64>]
         problems,
         format!(
             "all {requests} increments answered 200; each of the {objects} counters holds its \
-             share and they sum to {requests}"
+             share{} and they sum to {total}",
+            if start > 0 {
+                format!(" (after {start} of warm-up)")
+            } else {
+                String::new()
+            }
         ),
     )
 }
@@ -507,10 +538,10 @@ mod tests {
     #[test]
     fn many_verdict_checks_each_counter_and_the_sum() {
         let good: Vec<anyhow::Result<i64>> = vec![Ok(4), Ok(3), Ok(3)];
-        assert!(many_verdict(10, &clean(10), &good).ok);
+        assert!(many_verdict(10, 0, &clean(10), &good).ok);
         // Same sum, wrong distribution: still a failure.
         let shuffled: Vec<anyhow::Result<i64>> = vec![Ok(3), Ok(4), Ok(3)];
-        let v = many_verdict(10, &clean(10), &shuffled);
+        let v = many_verdict(10, 0, &clean(10), &shuffled);
         assert!(!v.ok);
         assert!(
             v.detail.contains("2 counters hold a wrong value"),
@@ -519,9 +550,13 @@ mod tests {
         );
         assert!(!v.detail.contains("sum to"), "{}", v.detail);
         let lost: Vec<anyhow::Result<i64>> = vec![Ok(4), Ok(2), Ok(3)];
-        let v = many_verdict(10, &clean(10), &lost);
+        let v = many_verdict(10, 0, &clean(10), &lost);
         assert!(v.detail.contains("sum to 9, expected 10"), "{}", v.detail);
         let unreadable: Vec<anyhow::Result<i64>> = vec![Ok(4), Err(anyhow::anyhow!("x")), Ok(3)];
-        assert!(!many_verdict(10, &clean(10), &unreadable).ok);
+        assert!(!many_verdict(10, 0, &clean(10), &unreadable).ok);
+        // After a warm-up increment each, every counter holds one more.
+        let warmed: Vec<anyhow::Result<i64>> = vec![Ok(5), Ok(4), Ok(4)];
+        assert!(many_verdict(10, 1, &clean(10), &warmed).ok);
+        assert!(!many_verdict(10, 1, &clean(10), &good).ok, "the warm-up lost");
     }
 }
