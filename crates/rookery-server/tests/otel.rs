@@ -47,7 +47,7 @@ async fn turn_spans_reach_the_collector_with_class_object_and_request_id() {
         "127.0.0.1:0",
         &["--otlp-endpoint", &endpoint],
         &[
-            ("RUST_LOG", "info"),
+            ("RUST_LOG", "warn,rookery::host::activation=info"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
         ],
