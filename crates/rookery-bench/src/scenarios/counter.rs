@@ -557,6 +557,9 @@ mod tests {
         // After a warm-up increment each, every counter holds one more.
         let warmed: Vec<anyhow::Result<i64>> = vec![Ok(5), Ok(4), Ok(4)];
         assert!(many_verdict(10, 1, &clean(10), &warmed).ok);
-        assert!(!many_verdict(10, 1, &clean(10), &good).ok, "the warm-up lost");
+        assert!(
+            !many_verdict(10, 1, &clean(10), &good).ok,
+            "the warm-up lost"
+        );
     }
 }
