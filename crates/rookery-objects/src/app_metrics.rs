@@ -14,10 +14,8 @@
 //! small however many names are recorded. Summaries beyond the cap are counted, not
 //! published (they were still flushed, as with any other target).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex};
-
-use crate::metrics::Summary;
 
 /// Most `(source, name)` series the process publishes.
 pub const MAX_SERIES: usize = 10_000;
@@ -34,19 +32,33 @@ static SERIES: LazyLock<SeriesBudget> = LazyLock::new(|| {
     SeriesBudget::new(MAX_SERIES)
 });
 
-/// Publishes one source's summaries; returns how many were dropped for want of budget.
-pub fn publish(source: &str, summaries: &BTreeMap<String, Summary>) -> usize {
+/// One metric's summary of a flushed period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Period {
+    /// Values recorded.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// The smallest.
+    pub min: f64,
+    /// The largest.
+    pub max: f64,
+}
+
+/// Publishes one source's periods, by metric name; returns how many were dropped for want of
+/// budget.
+pub fn publish<'a>(source: &str, periods: impl IntoIterator<Item = (&'a str, Period)>) -> usize {
     let mut dropped = 0;
-    for (name, s) in summaries {
+    for (name, p) in periods {
         if !SERIES.admit(source, name) {
             dropped += 1;
             continue;
         }
-        let labels = [("source", source.to_string()), ("name", name.clone())];
-        ::metrics::counter!(COUNT, &labels).increment(s.count);
-        ::metrics::gauge!(SUM, &labels).increment(s.sum);
-        ::metrics::gauge!(MIN, &labels).set(s.min);
-        ::metrics::gauge!(MAX, &labels).set(s.max);
+        let labels = [("source", source.to_string()), ("name", name.to_string())];
+        ::metrics::counter!(COUNT, &labels).increment(p.count);
+        ::metrics::gauge!(SUM, &labels).increment(p.sum);
+        ::metrics::gauge!(MIN, &labels).set(p.min);
+        ::metrics::gauge!(MAX, &labels).set(p.max);
     }
     if dropped > 0 {
         ::metrics::counter!(DROPPED).increment(dropped as u64);

@@ -145,7 +145,16 @@ impl Metrics {
         let outcome = match self.env.var("METRICS_ENDPOINT").map(str::to_string) {
             None => {
                 tracing::debug!(metrics = %report, "metrics");
-                let dropped = app_metrics::publish(&source, &pending.metrics);
+                let periods = pending.metrics.iter().map(|(name, s)| {
+                    let period = app_metrics::Period {
+                        count: s.count,
+                        sum: s.sum,
+                        min: s.min,
+                        max: s.max,
+                    };
+                    (name.as_str(), period)
+                });
+                let dropped = app_metrics::publish(&source, periods);
                 if dropped > 0 {
                     tracing::warn!(
                         dropped,
