@@ -2,7 +2,8 @@
 //! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence,
 //! channel and voice channel objects; seed 002's patterns (docs/PATTERNS.md: rate limiting
 //! with four algorithms, a distributed lock, leader election, a WebSocket room, a game server,
-//! an event aggregator, metrics); and the demo app's worker.
+//! an event aggregator, metrics); seed 003's event subscriptions (`events`); and the demo
+//! app's worker.
 
 mod advanced_rate_limiter;
 pub mod app_metrics;
@@ -13,6 +14,7 @@ mod counter;
 mod demo_worker;
 mod distributed_lock;
 mod event_aggregator;
+pub mod events;
 mod game_server;
 pub mod input;
 mod kv_store;
@@ -41,6 +43,7 @@ pub use counter::Counter;
 pub use demo_worker::DemoWorker;
 pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
 pub use event_aggregator::{Aggregate, AggregateStub, AggregatorStats, EventAggregator};
+pub use events::Subscriptions;
 pub use game_server::{GameServer, MAX_PLAYERS, Player};
 pub use kv_store::KvStore;
 pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
@@ -68,6 +71,7 @@ pub fn builtin_classes() -> Classes {
         .with::<WebSocketRoom>("WebSocketRoom")
         .with::<GameServer>("GameServer")
         .with::<EventAggregator>("EventAggregator")
+        .with::<Subscriptions>("Subscriptions")
         .with::<Metrics>("Metrics")
         .with::<ChannelShard>("ChannelShard")
         .with::<VoiceChannel>("VoiceChannel")

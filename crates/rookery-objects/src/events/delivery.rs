@@ -1,0 +1,294 @@
+//! Delivery: the alarm `POST`s each due subscription's oldest pending event; replay of dead
+//! letters.
+//!
+//! - **In order.** A subscription's head is its lowest pending sequence number; the next event
+//!   is sent only once the head is acknowledged or dead-lettered.
+//! - **At least once.** The head leaves the queue only after a 2xx answer (or when it is
+//!   dead-lettered). A crash between the answer and the commit sends it again; receivers drop
+//!   repeats by the `Idempotency-Key` header (the event id).
+//! - **Backoff.** After a failed attempt (an error status, a timeout, a refused connection) the
+//!   head is tried again after `EVENTS_RETRY_BASE_MS` doubled per failed attempt, up to
+//!   `EVENTS_RETRY_CAP_MS`, with equal jitter (a random point in the upper half); after
+//!   `EVENTS_MAX_ATTEMPTS` failed attempts it moves to the dead-letter list, and delivery goes
+//!   on with the next event at once.
+//! - **Replay** moves dead letters back into their queue (as many as `EVENTS_MAX_PENDING`
+//!   leaves room for), where they take their place by sequence number: before newer pending
+//!   events. It resets the subscription's backoff.
+//!
+//! Each request carries `Content-Type: application/json`, `Idempotency-Key: <event id>`,
+//! `X-Rookery-Subscription: <subscription id>` and `X-Rookery-Attempt: <n>` (from 1); its body
+//! is the event `{id, namespace, type, data, timestamp, sequence}`.
+
+use rookery::prelude::*;
+use rookery::{HeaderName, HeaderValue};
+use serde_json::json;
+
+use super::{DELIVERIES_PER_TURN, Subscriptions};
+use crate::input::{Body, InputError};
+
+/// One due subscription.
+struct Due {
+    id: String,
+    url: String,
+    attempts: i64,
+    pending: i64,
+}
+
+fn header(value: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(value).map_err(|e| Error::msg(format!("not a header value: {e}")))
+}
+
+impl Subscriptions {
+    /// The alarm: attempts for the due subscriptions, then the alarm for what is next.
+    pub(super) async fn deliver(&mut self) -> Result<()> {
+        let mut budget = DELIVERIES_PER_TURN;
+        while budget > 0 {
+            let now = self.state.now_ms();
+            let cursor = self.state.storage().sql().exec(
+                "SELECT id, url, attempts, pending FROM ev_subscriptions
+                  WHERE pending > 0 AND next_attempt <= ?
+                  ORDER BY next_attempt, rowid LIMIT ?",
+                &[now.into(), i64::try_from(budget).unwrap_or(i64::MAX).into()],
+            )?;
+            let mut due = Vec::with_capacity(cursor.len());
+            for row in cursor.rows() {
+                due.push(Due {
+                    id: row.get("id")?,
+                    url: row.get("url")?,
+                    attempts: row.get("attempts")?,
+                    pending: row.get("pending")?,
+                });
+            }
+            if due.is_empty() {
+                break;
+            }
+            for sub in &due {
+                self.attempt(sub).await?;
+                budget -= 1;
+            }
+        }
+        self.rearm()
+    }
+
+    /// One attempt at `sub`'s head event, and its consequences.
+    async fn attempt(&mut self, sub: &Due) -> Result<()> {
+        let head = self.state.storage().sql().exec(
+            "SELECT p.seq, e.id, e.body FROM ev_pending p JOIN ev_events e ON e.seq = p.seq
+              WHERE p.sub = ? ORDER BY p.seq LIMIT 1",
+            &[sub.id.as_str().into()],
+        )?;
+        let Some(row) = head.rows().next() else {
+            // The counter says pending but the queue is empty: repair rather than spin.
+            tracing::warn!(subscription = %sub.id, "Subscriptions: pending count without a queue; reset");
+            self.state.storage().sql().exec(
+                "UPDATE ev_subscriptions SET pending = 0, attempts = 0, next_attempt = NULL WHERE id = ?",
+                &[sub.id.as_str().into()],
+            )?;
+            return Ok(());
+        };
+        let seq: i64 = row.get("seq")?;
+        let event_id: String = row.get("id")?;
+        let body: String = row.get("body")?;
+        let attempt = sub.attempts + 1;
+        let outcome = self.send(sub, &event_id, body, attempt).await?;
+        let now = self.state.now_ms();
+        let sql = self.state.storage().sql();
+        let next_head = if sub.pending > 1 { Some(now) } else { None };
+        match outcome {
+            Ok(()) => {
+                sql.exec(
+                    "DELETE FROM ev_pending WHERE sub = ? AND seq = ?",
+                    &[sub.id.as_str().into(), seq.into()],
+                )?;
+                sql.exec(
+                    "UPDATE ev_subscriptions SET pending = pending - 1, delivered = delivered + 1,
+                       attempts = 0, last_error = NULL, next_attempt = ? WHERE id = ?",
+                    &[next_head.into(), sub.id.as_str().into()],
+                )?;
+                self.forget_event(seq)?;
+            }
+            Err(why) if attempt >= self.settings.max_attempts => {
+                tracing::warn!(subscription = %sub.id, event = %event_id, attempts = attempt, error = %why, "Subscriptions: dead-lettered");
+                self.dead_letter(&sub.id, seq, attempt, &why, now)?;
+                sql.exec(
+                    "UPDATE ev_subscriptions SET pending = pending - 1, attempts = 0,
+                       last_error = ?, next_attempt = ? WHERE id = ?",
+                    &[why.into(), next_head.into(), sub.id.as_str().into()],
+                )?;
+            }
+            Err(why) => {
+                let at = now.saturating_add(self.settings.backoff_ms(attempt));
+                tracing::debug!(subscription = %sub.id, event = %event_id, attempt, error = %why, next = at, "Subscriptions: delivery failed");
+                sql.exec(
+                    "UPDATE ev_subscriptions SET attempts = ?, last_error = ?, next_attempt = ?
+                      WHERE id = ?",
+                    &[
+                        attempt.into(),
+                        why.into(),
+                        at.into(),
+                        sub.id.as_str().into(),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST`s the event; `Ok(Err(why))` is a failed attempt, `Err` a failure of the turn
+    /// itself (e.g. its writes could not be made durable before the request).
+    async fn send(
+        &self,
+        sub: &Due,
+        event_id: &str,
+        body: String,
+        attempt: i64,
+    ) -> Result<Result<(), String>> {
+        let req = match Request::post(&sub.url) {
+            Ok(req) => req,
+            Err(e) => return Ok(Err(format!("the url is not usable: {e}"))),
+        };
+        let req = req
+            .with_body(body)
+            .with_header(
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("application/json"),
+            )
+            .with_header(
+                HeaderName::from_static("idempotency-key"),
+                header(event_id)?,
+            )
+            .with_header(
+                HeaderName::from_static("x-rookery-subscription"),
+                header(&sub.id)?,
+            )
+            .with_header(
+                HeaderName::from_static("x-rookery-attempt"),
+                HeaderValue::from(attempt),
+            );
+        match self.env.http().fetch(req).await {
+            Ok(resp) if resp.status().is_success() => Ok(Ok(())),
+            Ok(resp) => Ok(Err(format!("the receiver answered {}", resp.status()))),
+            Err(e @ Error::Outbound { .. }) => Ok(Err(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves `seq` from `sub`'s queue to its dead-letter list, dropping the list's oldest
+    /// entry when it is full.
+    fn dead_letter(&self, sub: &str, seq: i64, attempts: i64, why: &str, now: i64) -> Result<()> {
+        let sql = self.state.storage().sql();
+        sql.exec(
+            "DELETE FROM ev_pending WHERE sub = ? AND seq = ?",
+            &[sub.into(), seq.into()],
+        )?;
+        let dead: i64 = sql
+            .exec(
+                "SELECT dead FROM ev_subscriptions WHERE id = ?",
+                &[sub.into()],
+            )?
+            .one()?
+            .get("dead")?;
+        if dead >= self.settings.max_dead_letters {
+            let oldest = sql.exec(
+                "DELETE FROM ev_dead WHERE sub = ? AND seq = (SELECT MIN(seq) FROM ev_dead WHERE sub = ?) RETURNING seq",
+                &[sub.into(), sub.into()],
+            )?;
+            if let Some(row) = oldest.rows().next() {
+                let dropped: i64 = row.get("seq")?;
+                tracing::warn!(subscription = %sub, seq = dropped, "Subscriptions: dead-letter list full; dropped its oldest");
+                sql.exec(
+                    "UPDATE ev_subscriptions SET dead = dead - 1, dropped = dropped + 1 WHERE id = ?",
+                    &[sub.into()],
+                )?;
+                self.forget_event(dropped)?;
+            }
+        }
+        sql.exec(
+            "INSERT INTO ev_dead (sub, seq, attempts, last_error, dead_at) VALUES (?, ?, ?, ?, ?)",
+            &[
+                sub.into(),
+                seq.into(),
+                attempts.into(),
+                why.into(),
+                now.into(),
+            ],
+        )?;
+        sql.exec(
+            "UPDATE ev_subscriptions SET dead = dead + 1 WHERE id = ?",
+            &[sub.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes event `seq` if no queue or dead-letter list refers to it any more.
+    fn forget_event(&self, seq: i64) -> Result<()> {
+        self.state.storage().sql().exec(
+            "DELETE FROM ev_events WHERE seq = ?
+               AND NOT EXISTS (SELECT 1 FROM ev_pending WHERE seq = ?)
+               AND NOT EXISTS (SELECT 1 FROM ev_dead WHERE seq = ?)",
+            &[seq.into(), seq.into(), seq.into()],
+        )?;
+        Ok(())
+    }
+
+    /// `POST /subscriptions/dead-letters/replay` with an optional `{"subscription": id}`:
+    /// dead letters back into their queues → `{replayed, remaining}`.
+    pub(super) fn replay(&mut self, req: &Request) -> Result<Response> {
+        let only = if req.body().is_empty() {
+            None
+        } else {
+            match Body::parse(req).and_then(|b| {
+                if b.has("subscription") {
+                    b.string("subscription", 64).map(Some)
+                } else {
+                    Ok(None)
+                }
+            }) {
+                Ok(only) => only,
+                Err(e) => return Ok(e.response()),
+            }
+        };
+        let sql = self.state.storage().sql();
+        let cursor = sql.exec(
+            "SELECT id, pending, dead FROM ev_subscriptions WHERE dead > 0 AND (? IS NULL OR id = ?)
+              ORDER BY rowid",
+            &[only.clone().into(), only.clone().into()],
+        )?;
+        if let Some(id) = &only
+            && self.status(id)?.is_none()
+        {
+            return Ok(InputError::invalid("subscription", "names no subscription").response());
+        }
+        let now = self.state.now_ms();
+        let (mut replayed, mut remaining) = (0_i64, 0_i64);
+        for row in cursor.rows() {
+            let id: String = row.get("id")?;
+            let pending: i64 = row.get("pending")?;
+            let dead: i64 = row.get("dead")?;
+            let room = (self.settings.max_pending - pending).clamp(0, dead);
+            if room > 0 {
+                let moved = sql.exec(
+                    "INSERT INTO ev_pending (sub, seq)
+                       SELECT sub, seq FROM ev_dead WHERE sub = ? ORDER BY seq LIMIT ?",
+                    &[id.as_str().into(), room.into()],
+                )?;
+                let n = i64::try_from(moved.rows_written()).unwrap_or(0);
+                sql.exec(
+                    "DELETE FROM ev_dead WHERE sub = ? AND seq IN (SELECT seq FROM ev_pending WHERE sub = ?)",
+                    &[id.as_str().into(), id.as_str().into()],
+                )?;
+                sql.exec(
+                    "UPDATE ev_subscriptions SET pending = pending + ?, dead = dead - ?,
+                       attempts = 0, next_attempt = ? WHERE id = ?",
+                    &[n.into(), n.into(), now.into(), id.as_str().into()],
+                )?;
+                replayed += n;
+                remaining += dead - n;
+            } else {
+                remaining += dead;
+            }
+        }
+        self.rearm()?;
+        Response::json(&json!({ "replayed": replayed, "remaining": remaining }))
+    }
+}

@@ -1,0 +1,238 @@
+//! events.do's subscriptions on Rookery (issue 16, item 3; seed 003's `SubscriptionDO`): one
+//! `Subscriptions` object per event namespace takes the namespace's published events, keeps
+//! its subscriptions `{pattern, url}`, and delivers every matching event to every subscriber
+//! by HTTP `POST`, at least once and in order per subscription, with retries by alarm and a
+//! dead-letter list. docs/EVENTS.md has the HTTP API; this is how it works.
+//!
+//! - [`pattern`]: event types and the wildcard patterns (`user.*`, `*.created`, `**`).
+//! - `publish`: `POST /events` — validation, idempotency by id, stamping, enqueueing.
+//! - `subscriptions`: create, list, status and delete.
+//! - `delivery`: the alarm that delivers, backs off, dead-letters; replay.
+//! - `settings`: bounds and retry timing from `[vars]`.
+//!
+//! **Why SQL tables, not key-value records.** Delivery state is a set of queues (one per
+//! subscription) over one shared event log, and the questions asked of it are relational: the
+//! oldest pending event of a subscription joined to its body, the subscriptions due now, the
+//! earliest next attempt, whether any queue or dead-letter list still refers to an event. With
+//! tables and indexes each of these is one indexed statement; with keys they would be prefix
+//! scans plus hand-kept secondary indexes. Everything is in the object's own SQLite database,
+//! in the turn's transaction, so a publish (event, queue entries, counters) commits or rolls
+//! back as one. The tables:
+//!
+//! | table | holds | removed |
+//! | --- | --- | --- |
+//! | `ev_events (seq, id, body)` | the stamped event as delivered, once per event | when no queue or dead-letter list refers to it |
+//! | `ev_published (id, seq, ts, matched, fingerprint)` | one row per published id, for idempotency | after `EVENTS_DEDUP_WINDOW_MS`, or oldest first beyond `EVENTS_DEDUP_MAX` |
+//! | `ev_subscriptions` | pattern, url and the delivery state: `pending`, `attempts`, `last_error`, `next_attempt`, counters | on delete |
+//! | `ev_pending (sub, seq)` | each subscription's queue, in `seq` order | on acknowledgement or dead-lettering |
+//! | `ev_dead (sub, seq, attempts, last_error, dead_at)` | the dead-letter lists | on replay, delete, or beyond `EVENTS_MAX_DEAD_LETTERS` (oldest first, counted in `dropped`) |
+//!
+//! The next sequence number and the next subscription number are one key-value record
+//! (`meta`).
+//!
+//! **Delivery runs in the alarm**, as the event aggregator's does: the object's one alarm is
+//! set for the earliest `next_attempt` of any subscription with pending events. Each alarm turn
+//! makes at most [`DELIVERIES_PER_TURN`] attempts (the head event of each due subscription,
+//! round after round), then sets the alarm again, so publishes waiting in the mailbox get
+//! their turn between rounds. An attempt is an outbound request *inside* the turn: Rookery
+//! commits the turn's writes so far before it leaves, so the acknowledgement of the previous
+//! event is durable before the next one is sent. The cost is that the object waits for each
+//! receiver's answer (at most the outbound `timeout_ms`); a slow receiver slows its whole
+//! namespace. Delivery from `wait_until` work would remove that, at the price of in-flight
+//! bookkeeping; not done yet.
+
+mod delivery;
+pub mod pattern;
+mod publish;
+mod settings;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+
+use rookery::prelude::*;
+use rookery::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::input::{method_not_allowed, not_found};
+use settings::Settings;
+
+pub use publish::Published;
+pub use subscriptions::{DeadLetter, SubscriptionStatus};
+
+/// Delivery attempts one alarm turn makes before it yields to other events.
+pub const DELIVERIES_PER_TURN: usize = 16;
+
+/// The key-value record of counters.
+const META: &str = "meta";
+
+/// The tables (see the module's documentation).
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ev_events (
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL,
+  body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ev_published (
+  id TEXT PRIMARY KEY,
+  seq INTEGER NOT NULL,
+  ts INTEGER NOT NULL,
+  matched INTEGER NOT NULL,
+  fingerprint TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ev_published_ts ON ev_published (ts);
+CREATE TABLE IF NOT EXISTS ev_subscriptions (
+  id TEXT PRIMARY KEY,
+  pattern TEXT NOT NULL,
+  url TEXT NOT NULL,
+  created INTEGER NOT NULL,
+  pending INTEGER NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  next_attempt INTEGER,
+  delivered INTEGER NOT NULL DEFAULT 0,
+  dead INTEGER NOT NULL DEFAULT 0,
+  dropped INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS ev_subscriptions_due ON ev_subscriptions (next_attempt);
+CREATE TABLE IF NOT EXISTS ev_pending (
+  sub TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  PRIMARY KEY (sub, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ev_pending_seq ON ev_pending (seq);
+CREATE TABLE IF NOT EXISTS ev_dead (
+  sub TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  attempts INTEGER NOT NULL,
+  last_error TEXT,
+  dead_at INTEGER NOT NULL,
+  PRIMARY KEY (sub, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ev_dead_seq ON ev_dead (seq);
+";
+
+/// Counters kept as one key-value record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    /// The sequence number of the next published event (the first is 1).
+    next_seq: i64,
+    /// The number in the next subscription's id.
+    next_sub: i64,
+    /// Rows in `ev_published`.
+    published: i64,
+}
+
+/// One event namespace: its published events, subscriptions and their delivery.
+pub struct Subscriptions {
+    state: ObjectState,
+    env: Env,
+    settings: Settings,
+    /// The tables exist (checked once per instance; a failed turn drops the instance).
+    schema_ready: bool,
+}
+
+/// A JSON error answer naming the var that sets the bound it hit.
+fn limit_error(status: StatusCode, message: &str, limit: &str) -> Response {
+    Response::json_bytes(json!({ "error": message, "limit": limit }).to_string())
+        .with_status(status)
+}
+
+impl Subscriptions {
+    fn ensure_schema(&mut self) -> Result<()> {
+        if !self.schema_ready {
+            self.state.storage().sql().exec(SCHEMA, &[])?;
+            self.schema_ready = true;
+        }
+        Ok(())
+    }
+
+    fn meta(&self) -> Result<Meta> {
+        let mut meta: Meta = self.state.storage().get(META)?.unwrap_or_default();
+        meta.next_seq = meta.next_seq.max(1);
+        meta.next_sub = meta.next_sub.max(1);
+        Ok(meta)
+    }
+
+    fn put_meta(&self, meta: &Meta) -> Result<()> {
+        self.state.storage().put(META, meta)
+    }
+
+    /// The namespace: the object's name.
+    fn namespace(&self) -> String {
+        self.state.id().name().unwrap_or_default().to_string()
+    }
+
+    /// Sets the alarm for the earliest due subscription, or deletes it when nothing is pending.
+    fn rearm(&self) -> Result<()> {
+        let storage = self.state.storage();
+        let cursor = storage.sql().exec(
+            "SELECT MIN(next_attempt) AS next FROM ev_subscriptions WHERE pending > 0",
+            &[],
+        )?;
+        let next: Option<i64> = cursor.one()?.get("next")?;
+        let current = storage.get_alarm()?;
+        match next {
+            Some(at) if current != Some(at) => storage.set_alarm(at)?,
+            None if current.is_some() => storage.delete_alarm()?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl DurableObject for Subscriptions {
+    fn new(state: ObjectState, env: Env) -> Self {
+        let settings = Settings::from_env(&env);
+        Self {
+            state,
+            env,
+            settings,
+            schema_ready: false,
+        }
+    }
+
+    async fn fetch(&mut self, req: Request) -> Result<Response> {
+        self.ensure_schema()?;
+        let method = req.method().clone();
+        let path = req.path().trim_end_matches('/').to_string();
+        let rest = path.strip_prefix("/subscriptions");
+        match (path.as_str(), rest) {
+            ("/events", _) if method == Method::POST => self.publish(&req),
+            ("/events", _) => Ok(method_not_allowed("POST")),
+            (_, Some("")) if method == Method::GET => self.list(),
+            (_, Some("")) if method == Method::POST => self.create(&req),
+            (_, Some("")) => Ok(method_not_allowed("GET, POST")),
+            (_, Some("/dead-letters")) if method == Method::GET => self.dead_letters(&req),
+            (_, Some("/dead-letters")) => Ok(method_not_allowed("GET")),
+            (_, Some("/dead-letters/replay")) if method == Method::POST => self.replay(&req),
+            (_, Some("/dead-letters/replay")) => Ok(method_not_allowed("POST")),
+            (_, Some(id)) => match id.strip_prefix('/') {
+                Some(id) if !id.contains('/') => {
+                    if method == Method::GET {
+                        self.status_http(id)
+                    } else if method == Method::DELETE {
+                        self.delete(id)
+                    } else {
+                        Ok(method_not_allowed("GET, DELETE"))
+                    }
+                }
+                _ => Ok(not_found()),
+            },
+            _ => Ok(not_found()),
+        }
+    }
+
+    async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
+        self.ensure_schema()?;
+        self.deliver().await
+    }
+}
+
+/// The `Retry-After` header.
+fn retry_after(seconds: u64) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_static("retry-after"),
+        HeaderValue::from(seconds),
+    )
+}
