@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use common::{ChildServer, PATIENCE, TestServer, client, wait_until};
+use common::{ChildServer, TestServer, client, eventually, wait_until};
 use serde_json::{Value, json};
 
 const EVENTS_CONFIG: &str = include_str!("../../../examples/events.toml");
@@ -112,22 +112,6 @@ async fn post(c: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
 
 async fn get(c: &reqwest::Client, url: String) -> Value {
     c.get(url).send().await.unwrap().json().await.unwrap()
-}
-
-/// Polls `check` (an HTTP exchange) until it returns true, within the test's patience.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }
 
 fn numbers(taken: &[Taken]) -> Vec<i64> {

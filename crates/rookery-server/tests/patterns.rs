@@ -5,7 +5,7 @@
 mod common;
 
 use common::ws::{Ws, connect, next_json};
-use common::{PATIENCE, TestServer, client, wait_until};
+use common::{PATIENCE, TestServer, client, eventually, wait_until};
 use futures_util::SinkExt;
 use futures_util::future::join_all;
 use rookery_server::config::DEMO_CONFIG;
@@ -23,22 +23,6 @@ async fn post(c: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
 
 async fn say(ws: &mut Ws, text: &str) {
     ws.send(Message::text(text)).await.unwrap();
-}
-
-/// Polls `check` (an HTTP exchange) until it returns true, within the test's patience.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
