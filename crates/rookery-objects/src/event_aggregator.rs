@@ -19,11 +19,11 @@
 use std::time::Duration;
 
 use rookery::prelude::*;
-use rookery::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::input::{error, method_not_allowed, not_found};
+use crate::webhook;
 
 /// Most events one object buffers.
 pub const MAX_BUFFERED: u64 = 100_000;
@@ -40,8 +40,6 @@ const FIRST_BACKOFF_MS: i64 = 1_000;
 const MAX_BACKOFF_MS: i64 = 300_000;
 const EVENT: &str = "ev:";
 const META: &str = "meta";
-const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-
 /// What the aggregator reports about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -173,26 +171,8 @@ impl EventAggregator {
             body.extend_from_slice(value);
         }
         body.push(b']');
-        let outcome = match Request::post(&endpoint) {
-            Ok(req) => {
-                let req = req
-                    .with_body(body)
-                    .with_header(
-                        HeaderName::from_static("content-type"),
-                        HeaderValue::from_static("application/json"),
-                    )
-                    .with_header(
-                        IDEMPOTENCY_KEY,
-                        HeaderValue::from_str(&key).map_err(|e| Error::msg(e.to_string()))?,
-                    );
-                match self.env.http().fetch(req).await {
-                    Ok(resp) if resp.status().is_success() => Ok(()),
-                    Ok(resp) => Err(format!("the endpoint answered {}", resp.status())),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            Err(e) => Err(format!("EVENTS_ENDPOINT is not a URL: {e}")),
-        };
+        let outcome =
+            webhook::post_json(&self.env, &endpoint, body, &[("idempotency-key", &key)]).await?;
         let now = self.state.now_ms();
         let storage = self.state.storage();
         match outcome {

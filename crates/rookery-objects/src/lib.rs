@@ -29,6 +29,7 @@ mod test_endpoint;
 mod voice_channel;
 mod voice_session;
 mod waddle;
+mod webhook;
 mod websocket_room;
 
 pub use advanced_rate_limiter::{

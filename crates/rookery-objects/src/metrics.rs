@@ -15,12 +15,12 @@
 use std::collections::BTreeMap;
 
 use rookery::prelude::*;
-use rookery::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::app_metrics;
 use crate::input::{Body, InputError, method_not_allowed, not_found};
+use crate::webhook;
 
 /// Longest metric name, in bytes.
 const MAX_NAME_BYTES: usize = 256;
@@ -164,20 +164,9 @@ impl Metrics {
                 }
                 Ok(())
             }
-            Some(endpoint) => match Request::post(&endpoint).and_then(|r| r.with_json(&report)) {
-                Ok(req) => {
-                    let req = req.with_header(
-                        HeaderName::from_static("content-type"),
-                        HeaderValue::from_static("application/json"),
-                    );
-                    match self.env.http().fetch(req).await {
-                        Ok(resp) if resp.status().is_success() => Ok(()),
-                        Ok(resp) => Err(format!("the endpoint answered {}", resp.status())),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                Err(e) => Err(format!("METRICS_ENDPOINT is not a URL: {e}")),
-            },
+            Some(endpoint) => {
+                webhook::post_json(&self.env, &endpoint, report.to_string(), &[]).await?
+            }
         };
         let storage = self.state.storage();
         match outcome {

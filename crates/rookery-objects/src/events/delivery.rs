@@ -20,11 +20,11 @@
 //! is the event `{id, namespace, type, data, timestamp, sequence}`.
 
 use rookery::prelude::*;
-use rookery::{HeaderName, HeaderValue};
 use serde_json::json;
 
 use super::{DELIVERIES_PER_TURN, Subscriptions};
 use crate::input::{Body, InputError};
+use crate::webhook;
 
 /// One due subscription.
 struct Due {
@@ -32,10 +32,6 @@ struct Due {
     url: String,
     attempts: i64,
     pending: i64,
-}
-
-fn header(value: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(value).map_err(|e| Error::msg(format!("not a header value: {e}")))
 }
 
 impl Subscriptions {
@@ -143,34 +139,13 @@ impl Subscriptions {
         body: String,
         attempt: i64,
     ) -> Result<Result<(), String>> {
-        let req = match Request::post(&sub.url) {
-            Ok(req) => req,
-            Err(e) => return Ok(Err(format!("the url is not usable: {e}"))),
-        };
-        let req = req
-            .with_body(body)
-            .with_header(
-                HeaderName::from_static("content-type"),
-                HeaderValue::from_static("application/json"),
-            )
-            .with_header(
-                HeaderName::from_static("idempotency-key"),
-                header(event_id)?,
-            )
-            .with_header(
-                HeaderName::from_static("x-rookery-subscription"),
-                header(&sub.id)?,
-            )
-            .with_header(
-                HeaderName::from_static("x-rookery-attempt"),
-                HeaderValue::from(attempt),
-            );
-        match self.env.http().fetch(req).await {
-            Ok(resp) if resp.status().is_success() => Ok(Ok(())),
-            Ok(resp) => Ok(Err(format!("the receiver answered {}", resp.status()))),
-            Err(e @ Error::Outbound { .. }) => Ok(Err(e.to_string())),
-            Err(e) => Err(e),
-        }
+        let attempt = attempt.to_string();
+        let headers = [
+            ("idempotency-key", event_id),
+            ("x-rookery-subscription", sub.id.as_str()),
+            ("x-rookery-attempt", attempt.as_str()),
+        ];
+        webhook::post_json(&self.env, &sub.url, body, &headers).await
     }
 
     /// Moves `seq` from `sub`'s queue to its dead-letter list, dropping the list's oldest
