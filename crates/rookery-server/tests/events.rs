@@ -110,6 +110,26 @@ async fn post(c: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// Publishes `order.created` events numbered `ns` to the `shop` namespace, each answered 200;
+/// keeps their ids in `acknowledged`.
+async fn publish_orders(
+    c: &reqwest::Client,
+    server: &ChildServer,
+    ns: std::ops::Range<i64>,
+    acknowledged: &mut Vec<String>,
+) {
+    for n in ns {
+        let (status, r) = post(
+            c,
+            server.url("/events/shop"),
+            &json!({"type": "order.created", "data": {"n": n}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{r}");
+        acknowledged.push(r["id"].as_str().unwrap().to_string());
+    }
+}
+
 async fn get(c: &reqwest::Client, url: String) -> Value {
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -230,16 +250,7 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
         sub["id"].as_str().unwrap()
     ));
     let mut acknowledged = Vec::new();
-    for n in 0..20_i64 {
-        let (status, r) = post(
-            &c,
-            server.url("/events/shop"),
-            &json!({"type": "order.created", "data": {"n": n}}),
-        )
-        .await;
-        assert_eq!(status, 200, "{r}");
-        acknowledged.push(r["id"].as_str().unwrap().to_string());
-    }
+    publish_orders(&c, &server, 0..20, &mut acknowledged).await;
     eventually("delivery is failing and retrying", || {
         let (c, url) = (c.clone(), sub_url.clone());
         async move {
@@ -249,16 +260,7 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
     })
     .await;
     // More events while the retries go on, the kill right after the last answer.
-    for n in 20..30_i64 {
-        let (status, r) = post(
-            &c,
-            server.url("/events/shop"),
-            &json!({"type": "order.created", "data": {"n": n}}),
-        )
-        .await;
-        assert_eq!(status, 200, "{r}");
-        acknowledged.push(r["id"].as_str().unwrap().to_string());
-    }
+    publish_orders(&c, &server, 20..30, &mut acknowledged).await;
     server.kill9();
 
     hooks.fail_after("crash", None);

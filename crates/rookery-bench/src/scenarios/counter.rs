@@ -69,6 +69,18 @@ impl Tally {
         }
     }
 
+    /// Counts an answer that was not the expected one; keeps it (`what` says to which
+    /// request) as the first error unless one is kept already.
+    pub(crate) fn bad_answer(&mut self, what: &str, status: StatusCode, body: &[u8]) {
+        self.bad_status += 1;
+        self.note(|| {
+            format!(
+                "{what}{status} {}",
+                truncate(&String::from_utf8_lossy(body), 120)
+            )
+        });
+    }
+
     /// Adds another connection's tally.
     pub(crate) fn merge(&mut self, other: Tally) {
         self.ok += other.ok;
@@ -215,13 +227,7 @@ impl Job {
                             answers.push((i, body));
                         }
                     } else {
-                        tally.bad_status += 1;
-                        tally.note(|| {
-                            format!(
-                                "{status} {}",
-                                truncate(&String::from_utf8_lossy(&body), 120)
-                            )
-                        });
+                        tally.bad_answer("", status, &body);
                     }
                 }
                 Err(e) => {

@@ -17,7 +17,7 @@ use hyper::{Method, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
 use super::counter::Tally;
-use super::{Outcome, Verdict, truncate, unique_prefix};
+use super::{Outcome, Verdict, unique_prefix};
 use crate::http::{Conn, Target, path_uri};
 use crate::stats::{Samples, per_second};
 
@@ -230,13 +230,7 @@ async fn work(
                 continue;
             }
             _ => {
-                w.tally.bad_status += 1;
-                w.tally.note(|| {
-                    format!(
-                        "acquire: {status} {}",
-                        truncate(&String::from_utf8_lossy(&body), 120)
-                    )
-                });
+                w.tally.bad_answer("acquire: ", status, &body);
                 break;
             }
         };
@@ -265,13 +259,7 @@ async fn work(
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok((status, body)) => {
-                w.tally.bad_status += 1;
-                w.tally.note(|| {
-                    format!(
-                        "release: {status} {}",
-                        truncate(&String::from_utf8_lossy(&body), 120)
-                    )
-                });
+                w.tally.bad_answer("release: ", status, &body);
                 break;
             }
             Err(e) => {
