@@ -31,6 +31,15 @@ fn frame(message: &Value, replay: bool) -> Value {
     f
 }
 
+/// A scripted server's listener, and a client of channel `c` on it that retries quickly.
+async fn scripted_client() -> (TcpListener, Client) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = ClientConfig::channel(&format!("ws://{addr}"), "c")
+        .backoff(Duration::from_millis(10), Duration::from_millis(50));
+    (listener, Client::connect(config).expect("client"))
+}
+
 async fn accept(listener: &TcpListener) -> Ws {
     let (tcp, _) = tokio::time::timeout(PATIENCE, listener.accept())
         .await
@@ -79,11 +88,7 @@ async fn next_message(client: &mut Client) -> (u64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_syncs_by_id_holds_live_messages_and_drops_duplicates() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let config = ClientConfig::channel(&format!("ws://{addr}"), "c")
-        .backoff(Duration::from_millis(10), Duration::from_millis(50));
-    let mut client = Client::connect(config).expect("client");
+    let (listener, mut client) = scripted_client().await;
 
     // First connection: initial_state's messages are where the client starts.
     let mut ws = accept(&listener).await;
@@ -206,11 +211,7 @@ async fn a_refused_handshake_stops_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_before_any_message_syncs_from_sequence_zero() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let config = ClientConfig::channel(&format!("ws://{addr}"), "c")
-        .backoff(Duration::from_millis(10), Duration::from_millis(50));
-    let mut client = Client::connect(config).expect("client");
+    let (listener, mut client) = scripted_client().await;
     let mut ws = accept(&listener).await;
     say(
         &mut ws,
