@@ -14,8 +14,10 @@
 //! small however many names are recorded. Summaries beyond the cap are counted, not
 //! published (they were still flushed, as with any other target).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{LazyLock, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 /// Most `(source, name)` series the process publishes.
 pub const MAX_SERIES: usize = 10_000;
@@ -32,24 +34,25 @@ static SERIES: LazyLock<SeriesBudget> = LazyLock::new(|| {
     SeriesBudget::new(MAX_SERIES)
 });
 
-/// One metric's summary of a flushed period.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Period {
-    /// Values recorded.
-    pub count: u64,
-    /// Their sum.
+/// The summary of one metric over a period: what a Metrics object keeps between flushes and
+/// publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Sum of the recorded values.
     pub sum: f64,
-    /// The smallest.
+    /// How many values were recorded.
+    pub count: u64,
+    /// The smallest value.
     pub min: f64,
-    /// The largest.
+    /// The largest value.
     pub max: f64,
 }
 
-/// Publishes one source's periods, by metric name; returns how many were dropped for want of
+/// Publishes one source's summaries, by metric name; returns how many were dropped for want of
 /// budget.
-pub fn publish<'a>(source: &str, periods: impl IntoIterator<Item = (&'a str, Period)>) -> usize {
+pub fn publish(source: &str, summaries: &BTreeMap<String, Summary>) -> usize {
     let mut dropped = 0;
-    for (name, p) in periods {
+    for (name, p) in summaries {
         if !SERIES.admit(source, name) {
             dropped += 1;
             continue;

@@ -35,6 +35,7 @@ mod websocket_room;
 pub use advanced_rate_limiter::{
     AdvancedRateLimiter, BucketDecision, RateLimits, RateLimitsStub, WindowDecision,
 };
+pub use app_metrics::Summary;
 pub use channel::Channel;
 pub use channel_shards::{
     CHANNEL_BINDING, ChannelShard, MAX_SHARDS, SHARD_BINDING, shard_index, shard_name,
@@ -48,7 +49,7 @@ pub use events::Subscriptions;
 pub use game_server::{GameServer, MAX_PLAYERS, Player};
 pub use kv_store::KvStore;
 pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
-pub use metrics::{Metrics, MetricsService, MetricsServiceStub, Summary};
+pub use metrics::{Metrics, MetricsService, MetricsServiceStub};
 pub use rate_limiter::{Limiter, LimiterStub, RateLimiter, Verdict};
 pub use voice_channel::{MAX_PARTICIPANTS, VoiceChannel};
 pub use voice_session::{LocalSessions, SessionProvider, SessionRequest, VoiceSession};

@@ -18,7 +18,7 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::app_metrics;
+use crate::app_metrics::{self, Summary};
 use crate::input::{Body, InputError, method_not_allowed, not_found};
 use crate::webhook;
 
@@ -33,19 +33,6 @@ const FIRST_BACKOFF_MS: i64 = 1_000;
 /// Longest retry delay.
 const MAX_BACKOFF_MS: i64 = 300_000;
 const KEY: &str = "pending";
-
-/// The summary of one metric since the last flush.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Sum of the recorded values.
-    pub sum: f64,
-    /// How many values were recorded.
-    pub count: u64,
-    /// The smallest value.
-    pub min: f64,
-    /// The largest value.
-    pub max: f64,
-}
 
 /// The metrics object as a typed service.
 #[rookery::service]
@@ -145,16 +132,7 @@ impl Metrics {
         let outcome = match self.env.var("METRICS_ENDPOINT").map(str::to_string) {
             None => {
                 tracing::debug!(metrics = %report, "metrics");
-                let periods = pending.metrics.iter().map(|(name, s)| {
-                    let period = app_metrics::Period {
-                        count: s.count,
-                        sum: s.sum,
-                        min: s.min,
-                        max: s.max,
-                    };
-                    (name.as_str(), period)
-                });
-                let dropped = app_metrics::publish(&source, periods);
+                let dropped = app_metrics::publish(&source, &pending.metrics);
                 if dropped > 0 {
                     tracing::warn!(
                         dropped,
