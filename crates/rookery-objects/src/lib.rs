@@ -46,6 +46,8 @@ pub use demo_worker::DemoWorker;
 pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
 pub use event_aggregator::{Aggregate, AggregateStub, AggregatorStats, EventAggregator};
 pub use events::Subscriptions;
+pub use events::schemas::{SchemaCheck, SchemaCheckStub, SchemaRegistry, Validation};
+pub use events::worker::EventsWorker;
 pub use game_server::{GameServer, MAX_PLAYERS, Player};
 pub use kv_store::KvStore;
 pub use leader_election::{Election, ElectionStub, LeaderElection, Leadership};
@@ -74,8 +76,10 @@ pub fn builtin_classes() -> Classes {
         .with::<GameServer>("GameServer")
         .with::<EventAggregator>("EventAggregator")
         .with::<Subscriptions>("Subscriptions")
+        .with::<SchemaRegistry>("SchemaRegistry")
         .with::<Metrics>("Metrics")
         .with::<ChannelShard>("ChannelShard")
         .with::<VoiceChannel>("VoiceChannel")
         .with_worker("Demo", DemoWorker)
+        .with_worker("Events", EventsWorker::default())
 }

@@ -1,6 +1,6 @@
 //! events.do on Rookery over real HTTP (examples/events.toml, docs/EVENTS.md): subscriptions
-//! with patterns, in-order delivery to a loopback webhook receiver, and no acknowledged event
-//! lost across a `kill -9` during delivery.
+//! with patterns, in-order delivery to a loopback webhook receiver, no acknowledged event
+//! lost across a `kill -9` during delivery, schemas, the rate limit per tenant, the status page.
 
 mod common;
 
@@ -13,10 +13,20 @@ use serde_json::{Value, json};
 
 const EVENTS_CONFIG: &str = include_str!("../../../examples/events.toml");
 
-/// examples/events.toml with loopback receivers allowed and short retry delays.
+/// examples/events.toml with loopback receivers allowed, short retry delays and no rate limit.
 fn config() -> String {
+    config_with_rate_limit(0)
+}
+
+/// [`config`] with `limit` events per minute per tenant (0: no limit).
+fn config_with_rate_limit(limit: u32) -> String {
     let mut text = EVENTS_CONFIG.to_string();
+    let rate = format!("EVENTS_RATE_LIMIT = {limit}\nEVENTS_RATE_WINDOW_MS = 60000");
     for (from, to) in [
+        (
+            "EVENTS_RATE_LIMIT = 1000\nEVENTS_RATE_WINDOW_MS = 1000",
+            rate.as_str(),
+        ),
         ("allow = []", "allow = [\"127.0.0.1\"]"),
         ("EVENTS_RETRY_BASE_MS = 1000", "EVENTS_RETRY_BASE_MS = 20"),
         ("EVENTS_RETRY_CAP_MS = 300000", "EVENTS_RETRY_CAP_MS = 200"),
@@ -313,4 +323,220 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
     })
     .await;
     server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_are_refused_with_every_violation_and_schemas_evolve_compatibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&config(), dir.path()).await;
+    let c = client();
+    let schema_url = server.url("/schemas/shop/order.created");
+    let v1 = json!({
+        "type": "object",
+        "properties": {"n": {"type": "integer"}, "sku": {"type": "string", "maxLength": 8}},
+        "required": ["n", "sku"]
+    });
+    let (status, r) = post(&c, schema_url.clone(), &v1).await;
+    assert_eq!((status, r["version"].as_i64()), (201, Some(1)), "{r}");
+    // The same schema again is no new version.
+    let (status, r) = post(&c, schema_url.clone(), &v1).await;
+    assert_eq!((status, r["unchanged"].as_bool()), (200, Some(true)), "{r}");
+
+    // Every violation is listed, with where it is.
+    let (status, r) = post(
+        &c,
+        server.url("/events/shop"),
+        &json!({"type": "order.created", "data": {"n": "one", "sku": "far-too-long"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["version"], 1, "{r}");
+    let paths: HashSet<&str> = r["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, HashSet::from(["/n", "/sku"]), "{r}");
+    let (status, r) = post(
+        &c,
+        server.url("/events/shop"),
+        &json!({"type": "order.created", "data": {}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{r}");
+    let missing = r["violations"][0]["message"].as_str().unwrap();
+    assert!(missing.contains("n") && missing.contains("sku"), "{r}");
+    // Nothing refused was stored: the first valid event is sequence 1.
+    let (status, r) = post(
+        &c,
+        server.url("/events/shop"),
+        &json!({"type": "order.created", "data": {"n": 1, "sku": "a-1"}}),
+    )
+    .await;
+    assert_eq!((status, r["sequence"].as_i64()), (200, Some(1)), "{r}");
+    // A type without a schema passes.
+    let (status, _) = post(
+        &c,
+        server.url("/events/shop"),
+        &json!({"type": "order.noted", "data": "anything"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A new required field would break publishers: refused with the reason.
+    let mut v2 = v1.clone();
+    v2["properties"]["note"] = json!({"type": "string"});
+    v2["required"] = json!(["n", "sku", "note"]);
+    let (status, r) = post(&c, schema_url.clone(), &v2).await;
+    assert_eq!(status, 409, "{r}");
+    let breaking = r["breaking"].as_array().unwrap();
+    assert_eq!(breaking.len(), 1, "{r}");
+    assert!(
+        breaking[0]
+            .as_str()
+            .unwrap()
+            .contains("\"note\" became required"),
+        "{r}"
+    );
+    // The same field, optional, is a compatible version 2, and it now applies.
+    v2["required"] = json!(["n", "sku"]);
+    let (status, r) = post(&c, schema_url.clone(), &v2).await;
+    assert_eq!((status, r["version"].as_i64()), (201, Some(2)), "{r}");
+    let (status, r) = post(
+        &c,
+        server.url("/events/shop"),
+        &json!({"type": "order.created", "data": {"n": 2, "sku": "b", "note": 5}}),
+    )
+    .await;
+    assert_eq!((status, r["version"].as_i64()), (400, Some(2)), "{r}");
+    assert_eq!(r["violations"][0]["path"], "/note", "{r}");
+
+    let versions = get(&c, format!("{schema_url}/versions")).await;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        2,
+        "{versions}"
+    );
+    let first = get(&c, format!("{schema_url}/versions/1")).await;
+    assert_eq!(first["schema"], v1);
+    let listed = get(&c, server.url("/schemas/shop")).await;
+    assert_eq!(listed["types"][0]["latest"], 2, "{listed}");
+
+    // Not a schema, or not JSON: 400 saying so; another namespace has its own registry.
+    let (status, r) = post(&c, schema_url.clone(), &json!({"type": 12})).await;
+    assert_eq!(status, 400, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a usable JSON Schema"),
+        "{r}"
+    );
+    let r = c.post(schema_url.clone()).body("{").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let other = c
+        .get(server.url("/schemas/other/order.created"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_is_rate_limited_per_api_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&config_with_rate_limit(5), dir.path()).await;
+    let c = client();
+    let publish = |key: &'static str| {
+        c.post(server.url("/events/shop"))
+            .header("x-api-key", key)
+            .json(&json!({"type": "order.created", "data": {}}))
+            .send()
+    };
+    for n in 0..5 {
+        let r = publish("key-a").await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "publish {n}");
+    }
+    let refused = publish("key-a").await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["limit"], 5, "{body}");
+    assert!(
+        !body["tenant"].as_str().unwrap().contains("key-a"),
+        "the key leaked: {body}"
+    );
+    // Another key has its own budget; the refused publish stored nothing.
+    let r: Value = publish("key-b").await.unwrap().json().await.unwrap();
+    assert_eq!(r["sequence"], 6, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_backlog_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config().replace("EVENTS_MAX_ATTEMPTS = 100", "EVENTS_MAX_ATTEMPTS = 1");
+    let server = TestServer::start(&text, dir.path()).await;
+    let c = client();
+    // A receiver that refuses connections: every event is dead-lettered after one attempt.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (status, _) = post(
+        &c,
+        server.url("/subscriptions/shop"),
+        &json!({"pattern": "**", "url": format!("http://127.0.0.1:{port}/hook/gone")}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for n in 0..3 {
+        let (status, r) = post(
+            &c,
+            server.url("/events/shop"),
+            &json!({"type": "order.created", "data": {"n": n}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let status_url = server.url("/events/shop/status");
+    eventually("three dead letters", || {
+        let c = c.clone();
+        let url = status_url.clone();
+        async move { get(&c, url).await["deadLetters"] == 3 }
+    })
+    .await;
+    let status = get(&c, status_url.clone()).await;
+    assert_eq!(status["backlog"], 0, "{status}");
+    assert_eq!(status["subscriptions"][0]["deadLetters"], 3, "{status}");
+    assert!(
+        status["subscriptions"][0]["lastError"].is_string(),
+        "{status}"
+    );
+    let page = c
+        .get(status_url.clone())
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<td>sub_1</td>"), "{html}");
+    assert!(html.contains(&format!("{port}/hook/gone")), "{html}");
+    assert!(html.contains("dead letters <b>3</b>"), "{html}");
+    let r = c
+        .get(server.url("/events/bad%20ns/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
 }

@@ -44,10 +44,13 @@
 mod delivery;
 pub mod pattern;
 mod publish;
+pub mod schemas;
 mod settings;
+mod status_page;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
+pub mod worker;
 
 use rookery::prelude::*;
 use rookery::{HeaderName, HeaderValue};

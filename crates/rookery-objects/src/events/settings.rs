@@ -48,7 +48,7 @@ impl Default for Settings {
 }
 
 /// `name` as a number from `min` to `max`, or `default`.
-fn var<T>(env: &Env, name: &str, default: T, min: T, max: T) -> T
+pub(crate) fn var<T>(env: &Env, name: &str, default: T, min: T, max: T) -> T
 where
     T: FromStr + PartialOrd + Copy + std::fmt::Display,
 {
