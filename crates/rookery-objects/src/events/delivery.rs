@@ -19,12 +19,21 @@
 //! `X-Rookery-Subscription: <subscription id>` and `X-Rookery-Attempt: <n>` (from 1); its body
 //! is the event `{id, namespace, type, data, timestamp, sequence}`.
 
+use futures_util::future::join_all;
 use rookery::prelude::*;
 use serde_json::json;
 
 use super::{DELIVERIES_PER_TURN, Subscriptions};
 use crate::input::{Body, InputError};
 use crate::webhook;
+
+/// A due subscription's head event, about to be sent.
+struct Head {
+    sub: Due,
+    seq: i64,
+    event_id: String,
+    body: String,
+}
 
 /// One due subscription.
 struct Due {
@@ -36,6 +45,11 @@ struct Due {
 
 impl Subscriptions {
     /// The alarm: attempts for the due subscriptions, then the alarm for what is next.
+    ///
+    /// Each round takes the head event of every due subscription and sends them all at once:
+    /// subscriptions are independent queues, so one slow receiver costs a round its answer
+    /// time, not the sum of everyone's. Order within a subscription holds because a round
+    /// sends at most its head.
     pub(super) async fn deliver(&mut self) -> Result<()> {
         let mut budget = DELIVERIES_PER_TURN;
         while budget > 0 {
@@ -58,16 +72,31 @@ impl Subscriptions {
             if due.is_empty() {
                 break;
             }
-            for sub in &due {
-                self.attempt(sub).await?;
-                budget -= 1;
+            budget = budget.saturating_sub(due.len());
+            let mut heads = Vec::with_capacity(due.len());
+            for sub in due {
+                if let Some(head) = self.head(sub)? {
+                    heads.push(head);
+                }
+            }
+            // Commit what the round found (and the last round settled) once, before any
+            // request leaves: each request's own commit then has nothing left to write.
+            self.state.storage().sync().await?;
+            let outcomes = join_all(
+                heads
+                    .iter()
+                    .map(|h| self.send(&h.sub, &h.event_id, h.body.clone(), h.sub.attempts + 1)),
+            )
+            .await;
+            for (head, outcome) in heads.iter().zip(outcomes) {
+                self.settle(head, outcome?)?;
             }
         }
         self.rearm()
     }
 
-    /// One attempt at `sub`'s head event, and its consequences.
-    async fn attempt(&mut self, sub: &Due) -> Result<()> {
+    /// `sub`'s oldest pending event, or `None` (after repairing its counter) if it has none.
+    fn head(&self, sub: Due) -> Result<Option<Head>> {
         let head = self.state.storage().sql().exec(
             "SELECT p.seq, e.id, e.body FROM ev_pending p JOIN ev_events e ON e.seq = p.seq
               WHERE p.sub = ? ORDER BY p.seq LIMIT 1",
@@ -80,13 +109,21 @@ impl Subscriptions {
                 "UPDATE ev_subscriptions SET pending = 0, attempts = 0, next_attempt = NULL WHERE id = ?",
                 &[sub.id.as_str().into()],
             )?;
-            return Ok(());
+            return Ok(None);
         };
-        let seq: i64 = row.get("seq")?;
-        let event_id: String = row.get("id")?;
-        let body: String = row.get("body")?;
+        Ok(Some(Head {
+            seq: row.get("seq")?,
+            event_id: row.get("id")?,
+            body: row.get("body")?,
+            sub,
+        }))
+    }
+
+    /// Records the outcome of one attempt at `head`: acknowledged, retried later, or
+    /// dead-lettered.
+    fn settle(&self, head: &Head, outcome: Result<(), String>) -> Result<()> {
+        let (sub, seq, event_id) = (&head.sub, head.seq, &head.event_id);
         let attempt = sub.attempts + 1;
-        let outcome = self.send(sub, &event_id, body, attempt).await?;
         let now = self.state.now_ms();
         let sql = self.state.storage().sql();
         let next_head = if sub.pending > 1 { Some(now) } else { None };

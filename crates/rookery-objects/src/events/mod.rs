@@ -32,14 +32,15 @@
 //!
 //! **Delivery runs in the alarm**, as the event aggregator's does: the object's one alarm is
 //! set for the earliest `next_attempt` of any subscription with pending events. Each alarm turn
-//! makes at most [`DELIVERIES_PER_TURN`] attempts (the head event of each due subscription,
-//! round after round), then sets the alarm again, so publishes waiting in the mailbox get
-//! their turn between rounds. An attempt is an outbound request *inside* the turn: Rookery
-//! commits the turn's writes so far before it leaves, so the acknowledgement of the previous
-//! event is durable before the next one is sent. The cost is that the object waits for each
-//! receiver's answer (at most the outbound `timeout_ms`); a slow receiver slows its whole
-//! namespace. Delivery from `wait_until` work would remove that, at the price of in-flight
-//! bookkeeping; not done yet.
+//! makes at most [`DELIVERIES_PER_TURN`] attempts in rounds: a round sends the head event of
+//! every due subscription at once and waits for all the answers; then the alarm is set again,
+//! so publishes waiting in the mailbox get their turn between alarm turns. An attempt is an
+//! outbound request *inside* the turn: Rookery commits the turn's writes so far before it
+//! leaves, so the acknowledgement of the previous event is durable before the next one is
+//! sent. The cost is that the object waits for the slowest receiver of each round (at most the
+//! outbound `timeout_ms`); a slow receiver slows its whole namespace, though no longer by the
+//! sum of every receiver's time. Delivery from `wait_until` work would remove the wait, at the
+//! price of in-flight bookkeeping; not done yet.
 
 mod delivery;
 pub mod pattern;

@@ -550,3 +550,82 @@ async fn the_dead_letter_list_is_bounded_and_counts_what_it_drops() {
         .collect();
     assert_eq!(kept, [1, 2], "the oldest is dropped");
 }
+
+/// Answers 200 only to requests that arrive while another is in flight: each waits (at most
+/// [`PATIENCE`]) for a partner, and is refused with 504 without one.
+#[derive(Default)]
+struct Rendezvous {
+    waiting: tokio::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    answers: std::sync::Mutex<Vec<(String, u16)>>,
+}
+
+impl rookery::Outbound for Rendezvous {
+    fn fetch(
+        &self,
+        request: Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send + '_>> {
+        Box::pin(async move {
+            let url = request.uri().to_string();
+            let partner = {
+                let mut waiting = self.waiting.lock().await;
+                match waiting.take() {
+                    Some(first) => {
+                        let _ = first.send(());
+                        true
+                    }
+                    None => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        *waiting = Some(tx);
+                        drop(waiting);
+                        tokio::time::timeout(PATIENCE, rx)
+                            .await
+                            .is_ok_and(|r| r.is_ok())
+                    }
+                }
+            };
+            let status = if partner { 200 } else { 504 };
+            self.answers.lock().unwrap().push((url, status));
+            Ok(Response::text("ok").with_status(StatusCode::from_u16(status).map_err(Error::msg)?))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_round_sends_every_due_subscriptions_head_at_once() {
+    let out = Arc::new(Rendezvous::default());
+    let builder = Runtime::builder_in_memory().outbound(out.clone());
+    let h = TestHarness::from_builder::<Subscriptions>(builder).unwrap();
+    for url in [A, B] {
+        let r = h
+            .fetch(
+                NS,
+                Request::post("/subscriptions")
+                    .unwrap()
+                    .with_json(&json!({"pattern": "**", "url": url}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let r = h
+        .fetch(
+            NS,
+            Request::post("/events")
+                .unwrap()
+                .with_json(&json!({"type": "order.created"}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let o = out.clone();
+    wait_until("both subscribers were tried", || {
+        o.answers.lock().unwrap().len() >= 2
+    })
+    .await;
+    // Sent one after the other, the first would have waited alone and been refused.
+    let answers = out.answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers.iter().all(|(_, s)| *s == 200), "{answers:?}");
+}
