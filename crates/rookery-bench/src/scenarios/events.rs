@@ -413,6 +413,9 @@ async fn run(target: &Target, args: &EventsArgs, mut outcome: Outcome) -> anyhow
     let mut acked: Vec<u64> = publish.acked.iter().map(|a| a.sequence).collect();
     acked.sort_unstable();
     let complete = wait_for(&inbox, &acked, deadline).await;
+    // The set-up connection sat idle through publishing and delivery, longer than the server
+    // keeps an idle connection open: read the status and stats on a fresh one.
+    let mut conn = Conn::open(target).await?;
     // The last acknowledgement is committed after the receiver answered: wait (within the same
     // deadline) until the server's side shows nothing pending.
     let statuses = settled_statuses(&mut conn, &subscriptions_uri, deadline).await;
