@@ -26,6 +26,7 @@ use crate::scenarios::alarms::{AlarmsArgs, alarms};
 use crate::scenarios::calls::{CallRoundTripArgs, call_round_trip};
 use crate::scenarios::cold_start::{ColdEvictedArgs, ColdStartArgs, cold_evicted, cold_start};
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
+use crate::scenarios::events::{EventsArgs, events};
 use crate::scenarios::limiters::{LimitersArgs, limiters};
 use crate::scenarios::lock::{LockArgs, lock};
 use crate::scenarios::objects_idle::{ObjectsIdleArgs, objects_idle};
@@ -86,6 +87,19 @@ enum Command {
         #[command(flatten)]
         args: LockArgs,
     },
+    /// N webhook subscriptions of one namespace receive E events published over C connections
+    /// (events.do's `Subscriptions`); events/s published and delivered, publish-to-delivery
+    /// latency; checks every subscription got every acknowledged event, in order. Needs a
+    /// server with the `events-config` configuration.
+    Events {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        args: EventsArgs,
+    },
+    /// Prints the server configuration `events` needs (examples/events.toml's routes, loopback
+    /// receivers allowed).
+    EventsConfig,
     /// One increment each on K counters never used before, one at a time.
     ColdStart {
         #[command(flatten)]
@@ -196,6 +210,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CounterMany { server, args } => counter_many(&target(&server).await?, &args).await,
         Command::Limiters { server, args } => limiters(&target(&server).await?, &args).await,
         Command::Lock { server, args } => lock(&target(&server).await?, &args).await,
+        Command::Events { server, args } => events(&target(&server).await?, &args).await,
+        Command::EventsConfig => {
+            print!("{}", *scenarios::events::CONFIG);
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::ColdStart { server, args } => cold_start(&target(&server).await?, &args).await,
         Command::ColdEvicted { server, args } => cold_evicted(&target(&server).await?, &args).await,
         Command::ColdEvictedConfig => {

@@ -8,7 +8,7 @@ use crate::machine::Machine;
 use crate::scenarios::Outcome;
 
 /// Settings that are random per run (fresh object names) and would only clutter the table.
-const VOLATILE_SETTINGS: &[&str] = &["prefix", "name", "room"];
+const VOLATILE_SETTINGS: &[&str] = &["prefix", "name", "room", "namespace"];
 /// Figures that have their own columns.
 const COLUMN_FIGURES: &[&str] = &["throughput", "throughput_unit", "latency"];
 /// Figures of the storage table, left out of the main table's other figures.
@@ -280,7 +280,19 @@ read from /proc just before the window, at its highest during the drain and at t
 figures: `setup_ms` and `setup_writes_per_s` of the set-up writes, `slack_ms` the wait between \
 the end of the set-up and the window start, `expiry_times` distinct (object, millisecond) \
 expiries asked for (the most alarm runs needed; a late handler deletes several due keys in one \
-run), `retried` and `given_up` failed handler runs.\n";
+run), `retried` and `given_up` failed handler runs.
+
+`events`: N webhook subscriptions of one fresh namespace, all matching every event, and E events \
+published over the connections; a receiver in the load generator acknowledges each delivery. \
+Throughput is events/s published (answered); the latency columns run from sending an event's \
+publish request to its arrival at a subscriber, over every (subscription, event) first arrival. \
+`deliveries_per_s` are first arrivals from the first publish to the last arrival, \
+`delivered_events_per_s` that divided by N; `publish_p50_ms` and `publish_p99_ms` the publish \
+requests' own latency; `drain_ms` from the last publish answer to the last arrival; \
+`delivered_during_publish` deliveries that arrived before publishing ended; `alarm_runs` the \
+server's alarm handler runs and `deliveries_per_alarm_run` (at most 16); `duplicates` repeated \
+arrivals (allowed: delivery is at least once); `unacknowledged_delivered` events delivered whose \
+publish answer was lost; `loadavg_before` and `loadavg_after` the machine's load averages.\n";
 
 /// One table row; its notes, if any, are numbered from `first_note`.
 fn row(o: &Outcome, first_note: usize) -> String {

@@ -15,6 +15,7 @@ use crate::scenarios::cold_start::{
     self, ColdEvictedArgs, ColdStartArgs, cold_evicted, cold_start,
 };
 use crate::scenarios::counter::{CounterManyArgs, CounterOneArgs, counter_many, counter_one};
+use crate::scenarios::events::{self, EventsArgs};
 use crate::scenarios::limiters::{Algorithm, LimitersArgs, limiters};
 use crate::scenarios::lock::{LockArgs, lock};
 use crate::scenarios::ws_fanout::{WsFanoutArgs, ws_fanout};
@@ -33,6 +34,7 @@ pub const SCENARIOS: &[&str] = &[
     "ws-fanout",
     "ws-idle",
     "alarms",
+    "events",
 ];
 
 /// The WebSocket count `ws-idle` aims at; a machine whose open-file limit is lower says so in
@@ -75,7 +77,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only these scenarios, comma-separated (counter-one, counter-many, limiters, lock,
-    /// cold-start, cold-evicted, ws-fanout, ws-idle, alarms).
+    /// cold-start, cold-evicted, ws-fanout, ws-idle, alarms, events).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A Markdown file whose text is appended to the report as its "Notes" section (read when
@@ -105,6 +107,8 @@ pub enum Planned {
     WsIdle(WsIdleArgs),
     /// `alarms`, on a server with the KvStore configuration; the pid is filled in at run time.
     Alarms(AlarmsArgs),
+    /// `events`, on a server with the events configuration.
+    Events(EventsArgs),
 }
 
 impl Planned {
@@ -120,6 +124,7 @@ impl Planned {
             Planned::WsFanout(_) => "ws-fanout",
             Planned::WsIdle(_) => "ws-idle",
             Planned::Alarms(_) => "alarms",
+            Planned::Events(_) => "events",
         }
     }
 
@@ -153,6 +158,10 @@ impl Planned {
             // `$!` is the server started in the background just before.
             Planned::WsIdle(a) => format!("--clients {} --rooms {} --pid $!", a.clients, a.rooms),
             Planned::Alarms(a) => format!("--objects {} --alarms {} --pid $!", a.objects, a.alarms),
+            Planned::Events(a) => format!(
+                "--subscriptions {} --events {} --conns {}",
+                a.subscriptions, a.events, a.conns
+            ),
         }
     }
 
@@ -161,6 +170,7 @@ impl Planned {
         match self {
             Planned::Alarms(_) => Some(alarms::CONFIG),
             Planned::ColdEvicted(_) => Some(cold_start::EVICTED_CONFIG),
+            Planned::Events(_) => Some(events::CONFIG.as_str()),
             _ => None,
         }
     }
@@ -177,6 +187,7 @@ impl Planned {
             Planned::WsFanout(a) => Outcome::new(self.name(), a),
             Planned::WsIdle(a) => Outcome::new(self.name(), a),
             Planned::Alarms(a) => Outcome::new(self.name(), a),
+            Planned::Events(a) => Outcome::new(self.name(), a),
         }
     }
 
@@ -200,6 +211,7 @@ impl Planned {
                 a.pid = Some(pid);
                 alarms::alarms(target, &a).await
             }
+            Planned::Events(a) => events::events(target, a).await,
         }
     }
 }
@@ -272,6 +284,19 @@ pub fn plan(quick: bool, only: &[String]) -> anyhow::Result<Vec<Planned>> {
             conns: 32,
             window_ms: 1_000,
             pid: None,
+        }),
+        // One namespace, one and eight webhook subscriptions of every event.
+        Planned::Events(EventsArgs {
+            subscriptions: 1,
+            events: 5_000 / scale,
+            conns: 32,
+            deliver_timeout_s: 300,
+        }),
+        Planned::Events(EventsArgs {
+            subscriptions: 8,
+            events: 5_000 / scale,
+            conns: 32,
+            deliver_timeout_s: 300,
         }),
     ];
     // The limiters follow counter-many, one row per algorithm.
@@ -500,7 +525,9 @@ mod tests {
                 "ws-fanout",
                 "ws-idle",
                 "ws-idle",
-                "alarms"
+                "alarms",
+                "events",
+                "events"
             ]
         );
         assert_eq!(
@@ -549,10 +576,19 @@ mod tests {
             p[14].command("U"),
             "alarms --url U --objects 10000 --alarms 100000 --pid $!"
         );
+        assert_eq!(
+            p[15].command("U"),
+            "events --url U --subscriptions 1 --events 5000 --conns 32"
+        );
+        assert_eq!(
+            p[16].command("U"),
+            "events --url U --subscriptions 8 --events 5000 --conns 32"
+        );
         assert!(p[9].server_config().is_some());
         assert!(p[14].server_config().is_some());
+        assert!(p[16].server_config().is_some());
         let own: Vec<_> = p.iter().filter(|p| p.server_config().is_some()).collect();
-        assert_eq!(own.len(), 2);
+        assert_eq!(own.len(), 4);
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod alarms;
 pub mod calls;
 pub mod cold_start;
 pub mod counter;
+pub mod events;
 pub mod limiters;
 pub mod lock;
 #[cfg(test)]
