@@ -6,10 +6,12 @@
 //!
 //! - **Appends** ([`EventSink::append`]): each event is a JSON object with at least `id`
 //!   (string), `type` (string), `timestamp` (ms) and `sequence` (from 1, increasing per
-//!   namespace). An event whose sequence is not above the highest already accepted is skipped
-//!   and counted, so a retried append never writes an event twice. The consequence: appends
-//!   must arrive in sequence order (events within one append are sorted first); an event
-//!   arriving after a higher sequence was accepted is skipped, not written.
+//!   namespace). An event whose sequence was already accepted is skipped and counted, so a
+//!   retried append never writes an event twice. Accepted sequences are kept as ranges
+//!   (`accepted`): in order they are one range, "everything up to the highest"; appends that
+//!   overtake each other (a worker appending two publishes concurrently) leave a gap that the
+//!   late one fills, instead of being taken for a repeat. A file holds its events in sequence
+//!   order; a late event goes into a later file.
 //! - **Buffer**: table `ew_buffer (seq, received, body, batch)`; the counters are one
 //!   key-value record (`meta`). The buffer is written in the turn, so it is durable before the
 //!   append answers (the output gate).
@@ -25,6 +27,7 @@
 //! - **Status**: [`EventSink::status`], `GET /writer`. Appends have no HTTP form (see
 //!   `fetch`).
 
+mod accepted;
 mod flush;
 mod settings;
 #[cfg(test)]
@@ -34,6 +37,7 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use accepted::Accepted;
 use settings::WriterSettings;
 
 pub use flush::{file_name, utc_date};
@@ -115,6 +119,9 @@ pub struct WriterStatus {
     pub highest_sequence: i64,
     /// Events skipped as already accepted.
     pub skipped: u64,
+    /// Gaps in the accepted sequences given up on (a sequence in one arriving later is
+    /// skipped as a repeat): at most 256 gaps are kept.
+    pub gaps_closed: u64,
     /// Files written.
     pub files_written: u64,
     /// Events written to files.
@@ -156,8 +163,10 @@ struct Plan {
 /// The key-value record of counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
-    highest: i64,
+    accepted: Accepted,
     skipped: u64,
+    /// Gaps closed in `accepted` (see `accepted`).
+    gaps_closed: u64,
     files_written: u64,
     events_written: u64,
     last_flush: Option<LastFlush>,
@@ -293,7 +302,11 @@ impl EventWriter {
         let now = self.state.now_ms();
         let mut out = Appended::default();
         for (seq, body) in parsed {
-            if seq <= meta.highest {
+            let (new, closed) = meta.accepted.insert(seq);
+            if closed {
+                meta.gaps_closed += 1;
+            }
+            if !new {
                 out.skipped += 1;
                 continue;
             }
@@ -301,11 +314,10 @@ impl EventWriter {
                 "INSERT INTO ew_buffer (seq, received, body) VALUES (?, ?, ?)",
                 &[seq.into(), now.into(), body.into()],
             )?;
-            meta.highest = seq;
             out.accepted += 1;
         }
         meta.skipped += out.skipped;
-        out.highest_sequence = meta.highest;
+        out.highest_sequence = meta.accepted.highest();
         self.put_meta(&meta)?;
         let backing_off = meta.retry_at.is_some_and(|at| at > now);
         if !backing_off {
@@ -359,8 +371,9 @@ impl EventWriter {
             buffered_events: stats.events,
             buffered_bytes: stats.bytes,
             oldest_age_ms: stats.oldest.map(|at| now.saturating_sub(at).max(0)),
-            highest_sequence: meta.highest,
+            highest_sequence: meta.accepted.highest(),
             skipped: meta.skipped,
+            gaps_closed: meta.gaps_closed,
             files_written: meta.files_written,
             events_written: meta.events_written,
             last_flush: meta.last_flush,

@@ -328,3 +328,24 @@ async fn bad_appends_write_nothing_and_http_works() {
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(f.written(), [1, 2]);
 }
+
+#[tokio::test]
+async fn an_append_overtaken_by_a_later_one_is_still_written() {
+    let f = fixture(&[]);
+    f.append(1..=2).await;
+    // Two concurrent appends: 4 arrives before 3.
+    let a = f.append([4]).await;
+    assert_eq!((a.accepted, a.highest_sequence), (1, 4));
+    f.sink().flush().await.unwrap();
+    let a = f.append([3]).await;
+    assert_eq!((a.accepted, a.skipped), (1, 0), "3 is not a repeat");
+    let a = f.append([3, 4]).await;
+    assert_eq!((a.accepted, a.skipped), (0, 2), "now both are");
+    f.sink().flush().await.unwrap();
+    assert_eq!(f.written(), [1, 2, 4, 3]);
+    let names: Vec<String> = f.files().into_iter().map(|(k, _)| k).collect();
+    assert!(
+        names[1].ends_with("000000000003-000000000003.ndjson.gz"),
+        "{names:?}"
+    );
+}
