@@ -2,7 +2,7 @@
 //! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence,
 //! channel and voice channel objects; seed 002's patterns (docs/PATTERNS.md: rate limiting
 //! with four algorithms, a distributed lock, leader election, a WebSocket room, a game server,
-//! an event aggregator, metrics); seed 003's event subscriptions (`events`); and the demo
+//! an event aggregator, metrics); seed 003's event subscriptions (`events`) and event writer (`event_writer`); and the demo
 //! app's worker.
 
 mod advanced_rate_limiter;
@@ -14,6 +14,7 @@ mod counter;
 mod demo_worker;
 mod distributed_lock;
 mod event_aggregator;
+pub mod event_writer;
 pub mod events;
 mod game_server;
 pub mod input;
@@ -45,6 +46,9 @@ pub use counter::Counter;
 pub use demo_worker::DemoWorker;
 pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
 pub use event_aggregator::{Aggregate, AggregateStub, AggregatorStats, EventAggregator};
+pub use event_writer::{
+    Appended, EventSink, EventSinkStub, EventWriter, Flushed, LastFlush, WriterStatus,
+};
 pub use events::Subscriptions;
 pub use events::schemas::{SchemaCheck, SchemaCheckStub, SchemaRegistry, Validation};
 pub use events::worker::EventsWorker;
@@ -77,6 +81,7 @@ pub fn builtin_classes() -> Classes {
         .with::<EventAggregator>("EventAggregator")
         .with::<Subscriptions>("Subscriptions")
         .with::<SchemaRegistry>("SchemaRegistry")
+        .with::<EventWriter>("EventWriter")
         .with::<Metrics>("Metrics")
         .with::<ChannelShard>("ChannelShard")
         .with::<VoiceChannel>("VoiceChannel")
