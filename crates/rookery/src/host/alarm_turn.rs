@@ -40,10 +40,9 @@ pub(crate) async fn run<I: Instance>(
         });
     };
     let late_ms = u64::try_from(now - at).unwrap_or(0);
-    // The alarm is cleared as the handler starts; the handler may set it again.
-    if let Err(e) = storage.put_alarm(None, false) {
-        return turn::finish(state, Err(e)).await.0;
-    }
+    // The alarm counts as consumed from here; its record goes with the handler's last commit,
+    // so a crash in the middle (after the handler committed some work) fires it again.
+    storage.begin_alarm_handler();
     let info = AlarmInfo {
         retry_count: retries,
         is_retry: retries > 0,
@@ -60,11 +59,13 @@ pub(crate) async fn run<I: Instance>(
     };
     let outcome = match result {
         Ok(()) => {
-            let cleared = if retries > 0 {
-                storage.set_alarm_retries(0)
-            } else {
-                Ok(())
-            };
+            let cleared = storage.end_alarm_handler(true).and_then(|()| {
+                if retries > 0 {
+                    storage.set_alarm_retries(0)
+                } else {
+                    Ok(())
+                }
+            });
             turn::finish(state, cleared.map(|()| AlarmOutcome::Succeeded))
                 .await
                 .0?
@@ -73,6 +74,8 @@ pub(crate) async fn run<I: Instance>(
             tracing::warn!(error = %e, retry = retries, "alarm handler failed");
             *instance = None;
             let own_change = storage.handler_alarm_change();
+            // The failure path records what comes next itself.
+            let _ = storage.end_alarm_handler(false);
             // The handler's writes and sends go; then the runtime records what comes next.
             let _ = turn::finish(state, Err::<(), _>(e)).await;
             let (next, retries, outcome) = match own_change {

@@ -1,4 +1,12 @@
 //! An object's alarm record: one row of `_rookery_meta`, written in the turn's transaction.
+//!
+//! **While a handler runs**, the alarm it handles counts as consumed: `get_alarm` answers
+//! `None` until the handler sets a new one. Yet the record stays on disk until the handler
+//! succeeds, and is deleted in the handler's last commit (unless the handler set or deleted
+//! the alarm itself). A handler can commit before it ends: every outbound request, call and
+//! `sync()` makes the turn's writes so far durable. Were the record deleted when the handler
+//! began, a crash after such a commit would leave an object whose work was half done and no
+//! alarm to finish it; kept, the alarm fires again after the restart (at least once).
 
 use std::time::Duration;
 
@@ -10,7 +18,25 @@ use crate::error::{Error, Result};
 impl Storage {
     /// When the alarm is set for, in milliseconds since the Unix epoch, if it is set.
     pub fn get_alarm(&self) -> Result<Option<i64>> {
+        if self.lock().firing == Some(false) {
+            return Ok(None);
+        }
         self.meta_i64("alarm")
+    }
+
+    /// Marks the start of an alarm handler: the alarm counts as consumed, its record stays.
+    pub(crate) fn begin_alarm_handler(&self) {
+        self.lock().firing = Some(false);
+    }
+
+    /// Ends an alarm handler. After a success the consumed alarm's record is deleted, unless
+    /// the handler changed the alarm itself; after a failure the caller records what is next.
+    pub(crate) fn end_alarm_handler(&self, succeeded: bool) -> Result<()> {
+        let touched = self.lock().firing.take();
+        if succeeded && touched == Some(false) {
+            self.put_alarm(None, false)?;
+        }
+        Ok(())
     }
 
     /// Sets the alarm for `at_ms` (milliseconds since the Unix epoch), replacing any other.
@@ -50,6 +76,9 @@ impl Storage {
             None => AlarmChange::Deleted,
         });
         turn.alarm_by_handler |= by_handler;
+        if by_handler && let Some(touched) = turn.firing.as_mut() {
+            *touched = true;
+        }
         Ok(())
     }
 

@@ -176,6 +176,9 @@ struct Turn {
     alarm: Option<AlarmChange>,
     /// Whether object code (not the runtime) changed the alarm in the current turn.
     alarm_by_handler: bool,
+    /// The alarm handler's own record of the alarm (see `alarm.rs`): `Some` while a handler
+    /// runs, holding whether object code changed the alarm since the handler began.
+    firing: Option<bool>,
     /// The furthest bookmark handed out in the current turn: its outputs wait until the log
     /// is durable through it.
     bookmark: Option<log_record::Lsn>,
@@ -226,6 +229,7 @@ impl Storage {
                 seq: 0,
                 alarm: None,
                 alarm_by_handler: false,
+                firing: None,
                 bookmark: None,
             }),
             ctx,
@@ -288,7 +292,7 @@ impl Storage {
             turn.db.savepoints += 1;
             let name = format!("rookery_txn_{}", turn.db.savepoints);
             turn.db.txn()?.execute_batch(&format!("SAVEPOINT {name}"))?;
-            (name, (turn.alarm, turn.alarm_by_handler))
+            (name, (turn.alarm, turn.alarm_by_handler, turn.firing))
         };
         let result = f(self);
         let mut turn = self.lock();
@@ -298,7 +302,7 @@ impl Storage {
         } else {
             // The alarm change goes with the rows: the pending index update must agree with
             // the record the rollback restores.
-            (turn.alarm, turn.alarm_by_handler) = alarm_before;
+            (turn.alarm, turn.alarm_by_handler, turn.firing) = alarm_before;
             format!("ROLLBACK TO {name}; RELEASE {name}")
         };
         turn.db.txn()?.execute_batch(&end)?;
@@ -369,6 +373,9 @@ impl Storage {
         )?;
         turn.alarm = Some(AlarmChange::Deleted);
         turn.alarm_by_handler = true;
+        if let Some(touched) = turn.firing.as_mut() {
+            *touched = true;
+        }
         let conn = turn.db.txn_for_write()?;
         // Parent tables may go before their children; the checks run at commit, when all
         // of them are gone.
