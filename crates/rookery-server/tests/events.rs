@@ -322,7 +322,66 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
         async move { get(&c, url).await["pending"] == 0 }
     })
     .await;
+    // The archive: every acknowledged event, and nothing else, in the writer's files, once.
+    let mut all = acknowledged.clone();
+    all.push(r["id"].as_str().unwrap().to_string());
+    let archived = archive_after_flush(&c, &server, &data).await;
+    let ids: Vec<&str> = archived.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids, all,
+        "the files hold each acknowledged event once, in order"
+    );
     server.terminate();
+}
+
+/// Waits until the `shop` namespace's object has handed every event to the writer, flushes
+/// the writer, and reads its files back: the events of all of them, by sequence.
+async fn archive_after_flush(
+    c: &reqwest::Client,
+    server: &ChildServer,
+    data: &std::path::Path,
+) -> Vec<Value> {
+    let subs = server.url("/subscriptions/shop");
+    eventually("the writer has every event", || {
+        let (c, url) = (c.clone(), subs.clone());
+        async move { get(&c, url).await["archive"]["backlog"] == 0 }
+    })
+    .await;
+    let r = c
+        .post(server.url("/writer/shop/flush"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let status = get(c, server.url("/writer/shop")).await;
+    assert_eq!(status["bufferedEvents"], 0, "{status}");
+    read_archive(&data.join("buckets/events/shop"))
+}
+
+/// Every event in the gzip NDJSON files under `dir`, sorted by sequence.
+fn read_archive(dir: &std::path::Path) -> Vec<Value> {
+    use std::io::Read;
+    let mut events = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            assert!(path.to_str().unwrap().ends_with(".ndjson.gz"), "{path:?}");
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
+            for line in text.lines() {
+                events.push(serde_json::from_str::<Value>(line).unwrap());
+            }
+        }
+    }
+    events.sort_by_key(|e| e["sequence"].as_i64().unwrap());
+    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

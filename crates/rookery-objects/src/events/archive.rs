@@ -128,6 +128,7 @@ impl Subscriptions {
                 )?;
             }
             Err(e) => {
+                let e = Error::from(e);
                 meta.archive_failures += 1;
                 let at = now.saturating_add(self.settings.backoff_ms(meta.archive_failures));
                 tracing::warn!(error = %e, failures = meta.archive_failures, next = at, "Subscriptions: the event writer refused a batch");

@@ -92,7 +92,7 @@ impl Subscriptions {
                 self.settle(head, outcome?)?;
             }
         }
-        self.rearm()
+        Ok(())
     }
 
     /// `sub`'s oldest pending event, or `None` (after repairing its counter) if it has none.
@@ -232,8 +232,11 @@ impl Subscriptions {
         Ok(())
     }
 
-    /// Deletes event `seq` if no queue or dead-letter list refers to it any more.
+    /// Deletes event `seq` if no queue, dead-letter list or the archive needs it any more.
     fn forget_event(&self, seq: i64) -> Result<()> {
+        if seq >= self.keep_from()? {
+            return Ok(());
+        }
         self.state.storage().sql().exec(
             "DELETE FROM ev_events WHERE seq = ?
                AND NOT EXISTS (SELECT 1 FROM ev_pending WHERE seq = ?)

@@ -42,6 +42,7 @@
 //! sum of every receiver's time. Delivery from `wait_until` work would remove the wait, at the
 //! price of in-flight bookkeeping; not done yet.
 
+pub mod archive;
 mod delivery;
 pub mod pattern;
 mod publish;
@@ -118,6 +119,7 @@ CREATE INDEX IF NOT EXISTS ev_dead_seq ON ev_dead (seq);
 
 /// Counters kept as one key-value record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Meta {
     /// The sequence number of the next published event (the first is 1).
     next_seq: i64,
@@ -125,6 +127,14 @@ struct Meta {
     next_sub: i64,
     /// Rows in `ev_published`.
     published: i64,
+    /// The highest sequence the event writer has accepted (see `archive`).
+    archived: i64,
+    /// Failed calls to the event writer since the last that succeeded.
+    archive_failures: i64,
+    /// Why the last call to the event writer failed.
+    archive_error: Option<String>,
+    /// When the next call to the event writer is due after a failure.
+    archive_next: Option<i64>,
 }
 
 /// One event namespace: its published events, subscriptions and their delivery.
@@ -167,14 +177,19 @@ impl Subscriptions {
         self.state.id().name().unwrap_or_default().to_string()
     }
 
-    /// Sets the alarm for the earliest due subscription, or deletes it when nothing is pending.
+    /// Sets the alarm for the earliest due subscription or archive step, or deletes it when
+    /// nothing is pending.
     fn rearm(&self) -> Result<()> {
         let storage = self.state.storage();
         let cursor = storage.sql().exec(
             "SELECT MIN(next_attempt) AS next FROM ev_subscriptions WHERE pending > 0",
             &[],
         )?;
-        let next: Option<i64> = cursor.one()?.get("next")?;
+        let delivery: Option<i64> = cursor.one()?.get("next")?;
+        let next = match (delivery, self.archive_due()?) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let current = storage.get_alarm()?;
         match next {
             Some(at) if current != Some(at) => storage.set_alarm(at)?,
@@ -229,7 +244,9 @@ impl DurableObject for Subscriptions {
 
     async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
         self.ensure_schema()?;
-        self.deliver().await
+        self.deliver().await?;
+        self.archive().await?;
+        self.rearm()
     }
 }
 

@@ -119,13 +119,26 @@ impl Subscriptions {
             .with_header(name, value));
         }
 
+        let archiving = self.archiving();
         let mut meta = self.meta()?;
+        if archiving && meta.next_seq - 1 - meta.archived >= self.settings.max_pending {
+            let (name, value) = retry_after(1);
+            return Ok(limit_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "the event writer is {} events behind; try again when it has caught up",
+                    meta.next_seq - 1 - meta.archived
+                ),
+                "EVENTS_MAX_PENDING",
+            )
+            .with_header(name, value));
+        }
         let seq = meta.next_seq;
         meta.next_seq += 1;
         let now = self.state.now_ms();
         let id = id.unwrap_or_else(|| format!("evt_{seq}_{:016x}", random_u64()));
         let matched = i64::try_from(targets.len()).unwrap_or(i64::MAX);
-        if !targets.is_empty() {
+        if !targets.is_empty() || archiving {
             let event = json!({
                 "id": id,
                 "namespace": self.namespace(),
@@ -165,7 +178,7 @@ impl Subscriptions {
         meta.published += 1;
         self.forget_old_ids(&mut meta, now)?;
         self.put_meta(&meta)?;
-        if !targets.is_empty() {
+        if !targets.is_empty() || archiving {
             self.rearm()?;
         }
         Response::json(&Published {

@@ -1,5 +1,6 @@
 //! `GET /events/:namespace/status`: one look at a namespace (issue 16, item 6): its
-//! subscriptions with their backlog, attempts, last error and dead letters, and its schemas.
+//! subscriptions with their backlog, attempts, last error and dead letters, its schemas, and
+//! the event writer's backlog.
 //! JSON by default; a small HTML page when the client prefers `text/html` (a browser), which
 //! refreshes itself every five seconds.
 
@@ -37,6 +38,7 @@ pub(super) async fn status(req: &Request, env: &Env, namespace: &str) -> Result<
         "deadLetters": sum("deadLetters"),
         "subscriptions": subs,
         "schemas": schemas,
+        "archive": subscriptions["archive"].clone(),
     });
     let wants_html = req
         .header("accept")
@@ -111,6 +113,19 @@ fn html(status: &Value) -> String {
             cell(&t["versions"])
         ));
     }
+    let archive = &status["archive"];
+    let archive = if archive.is_object() {
+        format!(
+            "<h2>Event writer</h2><p>Archived through sequence <b>{}</b> · backlog <b>{}</b> · \
+             failed calls <b>{}</b> · last error {}</p>",
+            cell(&archive["archived"]),
+            cell(&archive["backlog"]),
+            cell(&archive["failures"]),
+            cell(&archive["lastError"]),
+        )
+    } else {
+        String::new()
+    };
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
          <title>events: {ns}</title><style>body{{font:14px system-ui,sans-serif;margin:2em}}\
@@ -121,7 +136,7 @@ fn html(status: &Value) -> String {
          <th>attempts</th><th>last error</th><th>next attempt (ms)</th><th>delivered</th>\
          <th>dead letters</th><th>dropped</th></tr>\n{rows}</table>\
          <h2>Schemas</h2><table><tr><th>type</th><th>latest</th><th>versions</th></tr>\n{schemas}</table>\
-         </body></html>\n",
+         {archive}</body></html>\n",
         cell(&status["backlog"]),
         cell(&status["delivered"]),
         cell(&status["deadLetters"]),

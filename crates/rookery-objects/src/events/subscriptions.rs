@@ -118,7 +118,10 @@ impl Subscriptions {
             .rows()
             .map(|r| status_of(&r))
             .collect::<Result<Vec<_>>>()?;
-        Response::json(&json!({ "subscriptions": subs }))
+        match self.archive_status()? {
+            Some(archive) => Response::json(&json!({ "subscriptions": subs, "archive": archive })),
+            None => Response::json(&json!({ "subscriptions": subs })),
+        }
     }
 
     /// `POST /subscriptions` `{pattern, url}` → 201 with the new subscription's status.
@@ -178,10 +181,10 @@ impl Subscriptions {
         sql.exec("DELETE FROM ev_dead WHERE sub = ?", &[id.into()])?;
         // Deletes are rare: one pass over the (bounded) stored events.
         sql.exec(
-            "DELETE FROM ev_events WHERE
-               NOT EXISTS (SELECT 1 FROM ev_pending p WHERE p.seq = ev_events.seq)
+            "DELETE FROM ev_events WHERE seq < ?
+               AND NOT EXISTS (SELECT 1 FROM ev_pending p WHERE p.seq = ev_events.seq)
                AND NOT EXISTS (SELECT 1 FROM ev_dead d WHERE d.seq = ev_events.seq)",
-            &[],
+            &[self.keep_from()?.into()],
         )?;
         self.rearm()?;
         Response::json(&json!({ "deleted": true, "id": id }))
