@@ -87,7 +87,7 @@ impl Subscriptions {
     /// Hands the oldest events the writer lacks to it, if due.
     pub(super) async fn archive(&mut self) -> Result<()> {
         let now = self.state.now_ms();
-        if !self.archive_due()?.is_some_and(|at| at <= now) {
+        if self.archive_due()?.is_none_or(|at| at > now) {
             return Ok(());
         }
         let mut meta = self.meta()?;
