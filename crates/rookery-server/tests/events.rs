@@ -1,6 +1,6 @@
 //! events.do on Rookery over real HTTP (examples/events.toml, docs/EVENTS.md): subscriptions
 //! with patterns, in-order delivery to a loopback webhook receiver, and no acknowledged event
-//! lost across a `kill -9` during delivery.
+//! lost across a `kill -9` during delivery; the event writer's files in the configured bucket.
 
 mod common;
 
@@ -313,4 +313,74 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
     })
     .await;
     server.terminate();
+}
+
+/// Publishes through `Subscriptions`, appends the stamped events to the namespace's
+/// `EventWriter` by typed call (as the publishing worker is to), and finds them in the file the
+/// flush wrote to the bucket examples/events.toml binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_writer_flushes_published_events_to_the_configured_bucket() {
+    use std::io::Read;
+
+    use rookery_objects::EventSinkStub;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&config(), dir.path()).await;
+    let c = client();
+    let writer = server
+        .runtime
+        .namespace("EVENT_WRITER")
+        .unwrap()
+        .typed::<EventSinkStub>()
+        .get_by_name("shop");
+    let mut stamped = vec![];
+    for n in 0..5_i64 {
+        let data = json!({"n": n});
+        let (status, r) = post(
+            &c,
+            server.url("/events/shop"),
+            &json!({"type": "order.created", "data": data}),
+        )
+        .await;
+        assert_eq!(status, 200, "{r}");
+        stamped.push(json!({
+            "id": r["id"], "namespace": "shop", "type": "order.created", "data": data,
+            "timestamp": r["timestamp"], "sequence": r["sequence"],
+        }));
+    }
+    let texts: Vec<String> = stamped.iter().map(Value::to_string).collect();
+    let appended = writer.append(texts.clone()).await.unwrap();
+    assert_eq!((appended.accepted, appended.highest_sequence), (5, 5));
+    // A retried append writes nothing more.
+    assert_eq!(writer.append(texts).await.unwrap().skipped, 5);
+    let status = get(&c, server.url("/writer/shop")).await;
+    assert_eq!(status["bufferedEvents"], 5, "{status}");
+    let r = c
+        .post(server.url("/writer/shop/flush"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let flushed: Value = r.json().await.unwrap();
+    assert_eq!(
+        (flushed["files"].as_u64(), flushed["events"].as_u64()),
+        (Some(1), Some(5))
+    );
+    let status = get(&c, server.url("/writer/shop")).await;
+    let file = status["lastFlush"]["file"].as_str().unwrap().to_string();
+    assert!(
+        file.starts_with("shop/") && file.ends_with("/000000000001-000000000005.ndjson.gz"),
+        "{file}"
+    );
+    let path = dir.path().join("buckets/events").join(&file);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    let written: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written, stamped);
+    server.stop().await;
 }
