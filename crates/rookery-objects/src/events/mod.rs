@@ -44,7 +44,7 @@
 mod delivery;
 pub mod pattern;
 mod publish;
-mod settings;
+pub(crate) mod settings;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
@@ -133,7 +133,7 @@ pub struct Subscriptions {
 }
 
 /// A JSON error answer naming the var that sets the bound it hit.
-fn limit_error(status: StatusCode, message: &str, limit: &str) -> Response {
+pub(crate) fn limit_error(status: StatusCode, message: &str, limit: &str) -> Response {
     Response::json_bytes(json!({ "error": message, "limit": limit }).to_string())
         .with_status(status)
 }
@@ -230,7 +230,7 @@ impl DurableObject for Subscriptions {
 }
 
 /// The `Retry-After` header.
-fn retry_after(seconds: u64) -> (HeaderName, HeaderValue) {
+pub(crate) fn retry_after(seconds: u64) -> (HeaderName, HeaderValue) {
     (
         HeaderName::from_static("retry-after"),
         HeaderValue::from(seconds),
