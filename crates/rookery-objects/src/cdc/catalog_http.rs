@@ -39,6 +39,16 @@ struct Row<'a> {
     doc: &'a RawValue,
 }
 
+/// The documents as of a snapshot (a struct, not `json!`, so each is written as it was sent).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Rows<'a> {
+    table: &'a str,
+    snapshot_id: i64,
+    count: usize,
+    rows: Vec<Row<'a>>,
+}
+
 /// Why a replay stopped.
 enum Replay {
     /// A bound was reached: the status and the answer.
@@ -167,7 +177,7 @@ impl Catalog {
             return Ok(too_many_rows(s.rows, max_rows));
         }
         let files = self.snapshots(table, 0, s.snapshot_id, i64::MAX)?;
-        let store = DeltaStore::open(&self.env)?;
+        let store = DeltaStore::open(&self.env, self.namespace())?;
         let rows = match replay(&store, &files, max_rows).await? {
             Replay::Rows(rows) => rows,
             Replay::Refused(answer) => return Ok(answer),
@@ -179,12 +189,12 @@ impl Catalog {
                 doc: doc.as_ref(),
             })
             .collect();
-        Response::json(&json!({
-            "table": table,
-            "snapshotId": s.snapshot_id,
-            "count": listed.len(),
-            "rows": listed,
-        }))
+        Response::json(&Rows {
+            table,
+            snapshot_id: s.snapshot_id,
+            count: listed.len(),
+            rows: listed,
+        })
     }
 }
 

@@ -27,6 +27,8 @@ mod processor;
 mod schema;
 mod settings;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use catalog::{Catalog, DeltaCommit, Snapshot, TableCatalog, TableCatalogStub};
 pub use change::{Change, MAX_ID_BYTES, Op};

@@ -79,6 +79,17 @@ pub struct Delta {
     pub at: i64,
 }
 
+/// `GET /cdc/docs/:id` (a struct, not `json!`, so the document is written as it was sent).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Document<'a> {
+    id: &'a str,
+    doc: Box<RawValue>,
+    /// The change that made this version.
+    seq: i64,
+    updated_at: i64,
+}
+
 /// Counters and flush state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
@@ -294,13 +305,12 @@ impl CdcProcessor {
         let Some(row) = cursor.rows().next() else {
             return Ok(not_found());
         };
-        let doc = RawValue::from_string(row.get("doc")?).map_err(Error::msg)?;
-        Response::json(&json!({
-            "id": id,
-            "doc": doc,
-            "seq": row.get::<i64>("seq")?,
-            "updatedAt": row.get::<i64>("updated")?,
-        }))
+        Response::json(&Document {
+            id: &id,
+            doc: RawValue::from_string(row.get("doc")?).map_err(Error::msg)?,
+            seq: row.get("seq")?,
+            updated_at: row.get("updated")?,
+        })
     }
 
     /// The collection's status.
@@ -493,7 +503,7 @@ impl CdcProcessor {
         commit: DeltaCommit,
     ) -> Result<Snapshot, String> {
         let bytes = delta::encode(changes).map_err(|e| e.to_string())?;
-        let store = DeltaStore::open(&self.env).map_err(|e| e.to_string())?;
+        let store = DeltaStore::open(&self.env, namespace).map_err(|e| e.to_string())?;
         store
             .put(&commit.file, bytes)
             .await
