@@ -2,8 +2,8 @@
 //! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence,
 //! channel and voice channel objects; seed 002's patterns (docs/PATTERNS.md: rate limiting
 //! with four algorithms, a distributed lock, leader election, a WebSocket room, a game server,
-//! an event aggregator, metrics); seed 003's event subscriptions (`events`), CDC and catalog
-//! (`cdc`); and the demo app's worker.
+//! an event aggregator, metrics); seed 003's event subscriptions (`events`), event writer
+//! (`event_writer`), CDC and catalog (`cdc`); and the demo app's worker.
 
 mod advanced_rate_limiter;
 pub mod app_metrics;
@@ -15,6 +15,7 @@ mod counter;
 mod demo_worker;
 mod distributed_lock;
 mod event_aggregator;
+pub mod event_writer;
 pub mod events;
 mod game_server;
 pub mod input;
@@ -47,6 +48,9 @@ pub use counter::Counter;
 pub use demo_worker::DemoWorker;
 pub use distributed_lock::{Acquired, DistributedLock, Lock, LockError, LockStatus, LockStub};
 pub use event_aggregator::{Aggregate, AggregateStub, AggregatorStats, EventAggregator};
+pub use event_writer::{
+    Appended, EventSink, EventSinkStub, EventWriter, Flushed, LastFlush, WriterStatus,
+};
 pub use events::Subscriptions;
 pub use game_server::{GameServer, MAX_PLAYERS, Player};
 pub use kv_store::KvStore;
@@ -78,6 +82,7 @@ pub fn builtin_classes() -> Classes {
         .with::<Subscriptions>("Subscriptions")
         .with::<CdcProcessor>("CdcProcessor")
         .with::<Catalog>("Catalog")
+        .with::<EventWriter>("EventWriter")
         .with::<Metrics>("Metrics")
         .with::<ChannelShard>("ChannelShard")
         .with::<VoiceChannel>("VoiceChannel")

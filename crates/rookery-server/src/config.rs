@@ -53,6 +53,70 @@ pub struct Config {
     pub vars: BTreeMap<String, String>,
     /// `[outbound]`.
     pub outbound: OutboundConfig,
+    /// `[[r2_buckets]]`: blob stores, each in a local directory.
+    pub buckets: Vec<BucketConfig>,
+}
+
+/// `[[r2_buckets]]`: a bucket (blob store) that objects and the worker reach with
+/// `env.bucket(binding)`, kept in a local directory: `path`, or `<data_dir>/buckets/<bucket_name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    /// The binding name, e.g. `EVENTS_BUCKET`.
+    pub binding: Spanned<String>,
+    /// The bucket's name, e.g. `events`.
+    pub bucket_name: Spanned<String>,
+    /// The directory holding the bucket (relative to the working directory).
+    #[serde(default)]
+    pub path: Option<Spanned<PathBuf>>,
+    /// wrangler's preview bucket; not used by Rookery.
+    #[serde(default)]
+    pub preview_bucket_name: Option<String>,
+    /// wrangler's jurisdiction; not used by Rookery.
+    #[serde(default)]
+    pub jurisdiction: Option<String>,
+}
+
+impl BucketConfig {
+    /// The directory holding the bucket's objects.
+    pub fn dir(&self, data_dir: &Path) -> PathBuf {
+        match &self.path {
+            Some(p) => p.get_ref().clone(),
+            None => data_dir.join("buckets").join(self.bucket_name.get_ref()),
+        }
+    }
+}
+
+/// Why `name` is not a valid binding name (`A-Z a-z 0-9 _`, not starting with a digit, at
+/// most 64 bytes), if it is not.
+fn binding_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 64 {
+        Some("must be 1 to 64 characters")
+    } else if name.starts_with(|c: char| c.is_ascii_digit()) {
+        Some("must not start with a digit")
+    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Some("may hold only letters, digits and '_'")
+    } else {
+        None
+    }
+}
+
+/// Why `name` is not a valid bucket name (as R2's: 3 to 63 of `a-z 0-9 -`, starting and
+/// ending with a letter or digit), if it is not.
+fn bucket_name_problem(name: &str) -> Option<&'static str> {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.len() < 3 || name.len() > 63 {
+        Some("must be 3 to 63 characters")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        Some("may hold only lowercase letters, digits and '-'")
+    } else if !edge(name.chars().next()) || !edge(name.chars().last()) {
+        Some("must start and end with a letter or digit")
+    } else {
+        None
+    }
 }
 
 /// `[worker]`: a worker the server's code registered (`Classes::with_worker`), picked by name.
@@ -449,6 +513,8 @@ struct RawConfig {
     vars: BTreeMap<String, toml::Value>,
     #[serde(default)]
     outbound: OutboundConfig,
+    #[serde(default)]
+    r2_buckets: Vec<BucketConfig>,
     /// Keys of `wrangler.toml` that Rookery does not use (name, main, compatibility_date, ...).
     #[serde(flatten)]
     other: BTreeMap<String, toml::Value>,
@@ -517,9 +583,23 @@ impl Config {
                 })
                 .collect(),
             outbound: raw.outbound,
+            buckets: raw.r2_buckets,
         };
         config.check()?;
         Ok(config)
+    }
+
+    /// The `[[r2_buckets]]` as the runtime takes them.
+    pub fn buckets(&self, data_dir: &Path) -> rookery::Buckets {
+        let mut buckets = rookery::Buckets::new();
+        for b in &self.buckets {
+            buckets.bind(
+                b.binding.get_ref(),
+                b.bucket_name.get_ref(),
+                b.dir(data_dir),
+            );
+        }
+        buckets
     }
 
     /// An error at byte offset `at` of the text.
@@ -627,9 +707,54 @@ impl Config {
             .map_err(|(at, message)| self.error_at(at, message))
     }
 
+    fn check_buckets(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for b in &self.buckets {
+            let (binding, name) = (b.binding.get_ref(), b.bucket_name.get_ref());
+            if let Some(problem) = binding_name_problem(binding) {
+                return Err(self.error_at(
+                    b.binding.span().start,
+                    format!("[[r2_buckets]] binding {binding:?} {problem}"),
+                ));
+            }
+            if !seen.insert(binding.as_str()) {
+                return Err(self.error_at(
+                    b.binding.span().start,
+                    format!("[[r2_buckets]] binding {binding:?} is declared twice"),
+                ));
+            }
+            if self.bindings.iter().any(|d| d.name.get_ref() == binding) {
+                return Err(self.error_at(
+                    b.binding.span().start,
+                    format!(
+                        "[[r2_buckets]] binding {binding:?} is also a [durable_objects] binding"
+                    ),
+                ));
+            }
+            if let Some(problem) = bucket_name_problem(name) {
+                return Err(self.error_at(
+                    b.bucket_name.span().start,
+                    format!("[[r2_buckets]] bucket_name {name:?} {problem}"),
+                ));
+            }
+            if let Some(path) = b
+                .path
+                .as_ref()
+                .filter(|p| p.get_ref().as_os_str().is_empty())
+            {
+                return Err(self.error_at(
+                    path.span().start,
+                    "[[r2_buckets]] path must not be empty (leave it out for <data_dir>/buckets/<bucket_name>)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         self.check_server()?;
         self.check_outbound()?;
+        self.check_buckets()?;
         let mut bindings = HashSet::new();
         for b in &self.bindings {
             if !bindings.insert(b.name.get_ref().as_str()) {
@@ -1027,6 +1152,67 @@ mod tests {
         let e = Config::parse("x.toml", "[server]\nstats_token = \" \"\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.starts_with("stats_token"), "{e}");
+    }
+
+    #[test]
+    fn buckets_are_bound_in_the_data_directory_or_at_their_path() {
+        let c = Config::parse(
+            "x.toml",
+            "[[r2_buckets]]\nbinding = \"EVENTS_BUCKET\"\nbucket_name = \"events\"\n\
+             [[r2_buckets]]\nbinding = \"LOGS\"\nbucket_name = \"logs-1\"\npath = \"/srv/logs\"\n\
+             preview_bucket_name = \"logs-preview\"\n",
+        )
+        .unwrap();
+        let data = Path::new("/data");
+        assert_eq!(c.buckets.len(), 2);
+        assert_eq!(c.buckets[0].dir(data), Path::new("/data/buckets/events"));
+        assert_eq!(c.buckets[1].dir(data), Path::new("/srv/logs"));
+        let bound = c.buckets(data);
+        assert_eq!(bound.names().collect::<Vec<_>>(), ["EVENTS_BUCKET", "LOGS"]);
+        assert_eq!(bound.get("LOGS").unwrap().name(), "logs-1");
+    }
+
+    #[test]
+    fn bucket_names_and_bindings_are_checked_with_their_place() {
+        let one = |binding: &str, name: &str| {
+            format!("[[r2_buckets]]\nbinding = \"{binding}\"\nbucket_name = \"{name}\"\n")
+        };
+        for (text, line, says) in [
+            (one("EVENTS", "Events"), 3, "lowercase"),
+            (one("EVENTS", "ev"), 3, "3 to 63"),
+            (one("EVENTS", "-events"), 3, "start and end"),
+            (one("EVENTS", "a_b_c"), 3, "lowercase"),
+            (one("9LIVES", "events"), 2, "digit"),
+            (one("EV-ENTS", "events"), 2, "letters, digits"),
+            (
+                format!("{}{}", one("B", "one"), one("B", "two")),
+                5,
+                "declared twice",
+            ),
+            (
+                format!(
+                    "[[durable_objects.bindings]]\nname = \"B\"\nclass_name = \"Counter\"\n{}",
+                    one("B", "one")
+                ),
+                5,
+                "[durable_objects]",
+            ),
+            (format!("{}path = \"\"\n", one("B", "one")), 4, "path"),
+        ] {
+            let e = Config::parse("x.toml", &text).unwrap_err();
+            assert_eq!((e.file.as_str(), e.line), ("x.toml", line), "{text}: {e}");
+            assert!(e.message.contains(says), "{text}: {e}");
+        }
+        let e = Config::parse(
+            "x.toml",
+            "[[r2_buckets]]\nbinding = \"B\"\nbucket_name = \"bbb\"\nbucket = \"x\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(
+            e.message.contains("`bucket`") && e.message.contains("`bucket_name`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -128,7 +128,8 @@ impl Server {
             .classes(classes)
             .options(config.server.runtime_options())
             .vars(secrets::load(config, std::env::vars_os())?)
-            .outbound(Arc::new(outbound::HttpClient::new(outbound)?));
+            .outbound(Arc::new(outbound::HttpClient::new(outbound)?))
+            .buckets(config.buckets(&config.server.data_dir));
         for b in &config.bindings {
             builder = builder.binding(b.name.get_ref(), b.class_name.get_ref());
         }

@@ -1,9 +1,10 @@
 //! What an object can reach besides its own state: the namespaces bound in the configuration,
-//! vars and secrets, and outbound HTTP.
+//! vars and secrets, outbound HTTP and buckets.
 
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::bucket::Bucket;
+use crate::error::{Error, Result};
 use crate::host::{Host, turn};
 use crate::outbound::Outbound;
 use crate::request::Request;
@@ -36,6 +37,15 @@ impl Env {
     /// The secret called `name` (from the environment or the secrets file).
     pub fn secret(&self, name: &str) -> Option<Secret> {
         self.host.reach().vars.secret(name).cloned()
+    }
+
+    /// The bucket bound under `binding` (`[[r2_buckets]]` in `rookery.toml`).
+    pub fn bucket(&self, binding: &str) -> Result<Bucket> {
+        self.host
+            .reach()
+            .buckets
+            .get(binding)
+            .ok_or_else(|| Error::UnknownBucket(binding.to_string()))
     }
 
     /// The outbound HTTP client.

@@ -19,6 +19,9 @@ pub enum Error {
     /// A binding name that the configuration does not declare.
     #[error("no durable object binding named {0:?}")]
     UnknownBinding(String),
+    /// A bucket binding name that the configuration does not declare (`[[r2_buckets]]`).
+    #[error("no bucket binding named {0:?}")]
+    UnknownBucket(String),
     /// The object's mailbox is full.
     #[error("object is overloaded: too many pending events")]
     Overloaded,
@@ -206,6 +209,7 @@ impl Error {
         match self {
             Error::InvalidId(_)
             | Error::UnknownBinding(_)
+            | Error::UnknownBucket(_)
             | Error::Overloaded
             | Error::SocketLimit(_)
             | Error::CallCycle(_)
@@ -276,6 +280,7 @@ impl Error {
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::StorageUnavailable(_) | Error::Fenced(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Durability(_)
+            | Error::UnknownBucket(_)
             | Error::SqlRefused(_)
             | Error::Sqlite(_)
             | Error::Json(_)

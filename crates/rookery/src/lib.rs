@@ -27,6 +27,7 @@ mod addr;
 mod admin;
 mod admin_error;
 mod backup;
+mod bucket;
 mod call;
 mod clock;
 mod durable_dir;
@@ -67,6 +68,10 @@ pub use admin::{
 pub use admin_error::{AdminError, AdminResult};
 pub use alarm::{AlarmStats, LatenessSummary};
 pub use backup::{BACKUP_MANIFEST, RestoreReport, restore_backup};
+pub use bucket::{
+    Bucket, BucketEntry, BucketError, Buckets, MAX_BUCKET_KEY_BYTES, TEMP_DIR as BUCKET_TEMP_DIR,
+    validate_key as validate_bucket_key,
+};
 pub use call::{Call, CallError, CallResult, MethodResult, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use env::{Env, Http};

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::addr::ClassInfo;
 use crate::alarm::{AlarmStats, Scheduler, Wake};
+use crate::bucket::Buckets;
 use crate::clock::{Clock, SystemClock};
 use crate::durable_dir::create_dir_durable;
 use crate::env::Env;
@@ -206,6 +207,12 @@ impl RuntimeBuilder {
     /// outbound request fails.
     pub fn outbound(mut self, client: Arc<dyn Outbound>) -> Self {
         self.reach.outbound = client;
+        self
+    }
+
+    /// Gives objects and the worker `buckets` (through `Env::bucket`).
+    pub fn buckets(mut self, buckets: Buckets) -> Self {
+        self.reach.buckets = Arc::new(buckets);
         self
     }
 
@@ -592,6 +599,7 @@ impl Runtime {
             reach: Reach {
                 vars: Arc::new(Vars::new()),
                 outbound: Arc::new(NotConfigured),
+                buckets: Arc::new(Buckets::new()),
             },
         }
     }

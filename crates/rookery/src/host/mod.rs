@@ -116,11 +116,13 @@ pub(crate) struct HostParts {
     pub(crate) reach: Reach,
 }
 
-/// What objects reach through `Env` besides namespaces: vars and secrets, outbound HTTP.
+/// What objects reach through `Env` besides namespaces: vars and secrets, outbound HTTP,
+/// buckets.
 #[derive(Clone)]
 pub(crate) struct Reach {
     pub(crate) vars: Arc<Vars>,
     pub(crate) outbound: Arc<dyn Outbound>,
+    pub(crate) buckets: Arc<crate::bucket::Buckets>,
 }
 
 struct Slot {
