@@ -10,9 +10,8 @@ use serde_json::value::RawValue;
 
 use super::catalog::{Catalog, Snapshot};
 use super::change::Op;
-use super::delta;
+use super::delta::{self, BUCKET_BINDING};
 use super::schema::Field;
-use super::store::DeltaStore;
 use crate::events::limit_error;
 use crate::input::{InputError, not_found};
 
@@ -177,8 +176,8 @@ impl Catalog {
             return Ok(too_many_rows(s.rows, max_rows));
         }
         let files = self.snapshots(table, 0, s.snapshot_id, i64::MAX)?;
-        let store = DeltaStore::open(&self.env, self.namespace())?;
-        let rows = match replay(&store, &files, max_rows).await? {
+        let bucket = self.env.bucket(BUCKET_BINDING)?;
+        let rows = match replay(&bucket, &files, max_rows).await? {
             Replay::Rows(rows) => rows,
             Replay::Refused(answer) => return Ok(answer),
         };
@@ -207,12 +206,12 @@ fn too_many_rows(rows: i64, max: i64) -> Response {
 }
 
 /// Applies the changes of `files`, in order, to an empty table.
-async fn replay(store: &DeltaStore, files: &[Snapshot], max_rows: i64) -> Result<Replay> {
+async fn replay(bucket: &rookery::Bucket, files: &[Snapshot], max_rows: i64) -> Result<Replay> {
     let mut rows: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
     let mut bytes = 0_usize;
     let max_rows = usize::try_from(max_rows).unwrap_or(usize::MAX);
     for f in files {
-        let Some(content) = store.get(&f.file).await? else {
+        let Some(content) = bucket.get(&f.file).await? else {
             return Ok(Replay::Refused(Response::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!(

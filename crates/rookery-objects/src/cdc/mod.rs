@@ -9,8 +9,8 @@
 //! - `catalog_http`: the catalog's reads, and "the table as of snapshot N" replayed from the
 //!   delta files.
 //! - `change`: a change as posted and as a line of a delta file; `delta`: the files' names and
-//!   encoding; `schema`: schemas inferred from documents and their evolution; `names`: valid
-//!   namespace and collection names; `store`: the bucket; `settings`: vars.
+//!   encoding (gzip NDJSON) and the bucket's binding; `schema`: schemas inferred from documents
+//!   and their evolution; `names`: valid namespace and collection names; `settings`: vars.
 //!
 //! **The contract between the two.** The processor drops pending changes only after the
 //! catalog committed the file holding them, and the catalog commits a file only after it was
@@ -26,15 +26,14 @@ mod names;
 mod processor;
 mod schema;
 mod settings;
-mod store;
 #[cfg(test)]
 mod tests;
 
 pub use catalog::{Catalog, DeltaCommit, Snapshot, TableCatalog, TableCatalogStub};
 pub use change::{Change, MAX_ID_BYTES, Op};
+pub use delta::BUCKET_BINDING;
 pub use processor::{CdcProcessor, CdcStatus, Delta, FILES_PER_FLUSH};
 pub use schema::{Field, FieldTypes, MAX_FIELDS, TypeSet};
-pub use store::BUCKET_BINDING;
 
 /// The binding the processors reach the catalog by.
 pub const CATALOG_BINDING: &str = "CATALOG";

@@ -31,11 +31,10 @@ use serde_json::value::RawValue;
 use super::CATALOG_BINDING;
 use super::catalog::{DeltaCommit, Snapshot, TableCatalogStub};
 use super::change::{self, Change, Op};
-use super::delta;
+use super::delta::{self, BUCKET_BINDING};
 use super::names::split_processor_name;
 use super::schema::Observed;
 use super::settings::Settings;
-use super::store::DeltaStore;
 use crate::events::{limit_error, retry_after};
 use crate::input::{InputError, method_not_allowed, not_found};
 
@@ -503,8 +502,8 @@ impl CdcProcessor {
         commit: DeltaCommit,
     ) -> Result<Snapshot, String> {
         let bytes = delta::encode(changes).map_err(|e| e.to_string())?;
-        let store = DeltaStore::open(&self.env, namespace).map_err(|e| e.to_string())?;
-        store
+        let bucket = self.env.bucket(BUCKET_BINDING).map_err(|e| e.to_string())?;
+        bucket
             .put(&commit.file, bytes)
             .await
             .map_err(|e| format!("writing {}: {e}", commit.file))?;

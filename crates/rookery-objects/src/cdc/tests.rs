@@ -1,14 +1,14 @@
 //! CDC processors and their catalog through the test harness, on a manual clock: changes, delta
 //! files, snapshots, the table as of a snapshot, schema evolution, failures and retries.
 
+use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use rookery::testing::{TestHarness, wait_until};
-use rookery::{Clock, ManualClock, Migration, Runtime, SystemClock, Vars};
+use rookery::testing::{PATIENCE, TestHarness};
+use rookery::{Buckets, Clock, ManualClock, Migration, Runtime, SystemClock, Vars};
 use serde_json::{Value, json};
 
-use super::store::testing::{MemoryStore, register};
 use super::*;
 use rookery::prelude::*;
 
@@ -17,13 +17,19 @@ const COLL: &str = "orders";
 struct Fixture {
     h: TestHarness,
     clock: Arc<ManualClock>,
-    store: Arc<MemoryStore>,
+    /// The bucket's directory (made by its first write).
+    bucket_dir: PathBuf,
     ns: String,
+    _dir: tempfile::TempDir,
 }
 
-/// A processor class under test, the catalog bound as `CATALOG`, and an in-memory bucket for
-/// namespace `ns` (each test its own, as the stores are per process).
+/// A processor class under test, the catalog bound as `CATALOG`, and a bucket in a temporary
+/// directory bound as `CDC_BUCKET`; the processors' namespace is `ns`.
 fn fixture(ns: &str, vars: &[(&str, &str)]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket_dir = dir.path().join("bucket");
+    let mut buckets = Buckets::new();
+    buckets.bind(BUCKET_BINDING, "cdc", &bucket_dir);
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
     let mut v = Vars::new();
     for (name, value) in vars {
@@ -32,6 +38,7 @@ fn fixture(ns: &str, vars: &[(&str, &str)]) -> Fixture {
     let builder = Runtime::builder_in_memory()
         .clock(clock.clone())
         .vars(v)
+        .buckets(buckets)
         .class::<Catalog>("Catalog")
         .binding(CATALOG_BINDING, "Catalog")
         .migration(Migration {
@@ -42,8 +49,9 @@ fn fixture(ns: &str, vars: &[(&str, &str)]) -> Fixture {
     Fixture {
         h: TestHarness::from_builder::<CdcProcessor>(builder).unwrap(),
         clock,
-        store: register(ns),
+        bucket_dir,
         ns: ns.to_string(),
+        _dir: dir,
     }
 }
 
@@ -120,19 +128,44 @@ impl Fixture {
             .unwrap()
     }
 
+    fn bucket(&self) -> rookery::Bucket {
+        self.h.runtime().env().bucket(BUCKET_BINDING).unwrap()
+    }
+
     /// The changes in the bucket's file `key`, as JSON.
-    fn file(&self, key: &str) -> Vec<Value> {
-        let files = self.store.files.lock().unwrap();
-        let bytes = files.get(key).unwrap_or_else(|| panic!("no file {key}"));
-        String::from_utf8(bytes.clone())
-            .unwrap()
-            .lines()
+    async fn file(&self, key: &str) -> Vec<Value> {
+        let bytes = self.bucket().get(key).await.unwrap();
+        let bytes = bytes.unwrap_or_else(|| panic!("no file {key}"));
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
 
-    fn file_names(&self) -> Vec<String> {
-        self.store.files.lock().unwrap().keys().cloned().collect()
+    async fn file_names(&self) -> Vec<String> {
+        let listed = self.bucket().list("cdc/", 1000).await.unwrap();
+        listed.into_iter().map(|e| e.key).collect()
+    }
+
+    /// Waits until the bucket holds at least `n` files.
+    async fn files_until(&self, what: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.file_names().await.len() < n {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Makes the bucket's writes fail (a file where its directory should be), or work again.
+    fn fail_writes(&self, failing: bool) {
+        if failing {
+            std::fs::write(&self.bucket_dir, b"not a directory").unwrap();
+        } else {
+            std::fs::remove_file(&self.bucket_dir).unwrap();
+        }
     }
 }
 
@@ -274,7 +307,7 @@ async fn flushed_files_hold_exactly_the_changes_and_snapshots_give_the_table_as_
     f.ok("insert", "b", json!({"v": 1, "name": "bee"})).await;
     let (status, r) = f.flush().await;
     assert_eq!(status, 200, "{r}");
-    let first = "cdc/shop/orders/000000000001-000000000002.ndjson";
+    let first = "cdc/shop/orders/000000000001-000000000002.ndjson.gz";
     assert_eq!(r["deltas"][0]["file"], first);
     assert_eq!(r["deltas"][0]["snapshotId"], 1);
     assert_eq!(r["pending"], 0);
@@ -284,9 +317,9 @@ async fn flushed_files_hold_exactly_the_changes_and_snapshots_give_the_table_as_
     f.ok("delete", "b", Value::Null).await;
     let (status, r) = f.flush().await;
     assert_eq!(status, 200, "{r}");
-    let second = "cdc/shop/orders/000000000003-000000000004.ndjson";
+    let second = "cdc/shop/orders/000000000003-000000000004.ndjson.gz";
     assert_eq!(r["deltas"][0]["file"], second);
-    assert_eq!(f.file_names(), [first, second]);
+    assert_eq!(f.file_names().await, [first, second]);
 
     // The files hold exactly the changes, in order.
     let strip_ts = |mut c: Vec<Value>| {
@@ -297,14 +330,14 @@ async fn flushed_files_hold_exactly_the_changes_and_snapshots_give_the_table_as_
         c
     };
     assert_eq!(
-        strip_ts(f.file(first)),
+        strip_ts(f.file(first).await),
         [
             json!({"seq": 1, "op": "insert", "id": "a", "doc": {"v": 1}}),
             json!({"seq": 2, "op": "insert", "id": "b", "doc": {"v": 1, "name": "bee"}}),
         ]
     );
     assert_eq!(
-        strip_ts(f.file(second)),
+        strip_ts(f.file(second).await),
         [
             json!({"seq": 3, "op": "update", "id": "a", "doc": {"v": 2}}),
             json!({"seq": 4, "op": "delete", "id": "b", "doc": null}),
@@ -420,13 +453,14 @@ async fn a_failing_bucket_leaves_the_changes_pending_and_a_later_flush_writes_th
         "failing",
         &[("CDC_RETRY_BASE_MS", "1000"), ("CDC_RETRY_CAP_MS", "4000")],
     );
-    f.store.failing.store(true, Ordering::SeqCst);
+    f.fail_writes(true);
     f.ok("insert", "a", json!({"v": 1})).await;
     f.ok("insert", "b", json!({"v": 1})).await;
     let now = f.clock.now_ms();
     let (status, r) = f.flush().await;
     assert_eq!(status, 503, "{r}");
-    assert!(r["error"].as_str().unwrap().contains("refuses"), "{r}");
+    let writing = "writing cdc/failing/orders/000000000001-000000000002.ndjson.gz";
+    assert!(r["error"].as_str().unwrap().contains(writing), "{r}");
     assert_eq!(r["pending"], 2);
     assert_eq!(r["nextFlushAt"], now + 1000);
     let s = f.status().await;
@@ -434,7 +468,7 @@ async fn a_failing_bucket_leaves_the_changes_pending_and_a_later_flush_writes_th
         (s["pending"].as_i64(), s["failures"].as_i64()),
         (Some(2), Some(1))
     );
-    assert!(s["lastError"].as_str().unwrap().contains("refuses"));
+    assert!(s["lastError"].as_str().unwrap().contains(writing), "{s}");
     // Writes go on meanwhile; the backoff doubles while the bucket keeps failing.
     f.ok("insert", "c", json!({"v": 1})).await;
     f.clock.set(now + 1000);
@@ -452,17 +486,13 @@ async fn a_failing_bucket_leaves_the_changes_pending_and_a_later_flush_writes_th
     }
     let s = s.expect("the alarm retried");
     assert_eq!(s["nextFlushAt"], now + 1000 + 2000, "{s}");
-    assert!(f.file_names().is_empty());
+    assert!(f.file_names().await.is_empty());
 
     // The bucket recovers: the alarm writes the file it tried, with the same name, then the
     // change made meanwhile.
-    f.store.failing.store(false, Ordering::SeqCst);
+    f.fail_writes(false);
     f.clock.set(now + 3000);
-    let store = f.store.clone();
-    wait_until("the retry wrote the file", || {
-        !store.files.lock().unwrap().is_empty()
-    })
-    .await;
+    f.files_until("the retry wrote the file", 1).await;
     let mut s = f.status().await;
     for _ in 0..2000 {
         if s["pending"] == 0 {
@@ -482,10 +512,10 @@ async fn a_failing_bucket_leaves_the_changes_pending_and_a_later_flush_writes_th
     );
     assert_eq!(s["lastError"], Value::Null);
     assert_eq!(
-        f.file_names(),
+        f.file_names().await,
         [
-            "cdc/failing/orders/000000000001-000000000002.ndjson",
-            "cdc/failing/orders/000000000003-000000000003.ndjson",
+            "cdc/failing/orders/000000000001-000000000002.ndjson.gz",
+            "cdc/failing/orders/000000000003-000000000003.ndjson.gz",
         ]
     );
     assert_eq!(
@@ -504,19 +534,15 @@ async fn the_alarm_flushes_after_the_delay_or_once_enough_changes_wait() {
     f.ok("insert", "a", json!({})).await;
     assert_eq!(f.alarm().await, Some(now + 5000));
     f.clock.set(now + 5000);
-    let store = f.store.clone();
-    wait_until("the delay passed: one file", || {
-        store.files.lock().unwrap().len() == 1
-    })
-    .await;
+    f.files_until("the delay passed: one file", 1).await;
     // Three pending changes are a file's worth: written without waiting for the delay.
     for id in ["b", "c", "d", "e"] {
         f.ok("insert", id, json!({})).await;
     }
-    wait_until("a full file", || store.files.lock().unwrap().len() == 2).await;
+    f.files_until("a full file", 2).await;
     assert_eq!(
-        f.file_names()[1],
-        "cdc/schedule/orders/000000000002-000000000004.ndjson"
+        f.file_names().await[1],
+        "cdc/schedule/orders/000000000002-000000000004.ndjson.gz"
     );
     let mut s = f.status().await;
     for _ in 0..2000 {
