@@ -612,3 +612,43 @@ async fn commits_are_idempotent_by_file_and_must_continue_the_table() {
     let two = catalog.commit_delta(commit("f2", 3, 3)).await.unwrap();
     assert_eq!((two.snapshot_id, two.parent_id, two.rows), (2, Some(1), 3));
 }
+
+#[tokio::test]
+async fn a_file_the_catalog_already_has_is_not_committed_twice() {
+    // As after a crash between the catalog's commit and the processor's: the catalog has the
+    // file the processor is about to write and commit again.
+    let f = fixture("lost", &[]);
+    f.ok("insert", "a", json!({"v": 1})).await;
+    f.ok("insert", "b", json!({"v": 1})).await;
+    let file = "cdc/lost/orders/000000000001-000000000002.ndjson.gz";
+    let catalog =
+        f.h.runtime()
+            .namespace(CATALOG_BINDING)
+            .unwrap()
+            .typed::<TableCatalogStub>()
+            .get_by_name("lost");
+    let before = catalog
+        .commit_delta(DeltaCommit {
+            table: COLL.into(),
+            file: file.into(),
+            first_seq: 1,
+            last_seq: 2,
+            inserts: 2,
+            updates: 0,
+            deletes: 0,
+            fields: vec![],
+        })
+        .await
+        .unwrap();
+    let (status, r) = f.flush().await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["deltas"][0]["snapshotId"], before.snapshot_id);
+    assert_eq!(r["pending"], 0);
+    let (_, meta) = f.catalog("/catalog/orders").await;
+    assert_eq!(meta["snapshots"].as_array().unwrap().len(), 1, "{meta}");
+    assert_eq!(f.file_names().await, [file]);
+    assert_eq!(
+        docs(&f.rows(1).await),
+        json!({"a": {"v": 1}, "b": {"v": 1}})
+    );
+}
