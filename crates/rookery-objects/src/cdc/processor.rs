@@ -7,7 +7,7 @@
 //!   the pending changes with the next sequence number and the time, in one turn; the answer
 //!   leaves once that turn is durable (Rookery's output gate).
 //! - `GET /cdc/docs/:id` is the current document; `GET /cdc` the collection's status.
-//! - **Flushing** ([`CdcProcessor::flush`]) runs in the alarm, set `CDC_FLUSH_MS` after the
+//! - **Flushing** (`flush`) runs in the alarm, set `CDC_FLUSH_MS` after the
 //!   first pending change, or at once when `CDC_MAX_CHANGES` are pending, and on
 //!   `POST /cdc/flush`. It takes the oldest pending changes (at most `CDC_MAX_CHANGES`), writes
 //!   them as one delta file to the bucket bound as `CDC_BUCKET`, commits the file to the
