@@ -1173,6 +1173,33 @@ mod tests {
     }
 
     #[test]
+    fn the_events_example_binds_its_bucket_and_writer() {
+        let c = Config::parse(
+            "examples/events.toml",
+            include_str!("../../../examples/events.toml"),
+        )
+        .unwrap();
+        let b = &c.buckets[0];
+        assert_eq!(
+            (
+                b.binding.get_ref().as_str(),
+                b.bucket_name.get_ref().as_str()
+            ),
+            ("EVENTS_BUCKET", "events")
+        );
+        assert_eq!(
+            b.dir(&c.server.data_dir),
+            c.server.data_dir.join("buckets/events")
+        );
+        assert!(
+            c.bindings
+                .iter()
+                .any(|b| b.name.get_ref() == "EVENT_WRITER"
+                    && b.class_name.get_ref() == "EventWriter")
+        );
+    }
+
+    #[test]
     fn bucket_names_and_bindings_are_checked_with_their_place() {
         let one = |binding: &str, name: &str| {
             format!("[[r2_buckets]]\nbinding = \"{binding}\"\nbucket_name = \"{name}\"\n")
