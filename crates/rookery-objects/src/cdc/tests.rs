@@ -652,3 +652,26 @@ async fn a_file_the_catalog_already_has_is_not_committed_twice() {
         json!({"a": {"v": 1}, "b": {"v": 1}})
     );
 }
+
+#[tokio::test]
+async fn changes_beyond_the_pending_bound_are_refused_until_a_flush() {
+    let f = fixture("full", &[("CDC_MAX_PENDING", "2")]);
+    f.ok("insert", "a", json!({})).await;
+    f.ok("insert", "b", json!({})).await;
+    let r =
+        f.h.fetch(
+            &f.name(COLL),
+            Request::post("/cdc")
+                .unwrap()
+                .with_json(&json!({"op": "insert", "id": "c", "doc": {}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json_body().unwrap();
+    assert_eq!(body["limit"], "CDC_MAX_PENDING");
+    assert_eq!(f.flush().await.0, 200);
+    f.ok("insert", "c", json!({})).await;
+}
