@@ -2,11 +2,12 @@
 //! sliding-window rate limiter, a chat room, a JSON key-value store, and the Waddle presence,
 //! channel and voice channel objects; seed 002's patterns (docs/PATTERNS.md: rate limiting
 //! with four algorithms, a distributed lock, leader election, a WebSocket room, a game server,
-//! an event aggregator, metrics); seed 003's event subscriptions (`events`) and event writer (`event_writer`); and the demo
-//! app's worker.
+//! an event aggregator, metrics); seed 003's event subscriptions (`events`), event writer
+//! (`event_writer`), CDC and catalog (`cdc`); and the demo app's worker.
 
 mod advanced_rate_limiter;
 pub mod app_metrics;
+pub mod cdc;
 mod channel;
 mod channel_shards;
 mod chat_room;
@@ -37,6 +38,7 @@ pub use advanced_rate_limiter::{
     AdvancedRateLimiter, BucketDecision, RateLimits, RateLimitsStub, WindowDecision,
 };
 pub use app_metrics::Summary;
+pub use cdc::{Catalog, CdcProcessor};
 pub use channel::Channel;
 pub use channel_shards::{
     CHANNEL_BINDING, ChannelShard, MAX_SHARDS, SHARD_BINDING, shard_index, shard_name,
@@ -81,6 +83,8 @@ pub fn builtin_classes() -> Classes {
         .with::<EventAggregator>("EventAggregator")
         .with::<Subscriptions>("Subscriptions")
         .with::<SchemaRegistry>("SchemaRegistry")
+        .with::<CdcProcessor>("CdcProcessor")
+        .with::<Catalog>("Catalog")
         .with::<EventWriter>("EventWriter")
         .with::<Metrics>("Metrics")
         .with::<ChannelShard>("ChannelShard")

@@ -472,7 +472,8 @@ pub struct RouteConfig {
     /// rate limit and answers `{"ok":true}`.
     #[serde(default)]
     pub binding: Option<Spanned<String>>,
-    /// Path parameter whose value names the object (`id_from_name`).
+    /// Path parameter whose value names the object (`id_from_name`); or several joined by
+    /// `/` (`"namespace/collection"`), whose values joined by `/` name it.
     #[serde(default)]
     pub name_from: Option<String>,
     /// Path parameter whose value is the object's hex id (`id_from_string`).
@@ -816,9 +817,13 @@ impl Config {
                             "a route with a binding needs name_from or id_from to pick the object",
                         ));
                     }
-                    (Some(p), None) | (None, Some(p)) => {
+                    (Some(name_from), None) | (None, Some(name_from)) => {
                         let params = crate::route_pattern::params_of(r.path.get_ref());
-                        if !params.iter().any(|q| q == p) {
+                        let wanted = match &r.name_from {
+                            Some(_) => crate::route_pattern::name_params(name_from),
+                            None => vec![name_from.as_str()],
+                        };
+                        if let Some(p) = wanted.iter().find(|p| !params.iter().any(|q| q == *p)) {
                             return Err(self.error_at(
                                 at,
                                 format!("the path has no parameter {p:?} (it has {params:?})"),
@@ -1258,6 +1263,12 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.line, 5, "{e}");
         assert!(e.message.contains("nom"), "{e}");
+        // A name made of two parameters: both must be in the path.
+        let two = "[[routes]]\npath = \"/c/:a/:b\"\nbinding = \"C\"\nname_from = ";
+        let c = Config::parse("x.toml", &format!("{base}{two}\"a/b\"\n")).unwrap();
+        assert_eq!(c.routes[0].name_from.as_deref(), Some("a/b"));
+        let e = Config::parse("x.toml", &format!("{base}{two}\"a/c\"\n")).unwrap_err();
+        assert!(e.message.contains("\"c\""), "{e}");
     }
 
     #[test]

@@ -355,15 +355,28 @@ impl Gateway {
         };
         let ns = &target.namespace;
         let id = match &target.pick {
-            Pick::Name(param) => {
-                let raw = m.params.get(param).unwrap_or("");
-                if raw.is_empty() {
-                    return Err(Error::bad_request(format!(
-                        "the object name (path parameter {param:?}) is empty"
-                    )));
+            Pick::Name(params) => {
+                let mut name = String::new();
+                for param in params {
+                    let raw = m.params.get(param).unwrap_or("");
+                    if raw.is_empty() {
+                        return Err(Error::bad_request(format!(
+                            "the object name (path parameter {param:?}) is empty"
+                        )));
+                    }
+                    let part = percent_decode(raw)
+                        .ok_or_else(|| Error::bad_request("the object name is not valid UTF-8"))?;
+                    // Joined by '/', the parts must not hold one: `a%2Fb/c` is not `a/b%2Fc`.
+                    if params.len() > 1 && part.contains('/') {
+                        return Err(Error::bad_request(format!(
+                            "path parameter {param:?} of the object name holds a '/'"
+                        )));
+                    }
+                    if !name.is_empty() {
+                        name.push('/');
+                    }
+                    name.push_str(&part);
                 }
-                let name = percent_decode(raw)
-                    .ok_or_else(|| Error::bad_request("the object name is not valid UTF-8"))?;
                 ns.id_from_name(&name)
             }
             Pick::Id(param) => ns.id_from_string(m.params.get(param).unwrap_or(""))?,

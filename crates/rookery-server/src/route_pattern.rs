@@ -13,6 +13,12 @@ pub(crate) fn params_of(pattern: &str) -> Vec<String> {
         .collect()
 }
 
+/// The parameters a route's `name_from` names the object by: one (`"name"`), or several
+/// joined by `/` (`"namespace/collection"`), whose values are then joined by `/`.
+pub(crate) fn name_params(name_from: &str) -> Vec<&str> {
+    name_from.split('/').collect()
+}
+
 /// The pattern in the router's syntax: `:name` segments become `{name}`.
 pub(crate) fn router_pattern(pattern: &str) -> String {
     let trimmed = pattern.trim_end_matches('/');
@@ -36,5 +42,7 @@ mod tests {
         assert_eq!(router_pattern("/api/"), "/api");
         assert_eq!(router_pattern("/"), "");
         assert_eq!(params_of("/a/:x/{y}/z"), vec!["x", "y"]);
+        assert_eq!(name_params("x"), ["x"]);
+        assert_eq!(name_params("x/y"), ["x", "y"]);
     }
 }

@@ -16,8 +16,8 @@ const REST: &str = "rookery_rest";
 /// How a route picks its object from the path.
 #[derive(Debug, Clone)]
 pub(crate) enum Pick {
-    /// `id_from_name` of this parameter's value.
-    Name(String),
+    /// `id_from_name` of these parameters' values, joined by `/`.
+    Name(Vec<String>),
     /// `id_from_string` of this parameter's value.
     Id(String),
 }
@@ -157,7 +157,12 @@ fn compile(config: &Config, rc: &RouteConfig, runtime: &Runtime) -> Result<Route
         Some(b) => Some(Target {
             namespace: namespace(b)?,
             pick: match (&rc.name_from, &rc.id_from) {
-                (Some(p), _) => Pick::Name(p.clone()),
+                (Some(p), _) => Pick::Name(
+                    crate::route_pattern::name_params(p)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                ),
                 (None, Some(p)) => Pick::Id(p.clone()),
                 (None, None) => {
                     return Err(config.error_at(b.span().start, "no name_from or id_from"));

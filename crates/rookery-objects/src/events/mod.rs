@@ -47,7 +47,7 @@ mod delivery;
 pub mod pattern;
 mod publish;
 pub mod schemas;
-mod settings;
+pub(crate) mod settings;
 mod status_page;
 mod subscriptions;
 #[cfg(test)]
@@ -147,7 +147,7 @@ pub struct Subscriptions {
 }
 
 /// A JSON error answer naming the var that sets the bound it hit.
-fn limit_error(status: StatusCode, message: &str, limit: &str) -> Response {
+pub(crate) fn limit_error(status: StatusCode, message: &str, limit: &str) -> Response {
     Response::json_bytes(json!({ "error": message, "limit": limit }).to_string())
         .with_status(status)
 }
@@ -251,7 +251,7 @@ impl DurableObject for Subscriptions {
 }
 
 /// The `Retry-After` header.
-fn retry_after(seconds: u64) -> (HeaderName, HeaderValue) {
+pub(crate) fn retry_after(seconds: u64) -> (HeaderName, HeaderValue) {
     (
         HeaderName::from_static("retry-after"),
         HeaderValue::from(seconds),

@@ -47,7 +47,8 @@ impl Default for Settings {
     }
 }
 
-/// `name` as a number from `min` to `max`, or `default`.
+/// `name` as a number from `min` to `max`, or `default` (with a warning when it is set but out
+/// of range or not a number).
 pub(crate) fn var<T>(env: &Env, name: &str, default: T, min: T, max: T) -> T
 where
     T: FromStr + PartialOrd + Copy + std::fmt::Display,
@@ -64,7 +65,7 @@ where
                 %min,
                 %max,
                 %default,
-                "Subscriptions: ignoring a var out of range"
+                "ignoring a var out of range"
             );
             default
         }
