@@ -537,19 +537,18 @@ async fn publishing_is_rate_limited_per_api_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_page_shows_backlog_and_dead_letters() {
+async fn the_status_page_shows_dead_letters_and_replay_delivers_them() {
+    let (hooks, addr) = start_hooks().await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config().replace("EVENTS_MAX_ATTEMPTS = 100", "EVENTS_MAX_ATTEMPTS = 1");
+    let text = config().replace("EVENTS_MAX_ATTEMPTS = 100", "EVENTS_MAX_ATTEMPTS = 2");
     let server = TestServer::start(&text, dir.path()).await;
     let c = client();
-    // A receiver that refuses connections: every event is dead-lettered after one attempt.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    // A receiver that refuses everything: each event is dead-lettered after two attempts.
+    hooks.fail_after("never", Some(0));
     let (status, _) = post(
         &c,
         server.url("/subscriptions/shop"),
-        &json!({"pattern": "**", "url": format!("http://127.0.0.1:{port}/hook/gone")}),
+        &json!({"pattern": "**", "url": format!("http://{addr}/hook/never")}),
     )
     .await;
     assert_eq!(status, 201);
@@ -590,7 +589,7 @@ async fn the_status_page_shows_backlog_and_dead_letters() {
     );
     let html = page.text().await.unwrap();
     assert!(html.contains("<td>sub_1</td>"), "{html}");
-    assert!(html.contains(&format!("{port}/hook/gone")), "{html}");
+    assert!(html.contains(&format!("{addr}/hook/never")), "{html}");
     assert!(html.contains("dead letters <b>3</b>"), "{html}");
     let r = c
         .get(server.url("/events/bad%20ns/status"))
@@ -598,4 +597,30 @@ async fn the_status_page_shows_backlog_and_dead_letters() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
+    let dead = get(&c, server.url("/subscriptions/shop/dead-letters")).await;
+    let listed = dead["deadLetters"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{dead}");
+    assert!(listed.iter().all(|d| d["attempts"] == 2), "{dead}");
+    assert_eq!(*hooks.refused.lock().unwrap(), 6, "two refused attempts per event");
+
+    // The receiver recovers; replay delivers the dead letters, in order.
+    hooks.fail_after("never", None);
+    let (status, r) = post(
+        &c,
+        server.url("/subscriptions/shop/dead-letters/replay"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!((status, r["replayed"].as_i64()), (200, Some(3)), "{r}");
+    let h = hooks.clone();
+    wait_until("the replayed events arrive", || {
+        h.acknowledged("never").len() >= 3
+    })
+    .await;
+    assert_eq!(numbers(&hooks.acknowledged("never")), [0, 1, 2]);
+    eventually("the dead-letter list is empty", || {
+        let (c, url) = (c.clone(), status_url.clone());
+        async move { get(&c, url).await["deadLetters"] == 0 }
+    })
+    .await;
 }
