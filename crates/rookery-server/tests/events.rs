@@ -601,7 +601,11 @@ async fn the_status_page_shows_dead_letters_and_replay_delivers_them() {
     let listed = dead["deadLetters"].as_array().unwrap();
     assert_eq!(listed.len(), 3, "{dead}");
     assert!(listed.iter().all(|d| d["attempts"] == 2), "{dead}");
-    assert_eq!(*hooks.refused.lock().unwrap(), 6, "two refused attempts per event");
+    assert_eq!(
+        *hooks.refused.lock().unwrap(),
+        6,
+        "two refused attempts per event"
+    );
 
     // The receiver recovers; replay delivers the dead letters, in order.
     hooks.fail_after("never", None);
