@@ -43,6 +43,7 @@
 //! price of in-flight bookkeeping; not done yet.
 
 pub mod archive;
+mod bindings;
 mod delivery;
 pub mod pattern;
 mod publish;

@@ -8,7 +8,7 @@ use rookery::prelude::*;
 use rookery::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
-use super::worker::{EVENTS_BINDING, SCHEMAS_BINDING};
+use super::bindings::{EVENTS_BINDING, SCHEMAS_BINDING};
 
 /// The status of `namespace`, as JSON or HTML.
 pub(super) async fn status(req: &Request, env: &Env, namespace: &str) -> Result<Response> {

@@ -25,18 +25,13 @@ use rookery::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+pub use super::bindings::{EVENTS_BINDING, LIMITER_BINDING, SCHEMAS_BINDING};
 use super::pattern::MAX_TYPE_BYTES;
 use super::schemas::SchemaCheckStub;
 use super::settings::var;
 use super::status_page;
 use crate::advanced_rate_limiter::RateLimitsStub;
 
-/// The binding of the namespaces' `Subscriptions` objects.
-pub const EVENTS_BINDING: &str = "EVENTS";
-/// The binding of the namespaces' `SchemaRegistry` objects.
-pub const SCHEMAS_BINDING: &str = "SCHEMAS";
-/// The binding of the tenants' `AdvancedRateLimiter` objects.
-pub const LIMITER_BINDING: &str = "EVENTS_LIMITER";
 /// Longest namespace name, in bytes.
 pub const MAX_NAMESPACE_BYTES: usize = 128;
 
