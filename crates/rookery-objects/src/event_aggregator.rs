@@ -196,8 +196,11 @@ impl EventAggregator {
                 tracing::warn!(error = %why, "EventAggregator: delivery failed; the batch is kept");
                 meta.stats.attempts = meta.stats.attempts.saturating_add(1);
                 meta.stats.last_error = Some(why);
-                let shift = meta.stats.attempts.saturating_sub(1).min(20);
-                let backoff = (FIRST_BACKOFF_MS << shift).min(MAX_BACKOFF_MS);
+                let backoff = crate::backoff::doubling_ms(
+                    FIRST_BACKOFF_MS,
+                    MAX_BACKOFF_MS,
+                    i64::from(meta.stats.attempts),
+                );
                 storage.set_alarm(now + backoff)?;
             }
         }

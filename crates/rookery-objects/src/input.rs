@@ -38,7 +38,7 @@ impl InputError {
             Some(field) => json!({ "error": self.to_string(), "field": field }),
             None => json!({ "error": self.to_string() }),
         };
-        Response::json_bytes(body.to_string()).with_status(StatusCode::BAD_REQUEST)
+        json_error(StatusCode::BAD_REQUEST, &body)
     }
 
     /// A field that is out of range.
@@ -133,6 +133,11 @@ impl Body {
 /// The seed's `error(message, status)`: a JSON `{"error": message}` with `status`.
 pub fn error(status: StatusCode, message: &str) -> Response {
     Response::error(status, message)
+}
+
+/// `body` as a JSON answer with `status`: for errors that carry more than a message.
+pub fn json_error(status: StatusCode, body: &Value) -> Response {
+    Response::json_bytes(body.to_string()).with_status(status)
 }
 
 /// 405 for a path that exists but not with this method.

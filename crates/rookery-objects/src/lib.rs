@@ -7,10 +7,12 @@
 
 mod advanced_rate_limiter;
 pub mod app_metrics;
+mod backoff;
 pub mod cdc;
 mod channel;
 mod channel_shards;
 mod chat_room;
+mod config_var;
 mod counter;
 mod demo_worker;
 mod distributed_lock;
@@ -23,6 +25,7 @@ mod kv_store;
 mod leader_election;
 mod member;
 mod metrics;
+mod names;
 mod rate_limiter;
 #[cfg(test)]
 mod test_client;

@@ -159,8 +159,12 @@ impl Metrics {
                 tracing::warn!(error = %why, "Metrics: flush failed; the summaries are kept");
                 pending.attempts = pending.attempts.saturating_add(1);
                 pending.last_error = Some(why);
-                let shift = pending.attempts.saturating_sub(1).min(20);
-                storage.set_alarm(now + (FIRST_BACKOFF_MS << shift).min(MAX_BACKOFF_MS))?;
+                let backoff = crate::backoff::doubling_ms(
+                    FIRST_BACKOFF_MS,
+                    MAX_BACKOFF_MS,
+                    i64::from(pending.attempts),
+                );
+                storage.set_alarm(now + backoff)?;
             }
         }
         storage.put(KEY, &pending)

@@ -3,7 +3,8 @@
 
 use rookery::prelude::*;
 
-use crate::events::settings::var;
+use crate::backoff::doubling_ms;
+use crate::config_var::var;
 
 /// The settings of a `CdcProcessor` and a `Catalog`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,10 +65,7 @@ impl Settings {
     /// The delay before retrying after `failures` failed flushes in a row: the base doubled per
     /// failure after the first, up to the cap.
     pub(crate) fn retry_ms(&self, failures: i64) -> i64 {
-        let shift = u32::try_from(failures.saturating_sub(1).clamp(0, 40)).unwrap_or(40);
-        self.retry_base_ms
-            .saturating_mul(1_i64 << shift)
-            .min(self.retry_cap_ms)
+        doubling_ms(self.retry_base_ms, self.retry_cap_ms, failures)
     }
 }
 

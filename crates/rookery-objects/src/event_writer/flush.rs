@@ -54,8 +54,7 @@ fn gzip_ndjson(lines: &[String]) -> std::io::Result<Vec<u8>> {
 }
 
 fn backoff_ms(failures: u32) -> i64 {
-    let shift = failures.saturating_sub(1).min(20);
-    RETRY_BASE_MS.saturating_mul(1 << shift).min(RETRY_CAP_MS)
+    crate::backoff::doubling_ms(RETRY_BASE_MS, RETRY_CAP_MS, i64::from(failures))
 }
 
 impl EventWriter {

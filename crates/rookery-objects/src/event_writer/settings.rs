@@ -3,6 +3,8 @@
 
 use rookery::prelude::*;
 
+use crate::config_var::var;
+
 /// When a writer flushes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WriterSettings {
@@ -21,26 +23,6 @@ impl Default for WriterSettings {
             max_events: 1_000,
             max_bytes: 1024 * 1024,
             max_age_ms: 10_000,
-        }
-    }
-}
-
-fn var(env: &Env, name: &str, default: u64, min: u64, max: u64) -> u64 {
-    let Some(raw) = env.var(name) else {
-        return default;
-    };
-    match raw.trim_matches('"').parse::<u64>() {
-        Ok(v) if (min..=max).contains(&v) => v,
-        _ => {
-            tracing::warn!(
-                var = name,
-                value = raw,
-                min,
-                max,
-                default,
-                "EventWriter: ignoring a var out of range"
-            );
-            default
         }
     }
 }

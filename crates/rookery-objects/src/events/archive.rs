@@ -45,7 +45,7 @@ pub struct ArchiveStatus {
 impl Subscriptions {
     /// Whether a writer is bound.
     pub(super) fn archiving(&self) -> bool {
-        self.env.namespace(WRITER_BINDING).is_ok()
+        self.archiving
     }
 
     /// The first sequence number the archive still needs: no event from it on may be

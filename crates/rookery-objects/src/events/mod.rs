@@ -60,7 +60,7 @@ use rookery::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::input::{method_not_allowed, not_found};
+use crate::input::{json_error, method_not_allowed, not_found};
 use settings::Settings;
 
 pub use publish::Published;
@@ -145,12 +145,13 @@ pub struct Subscriptions {
     settings: Settings,
     /// The tables exist (checked once per instance; a failed turn drops the instance).
     schema_ready: bool,
+    /// Whether an event writer is bound (see `archive`).
+    archiving: bool,
 }
 
 /// A JSON error answer naming the var that sets the bound it hit.
 pub(crate) fn limit_error(status: StatusCode, message: &str, limit: &str) -> Response {
-    Response::json_bytes(json!({ "error": message, "limit": limit }).to_string())
-        .with_status(status)
+    json_error(status, &json!({ "error": message, "limit": limit }))
 }
 
 impl Subscriptions {
@@ -204,11 +205,13 @@ impl Subscriptions {
 impl DurableObject for Subscriptions {
     fn new(state: ObjectState, env: Env) -> Self {
         let settings = Settings::from_env(&env);
+        let archiving = env.namespace(archive::WRITER_BINDING).is_ok();
         Self {
             state,
             env,
             settings,
             schema_ready: false,
+            archiving,
         }
     }
 

@@ -4,9 +4,11 @@
 //! a typo must not turn a bound off.
 
 use std::hash::BuildHasher;
-use std::str::FromStr;
 
 use rookery::prelude::*;
+
+use crate::backoff::doubling_ms;
+use crate::config_var::var;
 
 /// The settings of one `Subscriptions` object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,31 +45,6 @@ impl Default for Settings {
             max_event_bytes: 256 * 1024,
             dedup_window_ms: 24 * 3600 * 1000,
             dedup_max: 100_000,
-        }
-    }
-}
-
-/// `name` as a number from `min` to `max`, or `default` (with a warning when it is set but out
-/// of range or not a number).
-pub(crate) fn var<T>(env: &Env, name: &str, default: T, min: T, max: T) -> T
-where
-    T: FromStr + PartialOrd + Copy + std::fmt::Display,
-{
-    let Some(raw) = env.var(name) else {
-        return default;
-    };
-    match raw.trim_matches('"').parse::<T>() {
-        Ok(v) if v >= min && v <= max => v,
-        _ => {
-            tracing::warn!(
-                var = name,
-                value = raw,
-                %min,
-                %max,
-                %default,
-                "ignoring a var out of range"
-            );
-            default
         }
     }
 }
@@ -123,10 +100,7 @@ impl Settings {
     /// The undithered delay before attempt `failed + 1`: the base doubled per failed attempt,
     /// up to the cap.
     pub(crate) fn backoff_ceiling_ms(&self, failed: i64) -> i64 {
-        let shift = u32::try_from(failed.saturating_sub(1).clamp(0, 40)).unwrap_or(40);
-        self.retry_base_ms
-            .saturating_mul(1_i64 << shift)
-            .min(self.retry_cap_ms)
+        doubling_ms(self.retry_base_ms, self.retry_cap_ms, failed)
     }
 
     /// The delay before the next attempt after `failed` failed ones: "equal jitter", a random

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::pattern::{MAX_TYPE_BYTES, validate_type};
-use super::settings::var;
-use crate::input::{method_not_allowed, not_found};
+use crate::config_var::var;
+use crate::input::{error, json_error, method_not_allowed, not_found};
 
 pub use compat::breaking_changes;
 pub use compiled::{CompiledSchema, MAX_VIOLATIONS, Violation};
@@ -123,12 +123,8 @@ struct Version {
     schema: Value,
 }
 
-fn json_error(status: StatusCode, body: Value) -> Response {
-    Response::json_bytes(body.to_string()).with_status(status)
-}
-
 fn bad_request(message: impl Into<String>) -> Response {
-    json_error(StatusCode::BAD_REQUEST, json!({ "error": message.into() }))
+    error(StatusCode::BAD_REQUEST, &message.into())
 }
 
 impl SchemaRegistry {
@@ -253,7 +249,7 @@ impl SchemaRegistry {
         if req.body().len() > max {
             return Ok(json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                json!({
+                &json!({
                     "error": format!("the schema is {} bytes; at most {max} are taken", req.body().len()),
                     "limit": "EVENTS_MAX_SCHEMA_BYTES",
                 }),
@@ -279,7 +275,7 @@ impl SchemaRegistry {
                 if !breaking.is_empty() {
                     return Ok(json_error(
                         StatusCode::CONFLICT,
-                        json!({
+                        &json!({
                             "error": format!(
                                 "the schema is not backward compatible with version {} of {event_type}",
                                 p.version
@@ -293,7 +289,7 @@ impl SchemaRegistry {
                 if p.version >= self.limits.max_versions {
                     return Ok(json_error(
                         StatusCode::CONFLICT,
-                        json!({
+                        &json!({
                             "error": format!("{event_type} already has {} versions", p.version),
                             "limit": "EVENTS_MAX_SCHEMA_VERSIONS",
                         }),
@@ -311,7 +307,7 @@ impl SchemaRegistry {
                 if types >= self.limits.max_types {
                     return Ok(json_error(
                         StatusCode::CONFLICT,
-                        json!({
+                        &json!({
                             "error": format!("this namespace already has schemas for {types} event types"),
                             "limit": "EVENTS_MAX_SCHEMA_TYPES",
                         }),
@@ -376,7 +372,7 @@ impl SchemaRegistry {
 fn no_schema(event_type: &str) -> Response {
     json_error(
         StatusCode::NOT_FOUND,
-        json!({ "error": format!("no schema is registered for {event_type}") }),
+        &json!({ "error": format!("no schema is registered for {event_type}") }),
     )
 }
 
