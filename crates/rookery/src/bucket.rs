@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::durable_dir::{create_dir_durable, sync_dir};
 use crate::error::Error;
 
 /// The longest key, in bytes.
@@ -210,10 +211,6 @@ fn temp_name() -> String {
     format!("{}-{n}.tmp", std::process::id())
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Bucket {
     /// The bucket's name (`bucket_name` in the configuration).
     pub fn name(&self) -> &str {
@@ -249,9 +246,10 @@ impl Bucket {
         self.blocking("put", key, move |root| {
             let target = root.join(&relative);
             let parent = target.parent().unwrap_or(root).to_path_buf();
-            fs::create_dir_all(&parent)?;
+            // New directories (a namespace's, a day's) must survive power loss with the file.
+            create_dir_durable(&parent)?;
             let temp_dir = root.join(TEMP_DIR);
-            fs::create_dir_all(&temp_dir)?;
+            create_dir_durable(&temp_dir)?;
             let temp = temp_dir.join(temp_name());
             let written = (|| {
                 let mut file = File::create(&temp)?;
