@@ -52,6 +52,8 @@ impl Subscriptions {
     /// sends at most its head.
     pub(super) async fn deliver(&mut self) -> Result<()> {
         let mut budget = DELIVERIES_PER_TURN;
+        // The archive's cursor moves only after delivery, so one read serves the whole turn.
+        let keep_from = self.keep_from()?;
         while budget > 0 {
             let now = self.state.now_ms();
             let cursor = self.state.storage().sql().exec(
@@ -89,7 +91,7 @@ impl Subscriptions {
             )
             .await;
             for (head, outcome) in heads.iter().zip(outcomes) {
-                self.settle(head, outcome?)?;
+                self.settle(head, outcome?, keep_from)?;
             }
         }
         Ok(())
@@ -121,7 +123,7 @@ impl Subscriptions {
 
     /// Records the outcome of one attempt at `head`: acknowledged, retried later, or
     /// dead-lettered.
-    fn settle(&self, head: &Head, outcome: Result<(), String>) -> Result<()> {
+    fn settle(&self, head: &Head, outcome: Result<(), String>, keep_from: i64) -> Result<()> {
         let (sub, seq, event_id) = (&head.sub, head.seq, &head.event_id);
         let attempt = sub.attempts + 1;
         let now = self.state.now_ms();
@@ -138,11 +140,11 @@ impl Subscriptions {
                        attempts = 0, last_error = NULL, next_attempt = ? WHERE id = ?",
                     &[next_head.into(), sub.id.as_str().into()],
                 )?;
-                self.forget_event(seq)?;
+                self.forget_event(seq, keep_from)?;
             }
             Err(why) if attempt >= self.settings.max_attempts => {
                 tracing::warn!(subscription = %sub.id, event = %event_id, attempts = attempt, error = %why, "Subscriptions: dead-lettered");
-                self.dead_letter(&sub.id, seq, attempt, &why, now)?;
+                self.dead_letter(&sub.id, seq, attempt, &why, now, keep_from)?;
                 sql.exec(
                     "UPDATE ev_subscriptions SET pending = pending - 1, attempts = 0,
                        last_error = ?, next_attempt = ? WHERE id = ?",
@@ -187,7 +189,15 @@ impl Subscriptions {
 
     /// Moves `seq` from `sub`'s queue to its dead-letter list, dropping the list's oldest
     /// entry when it is full.
-    fn dead_letter(&self, sub: &str, seq: i64, attempts: i64, why: &str, now: i64) -> Result<()> {
+    fn dead_letter(
+        &self,
+        sub: &str,
+        seq: i64,
+        attempts: i64,
+        why: &str,
+        now: i64,
+        keep_from: i64,
+    ) -> Result<()> {
         let sql = self.state.storage().sql();
         sql.exec(
             "DELETE FROM ev_pending WHERE sub = ? AND seq = ?",
@@ -212,7 +222,7 @@ impl Subscriptions {
                     "UPDATE ev_subscriptions SET dead = dead - 1, dropped = dropped + 1 WHERE id = ?",
                     &[sub.into()],
                 )?;
-                self.forget_event(dropped)?;
+                self.forget_event(dropped, keep_from)?;
             }
         }
         sql.exec(
@@ -233,8 +243,9 @@ impl Subscriptions {
     }
 
     /// Deletes event `seq` if no queue, dead-letter list or the archive needs it any more.
-    fn forget_event(&self, seq: i64) -> Result<()> {
-        if seq >= self.keep_from()? {
+    /// `keep_from` is [`Subscriptions::keep_from`]: the archive still needs events from it on.
+    fn forget_event(&self, seq: i64, keep_from: i64) -> Result<()> {
+        if seq >= keep_from {
             return Ok(());
         }
         self.state.storage().sql().exec(
