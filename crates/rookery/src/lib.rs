@@ -73,7 +73,7 @@ pub use bucket::{
     validate_key as validate_bucket_key,
 };
 pub use call::{Call, CallError, CallResult, MethodResult, Reply};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, civil_from_days};
 pub use env::{Env, Http};
 pub use error::{Error, OutboundErrorKind, Result, StartError};
 pub use host::alarm_event::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
