@@ -27,6 +27,7 @@ mod member;
 mod metrics;
 mod names;
 mod rate_limiter;
+mod sql_tables;
 #[cfg(test)]
 mod test_client;
 #[cfg(test)]

@@ -26,6 +26,7 @@ use super::names::check_name;
 use super::schema::{FieldTypes, Fields};
 use super::settings::Settings;
 use crate::input::{method_not_allowed, not_found};
+use crate::sql_tables::Tables;
 
 /// The tables (see the module's documentation).
 const SCHEMA: &str = "
@@ -128,7 +129,8 @@ pub struct Catalog {
     pub(super) state: ObjectState,
     pub(super) env: Env,
     pub(super) settings: Settings,
-    schema_ready: bool,
+    /// The class's SQL tables, made once per instance.
+    tables: Tables,
 }
 
 const SNAPSHOT_COLUMNS: &str =
@@ -161,11 +163,7 @@ pub(super) struct TableRow {
 
 impl Catalog {
     pub(super) fn ensure_schema(&mut self) -> Result<()> {
-        if !self.schema_ready {
-            self.state.storage().sql().exec(SCHEMA, &[])?;
-            self.schema_ready = true;
-        }
-        Ok(())
+        self.tables.ensure(&self.state, SCHEMA)
     }
 
     /// The namespace: the object's name.
@@ -383,7 +381,7 @@ impl DurableObject for Catalog {
             state,
             env,
             settings,
-            schema_ready: false,
+            tables: Tables::default(),
         }
     }
 

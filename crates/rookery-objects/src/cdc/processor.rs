@@ -37,6 +37,7 @@ use super::schema::Observed;
 use super::settings::Settings;
 use crate::events::{limit_error, retry_after};
 use crate::input::{InputError, method_not_allowed, not_found};
+use crate::sql_tables::Tables;
 
 /// Delta files one flush writes at most before it lets other events in.
 pub const FILES_PER_FLUSH: usize = 16;
@@ -150,16 +151,13 @@ pub struct CdcProcessor {
     state: ObjectState,
     env: Env,
     settings: Settings,
-    schema_ready: bool,
+    /// The class's SQL tables, made once per instance.
+    tables: Tables,
 }
 
 impl CdcProcessor {
     fn ensure_schema(&mut self) -> Result<()> {
-        if !self.schema_ready {
-            self.state.storage().sql().exec(SCHEMA, &[])?;
-            self.schema_ready = true;
-        }
-        Ok(())
+        self.tables.ensure(&self.state, SCHEMA)
     }
 
     fn meta(&self) -> Result<Meta> {
@@ -528,7 +526,7 @@ impl DurableObject for CdcProcessor {
             state,
             env,
             settings,
-            schema_ready: false,
+            tables: Tables::default(),
         }
     }
 

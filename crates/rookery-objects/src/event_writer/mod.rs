@@ -182,7 +182,8 @@ pub struct EventWriter {
     state: ObjectState,
     env: Env,
     settings: WriterSettings,
-    schema_ready: bool,
+    /// The class's SQL tables, made once per instance.
+    tables: Tables,
 }
 
 /// What the buffer holds.
@@ -223,11 +224,7 @@ fn parse_event(index: usize, text: &str) -> Result<(i64, String)> {
 
 impl EventWriter {
     fn ensure_schema(&mut self) -> Result<()> {
-        if !self.schema_ready {
-            self.state.storage().sql().exec(SCHEMA, &[])?;
-            self.schema_ready = true;
-        }
-        Ok(())
+        self.tables.ensure(&self.state, SCHEMA)
     }
 
     fn meta(&self) -> Result<Meta> {
@@ -405,7 +402,7 @@ impl DurableObject for EventWriter {
             state,
             env,
             settings,
-            schema_ready: false,
+            tables: Tables::default(),
         }
     }
 
@@ -439,3 +436,4 @@ impl DurableObject for EventWriter {
         self.flush_all().await.map(drop)
     }
 }
+use crate::sql_tables::Tables;

@@ -61,6 +61,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::input::{json_error, method_not_allowed, not_found};
+use crate::sql_tables::Tables;
 use settings::Settings;
 
 pub use publish::Published;
@@ -143,8 +144,8 @@ pub struct Subscriptions {
     state: ObjectState,
     env: Env,
     settings: Settings,
-    /// The tables exist (checked once per instance; a failed turn drops the instance).
-    schema_ready: bool,
+    /// The class's SQL tables, made once per instance.
+    tables: Tables,
     /// Whether an event writer is bound (see `archive`).
     archiving: bool,
 }
@@ -156,11 +157,7 @@ pub(crate) fn limit_error(status: StatusCode, message: &str, limit: &str) -> Res
 
 impl Subscriptions {
     fn ensure_schema(&mut self) -> Result<()> {
-        if !self.schema_ready {
-            self.state.storage().sql().exec(SCHEMA, &[])?;
-            self.schema_ready = true;
-        }
-        Ok(())
+        self.tables.ensure(&self.state, SCHEMA)
     }
 
     fn meta(&self) -> Result<Meta> {
@@ -210,7 +207,7 @@ impl DurableObject for Subscriptions {
             state,
             env,
             settings,
-            schema_ready: false,
+            tables: Tables::default(),
             archiving,
         }
     }

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use super::pattern::{MAX_TYPE_BYTES, validate_type};
 use crate::config_var::var;
 use crate::input::{error, json_error, method_not_allowed, not_found};
+use crate::sql_tables::Tables;
 
 pub use compat::breaking_changes;
 pub use compiled::{CompiledSchema, MAX_VIOLATIONS, Violation};
@@ -107,8 +108,8 @@ struct Latest {
 pub struct SchemaRegistry {
     state: ObjectState,
     limits: Limits,
-    /// The tables exist (checked once per instance).
-    schema_ready: bool,
+    /// The class's SQL tables, made once per instance.
+    tables: Tables,
     /// Compiled latest versions, filled as types are asked about; `None` = no schema.
     cache: HashMap<String, Option<Latest>>,
 }
@@ -129,11 +130,7 @@ fn bad_request(message: impl Into<String>) -> Response {
 
 impl SchemaRegistry {
     fn ensure_schema(&mut self) -> Result<()> {
-        if !self.schema_ready {
-            self.state.storage().sql().exec(SCHEMA, &[])?;
-            self.schema_ready = true;
-        }
-        Ok(())
+        self.tables.ensure(&self.state, SCHEMA)
     }
 
     /// The stored version `version` of `event_type`, or the latest with `None`.
@@ -395,7 +392,7 @@ impl DurableObject for SchemaRegistry {
         Self {
             state,
             limits: Limits::from_env(&env),
-            schema_ready: false,
+            tables: Tables::default(),
             cache: HashMap::new(),
         }
     }
