@@ -334,6 +334,117 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
     server.terminate();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_while_subscriptions_move_between_shards_loses_no_acknowledged_event() {
+    let (hooks, addr) = start_hooks().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("events.toml");
+    let text = config().replace("EVENTS_SHARDS = 0", "EVENTS_SHARDS = 3");
+    std::fs::write(&config_path, text).unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config_path.to_str().unwrap()];
+    let c = client();
+    let mut server = ChildServer::start(&data, &args);
+    let mut subs = Vec::new();
+    for hook in ["moving", "steady"] {
+        let (status, sub) = post(
+            &c,
+            server.url("/subscriptions/shop"),
+            &json!({"pattern": "order.*", "url": format!("http://{addr}/hook/{hook}")}),
+        )
+        .await;
+        assert_eq!(status, 201, "{sub}");
+        subs.push(sub["id"].as_str().unwrap().to_string());
+    }
+    let (moving, steady) = (subs[0].clone(), subs[1].clone());
+    // "moving" takes a few events, then fails, so its moves carry a backlog with retries.
+    hooks.fail_after("moving", Some(8));
+    let mut acknowledged = Vec::new();
+    let mut n = 0;
+    // Each round: events, a move of "moving" to the next shard (0 is home), and every other
+    // round a kill -9 right after the move was accepted.
+    for (round, shard) in [1, 2, 0, 3, 1, 0].into_iter().enumerate() {
+        publish_orders(&c, &server, n..n + 6, &mut acknowledged).await;
+        n += 6;
+        let (status, r) = post(
+            &c,
+            server.url(&format!("/subscriptions/shop/{moving}/shard")),
+            &json!({ "shard": shard }),
+        )
+        .await;
+        assert!(status == 202 || status == 409, "{status} {r}");
+        if round == 1 {
+            let (status, r) = post(
+                &c,
+                server.url(&format!("/subscriptions/shop/{steady}/shard")),
+                &json!({ "shard": 2 }),
+            )
+            .await;
+            assert_eq!(status, 202, "{r}");
+        }
+        if round % 2 == 1 {
+            server.kill9();
+            server = ChildServer::start(&data, &args);
+        }
+    }
+    hooks.fail_after("moving", None);
+    let wanted: HashSet<String> = acknowledged.iter().cloned().collect();
+    for hook in ["moving", "steady"] {
+        let h = hooks.clone();
+        wait_until("every acknowledged event reaches both receivers", || {
+            let got: HashSet<String> = h.acknowledged(hook).into_iter().map(|t| t.key).collect();
+            wanted.is_subset(&got)
+        })
+        .await;
+        let taken = hooks.acknowledged(hook);
+        let mut seen = HashSet::new();
+        let first: Vec<String> = taken
+            .iter()
+            .filter(|t| seen.insert(t.key.clone()))
+            .map(|t| t.key.clone())
+            .collect();
+        assert_eq!(
+            first, acknowledged,
+            "{hook}: first deliveries in publish order"
+        );
+        println!(
+            "kill -9 during shard moves: {hook}: {} events, {} deliveries, {} duplicates",
+            acknowledged.len(),
+            taken.len(),
+            taken.len() - first.len()
+        );
+    }
+    // Both end where they were last sent, with nothing left behind.
+    let list = get(&c, server.url("/subscriptions/shop")).await;
+    let of = |id: &str| {
+        list["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    eventually("both queues are empty and placed", || {
+        let (c, url) = (c.clone(), server.url("/subscriptions/shop"));
+        let (moving, steady) = (moving.clone(), steady.clone());
+        async move {
+            let list = get(&c, url).await;
+            let subs = list["subscriptions"].as_array().unwrap().clone();
+            subs.iter().all(|s| s["pending"] == 0)
+                && subs
+                    .iter()
+                    .any(|s| s["id"] == moving.as_str() && s["shard"].is_null())
+                && subs
+                    .iter()
+                    .any(|s| s["id"] == steady.as_str() && s["shard"] == 2)
+        }
+    })
+    .await;
+    assert_eq!(of(&moving)["pattern"], "order.*");
+    server.terminate();
+}
+
 /// Waits until the `shop` namespace's object has handed every event to the writer, flushes
 /// the writer, and reads its files back: the events of all of them, by sequence.
 async fn archive_after_flush(

@@ -23,7 +23,7 @@ use futures_util::future::join_all;
 use rookery::prelude::*;
 use serde_json::json;
 
-use super::{DELIVERIES_PER_TURN, Subscriptions};
+use super::{DELIVERED_HERE, DELIVERIES_PER_TURN, Subscriptions};
 use crate::input::{Body, InputError};
 use crate::webhook;
 
@@ -57,9 +57,11 @@ impl Subscriptions {
         while budget > 0 {
             let now = self.state.now_ms();
             let cursor = self.state.storage().sql().exec(
-                "SELECT id, url, attempts, pending FROM ev_subscriptions
-                  WHERE pending > 0 AND next_attempt <= ?
-                  ORDER BY next_attempt, rowid LIMIT ?",
+                &format!(
+                    "SELECT id, url, attempts, pending FROM ev_subscriptions s
+                      WHERE pending > 0 AND next_attempt <= ? AND {DELIVERED_HERE}
+                      ORDER BY next_attempt, rowid LIMIT ?"
+                ),
                 &[now.into(), i64::try_from(budget).unwrap_or(i64::MAX).into()],
             )?;
             let mut due = Vec::with_capacity(cursor.len());
@@ -244,7 +246,7 @@ impl Subscriptions {
 
     /// Deletes event `seq` if no queue, dead-letter list or the archive needs it any more.
     /// `keep_from` is [`Subscriptions::keep_from`]: the archive still needs events from it on.
-    fn forget_event(&self, seq: i64, keep_from: i64) -> Result<()> {
+    pub(super) fn forget_event(&self, seq: i64, keep_from: i64) -> Result<()> {
         if seq >= keep_from {
             return Ok(());
         }
@@ -258,8 +260,8 @@ impl Subscriptions {
     }
 
     /// `POST /subscriptions/dead-letters/replay` with an optional `{"subscription": id}`:
-    /// dead letters back into their queues → `{replayed, remaining}`.
-    pub(super) fn replay(&mut self, req: &Request) -> Result<Response> {
+    /// dead letters back into their queues, here and on the shards → `{replayed, remaining}`.
+    pub(super) async fn replay(&mut self, req: &Request) -> Result<Response> {
         let only = if req.body().is_empty() {
             None
         } else {
@@ -274,23 +276,44 @@ impl Subscriptions {
                 Err(e) => return Ok(e.response()),
             }
         };
-        let sql = self.state.storage().sql();
-        let cursor = sql.exec(
-            "SELECT id, pending, dead FROM ev_subscriptions WHERE dead > 0 AND (? IS NULL OR id = ?)
-              ORDER BY rowid",
-            &[only.clone().into(), only.clone().into()],
-        )?;
         if let Some(id) = &only
             && self.status(id)?.is_none()
         {
             return Ok(InputError::invalid("subscription", "names no subscription").response());
         }
+        let (mut replayed, mut remaining) = self.replay_local(only.as_deref())?;
+        self.rearm()?;
+        for (shard, subs) in self.carried_by_shard()? {
+            if only.as_ref().is_some_and(|id| !subs.contains(id)) {
+                continue;
+            }
+            let (r, left) = self.shard_stub(shard)?.replay(only.clone()).await?;
+            replayed += r;
+            remaining += left;
+        }
+        Response::json(&json!({ "replayed": replayed, "remaining": remaining }))
+    }
+
+    /// Moves the dead letters this object holds (of `only`, or of every subscription) back
+    /// into their queues, as many as `EVENTS_MAX_PENDING` leaves room for →
+    /// `(replayed, remaining)`.
+    pub(super) fn replay_local(&self, only: Option<&str>) -> Result<(i64, i64)> {
+        let sql = self.state.storage().sql();
+        let cursor = sql.exec(
+            "SELECT id, pending, dead FROM ev_subscriptions WHERE dead > 0 AND (? IS NULL OR id = ?)
+              ORDER BY rowid",
+            &[only.into(), only.into()],
+        )?;
         let now = self.state.now_ms();
         let (mut replayed, mut remaining) = (0_i64, 0_i64);
         for row in cursor.rows() {
             let id: String = row.get("id")?;
             let pending: i64 = row.get("pending")?;
             let dead: i64 = row.get("dead")?;
+            if self.owned(&id)?.is_some_and(|o| o.frozen) {
+                // Released to the coordinator: its dead letters are no longer this object's.
+                continue;
+            }
             let room = (self.settings.max_pending - pending).clamp(0, dead);
             if room > 0 {
                 let moved = sql.exec(
@@ -314,7 +337,6 @@ impl Subscriptions {
                 remaining += dead;
             }
         }
-        self.rearm()?;
-        Response::json(&json!({ "replayed": replayed, "remaining": remaining }))
+        Ok((replayed, remaining))
     }
 }

@@ -9,6 +9,8 @@
 //! - `subscriptions`: create, list, status and delete.
 //! - `delivery`: the alarm that delivers, backs off, dead-letters; replay.
 //! - `settings`: bounds and retry timing from `[vars]`.
+//! - `coordinator`: the shard coordinator, which places hot patterns' subscriptions on
+//!   delivery shards and moves them; `shard`: a delivery shard's side of it.
 //!
 //! **Why SQL tables, not key-value records.** Delivery state is a set of queues (one per
 //! subscription) over one shared event log, and the questions asked of it are relational: the
@@ -26,6 +28,8 @@
 //! | `ev_subscriptions` | pattern, url and the delivery state: `pending`, `attempts`, `last_error`, `next_attempt`, counters | on delete |
 //! | `ev_pending (sub, seq)` | each subscription's queue, in `seq` order | on acknowledgement or dead-lettering |
 //! | `ev_dead (sub, seq, attempts, last_error, dead_at)` | the dead-letter lists | on replay, delete, or beyond `EVENTS_MAX_DEAD_LETTERS` (oldest first, counted in `dropped`) |
+//! | `ev_placement (sub, shard, epoch, carried, target, forget, …)` | the namespace's object: which shard delivers a subscription, and the steps of a move (`coordinator`) | when the subscription is home again, or deleted, and no shard holds a copy |
+//! | `ev_owned (sub, epoch, fed, frozen)` | a shard: the subscriptions placed on it (`shard`) | when the coordinator has taken a released one back |
 //!
 //! The next sequence number and the next subscription number are one key-value record
 //! (`meta`).
@@ -44,11 +48,15 @@
 
 pub mod archive;
 mod bindings;
+mod coordinator;
+#[cfg(test)]
+mod coordinator_tests;
 mod delivery;
 pub mod pattern;
 mod publish;
 pub mod schemas;
 pub(crate) mod settings;
+pub mod shard;
 mod status_page;
 mod subscriptions;
 #[cfg(test)]
@@ -117,7 +125,32 @@ CREATE TABLE IF NOT EXISTS ev_dead (
   PRIMARY KEY (sub, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ev_dead_seq ON ev_dead (seq);
+CREATE TABLE IF NOT EXISTS ev_placement (
+  sub TEXT PRIMARY KEY,
+  shard INTEGER NOT NULL,
+  epoch INTEGER NOT NULL,
+  carried INTEGER NOT NULL DEFAULT 0,
+  target INTEGER,
+  forget INTEGER,
+  forget_epoch INTEGER,
+  remote_pending INTEGER NOT NULL DEFAULT 0,
+  failures INTEGER NOT NULL DEFAULT 0,
+  next_step INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS ev_owned (
+  sub TEXT PRIMARY KEY,
+  epoch INTEGER NOT NULL,
+  fed INTEGER NOT NULL,
+  frozen INTEGER NOT NULL DEFAULT 0
+);
 ";
+
+/// The SQL condition (on `ev_subscriptions s`) that this object delivers `s` itself: it is
+/// not placed on a shard nor being moved (`coordinator`), and not a copy a shard released.
+pub(crate) const DELIVERED_HERE: &str = "NOT EXISTS (SELECT 1 FROM ev_placement pl
+     WHERE pl.sub = s.id AND (pl.shard != 0 OR pl.target IS NOT NULL))
+   AND NOT EXISTS (SELECT 1 FROM ev_owned o WHERE o.sub = s.id AND o.frozen = 1)";
 
 /// Counters kept as one key-value record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -148,6 +181,10 @@ pub struct Subscriptions {
     tables: Tables,
     /// Whether an event writer is bound (see `archive`).
     archiving: bool,
+    /// Matches per pattern this minute (see `coordinator`).
+    heat: coordinator::Heat,
+    /// Whether placements beyond `EVENTS_SHARDS` were sent home (see `coordinator`).
+    fitted: bool,
 }
 
 /// A JSON error answer naming the var that sets the bound it hit.
@@ -181,14 +218,17 @@ impl Subscriptions {
     fn rearm(&self) -> Result<()> {
         let storage = self.state.storage();
         let cursor = storage.sql().exec(
-            "SELECT MIN(next_attempt) AS next FROM ev_subscriptions WHERE pending > 0",
+            &format!(
+                "SELECT MIN(next_attempt) AS next FROM ev_subscriptions s
+                  WHERE pending > 0 AND {DELIVERED_HERE}"
+            ),
             &[],
         )?;
         let delivery: Option<i64> = cursor.one()?.get("next")?;
-        let next = match (delivery, self.archive_due()?) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [delivery, self.archive_due()?, self.coordinator_due()?]
+            .into_iter()
+            .flatten()
+            .min();
         let current = storage.get_alarm()?;
         match next {
             Some(at) if current != Some(at) => storage.set_alarm(at)?,
@@ -202,35 +242,57 @@ impl Subscriptions {
 impl DurableObject for Subscriptions {
     fn new(state: ObjectState, env: Env) -> Self {
         let settings = Settings::from_env(&env);
-        let archiving = env.namespace(archive::WRITER_BINDING).is_ok();
+        let is_shard = state
+            .id()
+            .name()
+            .is_some_and(|name| name.contains(shard::SHARD_MARK));
+        // A shard's events are archived by its namespace's object, which has them all.
+        let archiving = !is_shard && env.namespace(archive::WRITER_BINDING).is_ok();
         Self {
             state,
             env,
             settings,
             tables: Tables::default(),
             archiving,
+            heat: coordinator::Heat::default(),
+            fitted: false,
         }
     }
 
     async fn fetch(&mut self, req: Request) -> Result<Response> {
+        if self.is_shard() {
+            return Ok(json_error(
+                StatusCode::NOT_FOUND,
+                &json!({ "error": "a delivery shard takes no requests; ask its namespace's object" }),
+            ));
+        }
         self.ensure_schema()?;
+        self.fit_shard_count()?;
         let method = req.method().clone();
         let path = req.path().trim_end_matches('/').to_string();
         let rest = path.strip_prefix("/subscriptions");
         match (path.as_str(), rest) {
             ("/events", _) if method == Method::POST => self.publish(&req),
             ("/events", _) => Ok(method_not_allowed("POST")),
-            (_, Some("")) if method == Method::GET => self.list(),
+            (_, Some("")) if method == Method::GET => self.list().await,
             (_, Some("")) if method == Method::POST => self.create(&req),
             (_, Some("")) => Ok(method_not_allowed("GET, POST")),
-            (_, Some("/dead-letters")) if method == Method::GET => self.dead_letters(&req),
+            (_, Some("/dead-letters")) if method == Method::GET => self.dead_letters(&req).await,
             (_, Some("/dead-letters")) => Ok(method_not_allowed("GET")),
-            (_, Some("/dead-letters/replay")) if method == Method::POST => self.replay(&req),
+            (_, Some("/dead-letters/replay")) if method == Method::POST => self.replay(&req).await,
             (_, Some("/dead-letters/replay")) => Ok(method_not_allowed("POST")),
             (_, Some(id)) => match id.strip_prefix('/') {
+                Some(id) if id.ends_with("/shard") && id.matches('/').count() == 1 => {
+                    let id = id.trim_end_matches("/shard");
+                    if method == Method::POST {
+                        self.move_http(id, &req)
+                    } else {
+                        Ok(method_not_allowed("POST"))
+                    }
+                }
                 Some(id) if !id.contains('/') => {
                     if method == Method::GET {
-                        self.status_http(id)
+                        self.status_http(id).await
                     } else if method == Method::DELETE {
                         self.delete(id)
                     } else {
@@ -243,9 +305,16 @@ impl DurableObject for Subscriptions {
         }
     }
 
+    async fn call(&mut self, call: Call) -> Result<Reply> {
+        shard::DeliveryShard::serve(self, call).await
+    }
+
     async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
         self.ensure_schema()?;
+        self.fit_shard_count()?;
         self.deliver().await?;
+        let keep_from = self.keep_from()?;
+        self.coordinate(keep_from).await?;
         self.archive().await?;
         self.rearm()
     }

@@ -11,6 +11,7 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::coordinator::fnv1a;
 use super::pattern::{MAX_TYPE_BYTES, Pattern, validate_type};
 use super::settings::random_u64;
 use super::{Subscriptions, limit_error, retry_after};
@@ -41,15 +42,10 @@ fn id_ok(id: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
-/// A stable 64-bit FNV-1a hash, so a repeated publish can be told from a different one with
-/// the same id without keeping its body.
+/// A stable hash, so a repeated publish can be told from a different one with the same id
+/// without keeping its body.
 fn fingerprint(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", fnv1a(text))
 }
 
 /// A subscription as publishing sees it.
@@ -57,6 +53,8 @@ struct Target {
     id: String,
     pattern: String,
     pending: i64,
+    /// Whether it has a placement (see `coordinator`).
+    placed: bool,
 }
 
 impl Subscriptions {
@@ -177,6 +175,16 @@ impl Subscriptions {
         )?;
         meta.published += 1;
         self.forget_old_ids(&mut meta, now)?;
+        if self.settings.shards > 0 {
+            let unplaced: Vec<(&str, &str)> = targets
+                .iter()
+                .filter(|t| !t.placed)
+                .map(|t| (t.id.as_str(), t.pattern.as_str()))
+                .collect();
+            if !unplaced.is_empty() {
+                self.note_heat(&unplaced, now)?;
+            }
+        }
         self.put_meta(&meta)?;
         if !targets.is_empty() || archiving {
             self.rearm()?;
@@ -192,7 +200,9 @@ impl Subscriptions {
     /// The subscriptions whose pattern matches `event_type`.
     fn targets(&self, event_type: &str) -> Result<Vec<Target>> {
         let cursor = self.state.storage().sql().exec(
-            "SELECT id, pattern, pending FROM ev_subscriptions ORDER BY rowid",
+            "SELECT s.id, s.pattern, s.pending, pl.sub IS NOT NULL AS placed
+               FROM ev_subscriptions s LEFT JOIN ev_placement pl ON pl.sub = s.id
+              ORDER BY s.rowid",
             &[],
         )?;
         let mut out = Vec::new();
@@ -201,6 +211,7 @@ impl Subscriptions {
                 id: row.get("id")?,
                 pattern: row.get("pattern")?,
                 pending: row.get("pending")?,
+                placed: row.get::<i64>("placed")? != 0,
             };
             match Pattern::parse(&t.pattern) {
                 Ok(p) if p.matches(event_type) => out.push(t),

@@ -31,6 +31,10 @@ pub(crate) struct Settings {
     pub dedup_window_ms: i64,
     /// Most published ids remembered (`EVENTS_DEDUP_MAX`, 100 000).
     pub dedup_max: i64,
+    /// Delivery shards of the namespace (`EVENTS_SHARDS`, 0: none; at most 64).
+    pub shards: i64,
+    /// Matches within a minute that make a pattern hot (`EVENTS_HOT_EVENTS`, 600).
+    pub hot_events: i64,
 }
 
 impl Default for Settings {
@@ -45,6 +49,8 @@ impl Default for Settings {
             max_event_bytes: 256 * 1024,
             dedup_window_ms: 24 * 3600 * 1000,
             dedup_max: 100_000,
+            shards: 0,
+            hot_events: 600,
         }
     }
 }
@@ -94,6 +100,14 @@ impl Settings {
                 30 * 24 * 3600 * 1000,
             ),
             dedup_max: var(env, "EVENTS_DEDUP_MAX", d.dedup_max, 0, 10_000_000),
+            shards: var(
+                env,
+                "EVENTS_SHARDS",
+                d.shards,
+                0,
+                super::coordinator::MAX_SHARDS,
+            ),
+            hot_events: var(env, "EVENTS_HOT_EVENTS", d.hot_events, 1, 100_000_000),
         }
     }
 

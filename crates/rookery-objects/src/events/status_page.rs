@@ -99,6 +99,7 @@ fn html(status: &Value) -> String {
             "delivered",
             "deadLetters",
             "dropped",
+            "shard",
         ] {
             rows.push_str(&format!("<td>{}</td>", cell(&s[field])));
         }
@@ -134,7 +135,7 @@ fn html(status: &Value) -> String {
          <p>Backlog <b>{}</b> · delivered <b>{}</b> · dead letters <b>{}</b></p>\
          <h2>Subscriptions</h2><table><tr><th>id</th><th>pattern</th><th>url</th><th>pending</th>\
          <th>attempts</th><th>last error</th><th>next attempt (ms)</th><th>delivered</th>\
-         <th>dead letters</th><th>dropped</th></tr>\n{rows}</table>\
+         <th>dead letters</th><th>dropped</th><th>shard</th></tr>\n{rows}</table>\
          <h2>Schemas</h2><table><tr><th>type</th><th>latest</th><th>versions</th></tr>\n{schemas}</table>\
          {archive}</body></html>\n",
         cell(&status["backlog"]),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::pattern::{MAX_TYPE_BYTES, Pattern};
+use super::shard::DeadLetterText;
 use super::{Subscriptions, limit_error};
 use crate::input::{Body, InputError, not_found};
 
@@ -42,6 +43,13 @@ pub struct SubscriptionStatus {
     pub dead_letters: i64,
     /// Dead letters dropped because the list was full (`EVENTS_MAX_DEAD_LETTERS`).
     pub dropped: i64,
+    /// The delivery shard that delivers it (null: the namespace's object does).
+    #[serde(default)]
+    pub shard: Option<i64>,
+    /// Why its shard could not be asked for its state (the figures are then this object's
+    /// part only).
+    #[serde(default)]
+    pub shard_error: Option<String>,
 }
 
 /// An event that exhausted its attempts.
@@ -76,6 +84,8 @@ fn status_of(row: &rookery::SqlRow<'_>) -> Result<SubscriptionStatus> {
         delivered: row.get("delivered")?,
         dead_letters: row.get("dead")?,
         dropped: row.get("dropped")?,
+        shard: None,
+        shard_error: None,
     })
 }
 
@@ -91,7 +101,7 @@ fn check_url(url: &str) -> Result<(), InputError> {
 }
 
 impl Subscriptions {
-    /// The status of subscription `id`, if it exists.
+    /// The status of subscription `id` as this object holds it, if it exists.
     pub(super) fn status(&self, id: &str) -> Result<Option<SubscriptionStatus>> {
         let cursor = self.state.storage().sql().exec(
             &format!("SELECT {COLUMNS} FROM ev_subscriptions WHERE id = ?"),
@@ -100,24 +110,77 @@ impl Subscriptions {
         cursor.rows().next().map(|r| status_of(&r)).transpose()
     }
 
+    /// The statuses of the subscriptions this object delivers or holds, oldest first (a
+    /// shard's released copies left out).
+    pub(super) fn local_statuses(&self) -> Result<Vec<SubscriptionStatus>> {
+        let cursor = self.state.storage().sql().exec(
+            &format!(
+                "SELECT {COLUMNS} FROM ev_subscriptions s WHERE NOT EXISTS
+                   (SELECT 1 FROM ev_owned o WHERE o.sub = s.id AND o.frozen = 1)
+                 ORDER BY rowid"
+            ),
+            &[],
+        )?;
+        cursor.rows().map(|r| status_of(&r)).collect()
+    }
+
+    /// `statuses` with the state of placed subscriptions asked of their shards: a shard's
+    /// figures, plus the events this object has not handed it yet.
+    async fn with_shards(
+        &self,
+        mut statuses: Vec<SubscriptionStatus>,
+    ) -> Result<Vec<SubscriptionStatus>> {
+        let carried = self.carried_by_shard()?;
+        for (shard, subs) in carried {
+            if !statuses.iter().any(|s| subs.contains(&s.id)) {
+                continue;
+            }
+            let remote = self.shard_stub(shard)?.statuses().await;
+            for status in statuses.iter_mut().filter(|s| subs.contains(&s.id)) {
+                status.shard = Some(shard);
+                match &remote {
+                    Ok(remote) => {
+                        if let Some(r) = remote.iter().find(|r| r.id == status.id) {
+                            let here = status.pending;
+                            *status = SubscriptionStatus {
+                                pending: r.pending + here,
+                                shard: Some(shard),
+                                ..r.clone()
+                            };
+                        }
+                    }
+                    Err(e) => status.shard_error = Some(e.to_string()),
+                }
+            }
+        }
+        for status in &mut statuses {
+            if status.shard.is_none()
+                && let Some((shard, _)) = self.placement(&status.id)?
+                && shard != 0
+            {
+                status.shard = Some(shard);
+            }
+        }
+        Ok(statuses)
+    }
+
     /// `GET /subscriptions/:id`.
-    pub(super) fn status_http(&self, id: &str) -> Result<Response> {
+    pub(super) async fn status_http(&self, id: &str) -> Result<Response> {
         match self.status(id)? {
-            Some(s) => Response::json(&s),
+            Some(s) => {
+                let mut all = self.with_shards(vec![s]).await?;
+                match all.pop() {
+                    Some(s) => Response::json(&s),
+                    None => Ok(not_found()),
+                }
+            }
             None => Ok(not_found()),
         }
     }
 
     /// `GET /subscriptions`: every subscription, oldest first.
-    pub(super) fn list(&self) -> Result<Response> {
-        let cursor = self.state.storage().sql().exec(
-            &format!("SELECT {COLUMNS} FROM ev_subscriptions ORDER BY rowid"),
-            &[],
-        )?;
-        let subs = cursor
-            .rows()
-            .map(|r| status_of(&r))
-            .collect::<Result<Vec<_>>>()?;
+    pub(super) async fn list(&self) -> Result<Response> {
+        let subs = self.with_shards(self.local_statuses()?).await?;
         match self.archive_status()? {
             Some(archive) => Response::json(&json!({ "subscriptions": subs, "archive": archive })),
             None => Response::json(&json!({ "subscriptions": subs })),
@@ -170,13 +233,23 @@ impl Subscriptions {
         Ok(Response::json(&status)?.with_status(StatusCode::CREATED))
     }
 
-    /// `DELETE /subscriptions/:id`: the subscription, its queue and its dead letters.
+    /// `DELETE /subscriptions/:id`: the subscription, its queue and its dead letters (a
+    /// shard's copy is deleted by the coordinator's next step).
     pub(super) fn delete(&mut self, id: &str) -> Result<Response> {
-        let sql = self.state.storage().sql();
-        let gone = sql.exec("DELETE FROM ev_subscriptions WHERE id = ?", &[id.into()])?;
-        if gone.rows_written() == 0 {
+        if self.status(id)?.is_none() {
             return Ok(not_found());
         }
+        self.drop_subscription(id)?;
+        self.unplace(id)?;
+        self.rearm()?;
+        Response::json(&json!({ "deleted": true, "id": id }))
+    }
+
+    /// Deletes subscription `id` with its queue and dead letters, and the events nothing else
+    /// needs.
+    pub(super) fn drop_subscription(&self, id: &str) -> Result<()> {
+        let sql = self.state.storage().sql();
+        sql.exec("DELETE FROM ev_subscriptions WHERE id = ?", &[id.into()])?;
         sql.exec("DELETE FROM ev_pending WHERE sub = ?", &[id.into()])?;
         sql.exec("DELETE FROM ev_dead WHERE sub = ?", &[id.into()])?;
         // Deletes are rare: one pass over the (bounded) stored events.
@@ -186,13 +259,40 @@ impl Subscriptions {
                AND NOT EXISTS (SELECT 1 FROM ev_dead d WHERE d.seq = ev_events.seq)",
             &[self.keep_from()?.into()],
         )?;
-        self.rearm()?;
-        Response::json(&json!({ "deleted": true, "id": id }))
+        Ok(())
+    }
+
+    /// The dead letters this object holds, by subscription then sequence, at most `limit`.
+    pub(super) fn local_dead_letters(
+        &self,
+        sub: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterText>> {
+        let cursor = self.state.storage().sql().exec(
+            "SELECT d.sub, d.seq, d.attempts, d.last_error, d.dead_at, e.body
+               FROM ev_dead d JOIN ev_events e ON e.seq = d.seq
+              WHERE (? IS NULL OR d.sub = ?) AND NOT EXISTS
+                (SELECT 1 FROM ev_owned o WHERE o.sub = d.sub AND o.frozen = 1)
+              ORDER BY d.sub, d.seq LIMIT ?",
+            &[sub.clone().into(), sub.into(), limit.into()],
+        )?;
+        let mut letters = Vec::with_capacity(cursor.len());
+        for row in cursor.rows() {
+            letters.push(DeadLetterText {
+                subscription: row.get("sub")?,
+                seq: row.get("seq")?,
+                event: row.get("body")?,
+                attempts: row.get("attempts")?,
+                last_error: row.get("last_error")?,
+                dead_at: row.get("dead_at")?,
+            });
+        }
+        Ok(letters)
     }
 
     /// `GET /subscriptions/dead-letters?subscription=&limit=`: dead letters by subscription,
-    /// then sequence.
-    pub(super) fn dead_letters(&self, req: &Request) -> Result<Response> {
+    /// then sequence, from this object and the shards.
+    pub(super) async fn dead_letters(&self, req: &Request) -> Result<Response> {
         let limit = req.query::<i64>("limit")?.unwrap_or(DEFAULT_LIST);
         if !(1..=1_000).contains(&limit) {
             return Ok(
@@ -200,24 +300,31 @@ impl Subscriptions {
             );
         }
         let sub = req.query::<String>("subscription")?;
-        let cursor = self.state.storage().sql().exec(
-            "SELECT d.sub, d.attempts, d.last_error, d.dead_at, e.body
-               FROM ev_dead d JOIN ev_events e ON e.seq = d.seq
-              WHERE (? IS NULL OR d.sub = ?)
-              ORDER BY d.sub, d.seq LIMIT ?",
-            &[sub.clone().into(), sub.into(), limit.into()],
-        )?;
-        let mut letters = Vec::with_capacity(cursor.len());
-        for row in cursor.rows() {
-            let body: String = row.get("body")?;
-            letters.push(DeadLetter {
-                subscription: row.get("sub")?,
-                event: serde_json::from_str(&body).map_err(Error::msg)?,
-                attempts: row.get("attempts")?,
-                last_error: row.get("last_error")?,
-                dead_at: row.get("dead_at")?,
-            });
+        let mut letters = self.local_dead_letters(sub.clone(), limit)?;
+        for (shard, subs) in self.carried_by_shard()? {
+            if sub.as_ref().is_some_and(|id| !subs.contains(id)) {
+                continue;
+            }
+            letters.extend(
+                self.shard_stub(shard)?
+                    .dead_letters(sub.clone(), limit)
+                    .await?,
+            );
         }
+        letters.sort_by(|a, b| (&a.subscription, a.seq).cmp(&(&b.subscription, b.seq)));
+        letters.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let letters = letters
+            .into_iter()
+            .map(|d| {
+                Ok(DeadLetter {
+                    subscription: d.subscription,
+                    event: serde_json::from_str(&d.event).map_err(Error::msg)?,
+                    attempts: d.attempts,
+                    last_error: d.last_error,
+                    dead_at: d.dead_at,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Response::json(&json!({ "deadLetters": letters }))
     }
 }

@@ -11,18 +11,20 @@ use serde_json::{Value, json};
 use super::*;
 use crate::test_endpoint::Receivers;
 
-const NS: &str = "shop";
-const A: &str = "https://a.example/hook";
-const B: &str = "https://b.example/hook";
-const C: &str = "https://c.example/hook";
+pub(super) const NS: &str = "shop";
+pub(super) const A: &str = "https://a.example/hook";
+pub(super) const B: &str = "https://b.example/hook";
+pub(super) const C: &str = "https://c.example/hook";
 
-struct Fixture {
-    h: TestHarness,
-    clock: Arc<ManualClock>,
-    rx: Arc<Receivers>,
+pub(super) struct Fixture {
+    pub(super) h: TestHarness,
+    pub(super) clock: Arc<ManualClock>,
+    pub(super) rx: Arc<Receivers>,
 }
 
-fn fixture(vars: &[(&str, &str)]) -> Fixture {
+/// The harness's class (`TEST`) is also bound as `EVENTS`, which the shard coordinator calls
+/// its shards by.
+pub(super) fn fixture(vars: &[(&str, &str)]) -> Fixture {
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
     let rx = Arc::new(Receivers::default());
     let mut v = Vars::new();
@@ -32,7 +34,8 @@ fn fixture(vars: &[(&str, &str)]) -> Fixture {
     let builder = Runtime::builder_in_memory()
         .clock(clock.clone())
         .vars(v)
-        .outbound(rx.clone());
+        .outbound(rx.clone())
+        .binding(bindings::EVENTS_BINDING, "TEST");
     Fixture {
         h: TestHarness::from_builder::<Subscriptions>(builder).unwrap(),
         clock,
@@ -41,7 +44,7 @@ fn fixture(vars: &[(&str, &str)]) -> Fixture {
 }
 
 impl Fixture {
-    async fn send(&self, req: Request) -> (u16, Value) {
+    pub(super) async fn send(&self, req: Request) -> (u16, Value) {
         let r = self.h.fetch(NS, req).await.unwrap();
         let body = if r.body().is_empty() {
             Value::Null
@@ -51,16 +54,16 @@ impl Fixture {
         (r.status().as_u16(), body)
     }
 
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(super) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.send(Request::post(path).unwrap().with_json(&body).unwrap())
             .await
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(super) async fn get(&self, path: &str) -> (u16, Value) {
         self.send(Request::get(path).unwrap()).await
     }
 
-    async fn subscribe(&self, pattern: &str, url: &str) -> String {
+    pub(super) async fn subscribe(&self, pattern: &str, url: &str) -> String {
         let (status, r) = self
             .post("/subscriptions", json!({"pattern": pattern, "url": url}))
             .await;
@@ -68,20 +71,25 @@ impl Fixture {
         r["id"].as_str().unwrap().to_string()
     }
 
-    async fn publish(&self, event: Value) -> Value {
+    pub(super) async fn publish(&self, event: Value) -> Value {
         let (status, r) = self.post("/events", event).await;
         assert_eq!(status, 200, "{r}");
         r
     }
 
-    async fn status(&self, id: &str) -> Value {
+    pub(super) async fn status(&self, id: &str) -> Value {
         let (status, r) = self.get(&format!("/subscriptions/{id}")).await;
         assert_eq!(status, 200, "{r}");
         r
     }
 
     /// Polls the subscription's status until `cond` holds.
-    async fn status_until(&self, id: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    pub(super) async fn status_until(
+        &self,
+        id: &str,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let s = self.status(id).await;
@@ -96,12 +104,12 @@ impl Fixture {
         }
     }
 
-    async fn alarm(&self) -> Option<i64> {
+    pub(super) async fn alarm(&self) -> Option<i64> {
         self.h.run(NS, |s| s.storage().get_alarm()).await.unwrap()
     }
 }
 
-fn numbers(events: &[Value]) -> Vec<i64> {
+pub(super) fn numbers(events: &[Value]) -> Vec<i64> {
     events
         .iter()
         .map(|e| e["data"]["n"].as_i64().unwrap())
