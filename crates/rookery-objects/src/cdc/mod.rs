@@ -30,12 +30,14 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use catalog::commit_file;
 pub use catalog::{
     Catalog, DeltaCommit, EVENTS_TABLE, Snapshot, TableCatalog, TableCatalogStub, TableKind,
 };
 pub use change::{Change, MAX_ID_BYTES, Op};
 pub use delta::BUCKET_BINDING;
 pub use processor::{CdcProcessor, CdcStatus, Delta, FILES_PER_FLUSH};
+pub(crate) use schema::Observed;
 pub use schema::{Field, FieldTypes, MAX_FIELDS, TypeSet};
 
 /// The binding the processors reach the catalog by.
