@@ -165,9 +165,8 @@ impl Catalog {
 
     /// `GET /catalog/:table/snapshots/:n/rows`: the documents as of snapshot `n`, by id, made by
     /// replaying the files of snapshots 1 to `n` from the table's bucket ([`TableKind::bucket`]).
-    /// Refused with 413 when the
-    /// table has more than `CATALOG_MAX_ROWS` documents then, or they hold more than
-    /// [`MAX_ROWS_BYTES`].
+    /// Refused with 413 when the table has more than `CATALOG_MAX_ROWS` documents then, or they
+    /// hold more than [`MAX_ROWS_BYTES`].
     pub(super) async fn rows_http(&self, table: &str, n: &str) -> Result<Response> {
         let s = match self.find_snapshot(table, n)? {
             Ok(s) => s,
