@@ -739,3 +739,107 @@ async fn the_status_page_shows_dead_letters_and_replay_delivers_them() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writers_files_are_the_catalogs_events_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("events.toml");
+    std::fs::write(&config_path, config()).unwrap();
+    let data = dir.path().join("data");
+    let c = client();
+    let server = ChildServer::start(&data, &["--config", config_path.to_str().unwrap()]);
+    // Two rounds, two flushes: at least two files, so two snapshots.
+    let mut published = Vec::new();
+    publish_orders(&c, &server, 0..3, &mut published).await;
+    archive_after_flush(&c, &server, &data).await;
+    publish_orders(&c, &server, 3..7, &mut published).await;
+    let archived = archive_after_flush(&c, &server, &data).await;
+    let ids: Vec<&str> = archived.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, published);
+
+    let catalog = get(&c, server.url("/catalog/shop")).await;
+    let tables = catalog["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 1, "{catalog}");
+    assert_eq!(
+        (tables[0]["name"].as_str(), tables[0]["rows"].as_i64()),
+        (Some(".events"), Some(7)),
+        "{catalog}"
+    );
+    // The snapshots are exactly the files in the bucket, in the order they were written.
+    let table = get(&c, server.url("/catalog/shop/.events")).await;
+    let snapshots = table["snapshots"].as_array().unwrap();
+    let listed: Vec<&str> = snapshots
+        .iter()
+        .map(|s| s["file"].as_str().unwrap())
+        .collect();
+    let bucket = data.join("buckets/events");
+    let mut files = Vec::new();
+    let mut dirs = vec![bucket.join("shop")];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let key = path.strip_prefix(&bucket).unwrap().to_str().unwrap();
+                files.push(key.to_string());
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    assert_eq!(listed, files, "{table}");
+    assert_eq!((snapshots[0]["firstSeq"].as_i64()), Some(1), "{table}");
+    assert_eq!(table["lastSeq"].as_i64(), Some(7), "{table}");
+    // The rows as of the last snapshot are exactly the published events, by id.
+    let last = table["currentSnapshotId"].as_i64().unwrap();
+    let rows = get(
+        &c,
+        server.url(&format!("/catalog/shop/.events/snapshots/{last}/rows")),
+    )
+    .await;
+    let mut got: Vec<Value> = rows["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{rows}"))
+        .iter()
+        .map(|r| {
+            assert_eq!(r["id"], r["doc"]["id"], "{r}");
+            r["doc"].clone()
+        })
+        .collect();
+    got.sort_by_key(|e| e["sequence"].as_i64().unwrap());
+    assert_eq!(got, archived, "the rows are the events as archived");
+    for (n, e) in got.iter().enumerate() {
+        assert_eq!(
+            (
+                e["id"].as_str(),
+                e["type"].as_str(),
+                e["data"]["n"].as_i64(),
+                e["namespace"].as_str()
+            ),
+            (
+                Some(published[n].as_str()),
+                Some("order.created"),
+                Some(n as i64),
+                Some("shop")
+            )
+        );
+    }
+    let schema = get(
+        &c,
+        server.url(&format!("/catalog/shop/.events/snapshots/{last}")),
+    )
+    .await;
+    let mut fields: Vec<&str> = schema["schema"]["fields"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{schema}"))
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["data", "id", "namespace", "sequence", "timestamp", "type"]
+    );
+    server.terminate();
+}

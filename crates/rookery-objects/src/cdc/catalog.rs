@@ -11,6 +11,18 @@
 //! does not continue the table (a sequence range that does not start right after the table's
 //! last, counts that do not add up) is refused as a bad request.
 //!
+//! **The events table.** Besides one table per collection, a namespace has the table
+//! [`EVENTS_TABLE`] (`.events`): each file the namespace's
+//! [`EventWriter`](crate::event_writer::EventWriter) writes is committed to it, and its rows
+//! are the archived events, by event id. Its name starts with `.`, which
+//! [`check_name`] refuses, so no collection can take it. Two rules differ from a collection's
+//! ([`TableKind`]), because a writer archives only the events published while it was bound
+//! and takes a late event (an append overtaken by a later one) into a later file: the first
+//! snapshot may start at any sequence, and a snapshot holds inserts only, at most one per
+//! sequence of its range (sequences never archived are in no file). Ranges still leave no
+//! hole: each snapshot starts at most right after the table's last sequence, and a late
+//! event's file may overlap earlier ones (the writer never writes an event twice).
+//!
 //! The tables, in the object's SQLite database:
 //!
 //! | table | holds |
@@ -22,6 +34,8 @@
 use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::CATALOG_BINDING;
+use super::delta;
 use super::names::check_name;
 use super::schema::{FieldTypes, Fields};
 use super::settings::Settings;
@@ -65,15 +79,50 @@ CREATE TABLE IF NOT EXISTS cat_snapshots (
 CREATE UNIQUE INDEX IF NOT EXISTS cat_snapshots_file ON cat_snapshots (tbl, file);
 ";
 
+/// The table of a namespace's archived events, the event writer's files. No collection can
+/// take the name: [`check_name`] refuses a leading `.`.
+pub const EVENTS_TABLE: &str = ".events";
+
+/// What a table's files are and how its snapshots follow each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// A CDC collection's delta files (in `CDC_BUCKET`): every change of the collection, in
+    /// ranges from 1 without gaps or overlaps.
+    Collection,
+    /// The event writer's files (in `EVENTS_BUCKET`), [`EVENTS_TABLE`]: inserts only, from any
+    /// sequence, ranges without holes.
+    Events,
+}
+
+impl TableKind {
+    /// The kind of table `name`: one name is the events table, every other a collection.
+    pub fn of(name: &str) -> Self {
+        if name == EVENTS_TABLE {
+            Self::Events
+        } else {
+            Self::Collection
+        }
+    }
+
+    /// The binding of the bucket the table's files are in.
+    pub fn bucket(self) -> &'static str {
+        match self {
+            Self::Collection => delta::BUCKET_BINDING,
+            Self::Events => crate::event_writer::BUCKET_BINDING,
+        }
+    }
+}
+
 /// A delta file to record as a table's next snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeltaCommit {
-    /// The table (the collection).
+    /// The table (the collection, or [`EVENTS_TABLE`]).
     pub table: String,
     /// The file's key in the bucket.
     pub file: String,
-    /// The sequence number of its first change: one more than the table's last.
+    /// The sequence number of its first change: one more than the table's last (for the events
+    /// table, at most that; see [`TableKind`]).
     pub first_seq: i64,
     /// The sequence number of its last change.
     pub last_seq: i64,
@@ -236,7 +285,10 @@ impl Catalog {
     /// [`TableCatalog::commit_delta`].
     fn commit(&mut self, c: DeltaCommit) -> Result<Snapshot> {
         self.ensure_schema()?;
-        check_name(&c.table).map_err(|e| Error::bad_request(format!("table: {e}")))?;
+        let kind = TableKind::of(&c.table);
+        if kind == TableKind::Collection {
+            check_name(&c.table).map_err(|e| Error::bad_request(format!("table: {e}")))?;
+        }
         if c.file.is_empty() || c.first_seq < 1 || c.last_seq < c.first_seq {
             return Err(Error::bad_request(
                 "a delta needs a file and a sequence range first_seq <= last_seq from 1",
@@ -246,11 +298,22 @@ impl Catalog {
         if c.inserts < 0 || c.updates < 0 || c.deletes < 0 {
             return Err(Error::bad_request("negative change counts"));
         }
-        if c.inserts + c.updates + c.deletes != changes {
-            return Err(Error::bad_request(format!(
-                "the delta's {changes} changes are not its inserts, updates and deletes ({} + {} + {})",
-                c.inserts, c.updates, c.deletes
-            )));
+        match kind {
+            TableKind::Collection if c.inserts + c.updates + c.deletes != changes => {
+                return Err(Error::bad_request(format!(
+                    "the delta's {changes} changes are not its inserts, updates and deletes ({} + {} + {})",
+                    c.inserts, c.updates, c.deletes
+                )));
+            }
+            TableKind::Events
+                if c.updates != 0 || c.deletes != 0 || !(1..=changes).contains(&c.inserts) =>
+            {
+                return Err(Error::bad_request(format!(
+                    "a file of {} holds inserts only, from 1 to one per sequence of its range ({changes})",
+                    c.table
+                )));
+            }
+            _ => {}
         }
         let sql = self.state.storage().sql();
         let known = sql.exec(
@@ -273,12 +336,21 @@ impl Catalog {
             Some(t) => (t.snapshot, t.schema_version, t.last_seq, t.rows),
             None => (0, 0, 0, 0),
         };
-        if c.first_seq != last_seq + 1 {
+        let continues = match (kind, &current) {
+            (TableKind::Collection, _) => c.first_seq == last_seq + 1,
+            // The writer's first file starts wherever archiving started.
+            (TableKind::Events, None) => true,
+            // A late event's file may overlap earlier ones; a hole would hide a lost file.
+            (TableKind::Events, Some(_)) => c.first_seq <= last_seq + 1,
+        };
+        if !continues {
             return Err(Error::bad_request(format!(
                 "table {} ends at change {last_seq}; a delta from {} does not continue it",
                 c.table, c.first_seq
             )));
         }
+        // An events table's overlapping file does not move its end back.
+        let table_last = last_seq.max(c.last_seq);
         let rows = rows + c.inserts - c.deletes;
         if rows < 0 {
             return Err(Error::bad_request(format!(
@@ -358,7 +430,7 @@ impl Catalog {
                 now.into(),
                 id.into(),
                 version.into(),
-                c.last_seq.into(),
+                table_last.into(),
                 rows.into(),
                 now.into(),
             ],
@@ -366,6 +438,26 @@ impl Catalog {
         tracing::debug!(namespace = %self.namespace(), table = %c.table, snapshot = id, file = %snapshot.file, "Catalog: committed a delta");
         Ok(snapshot)
     }
+}
+
+/// Commits a written file to `namespace`'s catalog (binding [`CATALOG_BINDING`]): the step
+/// after the write that the CDC processor and the event writer share. `Err` says why it
+/// failed, as the committer's `lastError` shows it.
+pub(crate) async fn commit_file(
+    env: &Env,
+    namespace: &str,
+    commit: DeltaCommit,
+) -> Result<Snapshot, String> {
+    let catalog = env
+        .namespace(CATALOG_BINDING)
+        .map_err(|e| e.to_string())?
+        .typed::<TableCatalogStub>()
+        .get_by_name(namespace);
+    let file = commit.file.clone();
+    catalog
+        .commit_delta(commit)
+        .await
+        .map_err(|e| format!("committing {file} to the catalog: {e}"))
 }
 
 impl TableCatalog for Catalog {

@@ -9,6 +9,7 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use rookery::prelude::*;
+use serde::de::DeserializeOwned;
 
 use super::change::Change;
 
@@ -35,16 +36,21 @@ pub fn encode(changes: &[Change]) -> Result<Vec<u8>> {
 
 /// The changes in a file's bytes.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Change>> {
+    decode_lines(bytes)
+}
+
+/// Each line of a gzip NDJSON file (a delta file, or an event writer's file) as a `T`.
+pub fn decode_lines<T: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>> {
     let mut text = Vec::new();
     GzDecoder::new(bytes)
         .read_to_end(&mut text)
-        .map_err(|e| Error::msg(format!("a delta file is not gzip: {e}")))?;
+        .map_err(|e| Error::msg(format!("a file is not gzip: {e}")))?;
     text.split(|b| *b == b'\n')
         .filter(|line| !line.is_empty())
         .enumerate()
         .map(|(n, line)| {
             serde_json::from_slice(line)
-                .map_err(|e| Error::msg(format!("line {} of a delta file: {e}", n + 1)))
+                .map_err(|e| Error::msg(format!("line {} of a file: {e}", n + 1)))
         })
         .collect()
 }

@@ -5,7 +5,8 @@
 //!   applies `insert`/`update`/`delete` changes to the current documents, keeps them pending,
 //!   and writes them as delta files to the bucket on a schedule.
 //! - `catalog`: [`Catalog`], one object per namespace: each delta file becomes a snapshot of its
-//!   table, with the table's schema versions; the typed service [`TableCatalog`].
+//!   table, with the table's schema versions; the typed service [`TableCatalog`]. The event
+//!   writer's files become snapshots of one more table, [`EVENTS_TABLE`].
 //! - `catalog_http`: the catalog's reads, and "the table as of snapshot N" replayed from the
 //!   delta files.
 //! - `change`: a change as posted and as a line of a delta file; `delta`: the files' names and
@@ -29,10 +30,14 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
-pub use catalog::{Catalog, DeltaCommit, Snapshot, TableCatalog, TableCatalogStub};
+pub(crate) use catalog::commit_file;
+pub use catalog::{
+    Catalog, DeltaCommit, EVENTS_TABLE, Snapshot, TableCatalog, TableCatalogStub, TableKind,
+};
 pub use change::{Change, MAX_ID_BYTES, Op};
 pub use delta::BUCKET_BINDING;
 pub use processor::{CdcProcessor, CdcStatus, Delta, FILES_PER_FLUSH};
+pub(crate) use schema::Observed;
 pub use schema::{Field, FieldTypes, MAX_FIELDS, TypeSet};
 
 /// The binding the processors reach the catalog by.

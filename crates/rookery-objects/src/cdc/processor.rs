@@ -28,8 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::CATALOG_BINDING;
-use super::catalog::{DeltaCommit, Snapshot, TableCatalogStub};
+use super::catalog::{DeltaCommit, Snapshot, commit_file};
 use super::change::{self, Change, Op};
 use super::delta::{self, BUCKET_BINDING};
 use super::names::split_processor_name;
@@ -505,17 +504,7 @@ impl CdcProcessor {
             .put(&commit.file, bytes)
             .await
             .map_err(|e| format!("writing {}: {e}", commit.file))?;
-        let catalog = self
-            .env
-            .namespace(CATALOG_BINDING)
-            .map_err(|e| e.to_string())?
-            .typed::<TableCatalogStub>()
-            .get_by_name(namespace);
-        let file = commit.file.clone();
-        catalog
-            .commit_delta(commit)
-            .await
-            .map_err(|e| format!("committing {file} to the catalog: {e}"))
+        commit_file(&self.env, namespace, commit).await
     }
 }
 

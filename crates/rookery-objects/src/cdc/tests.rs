@@ -675,3 +675,88 @@ async fn changes_beyond_the_pending_bound_are_refused_until_a_flush() {
     assert_eq!(f.flush().await.0, 200);
     f.ok("insert", "c", json!({})).await;
 }
+
+#[tokio::test]
+async fn the_events_table_starts_anywhere_takes_inserts_only_and_leaves_no_hole() {
+    let f = fixture("evcat", &[]);
+    let catalog =
+        f.h.runtime()
+            .namespace(CATALOG_BINDING)
+            .unwrap()
+            .typed::<TableCatalogStub>()
+            .get_by_name("evcat");
+    let commit = |table: &str, file: &str, first: i64, last: i64, inserts: i64| DeltaCommit {
+        table: table.into(),
+        file: file.into(),
+        first_seq: first,
+        last_seq: last,
+        inserts,
+        updates: 0,
+        deletes: 0,
+        fields: vec![],
+    };
+    let refused = |c: DeltaCommit| {
+        let catalog = catalog.clone();
+        async move {
+            match catalog.commit_delta(c.clone()).await {
+                Err(CallError::Object(Error::BadRequest(_))) => {}
+                other => panic!("{c:?}: {other:?}"),
+            }
+        }
+    };
+    // A collection's first snapshot still starts at 1, and no collection is called .events.
+    refused(commit(COLL, "c1", 5, 6, 2)).await;
+    assert!(names::split_processor_name("evcat/.events").is_err());
+    // The events table starts wherever archiving started; a sequence may be in no file.
+    let one = catalog
+        .commit_delta(commit(EVENTS_TABLE, "e1", 5, 9, 4))
+        .await
+        .unwrap();
+    assert_eq!((one.snapshot_id, one.rows, one.first_seq), (1, 4, 5));
+    for bad in [
+        // A hole after 9.
+        commit(EVENTS_TABLE, "e2", 11, 12, 2),
+        // More events than sequences, or none.
+        commit(EVENTS_TABLE, "e2", 10, 11, 3),
+        commit(EVENTS_TABLE, "e2", 10, 11, 0),
+        // Events are inserted, never updated or deleted.
+        DeltaCommit {
+            inserts: 1,
+            updates: 1,
+            ..commit(EVENTS_TABLE, "e2", 10, 11, 1)
+        },
+        // A known file with another range.
+        commit(EVENTS_TABLE, "e1", 5, 10, 4),
+    ] {
+        refused(bad).await;
+    }
+    // A late event's file may overlap; the table's end stays.
+    let late = catalog
+        .commit_delta(commit(EVENTS_TABLE, "e2", 7, 7, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (late.snapshot_id, late.parent_id, late.rows),
+        (2, Some(1), 5)
+    );
+    refused(commit(EVENTS_TABLE, "e3", 11, 11, 1)).await;
+    let next = catalog
+        .commit_delta(commit(EVENTS_TABLE, "e3", 10, 11, 2))
+        .await
+        .unwrap();
+    assert_eq!((next.snapshot_id, next.rows), (3, 7));
+    let (status, meta) = f.catalog(&format!("/catalog/{EVENTS_TABLE}")).await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(
+        (meta["lastSeq"].as_i64(), meta["rows"].as_i64()),
+        (Some(11), Some(7))
+    );
+    assert_eq!(
+        catalog
+            .commit_delta(commit(EVENTS_TABLE, "e1", 5, 9, 4))
+            .await
+            .unwrap(),
+        one,
+        "idempotent by file"
+    );
+}

@@ -1,4 +1,5 @@
-//! One flush: plan a batch (durably), write its file, drop it from the buffer.
+//! One flush: plan a batch (durably), write its file, commit it to the catalog, drop it from
+//! the buffer.
 
 use std::io::Write;
 
@@ -6,8 +7,10 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use rookery::prelude::*;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{BUCKET_BINDING, EventWriter, LastFlush, Meta, Plan};
+use crate::cdc::{DeltaCommit, EVENTS_TABLE, Observed, Snapshot, commit_file};
 
 /// Longest delay between retries of a failed flush.
 const RETRY_CAP_MS: i64 = 300_000;
@@ -94,6 +97,8 @@ impl EventWriter {
             first,
             last,
             events,
+            from: meta.cataloged.map(|c| c.saturating_add(1).min(first)),
+            written: None,
         };
         meta.plan = Some(plan.clone());
         self.put_meta(meta)?;
@@ -103,11 +108,12 @@ impl EventWriter {
         Ok(Some(plan))
     }
 
-    /// Writes the next batch. `None`: nothing buffered; `Some(Err)`: the write failed (the
-    /// buffer is kept, the error recorded, a retry set).
+    /// Writes the next batch and commits it to the catalog. `None`: nothing buffered;
+    /// `Some(Err)`: the write or the commit failed (the buffer is kept, the error recorded, a
+    /// retry set).
     pub(super) async fn flush_one(&mut self) -> Result<Option<Result<Plan, String>>> {
         let mut meta = self.meta()?;
-        let Some(plan) = self.plan(&mut meta).await? else {
+        let Some(mut plan) = self.plan(&mut meta).await? else {
             return Ok(None);
         };
         let cursor = self.state.storage().sql().exec(
@@ -118,45 +124,98 @@ impl EventWriter {
             .rows()
             .map(|row| row.get::<String>("body"))
             .collect::<Result<Vec<_>>>()?;
-        let gz = gzip_ndjson(&lines)?;
-        let size = u64::try_from(gz.len()).unwrap_or(u64::MAX);
-        let written = match self.env.bucket(BUCKET_BINDING) {
-            Ok(bucket) => bucket.put(&plan.file, gz).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let size = match plan.written {
+            Some(size) => size,
+            None => {
+                let gz = gzip_ndjson(&lines)?;
+                let size = u64::try_from(gz.len()).unwrap_or(u64::MAX);
+                let written = match self.env.bucket(BUCKET_BINDING) {
+                    Ok(bucket) => bucket.put(&plan.file, gz).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = written {
+                    return self.failed(meta, &plan, e);
+                }
+                size
+            }
         };
-        let now = self.state.now_ms();
-        match written {
-            Ok(()) => {
-                self.state.storage().sql().exec(
-                    "DELETE FROM ew_buffer WHERE batch = ?",
-                    &[plan.batch.into()],
-                )?;
-                meta.plan = None;
-                meta.files_written += 1;
-                meta.events_written += u64::try_from(lines.len()).unwrap_or(0);
-                meta.last_flush = Some(LastFlush {
-                    file: plan.file.clone(),
-                    first: plan.first,
-                    last: plan.last,
-                    events: plan.events,
-                    bytes: size,
-                    at: now,
-                });
-                meta.last_error = None;
-                meta.failures = 0;
-                meta.retry_at = None;
-                self.put_meta(&meta)?;
-                Ok(Some(Ok(plan)))
-            }
+        plan.written = Some(size);
+        let snapshot = match self.commit(&plan, &lines).await {
+            Ok(snapshot) => snapshot,
             Err(e) => {
-                tracing::warn!(file = %plan.file, error = %e, "EventWriter: a flush failed; the buffer is kept");
-                meta.failures = meta.failures.saturating_add(1);
-                meta.last_error = Some(e.clone());
-                meta.retry_at = Some(now.saturating_add(backoff_ms(meta.failures)));
-                self.put_meta(&meta)?;
-                Ok(Some(Err(e)))
+                // Kept with the failure: the retry commits the file without writing it again.
+                meta.plan = Some(plan.clone());
+                return self.failed(meta, &plan, e);
             }
+        };
+        self.state.storage().sql().exec(
+            "DELETE FROM ew_buffer WHERE batch = ?",
+            &[plan.batch.into()],
+        )?;
+        if let Some(s) = &snapshot {
+            meta.cataloged = Some(meta.cataloged.unwrap_or(0).max(s.last_seq));
         }
+        meta.plan = None;
+        meta.files_written += 1;
+        meta.events_written += u64::try_from(lines.len()).unwrap_or(0);
+        meta.last_flush = Some(LastFlush {
+            file: plan.file.clone(),
+            first: plan.first,
+            last: plan.last,
+            events: plan.events,
+            bytes: size,
+            at: self.state.now_ms(),
+            snapshot_id: snapshot.map(|s| s.snapshot_id),
+        });
+        meta.last_error = None;
+        meta.failures = 0;
+        meta.retry_at = None;
+        self.put_meta(&meta)?;
+        Ok(Some(Ok(plan)))
+    }
+
+    /// Records a failed write or commit of `plan`'s file and when to try again.
+    fn failed(
+        &self,
+        mut meta: Meta,
+        plan: &Plan,
+        error: String,
+    ) -> Result<Option<Result<Plan, String>>> {
+        tracing::warn!(file = %plan.file, %error, "EventWriter: a flush failed; the buffer is kept");
+        meta.failures = meta.failures.saturating_add(1);
+        meta.last_error = Some(error.clone());
+        meta.retry_at = Some(
+            self.state
+                .now_ms()
+                .saturating_add(backoff_ms(meta.failures)),
+        );
+        self.put_meta(&meta)?;
+        Ok(Some(Err(error)))
+    }
+
+    /// Commits the written file of `plan`, holding `lines`, as the next snapshot of the
+    /// catalog's events table; `None` when no catalog is bound.
+    async fn commit(&self, plan: &Plan, lines: &[String]) -> Result<Option<Snapshot>, String> {
+        if !self.cataloging {
+            return Ok(None);
+        }
+        let mut observed = Observed::default();
+        for line in lines {
+            let event: &RawValue = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            observed.add(event).map_err(|e| e.to_string())?;
+        }
+        let commit = DeltaCommit {
+            table: EVENTS_TABLE.to_string(),
+            file: plan.file.clone(),
+            first_seq: plan.from.unwrap_or(plan.first),
+            last_seq: plan.last,
+            inserts: i64::try_from(lines.len()).map_err(|e| e.to_string())?,
+            updates: 0,
+            deletes: 0,
+            fields: observed.into_fields(),
+        };
+        let namespace = self.namespace().map_err(|e| e.to_string())?;
+        commit_file(&self.env, &namespace, commit).await.map(Some)
     }
 }
 

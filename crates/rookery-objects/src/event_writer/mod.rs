@@ -20,10 +20,15 @@
 //!   10 000, from when the oldest buffered event was received), by alarm; or when asked
 //!   ([`EventSink::flush`], `POST /writer/flush`). A flush first marks its events as one batch
 //!   with its file name and makes that durable (`storage.sync()`), then writes the file, then
-//!   drops the batch from the buffer. If the turn fails after the file was written, the next
-//!   flush writes the same batch under the same name again: same name, same content. A failed
-//!   write (bucket error) keeps the buffer and the batch, records the error and retries by
-//!   alarm after 1 s, doubling to 5 min; appends meanwhile only buffer.
+//!   commits it to the namespace's catalog (binding `CATALOG`, when bound) as the next snapshot
+//!   of its table [`EVENTS_TABLE`](crate::cdc::EVENTS_TABLE), then drops the batch from the
+//!   buffer: the order of the CDC processor's flush (`cdc/processor.rs`), and the same commit
+//!   call. If the turn fails after the file was written, the next flush writes the same batch
+//!   under the same name again: same name, same content, and a commit the catalog already has
+//!   answers the snapshot it made, so no written file stays unknown to the catalog and none is
+//!   in it twice. A failed write or commit keeps the buffer and the batch, records the error
+//!   and retries by alarm after 1 s, doubling to 5 min; appends meanwhile only buffer. After a
+//!   failed commit the plan remembers that its file is written, so the retry only commits.
 //! - **Status**: [`EventSink::status`], `GET /writer`. Appends have no HTTP form (see
 //!   `fetch`).
 
@@ -103,6 +108,9 @@ pub struct LastFlush {
     pub bytes: u64,
     /// When it was written, ms since the epoch.
     pub at: i64,
+    /// The catalog snapshot it became (none while no catalog is bound).
+    #[serde(default)]
+    pub snapshot_id: Option<i64>,
 }
 
 /// The writer's figures.
@@ -158,6 +166,14 @@ struct Plan {
     first: i64,
     last: i64,
     events: u64,
+    /// The first sequence its catalog snapshot accounts for: `first`, or less when sequences
+    /// after the last committed file were never archived (a snapshot may not leave a hole).
+    /// Fixed with the plan, so a retried commit is the same commit.
+    #[serde(default)]
+    from: Option<i64>,
+    /// The file's compressed size once it is written: a retry then only commits it.
+    #[serde(default)]
+    written: Option<u64>,
 }
 
 /// The key-value record of counters.
@@ -175,6 +191,9 @@ struct Meta {
     retry_at: Option<i64>,
     plan: Option<Plan>,
     next_batch: i64,
+    /// The highest sequence the catalog's events table accounts for, from its last answer.
+    #[serde(default)]
+    cataloged: Option<i64>,
 }
 
 /// One namespace's event writer.
@@ -182,6 +201,8 @@ pub struct EventWriter {
     state: ObjectState,
     env: Env,
     settings: WriterSettings,
+    /// Whether a catalog is bound (`CATALOG`): files are committed to it only then.
+    cataloging: bool,
     /// The class's SQL tables, made once per instance.
     tables: Tables,
 }
@@ -398,10 +419,12 @@ impl EventSink for EventWriter {
 impl DurableObject for EventWriter {
     fn new(state: ObjectState, env: Env) -> Self {
         let settings = WriterSettings::from_env(&env);
+        let cataloging = env.namespace(crate::cdc::CATALOG_BINDING).is_ok();
         Self {
             state,
             env,
             settings,
+            cataloging,
             tables: Tables::default(),
         }
     }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use flate2::read::GzDecoder;
 use rookery::testing::TestHarness;
-use rookery::{Buckets, Clock, ManualClock, Runtime, SystemClock, Vars};
+use rookery::{Buckets, Clock, ManualClock, Migration, Runtime, SystemClock, Vars};
 use serde_json::{Value, json};
 
 use super::*;
+use crate::cdc::{CATALOG_BINDING, Catalog, DeltaCommit, EVENTS_TABLE, TableCatalogStub};
 
 const NS: &str = "shop";
 
@@ -22,6 +23,11 @@ struct Fixture {
 }
 
 fn fixture(vars: &[(&str, &str)]) -> Fixture {
+    fixture_with(vars, false)
+}
+
+/// [`fixture`], with a `Catalog` bound as `CATALOG` when `catalog`.
+fn fixture_with(vars: &[(&str, &str)], catalog: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let bucket_dir = dir.path().join("buckets/events");
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
@@ -31,10 +37,20 @@ fn fixture(vars: &[(&str, &str)]) -> Fixture {
     }
     let mut buckets = Buckets::new();
     buckets.bind(BUCKET_BINDING, "events", &bucket_dir);
-    let builder = Runtime::builder_in_memory()
+    let mut builder = Runtime::builder_in_memory()
         .clock(clock.clone())
         .vars(v)
         .buckets(buckets);
+    if catalog {
+        builder = builder
+            .class::<Catalog>("Catalog")
+            .binding(CATALOG_BINDING, "Catalog")
+            .migration(Migration {
+                tag: "catalog".into(),
+                new_classes: vec!["Catalog".into()],
+                ..Migration::default()
+            });
+    }
     Fixture {
         h: TestHarness::from_builder::<EventWriter>(builder).unwrap(),
         clock,
@@ -84,6 +100,58 @@ impl Fixture {
         collect(&self.bucket_dir, &self.bucket_dir, &mut out);
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    fn catalog_stub(&self) -> TableCatalogStub {
+        self.h
+            .runtime()
+            .namespace(CATALOG_BINDING)
+            .unwrap()
+            .typed::<TableCatalogStub>()
+            .get_by_name(NS)
+    }
+
+    /// The catalog's answer to `GET path`.
+    async fn catalog(&self, path: &str) -> (u16, Value) {
+        let ns = self.h.runtime().namespace(CATALOG_BINDING).unwrap();
+        let r = ns
+            .get_by_name(NS)
+            .fetch(Request::get(path).unwrap())
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json_body().unwrap())
+    }
+
+    /// The events table's snapshots as `(file, firstSeq, lastSeq, inserts)`.
+    async fn snapshots(&self) -> Vec<(String, i64, i64, i64)> {
+        let (status, meta) = self.catalog(&format!("/catalog/{EVENTS_TABLE}")).await;
+        assert_eq!(status, 200, "{meta}");
+        meta["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["file"].as_str().unwrap().to_string(),
+                    s["firstSeq"].as_i64().unwrap(),
+                    s["lastSeq"].as_i64().unwrap(),
+                    s["inserts"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The events table's rows as of snapshot `n`: event id → event.
+    async fn rows(&self, n: i64) -> serde_json::Map<String, Value> {
+        let (status, r) = self
+            .catalog(&format!("/catalog/{EVENTS_TABLE}/snapshots/{n}/rows"))
+            .await;
+        assert_eq!(status, 200, "{r}");
+        let rows = r["rows"].as_array().unwrap();
+        assert_eq!(r["count"].as_u64(), Some(rows.len() as u64), "{r}");
+        rows.iter()
+            .map(|row| (row["id"].as_str().unwrap().to_string(), row["doc"].clone()))
+            .collect()
     }
 
     /// The sequences of every event in every file, in key order.
@@ -348,4 +416,181 @@ async fn an_append_overtaken_by_a_later_one_is_still_written() {
         names[1].ends_with("000000000003-000000000003.ndjson.gz"),
         "{names:?}"
     );
+}
+
+/// `events` (made by [`event`]) by id, as the catalog's rows answer them.
+fn by_id(events: impl IntoIterator<Item = Value>) -> serde_json::Map<String, Value> {
+    events
+        .into_iter()
+        .map(|e| (e["id"].as_str().unwrap().to_string(), e))
+        .collect()
+}
+
+#[tokio::test]
+async fn written_files_become_snapshots_of_the_events_table_from_any_sequence() {
+    let f = fixture_with(&[("EVENTS_WRITER_MAX_EVENTS", "3")], true);
+    let ts = f.clock.now_ms();
+    // Archiving started at 5: the events before were published before a writer was bound.
+    let a = f.append(5..=9).await;
+    assert_eq!(a.files_written, 1);
+    let flushed = f.sink().flush().await.unwrap();
+    assert_eq!((flushed.files, flushed.error), (1, None));
+    let files: Vec<String> = f.files().into_iter().map(|(k, _)| k).collect();
+    let date = utc_date(ts);
+    assert_eq!(
+        files,
+        [
+            format!("shop/{date}/000000000005-000000000007.ndjson.gz"),
+            format!("shop/{date}/000000000008-000000000009.ndjson.gz"),
+        ]
+    );
+    assert_eq!(
+        f.snapshots().await,
+        [(files[0].clone(), 5, 7, 3), (files[1].clone(), 8, 9, 2)]
+    );
+    let s = f.status().await;
+    assert_eq!(s.last_flush.unwrap().snapshot_id, Some(2));
+    assert_eq!((s.files_written, s.failures), (2, 0));
+    // The rows are the events, by id, as appended; the schema is their shape.
+    assert_eq!(f.rows(2).await, by_id((5..=9).map(|n| event(n, ts))));
+    assert_eq!(f.rows(1).await, by_id((5..=7).map(|n| event(n, ts))));
+    let (_, snapshot) = f
+        .catalog(&format!("/catalog/{EVENTS_TABLE}/snapshots/2"))
+        .await;
+    let mut fields: Vec<(&str, &str)> = snapshot["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["type"].as_str().unwrap()))
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            ("data", "object"),
+            ("id", "string"),
+            ("namespace", "string"),
+            ("sequence", "number"),
+            ("timestamp", "number"),
+            ("type", "string"),
+        ]
+    );
+    let (_, tables) = f.catalog("/catalog").await;
+    assert_eq!(tables["tables"][0]["name"], EVENTS_TABLE, "{tables}");
+    assert_eq!(tables["tables"][0]["rows"], 5, "{tables}");
+}
+
+#[tokio::test]
+async fn sequences_never_archived_and_late_events_leave_no_hole() {
+    let f = fixture_with(&[], true);
+    let ts = f.clock.now_ms();
+    f.append(1..=2).await;
+    f.sink().flush().await.unwrap();
+    // 3 and 4 are late (overtaken by 5 and 6): the next snapshot accounts for 3..=6 with two
+    // events, and the file of 3 and 4, when they come, overlaps it.
+    f.append(5..=6).await;
+    f.sink().flush().await.unwrap();
+    f.append(3..=4).await;
+    f.sink().flush().await.unwrap();
+    let snapshots = f.snapshots().await;
+    let ranges: Vec<_> = snapshots.iter().map(|s| (s.1, s.2, s.3)).collect();
+    assert_eq!(ranges, [(1, 2, 2), (3, 6, 2), (3, 4, 2)]);
+    assert_eq!(f.written(), [1, 2, 3, 4, 5, 6], "in key order, once each");
+    assert_eq!(f.rows(3).await, by_id((1..=6).map(|n| event(n, ts))));
+    let (_, meta) = f.catalog(&format!("/catalog/{EVENTS_TABLE}")).await;
+    assert_eq!(
+        (meta["lastSeq"].as_i64(), meta["rows"].as_i64()),
+        (Some(6), Some(6))
+    );
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_retried_without_writing_the_file_again() {
+    let f = fixture_with(&[], true);
+    let ts = f.clock.now_ms();
+    // The events table ends at 1, and nothing archives 2..=4: the writer's file from 5 would
+    // leave a hole, so the catalog refuses it.
+    let commit = |file: &str, first: i64, last: i64, inserts: i64| DeltaCommit {
+        table: EVENTS_TABLE.into(),
+        file: file.into(),
+        first_seq: first,
+        last_seq: last,
+        inserts,
+        updates: 0,
+        deletes: 0,
+        fields: vec![],
+    };
+    f.catalog_stub()
+        .commit_delta(commit("elsewhere/1", 1, 1, 1))
+        .await
+        .unwrap();
+    f.append(5..=6).await;
+    let now = f.clock.now_ms();
+    let flushed = f.sink().flush().await.unwrap();
+    let error = flushed.error.unwrap();
+    assert!(error.contains("to the catalog"), "{error}");
+    assert_eq!((flushed.files, flushed.remaining), (0, 2));
+    let s = f.status().await;
+    assert_eq!((s.failures, s.buffered_events, s.files_written), (1, 2, 0));
+    assert_eq!(s.last_error.as_deref(), Some(error.as_str()));
+    assert_eq!(s.next_retry_at, Some(now + 1_000));
+    assert_eq!(f.alarm().await, Some(now + 1_000));
+    let file = file_name(NS, ts, 5, 6);
+    let inode = |key: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(f.bucket_dir.join(key)).unwrap().ino()
+    };
+    let first_inode = inode(&file);
+    // Still refused: the backoff doubles, the file is not written again.
+    f.clock.advance(1_000);
+    f.h.fire_alarm(NS).await.unwrap();
+    assert_eq!(f.status().await.failures, 2);
+    assert_eq!(f.alarm().await, Some(now + 1_000 + 2_000));
+    // Once the catalog can take it, the retry commits the file as it was written.
+    f.catalog_stub()
+        .commit_delta(commit("elsewhere/2", 2, 4, 1))
+        .await
+        .unwrap();
+    f.clock.advance(2_000);
+    f.h.fire_alarm(NS).await.unwrap();
+    assert_eq!(inode(&file), first_inode, "the file was written once");
+    assert_eq!(f.files().len(), 1);
+    let snapshots = f.snapshots().await;
+    assert_eq!(snapshots.len(), 3);
+    assert_eq!(snapshots[2], (file.clone(), 5, 6, 2));
+    let s = f.status().await;
+    assert_eq!((s.failures, s.buffered_events, s.files_written), (0, 0, 1));
+    assert_eq!((s.last_error, s.next_retry_at), (None, None));
+    assert_eq!(s.last_flush.unwrap().snapshot_id, Some(3));
+    assert_eq!(f.alarm().await, None);
+}
+
+#[tokio::test]
+async fn a_file_the_catalog_already_has_is_committed_once() {
+    // As after a crash between the catalog's commit and the writer's: the catalog has the file
+    // the writer is about to write and commit again.
+    let f = fixture_with(&[], true);
+    let ts = f.clock.now_ms();
+    f.append(1..=2).await;
+    let file = file_name(NS, ts, 1, 2);
+    let before = f
+        .catalog_stub()
+        .commit_delta(DeltaCommit {
+            table: EVENTS_TABLE.into(),
+            file: file.clone(),
+            first_seq: 1,
+            last_seq: 2,
+            inserts: 2,
+            updates: 0,
+            deletes: 0,
+            fields: vec![],
+        })
+        .await
+        .unwrap();
+    let flushed = f.sink().flush().await.unwrap();
+    assert_eq!((flushed.files, flushed.error), (1, None));
+    assert_eq!(f.snapshots().await, [(file, 1, 2, 2)]);
+    let s = f.status().await;
+    assert_eq!(s.last_flush.unwrap().snapshot_id, Some(before.snapshot_id));
+    assert_eq!(f.rows(1).await, by_id((1..=2).map(|n| event(n, ts))));
 }
