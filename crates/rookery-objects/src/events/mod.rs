@@ -185,6 +185,8 @@ pub struct Subscriptions {
     heat: coordinator::Heat,
     /// Whether placements beyond `EVENTS_SHARDS` were sent home (see `coordinator`).
     fitted: bool,
+    /// Subscription patterns parsed, by their text (see `publish`).
+    patterns: std::collections::HashMap<String, pattern::Pattern>,
 }
 
 /// A JSON error answer naming the var that sets the bound it hit.
@@ -256,6 +258,7 @@ impl DurableObject for Subscriptions {
             archiving,
             heat: coordinator::Heat::default(),
             fitted: false,
+            patterns: std::collections::HashMap::new(),
         }
     }
 

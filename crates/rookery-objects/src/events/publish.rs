@@ -7,6 +7,8 @@
 //! same, as long as the id is remembered (`EVENTS_DEDUP_WINDOW_MS`, `EVENTS_DEDUP_MAX`); the
 //! same id with a different event is `409`, naming the field `id`.
 
+use std::collections::HashMap;
+
 use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -100,7 +102,7 @@ impl Subscriptions {
             }
         }
 
-        let targets = self.targets(&event_type)?;
+        let targets = targets(&self.state, &mut self.patterns, &event_type)?;
         if let Some(full) = targets
             .iter()
             .find(|t| t.pending >= self.settings.max_pending)
@@ -197,34 +199,6 @@ impl Subscriptions {
         })
     }
 
-    /// The subscriptions whose pattern matches `event_type`.
-    fn targets(&self, event_type: &str) -> Result<Vec<Target>> {
-        let cursor = self.state.storage().sql().exec(
-            "SELECT s.id, s.pattern, s.pending, pl.sub IS NOT NULL AS placed
-               FROM ev_subscriptions s LEFT JOIN ev_placement pl ON pl.sub = s.id
-              ORDER BY s.rowid",
-            &[],
-        )?;
-        let mut out = Vec::new();
-        for row in cursor.rows() {
-            let t = Target {
-                id: row.get("id")?,
-                pattern: row.get("pattern")?,
-                pending: row.get("pending")?,
-                placed: row.get::<i64>("placed")? != 0,
-            };
-            match Pattern::parse(&t.pattern) {
-                Ok(p) if p.matches(event_type) => out.push(t),
-                Ok(_) => {}
-                // Stored patterns were checked when created; a bad one matches nothing.
-                Err(e) => {
-                    tracing::warn!(subscription = %t.id, error = %e, "Subscriptions: a stored pattern does not parse")
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Forgets ids older than the window, and the oldest beyond the count bound, a few per
     /// publish so no publish pays for a long clean-up.
     fn forget_old_ids(&self, meta: &mut super::Meta, now: i64) -> Result<()> {
@@ -274,4 +248,54 @@ fn parse(req: &Request) -> Result<(String, Value, Option<String>), InputError> {
         None
     };
     Ok((event_type, data, id))
+}
+
+/// The subscriptions of the object whose pattern matches `event_type`, parsing each pattern
+/// once per instance (`patterns`).
+fn targets(
+    state: &ObjectState,
+    patterns: &mut HashMap<String, Pattern>,
+    event_type: &str,
+) -> Result<Vec<Target>> {
+    let cursor = state.storage().sql().exec(
+        "SELECT s.id, s.pattern, s.pending, pl.sub IS NOT NULL AS placed
+           FROM ev_subscriptions s LEFT JOIN ev_placement pl ON pl.sub = s.id
+          ORDER BY s.rowid",
+        &[],
+    )?;
+    // Parsed patterns are kept per instance: a publish matches every subscription's
+    // pattern, and parsing them all again each time was most of that work. The cache holds
+    // at most the namespace's subscriptions (patterns of deleted ones are dropped when it
+    // grows past twice that).
+    if patterns.len() > 2 * cursor.len().max(1) {
+        patterns.clear();
+    }
+    let mut out = Vec::new();
+    for row in cursor.rows() {
+        let t = Target {
+            id: row.get("id")?,
+            pattern: row.get("pattern")?,
+            pending: row.get("pending")?,
+            placed: row.get::<i64>("placed")? != 0,
+        };
+        if !patterns.contains_key(&t.pattern) {
+            match Pattern::parse(&t.pattern) {
+                Ok(p) => {
+                    patterns.insert(t.pattern.clone(), p);
+                }
+                // Stored patterns were checked when created; a bad one matches nothing.
+                Err(e) => {
+                    tracing::warn!(subscription = %t.id, error = %e, "Subscriptions: a stored pattern does not parse");
+                    continue;
+                }
+            }
+        }
+        if patterns
+            .get(&t.pattern)
+            .is_some_and(|p| p.matches(event_type))
+        {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
