@@ -38,6 +38,17 @@ fn config_with_rate_limit(limit: u32) -> String {
     text
 }
 
+/// Writes `text` as the configuration in `dir`: the data directory and the server's arguments.
+fn config_in(dir: &std::path::Path, text: &str) -> (std::path::PathBuf, Vec<String>) {
+    let config_path = dir.join("events.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let args = vec![
+        "--config".to_string(),
+        config_path.to_str().unwrap().to_string(),
+    ];
+    (dir.join("data"), args)
+}
+
 /// One webhook request the receiver acknowledged.
 #[derive(Debug, Clone)]
 struct Taken {
@@ -240,10 +251,8 @@ async fn events_published_to_several_patterns_reach_their_subscribers_in_order()
 async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
     let (hooks, addr) = start_hooks().await;
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("events.toml");
-    std::fs::write(&config_path, config()).unwrap();
-    let data = dir.path().join("data");
-    let args = ["--config", config_path.to_str().unwrap()];
+    let (data, args) = config_in(dir.path(), &config());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let c = client();
     let server = ChildServer::start(&data, &args);
     // The receiver takes five events, then fails until the server has been killed.
@@ -338,11 +347,9 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
 async fn a_kill_9_while_subscriptions_move_between_shards_loses_no_acknowledged_event() {
     let (hooks, addr) = start_hooks().await;
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("events.toml");
     let text = config().replace("EVENTS_SHARDS = 0", "EVENTS_SHARDS = 3");
-    std::fs::write(&config_path, text).unwrap();
-    let data = dir.path().join("data");
-    let args = ["--config", config_path.to_str().unwrap()];
+    let (data, args) = config_in(dir.path(), &text);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let c = client();
     let mut server = ChildServer::start(&data, &args);
     let mut subs = Vec::new();
@@ -743,11 +750,10 @@ async fn the_status_page_shows_dead_letters_and_replay_delivers_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writers_files_are_the_catalogs_events_table() {
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("events.toml");
-    std::fs::write(&config_path, config()).unwrap();
-    let data = dir.path().join("data");
+    let (data, args) = config_in(dir.path(), &config());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let c = client();
-    let server = ChildServer::start(&data, &["--config", config_path.to_str().unwrap()]);
+    let server = ChildServer::start(&data, &args);
     // Two rounds, two flushes: at least two files, so two snapshots.
     let mut published = Vec::new();
     publish_orders(&c, &server, 0..3, &mut published).await;

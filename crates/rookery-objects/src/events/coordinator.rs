@@ -406,12 +406,7 @@ impl Subscriptions {
     /// Merges a released subscription's queue, dead letters and state into this object's.
     fn take_back(&self, sub: &str, released: Released) -> Result<()> {
         let sql = self.state.storage().sql();
-        for e in &released.events {
-            sql.exec(
-                "INSERT OR IGNORE INTO ev_events (seq, id, body) VALUES (?, ?, ?)",
-                &[e.seq.into(), e.id.as_str().into(), e.body.as_str().into()],
-            )?;
-        }
+        self.insert_events(released.events.iter())?;
         for seq in &released.pending {
             sql.exec(
                 "INSERT OR IGNORE INTO ev_pending (sub, seq) VALUES (?, ?)",
@@ -419,19 +414,7 @@ impl Subscriptions {
             )?;
         }
         let carry = released.carry;
-        for d in &carry.dead {
-            sql.exec(
-                "INSERT OR IGNORE INTO ev_dead (sub, seq, attempts, last_error, dead_at)
-                 VALUES (?, ?, ?, ?, ?)",
-                &[
-                    sub.into(),
-                    d.seq.into(),
-                    d.attempts.into(),
-                    d.last_error.clone().into(),
-                    d.dead_at.into(),
-                ],
-            )?;
-        }
+        self.insert_dead(sub, &carry.dead)?;
         sql.exec(
             "UPDATE ev_subscriptions SET
                pending = (SELECT COUNT(*) FROM ev_pending WHERE sub = ?1),

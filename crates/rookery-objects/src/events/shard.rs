@@ -230,19 +230,7 @@ impl Subscriptions {
                 carry.dropped.into(),
             ],
         )?;
-        for d in &carry.dead {
-            sql.exec(
-                "INSERT OR IGNORE INTO ev_dead (sub, seq, attempts, last_error, dead_at)
-                 VALUES (?, ?, ?, ?, ?)",
-                &[
-                    part.id.as_str().into(),
-                    d.seq.into(),
-                    d.attempts.into(),
-                    d.last_error.clone().into(),
-                    d.dead_at.into(),
-                ],
-            )?;
-        }
+        self.insert_dead(&part.id, &carry.dead)?;
         sql.exec(
             "INSERT INTO ev_owned (sub, epoch, fed, frozen) VALUES (?, ?, 0, 0)",
             &[part.id.as_str().into(), part.epoch.into()],
@@ -310,12 +298,7 @@ impl Subscriptions {
                 .get("pending")?;
             answer.pending.push((part.id.clone(), pending));
         }
-        for e in feed.events.iter().filter(|e| needed.contains(&e.seq)) {
-            sql.exec(
-                "INSERT OR IGNORE INTO ev_events (seq, id, body) VALUES (?, ?, ?)",
-                &[e.seq.into(), e.id.as_str().into(), e.body.as_str().into()],
-            )?;
-        }
+        self.insert_events(feed.events.iter().filter(|e| needed.contains(&e.seq)))?;
         self.rearm()?;
         Ok(answer)
     }
@@ -354,6 +337,40 @@ impl Subscriptions {
             pending,
             events: events.into_values().collect(),
         })
+    }
+
+    /// Stores carried events this object does not have yet.
+    pub(super) fn insert_events<'a>(
+        &self,
+        events: impl Iterator<Item = &'a CarriedEvent>,
+    ) -> Result<()> {
+        let sql = self.state.storage().sql();
+        for e in events {
+            sql.exec(
+                "INSERT OR IGNORE INTO ev_events (seq, id, body) VALUES (?, ?, ?)",
+                &[e.seq.into(), e.id.as_str().into(), e.body.as_str().into()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Adds carried dead letters to `sub`'s list (their events must be stored too).
+    pub(super) fn insert_dead(&self, sub: &str, dead: &[CarriedDead]) -> Result<()> {
+        let sql = self.state.storage().sql();
+        for d in dead {
+            sql.exec(
+                "INSERT OR IGNORE INTO ev_dead (sub, seq, attempts, last_error, dead_at)
+                 VALUES (?, ?, ?, ?, ?)",
+                &[
+                    sub.into(),
+                    d.seq.into(),
+                    d.attempts.into(),
+                    d.last_error.clone().into(),
+                    d.dead_at.into(),
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     /// `sub`'s delivery state and dead letters, handing each dead letter's event to `event`.
