@@ -151,6 +151,25 @@ async fn publish_orders(
     }
 }
 
+/// Subscribes receiver `hook` to `pattern` at `subs` (a namespace's `/subscriptions` URL) and
+/// answers the new subscription's id.
+async fn subscribe(
+    c: &reqwest::Client,
+    subs: String,
+    pattern: &str,
+    addr: SocketAddr,
+    hook: &str,
+) -> String {
+    let (status, r) = post(
+        c,
+        subs,
+        &json!({"pattern": pattern, "url": format!("http://{addr}/hook/{hook}")}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    r["id"].as_str().unwrap().to_string()
+}
+
 async fn get(c: &reqwest::Client, url: String) -> Value {
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -170,13 +189,7 @@ async fn events_published_to_several_patterns_reach_their_subscribers_in_order()
     let c = client();
     let subs = server.url("/subscriptions/shop");
     for (pattern, hook) in [("user.*", "users"), ("*.created", "created"), ("**", "all")] {
-        let (status, r) = post(
-            &c,
-            subs.clone(),
-            &json!({"pattern": pattern, "url": format!("http://{addr}/hook/{hook}")}),
-        )
-        .await;
-        assert_eq!(status, 201, "{r}");
+        subscribe(&c, subs.clone(), pattern, addr, hook).await;
     }
     // Another namespace's subscriber hears nothing of this one's events.
     let (status, _) = post(
@@ -257,17 +270,8 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
     let server = ChildServer::start(&data, &args);
     // The receiver takes five events, then fails until the server has been killed.
     hooks.fail_after("crash", Some(5));
-    let (status, sub) = post(
-        &c,
-        server.url("/subscriptions/shop"),
-        &json!({"pattern": "**", "url": format!("http://{addr}/hook/crash")}),
-    )
-    .await;
-    assert_eq!(status, 201, "{sub}");
-    let sub_url = server.url(&format!(
-        "/subscriptions/shop/{}",
-        sub["id"].as_str().unwrap()
-    ));
+    let sub = subscribe(&c, server.url("/subscriptions/shop"), "**", addr, "crash").await;
+    let sub_url = server.url(&format!("/subscriptions/shop/{sub}"));
     let mut acknowledged = Vec::new();
     publish_orders(&c, &server, 0..20, &mut acknowledged).await;
     eventually("delivery is failing and retrying", || {
@@ -322,10 +326,7 @@ async fn a_kill_9_during_delivery_loses_no_acknowledged_event() {
             .any(|t| t.body["data"]["n"] == 30)
     })
     .await;
-    let sub_url = server.url(&format!(
-        "/subscriptions/shop/{}",
-        sub["id"].as_str().unwrap()
-    ));
+    let sub_url = server.url(&format!("/subscriptions/shop/{sub}"));
     eventually("the queue is empty", || {
         let (c, url) = (c.clone(), sub_url.clone());
         async move { get(&c, url).await["pending"] == 0 }
@@ -352,18 +353,9 @@ async fn a_kill_9_while_subscriptions_move_between_shards_loses_no_acknowledged_
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let c = client();
     let mut server = ChildServer::start(&data, &args);
-    let mut subs = Vec::new();
-    for hook in ["moving", "steady"] {
-        let (status, sub) = post(
-            &c,
-            server.url("/subscriptions/shop"),
-            &json!({"pattern": "order.*", "url": format!("http://{addr}/hook/{hook}")}),
-        )
-        .await;
-        assert_eq!(status, 201, "{sub}");
-        subs.push(sub["id"].as_str().unwrap().to_string());
-    }
-    let (moving, steady) = (subs[0].clone(), subs[1].clone());
+    let subs = server.url("/subscriptions/shop");
+    let moving = subscribe(&c, subs.clone(), "order.*", addr, "moving").await;
+    let steady = subscribe(&c, subs, "order.*", addr, "steady").await;
     // "moving" takes a few events, then fails, so its moves carry a backlog with retries.
     hooks.fail_after("moving", Some(8));
     let mut acknowledged = Vec::new();
@@ -663,13 +655,7 @@ async fn the_status_page_shows_dead_letters_and_replay_delivers_them() {
     let c = client();
     // A receiver that refuses everything: each event is dead-lettered after two attempts.
     hooks.fail_after("never", Some(0));
-    let (status, _) = post(
-        &c,
-        server.url("/subscriptions/shop"),
-        &json!({"pattern": "**", "url": format!("http://{addr}/hook/never")}),
-    )
-    .await;
-    assert_eq!(status, 201);
+    subscribe(&c, server.url("/subscriptions/shop"), "**", addr, "never").await;
     for n in 0..3 {
         let (status, r) = post(
             &c,
