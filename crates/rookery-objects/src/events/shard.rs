@@ -25,7 +25,7 @@ use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Subscriptions;
-use super::subscriptions::SubscriptionStatus;
+use super::subscriptions::{DeadLetterText, SubscriptionStatus};
 
 /// What separates a namespace from a shard number in a shard's object name.
 pub const SHARD_MARK: char = '#';
@@ -123,24 +123,6 @@ pub struct Released {
     pub pending: Vec<i64>,
     /// The events its queue and dead letters refer to.
     pub events: Vec<CarriedEvent>,
-}
-
-/// A dead letter as a shard lists it (the event as JSON text: typed calls carry no
-/// `serde_json::Value`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetterText {
-    /// The subscription it was for.
-    pub subscription: String,
-    /// Its sequence number.
-    pub seq: i64,
-    /// The event's JSON text.
-    pub event: String,
-    /// Attempts made.
-    pub attempts: i64,
-    /// Why the last one failed.
-    pub last_error: Option<String>,
-    /// When it was dead-lettered.
-    pub dead_at: i64,
 }
 
 /// A delivery shard, as the namespace's object calls it.

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::pattern::{MAX_TYPE_BYTES, Pattern};
-use super::shard::DeadLetterText;
 use super::{Subscriptions, limit_error};
 use crate::input::{Body, InputError, not_found};
 
@@ -60,6 +59,24 @@ pub struct DeadLetter {
     pub subscription: String,
     /// The event as it was sent.
     pub event: Value,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Why the last one failed.
+    pub last_error: Option<String>,
+    /// When it was dead-lettered.
+    pub dead_at: i64,
+}
+
+/// A dead letter as shards list it (the event as JSON text: typed calls carry no
+/// `serde_json::Value`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterText {
+    /// The subscription it was for.
+    pub subscription: String,
+    /// Its sequence number.
+    pub seq: i64,
+    /// The event's JSON text.
+    pub event: String,
     /// Attempts made.
     pub attempts: i64,
     /// Why the last one failed.
