@@ -64,6 +64,8 @@ struct Hooks {
     /// Per hook: answer 503 once it has acknowledged this many requests.
     fail_after: Mutex<HashMap<String, usize>>,
     refused: Mutex<usize>,
+    /// Hooks that take a request and never answer it, and how many they took.
+    hanging: Mutex<HashMap<String, usize>>,
 }
 
 impl Hooks {
@@ -97,6 +99,16 @@ async fn start_hooks() -> (Arc<Hooks>, SocketAddr) {
                  Path(name): Path<String>,
                  headers: http::HeaderMap,
                  axum::Json(body): axum::Json<Value>| async move {
+                    let hang = match h.hanging.lock().unwrap().get_mut(&name) {
+                        Some(held) => {
+                            *held += 1;
+                            true
+                        }
+                        None => false,
+                    };
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
                     let acked = h.acknowledged(&name).len();
                     let limit = h.fail_after.lock().unwrap().get(&name).copied();
                     if limit.is_some_and(|n| acked >= n) {
@@ -441,6 +453,53 @@ async fn a_kill_9_while_subscriptions_move_between_shards_loses_no_acknowledged_
     })
     .await;
     assert_eq!(of(&moving)["pattern"], "order.*");
+    server.terminate();
+}
+
+/// A regression test of the alarm's record (`storage/alarm.rs`): a delivery attempt is an
+/// outbound request inside the alarm handler, and the turn's writes are committed before it
+/// leaves. A `kill -9` while the receiver holds that request must leave the alarm in place, so
+/// the restarted server delivers the events with no new publish. (The runtime used to delete
+/// the alarm's record when the handler began, and that commit made the deletion durable.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_while_a_delivery_is_in_flight_keeps_the_alarm() {
+    let (hooks, addr) = start_hooks().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, args) = config_in(dir.path(), &config());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c = client();
+    let server = ChildServer::start(&data, &args);
+    // Refused at first, so all three are published while delivery retries (an attempt the
+    // receiver holds would hold the namespace's publishes too, up to the outbound timeout);
+    // then the receiver holds the next attempt.
+    hooks.fail_after("held", Some(0));
+    let sub = subscribe(&c, server.url("/subscriptions/shop"), "**", addr, "held").await;
+    let mut acknowledged = Vec::new();
+    publish_orders(&c, &server, 0..3, &mut acknowledged).await;
+    hooks.hanging.lock().unwrap().insert("held".into(), 0);
+    hooks.fail_after("held", None);
+    let h = hooks.clone();
+    wait_until("the receiver holds the first delivery", || {
+        h.hanging.lock().unwrap().get("held").copied() >= Some(1)
+    })
+    .await;
+    server.kill9();
+    hooks.hanging.lock().unwrap().remove("held");
+    let server = ChildServer::start(&data, &args);
+    let h = hooks.clone();
+    wait_until(
+        "the restarted server delivers every event, unprompted",
+        || h.acknowledged("held").len() >= 3,
+    )
+    .await;
+    let keys: Vec<String> = hooks
+        .acknowledged("held")
+        .into_iter()
+        .map(|t| t.key)
+        .collect();
+    assert_eq!(keys, acknowledged, "each event once, in order");
+    let s = get(&c, server.url(&format!("/subscriptions/shop/{sub}"))).await;
+    assert_eq!(s["delivered"], 3, "{s}");
     server.terminate();
 }
 
