@@ -211,10 +211,11 @@ impl Subscriptions {
         Ok(Response::json(&json!({ "id": id, "shard": to }))?.with_status(StatusCode::ACCEPTED))
     }
 
-    /// The shard delivering `sub` (0: this object) and whether it holds its state.
+    /// The shard delivering `sub` (0: this object; during a move, the shard it is leaving) and
+    /// whether that shard holds its state.
     pub(super) fn placement(&self, sub: &str) -> Result<Option<(i64, bool)>> {
         let cursor = self.state.storage().sql().exec(
-            "SELECT shard, carried FROM ev_placement WHERE sub = ? AND target IS NULL",
+            "SELECT shard, carried FROM ev_placement WHERE sub = ?",
             &[sub.into()],
         )?;
         cursor
@@ -224,11 +225,11 @@ impl Subscriptions {
             .transpose()
     }
 
-    /// The shards that hold the state of some subscription, each with the subscriptions.
+    /// The shards that hold the state of some subscription, each with the subscriptions (a
+    /// subscription being moved is still its old shard's until that shard releases it).
     pub(super) fn carried_by_shard(&self) -> Result<BTreeMap<i64, Vec<String>>> {
         let cursor = self.state.storage().sql().exec(
-            "SELECT sub, shard FROM ev_placement
-              WHERE shard != 0 AND carried = 1 AND target IS NULL ORDER BY shard",
+            "SELECT sub, shard FROM ev_placement WHERE shard != 0 AND carried = 1 ORDER BY shard",
             &[],
         )?;
         let mut out: BTreeMap<i64, Vec<String>> = BTreeMap::new();
