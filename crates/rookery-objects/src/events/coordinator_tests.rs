@@ -7,7 +7,7 @@ use rookery::Clock;
 use rookery::testing::PATIENCE;
 use serde_json::{Value, json};
 
-use super::tests::{A, B, C, Fixture, NS, fixture, numbers};
+use super::tests::{A, B, C, Fixture, NS, fixture, fixture_on, numbers};
 
 /// Rows of `table` in object `name`.
 async fn rows(f: &Fixture, name: &str, table: &'static str) -> i64 {
@@ -295,4 +295,46 @@ async fn deleting_a_placed_subscription_deletes_its_shards_copy() {
         .post("/subscriptions/sub_99/shard", json!({"shard": 1}))
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn fewer_shards_bring_the_missing_shards_subscriptions_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(rookery::ManualClock::new(rookery::SystemClock.now_ms()));
+    let rx = std::sync::Arc::new(crate::test_endpoint::Receivers::default());
+    let start = |shards: &'static str| {
+        fixture_on(
+            rookery::Runtime::builder(dir.path()),
+            &[("EVENTS_SHARDS", shards), ("EVENTS_HOT_EVENTS", "1000000")],
+            clock.clone(),
+            rx.clone(),
+        )
+    };
+    let f = start("3");
+    let a = f.subscribe("**", A).await;
+    f.move_to(&a, 3).await;
+    f.publish_n("x.y", 0, 2).await;
+    let rx2 = rx.clone();
+    f.pump_until("the shard delivers", || rx2.acknowledged(A).len() == 2)
+        .await;
+    f.placed_on(&a, Some(3)).await;
+    assert!(f.h.shutdown().await, "a clean stop");
+
+    let f = start("2");
+    f.publish_n("x.y", 2, 4).await;
+    f.placed_on(&a, None).await;
+    let rx2 = rx.clone();
+    f.pump_until("home delivers", || rx2.acknowledged(A).len() == 4)
+        .await;
+    exactly(&f.rx.acknowledged(A), 4);
+    let shard = super::shard::shard_name(NS, 3);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while rows(&f, &shard, "ev_owned").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shard 3 keeps its copy"
+        );
+        f.clock.set(f.clock.now_ms() + 50);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

@@ -315,9 +315,11 @@ impl DurableObject for Subscriptions {
     async fn alarm(&mut self, _info: AlarmInfo) -> Result<()> {
         self.ensure_schema()?;
         self.fit_shard_count()?;
-        self.deliver().await?;
+        // Shards first: a feed is one quick typed call per shard, while home deliveries wait
+        // for receivers (a hung one up to the outbound timeout).
         let keep_from = self.keep_from()?;
         self.coordinate(keep_from).await?;
+        self.deliver().await?;
         self.archive().await?;
         self.rearm()
     }

@@ -3,6 +3,7 @@
 //! A new subscription receives the events published after it was created, not earlier ones.
 //! Deleting one drops its queue and dead letters.
 
+use futures_util::future::join_all;
 use rookery::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -147,12 +148,17 @@ impl Subscriptions {
         &self,
         mut statuses: Vec<SubscriptionStatus>,
     ) -> Result<Vec<SubscriptionStatus>> {
-        let carried = self.carried_by_shard()?;
-        for (shard, subs) in carried {
+        let mut asked = Vec::new();
+        let mut calls = Vec::new();
+        for (shard, subs) in self.carried_by_shard()? {
             if !statuses.iter().any(|s| subs.contains(&s.id)) {
                 continue;
             }
-            let remote = self.shard_stub(shard)?.statuses().await;
+            let stub = self.shard_stub(shard)?;
+            asked.push((shard, subs));
+            calls.push(async move { stub.statuses().await });
+        }
+        for ((shard, subs), remote) in asked.into_iter().zip(join_all(calls).await) {
             for status in statuses.iter_mut().filter(|s| subs.contains(&s.id)) {
                 status.shard = Some(shard);
                 match &remote {
@@ -318,15 +324,24 @@ impl Subscriptions {
         }
         let sub = req.query::<String>("subscription")?;
         let mut letters = self.local_dead_letters(sub.clone(), limit)?;
+        let mut asked = Vec::new();
+        let mut calls = Vec::new();
         for (shard, subs) in self.carried_by_shard()? {
             if sub.as_ref().is_some_and(|id| !subs.contains(id)) {
                 continue;
             }
-            letters.extend(
-                self.shard_stub(shard)?
-                    .dead_letters(sub.clone(), limit)
-                    .await?,
-            );
+            let stub = self.shard_stub(shard)?;
+            let only = sub.clone();
+            asked.push(shard);
+            calls.push(async move { stub.dead_letters(only, limit).await });
+        }
+        // A shard that cannot be asked is named in the answer; the others' letters still list.
+        let mut shard_errors = Vec::new();
+        for (shard, answer) in asked.into_iter().zip(join_all(calls).await) {
+            match answer {
+                Ok(more) => letters.extend(more),
+                Err(e) => shard_errors.push(json!({ "shard": shard, "error": e.to_string() })),
+            }
         }
         letters.sort_by(|a, b| (&a.subscription, a.seq).cmp(&(&b.subscription, b.seq)));
         letters.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -342,6 +357,10 @@ impl Subscriptions {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Response::json(&json!({ "deadLetters": letters }))
+        if shard_errors.is_empty() {
+            Response::json(&json!({ "deadLetters": letters }))
+        } else {
+            Response::json(&json!({ "deadLetters": letters, "shardErrors": shard_errors }))
+        }
     }
 }

@@ -26,12 +26,27 @@ pub(super) struct Fixture {
 /// its shards by.
 pub(super) fn fixture(vars: &[(&str, &str)]) -> Fixture {
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let rx = Arc::new(Receivers::default());
+    fixture_on(
+        Runtime::builder_in_memory(),
+        vars,
+        clock,
+        Arc::new(Receivers::default()),
+    )
+}
+
+/// [`fixture`] on `builder` (a data directory, say), with the given clock and receivers, so a
+/// test can start again on the same state.
+pub(super) fn fixture_on(
+    builder: rookery::RuntimeBuilder,
+    vars: &[(&str, &str)],
+    clock: Arc<ManualClock>,
+    rx: Arc<Receivers>,
+) -> Fixture {
     let mut v = Vars::new();
     for (name, value) in vars {
         v.set_var(*name, *value);
     }
-    let builder = Runtime::builder_in_memory()
+    let builder = builder
         .clock(clock.clone())
         .vars(v)
         .outbound(rx.clone())
