@@ -444,6 +444,35 @@ mod tests {
         }
     }
 
+    /// On `rookery-powerloss` (root and `/dev/fuse`, as the other power-loss tests): a `put`
+    /// that returned survives a power cut, even into directories it had to make; a file written
+    /// into new directories without syncs, the control, does not, so the cut is real.
+    #[tokio::test]
+    async fn a_put_survives_power_loss_in_directories_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+        std::fs::create_dir(&backing).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let fs = rookery_powerloss::PowerLossFs::mount(&backing, &mnt)
+            .expect("mounts (needs root and /dev/fuse)");
+        let root = fs.mountpoint().to_path_buf();
+        let key = "shop/2026-12-01/000000000001-000000000002.ndjson.gz";
+        bucket(&root)
+            .put(key, Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        std::fs::create_dir_all(root.join("control/a")).unwrap();
+        std::fs::write(root.join("control/a/f"), b"lost").unwrap();
+        fs.power_cut().unwrap();
+        assert!(
+            !root.join("control/a/f").exists(),
+            "the unsynced control survived: the cut dropped nothing"
+        );
+        let got = bucket(&root).get(key).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"kept"[..]));
+        fs.unmount().unwrap();
+    }
+
     #[tokio::test]
     async fn put_get_head_list_delete() {
         let dir = tempfile::tempdir().unwrap();
