@@ -93,7 +93,7 @@ pub(super) fn fnv1a(text: &str) -> u64 {
 }
 
 /// The shard a hot subscription goes to among `shards`.
-fn home_shard(sub: &str, shards: i64) -> i64 {
+pub(super) fn home_shard(sub: &str, shards: i64) -> i64 {
     let n = u64::try_from(shards.max(1)).unwrap_or(1);
     1 + i64::try_from(fnv1a(sub) % n).unwrap_or(0)
 }
@@ -174,9 +174,10 @@ impl Subscriptions {
         if self.fitted || self.is_shard() {
             return Ok(());
         }
+        // Placed on a shard that is gone, or on the way to one: home instead.
         let moved = self.state.storage().sql().exec(
             "UPDATE ev_placement SET target = 0, failures = 0, next_step = 0
-              WHERE shard > ? AND target IS NULL",
+              WHERE (shard > ?1 AND target IS NULL) OR target > ?1",
             &[self.settings.shards.into()],
         )?;
         if moved.rows_written() > 0 {

@@ -181,6 +181,9 @@ pub struct Subscriptions {
     tables: Tables,
     /// Whether an event writer is bound (see `archive`).
     archiving: bool,
+    /// Whether this object is a delivery shard (`<namespace>#<n>`, see `shard`), not a
+    /// namespace's object: fixed by its name.
+    shard: bool,
     /// Matches per pattern this minute (see `coordinator`).
     heat: coordinator::Heat,
     /// Whether placements beyond `EVENTS_SHARDS` were sent home (see `coordinator`).
@@ -244,18 +247,16 @@ impl Subscriptions {
 impl DurableObject for Subscriptions {
     fn new(state: ObjectState, env: Env) -> Self {
         let settings = Settings::from_env(&env);
-        let is_shard = state
-            .id()
-            .name()
-            .is_some_and(|name| name.contains(shard::SHARD_MARK));
+        let shard = state.id().name().is_some_and(shard::is_shard_name);
         // A shard's events are archived by its namespace's object, which has them all.
-        let archiving = !is_shard && env.namespace(archive::WRITER_BINDING).is_ok();
+        let archiving = !shard && env.namespace(archive::WRITER_BINDING).is_ok();
         Self {
             state,
             env,
             settings,
             tables: Tables::default(),
             archiving,
+            shard,
             heat: coordinator::Heat::default(),
             fitted: false,
             patterns: std::collections::HashMap::new(),

@@ -30,6 +30,11 @@ use super::subscriptions::{DeadLetterText, SubscriptionStatus};
 /// What separates a namespace from a shard number in a shard's object name.
 pub const SHARD_MARK: char = '#';
 
+/// Whether `name` is a delivery shard's object name.
+pub fn is_shard_name(name: &str) -> bool {
+    name.contains(SHARD_MARK)
+}
+
 /// The object name of `namespace`'s shard `n` (from 1).
 pub fn shard_name(namespace: &str, n: i64) -> String {
     format!("{namespace}{SHARD_MARK}{n}")
@@ -160,10 +165,7 @@ pub(super) struct Owned {
 impl Subscriptions {
     /// Whether this object is a delivery shard rather than a namespace's object.
     pub(super) fn is_shard(&self) -> bool {
-        self.state
-            .id()
-            .name()
-            .is_some_and(|name| name.contains(SHARD_MARK))
+        self.shard
     }
 
     fn refuse_unless_shard(&self) -> Result<()> {
