@@ -178,7 +178,6 @@ async fn twenty_kills_lose_no_acknowledged_turn_and_tear_none() {
         for w in workers {
             w.await.unwrap();
         }
-        integrity_check_all(&data, &format!("round {round} (seed {initial_seed})"));
         let server = ChildServer::start(&data, &["--config", &config]);
         let c = client();
         for w in 0..WRITERS {
@@ -221,6 +220,8 @@ async fn twenty_kills_lose_no_acknowledged_turn_and_tear_none() {
             sent[w].store(values[0], Ordering::SeqCst);
             acked[w].store(values[0], Ordering::SeqCst);
         }
+        // What recovery made of the files, while the server only reads.
+        integrity_check_all(&data, &format!("round {round} (seed {initial_seed})"));
         server.terminate();
     }
 }

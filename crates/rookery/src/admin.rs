@@ -49,10 +49,10 @@ pub struct ObjectSummary {
     pub id: String,
     /// The name it was first addressed by, if its database file records it yet.
     pub name: Option<String>,
-    /// Bytes its database and WAL take on disk.
+    /// Bytes its database file takes on disk (its WAL is in memory, and not counted).
     pub size_bytes: u64,
-    /// When its files last changed (ms since the Unix epoch): its last write, or when it last
-    /// left memory.
+    /// When its file last changed (ms since the Unix epoch): its last checkpoint, which is
+    /// at the latest when it last left memory.
     pub last_modified_ms: Option<i64>,
     /// Whether it is in memory now.
     pub live: bool,

@@ -32,7 +32,7 @@ pub(crate) struct ObjectFile {
     pub(crate) id: [u8; ID_BYTES],
     /// The name the file records, once looked up (see [`read_name`]).
     pub(crate) name: Option<String>,
-    /// Bytes of the database and its WAL.
+    /// Bytes of the database (and of a WAL file an older version left, if any).
     pub(crate) bytes: u64,
     /// When the database or its WAL last changed, in ms since the Unix epoch.
     pub(crate) modified_ms: Option<i64>,

@@ -508,12 +508,12 @@ fn open_file_limit() -> Option<usize> {
     None
 }
 
-/// Open object databases an open-file limit of `files` allows: each holds two (SQLite's
-/// database and WAL), and a quarter of the limit stays for sockets and the rest. At least 64, at most a
-/// million; 10 000 when the limit is unknown.
+/// Open object databases an open-file limit of `files` allows: each holds one (its database
+/// file; the WAL is in memory), and a quarter of the limit stays for sockets and the rest. At
+/// least 64, at most a million; 10 000 when the limit is unknown.
 fn max_open_for(files: Option<usize>) -> usize {
     match files {
-        Some(files) => (files / 8 * 3).clamp(64, 1_000_000),
+        Some(files) => (files / 4 * 3).clamp(64, 1_000_000),
         None => 10_000,
     }
 }
@@ -555,8 +555,11 @@ impl NotReady {
 pub struct RuntimeStats {
     /// Objects with a live activation.
     pub live_objects: usize,
-    /// Live objects whose database files are open now (two descriptors each).
+    /// Live objects whose database files are open now (one descriptor each).
     pub open_databases: usize,
+    /// Bytes the objects' WALs hold in memory (commits not yet checkpointed into their files),
+    /// over every runtime of the process.
+    pub wal_bytes: u64,
     /// Memory live objects hold as `max_live_bytes` counts it: SQLite's heap plus an
     /// estimate per live object.
     pub live_bytes: u64,
@@ -641,6 +644,7 @@ impl Runtime {
         RuntimeStats {
             live_objects: self.inner.host.live_objects(),
             open_databases: self.inner.storage.open_files.load(Ordering::Relaxed),
+            wal_bytes: crate::storage::wal_bytes(),
             live_bytes: self.inner.host.live_bytes(),
             activations: self.inner.host.activations(),
             commits: self.inner.storage.commits.load(Ordering::Relaxed),
@@ -807,11 +811,12 @@ mod tests {
 
     #[test]
     fn open_databases_follow_the_open_file_limit() {
-        assert_eq!(max_open_for(Some(1_024)), 384);
-        assert_eq!(max_open_for(Some(65_536)), 24_576);
-        assert_eq!(max_open_for(Some(20_000)), 7_500);
-        // A low limit still allows some objects; an unlimited one is capped.
-        assert_eq!(max_open_for(Some(100)), 64);
+        assert_eq!(max_open_for(Some(1_024)), 768);
+        assert_eq!(max_open_for(Some(65_536)), 49_152);
+        assert_eq!(max_open_for(Some(20_000)), 15_000);
+        // A low limit still allows some objects (at least 64); an unlimited one is capped.
+        assert_eq!(max_open_for(Some(60)), 64);
+        assert_eq!(max_open_for(Some(100)), 75);
         assert_eq!(max_open_for(Some(usize::MAX)), 1_000_000);
         assert_eq!(max_open_for(None), 10_000);
     }
@@ -839,7 +844,7 @@ mod tests {
             }
             assert_eq!(open_file_limit(), Some(limit));
             // Both limits the parent sets are within the bounds: three eighths of the limit.
-            assert_eq!(default_max_open(), limit / 8 * 3);
+            assert_eq!(default_max_open(), limit / 4 * 3);
             return;
         }
         for limit in [1_000, 400] {

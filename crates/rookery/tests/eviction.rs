@@ -109,13 +109,13 @@ async fn tally(h: &TestHarness, object: usize, increment: bool) -> (u64, u64) {
     response.json_body().unwrap()
 }
 
-/// Descriptors this process holds on object WALs under `dir`.
-fn wals_open(dir: &std::path::Path) -> usize {
+/// Descriptors this process holds on object databases under `dir` (an open object holds one:
+/// its WAL is in memory).
+fn files_open(dir: &std::path::Path) -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|t| t.starts_with(dir) && t.to_string_lossy().ends_with("-wal"))
-        .filter(|t| !t.to_string_lossy().contains("alarms.sqlite"))
+        .filter(|t| t.starts_with(dir.join("objects")))
         .count()
 }
 
@@ -137,7 +137,11 @@ async fn idle_objects_close_their_files_and_stay_in_memory() {
     })
     .await;
     assert_eq!(rt.stats().live_objects, OBJECTS, "no object left memory");
-    assert!(wals_open(&data) <= OPEN, "{} WALs open", wals_open(&data));
+    assert!(
+        files_open(&data) <= OPEN,
+        "{} object files open",
+        files_open(&data)
+    );
     // Each object reopens its files at its next event, with its data and its instance.
     for object in 0..OBJECTS {
         assert_eq!(tally(&h, object, true).await, (2, 2));
@@ -146,7 +150,7 @@ async fn idle_objects_close_their_files_and_stay_in_memory() {
     wait_until("files closed again", || rt.stats().open_databases <= OPEN).await;
     assert!(h.shutdown().await);
     drop(rt);
-    assert_eq!(wals_open(&data), 0);
+    assert_eq!(files_open(&data), 0);
 
     // Closing at shutdown folded every WAL, open or not, into its file.
     let h = TestHarness::with_data_dir::<Tally>(&data).unwrap();

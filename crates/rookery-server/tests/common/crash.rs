@@ -32,9 +32,10 @@ pub fn xorshift(state: &mut u64) -> u64 {
 }
 
 /// Runs `PRAGMA integrity_check` on every object database under `data`, each on a copy of
-/// its file and WAL. Never on the files themselves: SQLite folds a WAL into its database when
-/// the last connection closes, and after a crash the WAL may hold commits the node log never
-/// took (recovery drops them), so checking in place would change what the server recovers.
+/// its file (and of a WAL file, should one be there: an object's WAL is in the server's
+/// memory). Meant for files recovery has brought up to date, while the server writes
+/// nothing: right after a crash a file may hold half a checkpoint, which the node log mends
+/// at the next start. Never on the files themselves: opening them could change them.
 pub fn integrity_check_all(data: &Path, what: &str) {
     let dbs = object_databases(data);
     // A thread per core's share: a thousand small databases per round.

@@ -62,7 +62,7 @@ pub struct HostOptions {
     /// Most objects in memory at once; beyond it, the least recently used idle objects are
     /// evicted early. 0: 100 000.
     pub max_live_objects: usize,
-    /// Most live objects with their database files open (two descriptors each); beyond it,
+    /// Most live objects with their database files open (one descriptor each); beyond it,
     /// the least recently used idle objects close their files (they stay in memory and reopen
     /// them at their next event). 0: derived from the process's open-file limit.
     pub max_open_databases: usize,

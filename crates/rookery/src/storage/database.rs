@@ -1,11 +1,12 @@
 //! One object's SQLite database and the transaction that spans a turn.
 //!
-//! Every object has its own database file in WAL mode. A turn's storage operations run inside one
-//! SQLite transaction that the runtime opens lazily at the first operation and commits when the
-//! turn succeeds, or rolls back when it fails. The database runs with `synchronous = NORMAL`:
-//! a commit writes the WAL without waiting for the disk, SQLite itself syncs the WAL before every
-//! checkpoint (so a checkpoint never makes the database depend on an un-synced WAL), and the
-//! durability pipeline (`durability.rs`) makes each commit durable before its outputs leave.
+//! Every object has its own database file in WAL mode, its WAL kept in memory (`mem_wal.rs`).
+//! A turn's storage operations run inside one SQLite transaction that the runtime opens lazily
+//! at the first operation and commits when the turn succeeds, or rolls back when it fails. The
+//! database runs with `synchronous = OFF`: a commit's frames are read back from the WAL and
+//! appended to the node log, the durability pipeline (`durability.rs`) makes the log durable
+//! before the turn's outputs leave, and the WAL is checkpointed into the file only once the log
+//! holds every commit in it.
 //!
 //! The object's own SQL runs under an authorizer (`policy.rs`) that keeps it away from the
 //! runtime's tables and from transaction control, attachments and durability settings.
@@ -19,6 +20,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::StorageLimits;
+use super::mem_wal;
 use super::policy::{Policy, RESERVED_PREFIX, reserved};
 use crate::addr::Location;
 use crate::error::{Error, Result};
@@ -51,6 +53,9 @@ pub(crate) struct Database {
     wal_frames: Arc<AtomicU32>,
     /// Frames of the WAL already handed to the node log.
     logged_frames: u32,
+    /// Why the last checkpoint failed, if it did: a WAL that cannot be folded into the file
+    /// only grows, and past `WAL_LIMIT_FRAMES` commits are refused with this reason.
+    checkpoint_failure: Option<CheckpointFailure>,
     in_txn: bool,
     dirty: bool,
     /// Depth of nested `transaction` savepoints.
@@ -98,6 +103,7 @@ impl Database {
             pending_name: None,
             wal_frames: Arc::new(AtomicU32::new(0)),
             logged_frames: 0,
+            checkpoint_failure: None,
             in_txn: false,
             dirty: false,
             savepoints: 0,
@@ -445,6 +451,19 @@ impl Database {
             ));
         }
         let wrote = self.dirty;
+        if wrote && self.wal_frames() >= WAL_LIMIT_FRAMES {
+            // The WAL lives in memory and is folded into the file only by checkpoints: while
+            // those fail, memory must stay bounded and the reason reach the client.
+            self.rollback();
+            return Err(match self.checkpoint_failure {
+                Some(CheckpointFailure::DiskFull) => Error::InsufficientStorage(
+                    "the disk is full: the object's changes cannot be written to its file".into(),
+                ),
+                Some(CheckpointFailure::Other) | None => Error::StorageUnavailable(
+                    "the object's changes cannot be written to its file".into(),
+                ),
+            });
+        }
         match self.conn()?.execute_batch("COMMIT") {
             Ok(()) => {
                 self.in_txn = false;
@@ -523,18 +542,15 @@ impl Database {
         };
         if !checkpoint {
             // Commits the log never took are cut from the WAL: what stays is what the log has.
-            let mut wal = path.as_os_str().to_owned();
-            wal.push("-wal");
             let keep = WAL_HEADER_BYTES + u64::from(self.logged_frames) * FRAME_BYTES as u64;
-            if let Ok(file) = std::fs::OpenOptions::new()
-                .write(true)
-                .open(std::path::PathBuf::from(wal))
-                && file.metadata().is_ok_and(|m| m.len() > keep)
-            {
-                file.set_len(if self.logged_frames == 0 { 0 } else { keep })?;
+            if self.logged_frames == 0 {
+                mem_wal::discard(&path);
+            } else {
+                mem_wal::truncate(&path, keep);
             }
             return Ok(Closed::Left);
         }
+        mem_wal::discard(&path);
         // The WAL is empty now; a database file without its WAL is whole.
         let removed = if empty {
             ["-wal", "-shm", ""].as_slice()
@@ -610,12 +626,28 @@ impl Database {
             return Ok(());
         }
         self.resume()?;
-        let busy: i64 =
-            self.conn()?
-                .query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        let result = self
+            .conn()?
+            .query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        let busy = match result {
+            Ok(busy) => busy,
+            Err(e) => {
+                let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+                self.checkpoint_failure = Some(if full {
+                    CheckpointFailure::DiskFull
+                } else {
+                    CheckpointFailure::Other
+                });
+                return Err(e.into());
+            }
+        };
         if busy != 0 {
+            self.checkpoint_failure = Some(CheckpointFailure::Other);
             return Err(Error::msg("the WAL checkpoint could not complete"));
         }
+        self.checkpoint_failure = None;
         self.wal_frames.store(0, Ordering::Release);
         self.logged_frames = 0;
         Ok(())
@@ -710,11 +742,25 @@ pub(crate) enum Closed {
     NoFile,
     /// The file, with the WAL checkpointed into it (not yet synced).
     Kept(std::path::PathBuf),
-    /// The file and its WAL as they were (the log did not hold every commit durably).
+    /// The file and its WAL (in memory) as they were, less the commits the log never took
+    /// (the log did not hold every commit durably).
     Left,
     /// The file held nothing and was removed (the removal not yet synced).
     Removed(std::path::PathBuf),
 }
+
+/// Why a checkpoint failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckpointFailure {
+    /// The disk (or the file system) is full.
+    DiskFull,
+    /// Anything else.
+    Other,
+}
+
+/// A WAL this many frames long (about 16 MiB, four times the checkpoint threshold) takes no
+/// more commits: it only gets there while checkpoints fail, and it is held in memory.
+const WAL_LIMIT_FRAMES: u32 = 4000;
 
 /// Bytes of a WAL file's header.
 const WAL_HEADER_BYTES: u64 = 32;
@@ -791,9 +837,8 @@ fn shrink_lookaside(conn: &Connection) {
     }
 }
 
-/// Reads `buf.len()` bytes of the WAL at `offset` through SQLite's own handle on it, so an
-/// open object holds no descriptor of its own for the WAL (only SQLite's database and WAL).
-/// Falls back to opening the file when SQLite has no handle to give.
+/// Reads `buf.len()` bytes of the WAL at `offset` through SQLite's own handle on it (the WAL
+/// is in memory, `mem_wal`, so that handle is the only way to it).
 fn read_wal(conn: &Connection, db_path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
     let mut file: *mut rusqlite::ffi::sqlite3_file = std::ptr::null_mut();
     // SAFETY: the handle is the open connection's; SQLITE_FCNTL_JOURNAL_POINTER writes one
@@ -825,11 +870,11 @@ fn read_wal(conn: &Connection, db_path: &Path, buf: &mut [u8], offset: u64) -> R
         std::ffi::c_int::try_from(buf.len()),
         i64::try_from(offset),
     ) else {
-        let mut wal = db_path.as_os_str().to_owned();
-        wal.push("-wal");
-        let reader = std::fs::File::open(std::path::PathBuf::from(wal))?;
-        std::os::unix::fs::FileExt::read_exact_at(&reader, buf, offset)?;
-        return Ok(());
+        // The WAL is in memory (`mem_wal`): only SQLite's handle reaches it.
+        return Err(Error::msg(format!(
+            "the WAL of {} is not open for reading back",
+            db_path.display()
+        )));
     };
     // SAFETY: `buf` is valid for `amount` bytes; `file` and `read` are SQLite's, as above.
     let rc = unsafe { read(file, buf.as_mut_ptr().cast(), amount, at) };
@@ -865,7 +910,12 @@ fn open_file(path: &Path, new: bool) -> Result<Connection> {
     // connection per object file is the host's invariant (a new activation waits until its
     // predecessor has closed its storage: `Host::wait_retired`). The exclusive locking mode
     // keeps the WAL index in the heap, which a VFS without shared memory needs.
-    let conn = Connection::open_with_flags_and_vfs(path, flags, c"unix-none")?;
+    //
+    // Its WAL is kept in memory (`mem_wal`): the node log, not the WAL, makes commits durable.
+    if !mem_wal::register() {
+        return Err(Error::msg("the in-memory WAL VFS could not be registered"));
+    }
+    let conn = Connection::open_with_flags_and_vfs(path, flags, mem_wal::VFS_NAME)?;
     shrink_lookaside(&conn);
     // Without locks nothing is ever busy; kept so that a change of VFS cannot turn a brief
     // overlap into an error.
@@ -958,7 +1008,7 @@ mod tests {
     }
 
     #[test]
-    fn an_open_object_holds_only_sqlites_two_descriptors() {
+    fn an_open_object_holds_one_descriptor_and_its_wal_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let dir_path = dir.path().canonicalize().unwrap();
         let path = dir_path.join("o.sqlite");
@@ -975,17 +1025,43 @@ mod tests {
             let (db_pages, frames) = increment(&mut db, value);
             assert!(db_pages > 0);
             assert_eq!(frames.len() % FRAME_BYTES, 0);
-            // What SQLite's handle gave is what the file holds.
-            let wal = std::fs::read(std::path::PathBuf::from(&wal_path)).unwrap();
+            // What SQLite's handle gave is what the WAL holds.
+            let wal = mem_wal::read(&path).expect("the WAL is in memory");
             let at_usize = usize::try_from(at).unwrap();
             assert_eq!(&wal[at_usize..at_usize + frames.len()], &frames[..]);
             at += frames.len() as u64;
         }
-        // The database and the WAL, both SQLite's: no descriptor of the runtime's own for
-        // reading the WAL back, and no `-shm` (the exclusive lock keeps the index in memory).
-        assert_eq!(fds_under(&dir_path), 2);
+        // The database file only: the WAL is in memory, and no `-shm` (the exclusive lock
+        // keeps the index in memory).
+        assert_eq!(fds_under(&dir_path), 1);
+        assert!(!std::path::Path::new(&wal_path).exists());
+        // Closed while idle and reopened, the object still reads its last commit.
+        assert!(db.close_files().unwrap());
+        assert_eq!(fds_under(&dir_path), 0);
+        let value: i64 = db
+            .txn()
+            .unwrap()
+            .query_row(
+                "SELECT value FROM main._rookery_kv WHERE key = x'6b'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(value, 4);
+        db.rollback();
         assert!(matches!(db.close(true).unwrap(), Closed::Kept(_)));
         assert_eq!(fds_under(&dir_path), 0);
+        // Checkpointed at close: the WAL is gone and the file holds everything.
+        assert!(mem_wal::read(&path).is_none());
+        let plain = Connection::open(&path).unwrap();
+        let value: i64 = plain
+            .query_row(
+                "SELECT value FROM main._rookery_kv WHERE key = x'6b'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(value, 4);
     }
 
     /// Heap bytes SQLite reports for one kind of use of `conn`'s memory.

@@ -13,6 +13,7 @@ mod history;
 mod inspect;
 mod kv;
 mod log_record;
+mod mem_wal;
 mod node_log;
 mod object_sync;
 mod policy;
@@ -85,7 +86,7 @@ impl Default for StorageLimits {
 /// What every object's storage shares within a runtime.
 pub(crate) struct StorageContext {
     pub(crate) limits: StorageLimits,
-    /// Object databases whose files are open now (two descriptors each).
+    /// Object databases whose files are open now (one descriptor each).
     pub(crate) open_files: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) durability: Durability,
     pub(crate) syncer: Syncer,
@@ -674,7 +675,7 @@ impl Storage {
         self.lock().db.path().map(Path::to_path_buf)
     }
 
-    /// Closes the files of the idle object (its database and WAL) without checkpointing; the
+    /// Closes the file of the idle object (its WAL stays in memory) without checkpointing; the
     /// next storage call reopens them. Returns whether they are closed.
     pub(crate) fn close_files(&self) -> bool {
         match self.lock().db.close_files() {
@@ -738,11 +739,20 @@ impl Storage {
     }
 }
 
-/// Bytes of heap SQLite holds now, over every connection of the process (its own count).
+/// Bytes of heap SQLite holds now, over every connection of the process (its own count), and
+/// the objects' WALs held in memory.
 pub(crate) fn sqlite_memory_used() -> u64 {
     // SAFETY: a plain read of SQLite's memory statistics; callable from any thread.
     let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
-    u64::try_from(used).unwrap_or(0)
+    // The objects' WALs are in memory too (outside SQLite's own count).
+    u64::try_from(used)
+        .unwrap_or(0)
+        .saturating_add(mem_wal::bytes())
+}
+
+/// Bytes the objects' WALs hold in memory, over the process.
+pub(crate) fn wal_bytes() -> u64 {
+    mem_wal::bytes()
 }
 
 /// A commit as the node log took it.

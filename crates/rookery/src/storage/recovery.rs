@@ -239,8 +239,10 @@ pub(crate) fn recover(
     Ok(done)
 }
 
-/// Removes the WAL and shared-memory files of database `db`, if there are any.
+/// Removes the WAL of database `db` (in memory, or a file left by an older version) and its
+/// shared-memory file, if there are any.
 pub(crate) fn discard_wal(db: &Path) -> io::Result<()> {
+    super::mem_wal::discard(db);
     for suffix in ["-wal", "-shm"] {
         let mut side = db.as_os_str().to_owned();
         side.push(suffix);
