@@ -304,7 +304,8 @@ async fn an_object_whose_files_were_closed_while_idle_restores_to_its_bookmark()
         rt.stats().open_databases <= OPEN && !open_files(&data).contains(&file[0])
     })
     .await;
-    // Restored while its files are closed, with the WAL it left behind not yet folded in.
+    // Restored while its file is closed (its WAL folded in when it closed, or still in memory
+    // had its last commit not been durable yet).
     restore(&h, "c", &at_three).await.unwrap();
     assert_eq!(value(&h, "c").await, Some(3), "restored to the bookmark");
     assert_eq!(increment(&h, "c").await, 4);

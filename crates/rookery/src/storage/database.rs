@@ -152,11 +152,11 @@ impl Database {
         std::mem::take(&mut self.reopened)
     }
 
-    /// Closes the connection of an idle object, and with it the database file and the WAL,
-    /// when every commit it made is in the node log (durable or not: the WAL on disk is what
-    /// an open connection would have read too). Nothing is checkpointed and the WAL stays as
-    /// it is, so this costs no write; the next storage call reopens the files. Returns whether
-    /// they are closed now.
+    /// Closes the connection of an idle object, and with it the database file, when every
+    /// commit it made is in the node log (durable or not: the WAL, in memory, is what an open
+    /// connection would have read too). Nothing is checkpointed here (`Storage::close_files`
+    /// checkpoints first when it may) and the WAL stays as it is; the next storage call
+    /// reopens the file. Returns whether it is closed now.
     pub(crate) fn close_files(&mut self) -> Result<bool> {
         if self.conn.is_none() {
             return Ok(true);

@@ -604,9 +604,16 @@ impl Storage {
     /// Folds a long WAL into the database file once the log holds it durably, between turns:
     /// the WAL stays short, and the log's old segments can go.
     pub(crate) fn maybe_checkpoint(&self) {
+        self.checkpoint_from(CHECKPOINT_FRAMES);
+    }
+
+    /// Folds the WAL into the database file if it holds at least `frames` frames and the log
+    /// holds all of them durably; the file's sync and the log's record follow in a sync round.
+    fn checkpoint_from(&self, frames: u32) {
         let Some(log) = &self.ctx.log else { return };
         let mut turn = self.lock();
-        if turn.db.wal_frames() < CHECKPOINT_FRAMES || !self.logged() || log.failed() {
+        let held = turn.db.wal_frames();
+        if held == 0 || held < frames || !self.logged() || log.failed() {
             return;
         }
         let Some(through) = log.last_uncovered(&self.alarm_key) else {
@@ -675,9 +682,12 @@ impl Storage {
         self.lock().db.path().map(Path::to_path_buf)
     }
 
-    /// Closes the file of the idle object (its WAL stays in memory) without checkpointing; the
-    /// next storage call reopens them. Returns whether they are closed.
+    /// Closes the file of the idle object; the next storage call reopens it. A WAL whose
+    /// commits the log holds durably is folded into the file first, so that closing frees its
+    /// memory too; one with commits still on their way stays in memory as it is. Returns
+    /// whether the file is closed.
     pub(crate) fn close_files(&self) -> bool {
+        self.checkpoint_from(1);
         match self.lock().db.close_files() {
             Ok(closed) => closed,
             Err(e) => {
