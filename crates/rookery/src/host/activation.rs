@@ -274,6 +274,9 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             state.storage().wait_logged().await;
         }
         state.storage().maybe_checkpoint();
+        // Live objects' memory grows without new activations too (WALs and page caches of
+        // the objects already open): the byte cap is looked at after every turn.
+        act.host.relieve_pressure(Some(&key));
     }
     drop(instance);
     // Close only when everything committed is durable, so no gate waits on a closed database;
