@@ -3,12 +3,13 @@
 # descriptors and counters afterwards.
 # usage: many-objects.sh ROOKERY_BIN BENCH_BIN OBJECTS REQUESTS LABEL [BENCH_ARGS...]
 # (e.g. --warmup: every counter is made live before the measured run)
+# ROOKERY_CONFIG=FILE: run the server with that configuration instead of the demo's
 set -euo pipefail
 bin=$1; bench=$2; objects=$3; requests=$4; label=$5
 shift 5
 port=$((20000 + RANDOM % 20000))
 dir=$(mktemp -d /tmp/many-data.XXXX)
-"$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" > "$dir/log" 2>&1 &
+"$bin" serve ${ROOKERY_CONFIG:+--config "$ROOKERY_CONFIG"} --data-dir "$dir/data" --listen "127.0.0.1:$port" > "$dir/log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do grep -q "listening" "$dir/log" && break; sleep 0.1; done
 rss0=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
