@@ -13,6 +13,7 @@ mod conn;
 mod gateway;
 pub mod identity;
 pub mod jwt;
+mod memory_trim;
 pub mod otel;
 pub mod outbound;
 mod prometheus;
@@ -186,7 +187,8 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes; then stops accepting, lets running
-    /// requests finish and closes every object's storage.
+    /// requests finish and closes every object's storage. While serving, memory freed by
+    /// objects that came and went is handed back to the system (`memory_trim`).
     ///
     /// Connections follow `[server]`: `header_read_timeout_ms`, `keep_alive_timeout_ms` and
     /// `max_connections` (see `conn.rs`); the gateway applies `body_read_timeout_ms`.
@@ -198,6 +200,7 @@ impl Server {
         // Running requests get as long as a turn may take; a request stuck beyond that must
         // not keep the process from stopping.
         let grace = self.runtime.options().host.turn_timeout + Duration::from_secs(5);
+        memory_trim::spawn(self.runtime.clone());
         let gateway = self.gateway.clone();
         let shutdown = async move {
             shutdown.await;
