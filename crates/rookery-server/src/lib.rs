@@ -200,7 +200,7 @@ impl Server {
         // Running requests get as long as a turn may take; a request stuck beyond that must
         // not keep the process from stopping.
         let grace = self.runtime.options().host.turn_timeout + Duration::from_secs(5);
-        memory_trim::spawn(self.runtime.clone());
+        let trimming = memory_trim::spawn(self.runtime.clone());
         let gateway = self.gateway.clone();
         let shutdown = async move {
             shutdown.await;
@@ -215,6 +215,10 @@ impl Server {
             grace,
         )
         .await;
+        trimming.abort();
+        // Its clone of the runtime must be gone before the runtime closes (the data
+        // directory's lock goes with the last one); the join error is the abort itself.
+        let _ = trimming.await;
         tracing::info!("no more requests; closing objects");
         if !self.runtime.shutdown().await {
             tracing::warn!("some objects did not close in time");

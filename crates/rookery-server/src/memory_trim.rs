@@ -15,8 +15,9 @@ use rookery::Runtime;
 /// How often the runtime's activations are looked at.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the trimming task; it ends with the runtime's tokio runtime.
-pub(crate) fn spawn(runtime: Runtime) {
+/// Starts the trimming task; it holds `runtime` until the task is aborted (the caller aborts it
+/// when serving ends, so that the runtime can close and let go of its data directory).
+pub(crate) fn spawn(runtime: Runtime) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = runtime.stats().activations;
         let mut tick = tokio::time::interval(EVERY);
@@ -31,7 +32,7 @@ pub(crate) fn spawn(runtime: Runtime) {
             // A failed join only means the pool is shutting down.
             let _ = tokio::task::spawn_blocking(trim).await;
         }
-    });
+    })
 }
 
 /// Returns free memory to the operating system, where the allocator can.

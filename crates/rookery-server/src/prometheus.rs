@@ -176,6 +176,21 @@ pub(crate) fn render(runtime: &rookery::Runtime, connections: &ConnectionStats) 
         stats.live_objects as f64,
     );
     set_gauge(
+        "rookery_live_bytes",
+        "Memory live objects hold, as max_live_bytes counts it.",
+        stats.live_bytes as f64,
+    );
+    set_gauge(
+        "rookery_wal_bytes",
+        "Bytes the objects' WALs hold in memory, not yet checkpointed.",
+        stats.wal_bytes as f64,
+    );
+    set_gauge(
+        "rookery_open_databases",
+        "Live objects with their database file open.",
+        stats.open_databases as f64,
+    );
+    set_gauge(
         "rookery_websockets_open",
         "WebSockets accepted and not yet ended.",
         stats.websockets as f64,

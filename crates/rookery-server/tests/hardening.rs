@@ -338,7 +338,15 @@ async fn runtime_endpoints_need_the_stats_token_when_one_is_set() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("rookery_live_objects"));
+    let text = r.text().await.unwrap();
+    for gauge in [
+        "rookery_live_objects",
+        "rookery_live_bytes",
+        "rookery_wal_bytes",
+        "rookery_open_databases",
+    ] {
+        assert!(text.contains(gauge), "{gauge} missing from {text}");
+    }
     let r = c
         .get(server.url("/_rookery/stats"))
         .header("authorization", "Bearer s3cret-stats")
