@@ -328,7 +328,8 @@ impl Database {
     pub(crate) fn txn(&mut self) -> Result<&Connection> {
         self.resume()?;
         if !self.in_txn {
-            self.conn()?.execute_batch("BEGIN")?;
+            // Cached: every turn that touches storage begins, and parsing it each time showed.
+            self.conn()?.prepare_cached("BEGIN")?.execute([])?;
             self.in_txn = true;
         } else if self.conn()?.is_autocommit() {
             // SQLite rolled the whole transaction back after an error (e.g. a full disk).
@@ -464,7 +465,11 @@ impl Database {
                 ),
             });
         }
-        match self.conn()?.execute_batch("COMMIT") {
+        let committed = self
+            .conn()?
+            .prepare_cached("COMMIT")
+            .and_then(|mut commit| commit.execute([]).map(drop));
+        match committed {
             Ok(()) => {
                 self.in_txn = false;
                 self.dirty = false;
