@@ -15,6 +15,7 @@
 //! With [`Durability::Relaxed`] a commit counts as durable once its record is written to the
 //! log (the page cache), which survives a crash of the process; the log is synced on a timer.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -186,11 +187,21 @@ struct Worker {
 /// How often the data directory is checked fully while no round runs.
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
 
+/// Checkpointed files synced in one round at most, while more wait: many objects closing at
+/// once under memory pressure each queue one, and a round that synced them all would hold
+/// every commit of the node back for as long.
+const CHECKPOINT_SYNCS_PER_ROUND: usize = 8;
+/// Checkpointed files waiting beyond which a round syncs them down to it (each holds a
+/// descriptor while it waits).
+const CHECKPOINTS_WAITING_MAX: usize = 4096;
+
 /// Files to sync in one round, outside the log.
 #[derive(Default)]
 struct Batch {
     objects: Vec<Arc<ObjectSync>>,
-    checkpoints: Vec<(std::fs::File, crate::addr::AlarmKey, Lsn)>,
+    /// Checkpointed files to sync, oldest first; a round takes a few (see
+    /// `CHECKPOINT_SYNCS_PER_ROUND`) and leaves the rest for the next.
+    checkpoints: VecDeque<(std::fs::File, crate::addr::AlarmKey, Lsn)>,
     log: bool,
 }
 
@@ -214,6 +225,12 @@ impl Worker {
                 let _ = health.check_full();
                 checked = Instant::now();
             }
+            // Checkpointed files still waiting: look for jobs without waiting, then go on.
+            let wait = if batch.checkpoints.is_empty() {
+                wait
+            } else {
+                Duration::ZERO
+            };
             let first = match self.rx.recv_timeout(wait) {
                 Ok(first) => Some(first),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -227,7 +244,7 @@ impl Worker {
                         batch.log = true;
                     }
                     Job::Checkpointed { file, key, through } => {
-                        batch.checkpoints.push((file, key, through));
+                        batch.checkpoints.push_back((file, key, through));
                     }
                     Job::Stop => stop = true,
                 }
@@ -244,7 +261,8 @@ impl Worker {
                     log_synced = Instant::now();
                 }
                 let started = Instant::now();
-                self.round(&mut batch);
+                // At a stop every waiting checkpointed file is synced.
+                self.round(&mut batch, stop);
                 self.round_seconds.record(started.elapsed().as_secs_f64());
                 rounds_since_cleanup += 1;
                 if rounds_since_cleanup >= 64 {
@@ -257,8 +275,9 @@ impl Worker {
         }
     }
 
-    /// One round: the log written and synced, then the other files, then the gates opened.
-    fn round(&self, batch: &mut Batch) {
+    /// One round: the log written and synced, then the other files (with at most a few
+    /// checkpointed ones, unless `all_checkpoints`), then the gates opened.
+    fn round(&self, batch: &mut Batch, all_checkpoints: bool) {
         self.counters.rounds.fetch_add(1, Ordering::Relaxed);
         // Read each object's sequence before syncing: whatever it committed up to then is in
         // its file and covered by this round. A commit after that re-queues it.
@@ -324,7 +343,18 @@ impl Worker {
                 }
             }
         }
-        for (file, key, through) in batch.checkpoints.drain(..) {
+        let take = if all_checkpoints {
+            batch.checkpoints.len()
+        } else {
+            CHECKPOINT_SYNCS_PER_ROUND.max(
+                batch
+                    .checkpoints
+                    .len()
+                    .saturating_sub(CHECKPOINTS_WAITING_MAX),
+            )
+        }
+        .min(batch.checkpoints.len());
+        for (file, key, through) in batch.checkpoints.drain(..take) {
             if outcome.is_err() {
                 continue;
             }
