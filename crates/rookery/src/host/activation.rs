@@ -274,9 +274,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             state.storage().wait_logged().await;
         }
         state.storage().maybe_checkpoint();
-        // Live objects' memory grows without new activations too (WALs and page caches of
-        // the objects already open): the byte cap is looked at after every turn.
-        act.host.relieve_pressure(Some(&key));
+        act.host.turn_ended(&key);
     }
     drop(instance);
     // Close only when everything committed is durable, so no gate waits on a closed database;

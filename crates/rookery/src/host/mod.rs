@@ -234,6 +234,8 @@ pub(crate) struct HostInner {
     max_bytes: u64,
     /// Counts events sent to objects: the clock of least-recent use.
     uses: AtomicU64,
+    /// Turns ended, node-wide: every `TURNS_PER_BYTE_CHECK`th looks at the byte cap.
+    turns_ended: AtomicU64,
     /// The current pressure round.
     round: Mutex<Round>,
     /// Activations that left the registry and are still closing their storage, by key: a new
@@ -268,6 +270,7 @@ impl Host {
             max_open: parts.options.max_open_databases.max(1),
             max_bytes: parts.options.max_live_bytes.max(1),
             uses: AtomicU64::new(0),
+            turns_ended: AtomicU64::new(0),
             round: Mutex::new(Round::default()),
             objects: DashMap::new(),
             sockets: DashMap::new(),
@@ -603,6 +606,16 @@ impl Host {
         live_bytes(*self.0.live.borrow(), storage::sqlite_memory_used())
     }
 
+    /// After a turn of `fresh`: live objects' memory grows without new activations too (the
+    /// WALs and page caches of objects already open), so now and then the caps are looked at.
+    /// Not after every turn: over the byte cap, choosing whom to ask reads the whole registry,
+    /// and SQLite's memory count takes its global allocator lock.
+    pub(crate) fn turn_ended(&self, fresh: &ObjectKey) {
+        if self.0.turns_ended.fetch_add(1, Ordering::Relaxed) % TURNS_PER_BYTE_CHECK == 0 {
+            self.relieve_pressure(Some(fresh));
+        }
+    }
+
     /// Counts one answer to the current round (done, or declined).
     pub(crate) fn pressure_answered(&self) {
         let mut round = self.round();
@@ -694,6 +707,9 @@ pub const LIVE_OBJECT_BYTES: u64 = 8 * 1024;
 fn live_bytes(live: usize, sqlite: u64) -> u64 {
     sqlite.saturating_add((live as u64).saturating_mul(LIVE_OBJECT_BYTES))
 }
+
+/// Turns between two looks at the byte cap from `Host::turn_ended`.
+const TURNS_PER_BYTE_CHECK: u64 = 32;
 
 /// A round of asks to make room.
 #[derive(Default)]

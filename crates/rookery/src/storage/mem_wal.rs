@@ -43,6 +43,30 @@ impl WalBuf {
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
         self.bytes.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Cuts the WAL to `len` bytes if it is longer, giving back the memory beyond it.
+    fn cut(&self, len: usize) {
+        let mut bytes = self.lock();
+        if bytes.len() > len {
+            BYTES.fetch_sub(
+                i64::try_from(bytes.len() - len).unwrap_or(0),
+                Ordering::Relaxed,
+            );
+            bytes.truncate(len);
+            // An emptied WAL of an idle object should not keep its largest size.
+            bytes.shrink_to(len);
+        }
+    }
+}
+
+/// Drops the WAL named `key` from the table; returns whether there was one.
+fn remove(key: &[u8]) -> bool {
+    let Some(buf) = wals().remove(key) else {
+        return false;
+    };
+    // Its open handles (none, when SQLite deletes it) see it empty.
+    buf.cut(0);
+    true
 }
 
 /// Every WAL of the process, by full path.
@@ -143,28 +167,16 @@ unsafe fn key_from(name: *const c_char) -> Option<Vec<u8>> {
 /// Drops the WAL of the database at `db`, if one is in memory (its commits are in the file or
 /// are given up).
 pub(crate) fn discard(db: &Path) {
-    if let Some(key) = key_of(db)
-        && let Some(buf) = wals().remove(&key)
-    {
-        let len = buf.lock().len();
-        BYTES.fetch_sub(i64::try_from(len).unwrap_or(0), Ordering::Relaxed);
+    if let Some(key) = key_of(db) {
+        remove(&key);
     }
 }
 
 /// Cuts the WAL of the database at `db` to `len` bytes (no-op if it is shorter or absent).
 pub(crate) fn truncate(db: &Path, len: u64) {
     let Some(key) = key_of(db) else { return };
-    let Some(buf) = wals().get(&key).cloned() else {
-        return;
-    };
-    let mut bytes = buf.lock();
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if bytes.len() > len {
-        BYTES.fetch_sub(
-            i64::try_from(bytes.len() - len).unwrap_or(0),
-            Ordering::Relaxed,
-        );
-        bytes.truncate(len);
+    if let Some(buf) = wals().get(&key).cloned() {
+        buf.cut(usize::try_from(len).unwrap_or(usize::MAX));
     }
 }
 
@@ -257,10 +269,8 @@ unsafe extern "C" fn x_delete(
 ) -> c_int {
     // SAFETY: SQLite passes a NUL-terminated name.
     if let Some(key) = unsafe { key_from(name) }
-        && let Some(buf) = wals().remove(&key)
+        && remove(&key)
     {
-        let len = buf.lock().len();
-        BYTES.fetch_sub(i64::try_from(len).unwrap_or(0), Ordering::Relaxed);
         return ffi::SQLITE_OK;
     }
     match vfs().and_then(|v| unsafe { (*v.base).xDelete }.map(|d| (v, d))) {
@@ -363,16 +373,7 @@ unsafe extern "C" fn mem_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlit
         return ffi::SQLITE_IOERR_TRUNCATE;
     };
     // SAFETY: see `buf_of`.
-    let mut bytes = unsafe { buf_of(file) }.lock();
-    if bytes.len() > size {
-        BYTES.fetch_sub(
-            i64::try_from(bytes.len() - size).unwrap_or(0),
-            Ordering::Relaxed,
-        );
-        bytes.truncate(size);
-        // An emptied WAL of an idle object should not keep its largest size.
-        bytes.shrink_to(size);
-    }
+    unsafe { buf_of(file) }.cut(size);
     ffi::SQLITE_OK
 }
 
