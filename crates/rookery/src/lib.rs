@@ -90,9 +90,10 @@ pub use socket::{
 };
 pub use state::ObjectState;
 pub use storage::{
-    ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, HistoryOptions, ListOptions,
-    LocalCommitLog, Migration, OutputGate, PageWrite, Sql, SqlCursor, SqlRow, SqlValue, Storage,
-    StorageLimits, SyncHook, TableInfo,
+    ClassKey, ClassKeys, ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, Grant,
+    HistoryOptions, ListOptions, LocalClassKeys, LocalCommitLog, Migration, OutputGate, PAGE_BYTES,
+    PackedPages, Page, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
+    TableInfo,
 };
 pub use stream::{
     BodyStream, EVENT_STREAM, MAX_QUEUED_CHUNKS, MAX_QUEUED_STREAM_BYTES, SseEvent, StreamCut,

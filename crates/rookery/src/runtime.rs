@@ -23,9 +23,9 @@ use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Pla
 use crate::object::DurableObject;
 use crate::outbound::{NotConfigured, Outbound};
 use crate::storage::{
-    AlarmIndex, Catalog, ClassRecord, CommitLog, DirHealth, DirLock, Durability, History,
-    HistoryOptions, LocalCommitLog, Migration, NodeLog, StorageContext, StorageLimits, SyncHook,
-    Syncer, recover, scan_objects,
+    AlarmIndex, Catalog, ClassKeys, ClassRecord, CommitLog, DirHealth, DirLock, Durability,
+    History, HistoryOptions, LocalClassKeys, LocalCommitLog, Migration, NodeLog, StorageContext,
+    StorageLimits, SyncHook, Syncer, recover, scan_objects,
 };
 use crate::stub::{Namespace, Stub};
 use crate::vars::Vars;
@@ -126,6 +126,7 @@ pub struct RuntimeBuilder {
     migrations: Vec<Migration>,
     options: RuntimeOptions,
     commit_log: Arc<dyn CommitLog>,
+    class_keys: Arc<dyn ClassKeys>,
     placement: Arc<dyn Placement>,
     sync_hook: Option<SyncHook>,
     log_segment_bytes: u64,
@@ -168,6 +169,13 @@ impl RuntimeBuilder {
     /// Uses `log` as the commit log instead of the local one.
     pub fn commit_log(mut self, log: Arc<dyn CommitLog>) -> Self {
         self.commit_log = log;
+        self
+    }
+
+    /// Settles class keys with `keys` (the nodes of a cluster share them) instead of drawing
+    /// them on this node alone.
+    pub fn class_keys(mut self, keys: Arc<dyn ClassKeys>) -> Self {
+        self.class_keys = keys;
         self
     }
 
@@ -231,7 +239,7 @@ impl RuntimeBuilder {
             None => (None, Catalog::in_memory()?),
         };
         // Migrations commit only if every binding can be served afterwards.
-        catalog.migrate(&self.migrations, |records| {
+        catalog.migrate(&self.migrations, self.class_keys.as_ref(), |records| {
             check_bindings(&self.bindings, &self.classes, records)
         })?;
         // Every class that exists here and that this server can run is hosted, bound or not,
@@ -595,6 +603,7 @@ impl Runtime {
             migrations: Vec::new(),
             options: RuntimeOptions::default(),
             commit_log: Arc::new(LocalCommitLog),
+            class_keys: Arc::new(LocalClassKeys),
             placement: Arc::new(LocalPlacement),
             sync_hook: None,
             log_segment_bytes: crate::storage::SEGMENT_BYTES,

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use rookery::prelude::*;
 use rookery::testing::{BINDING, PATIENCE, TestHarness, wait_until};
-use rookery::{CommitLog, CommitRecord, HeaderName, HeaderValue, Outgoing, Runtime, SocketLink};
+use rookery::{
+    ClassKey, ClassKeys, CommitLog, CommitRecord, Grant, HeaderName, HeaderValue, Outgoing,
+    Runtime, SocketLink, StartError,
+};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -395,8 +398,11 @@ struct FencingLog {
 }
 
 impl CommitLog for FencingLog {
-    fn activate(&self, _class: &str, _object: &ObjectId) -> Result<u64> {
-        Ok(self.owner.fetch_add(1, Ordering::SeqCst) + 1)
+    fn activate(&self, _class: &str, _object: &ObjectId) -> Result<Grant> {
+        Ok(Grant {
+            epoch: self.owner.fetch_add(1, Ordering::SeqCst) + 1,
+            image: None,
+        })
     }
 
     fn wants_pages(&self) -> bool {
@@ -408,7 +414,7 @@ impl CommitLog for FencingLog {
             record.epoch,
             record.lsn,
             record.db_pages,
-            record.pages.len(),
+            record.pages.count() as usize,
         ));
         if record.epoch >= self.owner.load(Ordering::SeqCst) {
             return None;
@@ -454,6 +460,122 @@ async fn a_commit_of_a_stale_epoch_is_fenced_and_the_object_opens_again_with_a_n
     let last = *log.seen.lock().unwrap().last().unwrap();
     assert_eq!(last.0, 3, "the new activation's epoch");
     assert!(h.shutdown().await);
+}
+
+/// A replicated log in miniature: it keeps each object's database, built from the pages of
+/// its commits, and hands it to whichever node opens the object next.
+struct ReplicaLog {
+    /// The node this view of the log serves.
+    node: u32,
+}
+
+/// Two nodes' views of the one [`ReplicaLog`].
+fn replica_pair() -> (Arc<ReplicaLog>, Arc<ReplicaLog>) {
+    (
+        Arc::new(ReplicaLog { node: 1 }),
+        Arc::new(ReplicaLog { node: 2 }),
+    )
+}
+
+/// An object's database image in the replica log, and the node that wrote it last.
+type Replica = (Vec<u8>, u32);
+
+/// What the replica log holds, per object.
+static SHARED_IMAGES: LazyLock<Mutex<HashMap<ObjectId, Replica>>> = LazyLock::new(Default::default);
+
+impl CommitLog for ReplicaLog {
+    fn activate(&self, _class: &str, object: &ObjectId) -> Result<Grant> {
+        let images = SHARED_IMAGES.lock().unwrap();
+        // Ran here last (or never ran): the local copy stands.
+        let image = match images.get(object) {
+            Some((image, node)) if *node != self.node => Some(image.clone()),
+            _ => None,
+        };
+        eprintln!(
+            "activate node {} image {:?}",
+            self.node,
+            image.as_ref().map(Vec::len)
+        );
+        Ok(Grant { epoch: 1, image })
+    }
+
+    fn wants_pages(&self) -> bool {
+        true
+    }
+
+    fn append(&self, record: &CommitRecord<'_>) -> Option<oneshot::Receiver<Result<()>>> {
+        let mut images = SHARED_IMAGES.lock().unwrap();
+        let entry = images.entry(record.object.clone()).or_default();
+        entry.1 = self.node;
+        eprintln!(
+            "append node {} pages {} db {}",
+            self.node,
+            record.pages.count(),
+            record.db_pages
+        );
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(
+            record
+                .pages
+                .apply(&mut entry.0, record.db_pages)
+                .map_err(|e| Error::msg(format!("bad pages: {e}"))),
+        );
+        Some(rx)
+    }
+}
+
+/// Class keys both nodes of the pair agree on: the first proposal for a name stands.
+struct SharedKeys;
+
+static SHARED_KEYS: LazyLock<Mutex<HashMap<String, ClassKey>>> = LazyLock::new(Default::default);
+
+impl ClassKeys for SharedKeys {
+    fn agree(&self, name: &str, proposed: ClassKey) -> Result<ClassKey, StartError> {
+        let mut keys = SHARED_KEYS.lock().unwrap();
+        Ok(keys.entry(name.to_string()).or_insert(proposed).clone())
+    }
+}
+
+/// A node of the pair: its data directory, its view of the replica log, the shared keys.
+fn replica_node(dir: &std::path::Path, log: Arc<ReplicaLog>) -> TestHarness {
+    TestHarness::from_builder::<Writer>(
+        Runtime::builder(dir)
+            .commit_log(log)
+            .class_keys(Arc::new(SharedKeys)),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_object_opens_elsewhere_with_the_state_its_commit_log_hands_over() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (log_a, log_b) = replica_pair();
+    let a = replica_node(dir_a.path(), log_a);
+    for want in 1..=3 {
+        let resp = a
+            .fetch("moving", Request::post("/put").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.json_body::<serde_json::Value>().unwrap()["n"], want);
+    }
+    assert!(a.shutdown().await);
+    // Node B never saw the object: it opens with the log's copy, not an empty database.
+    let b = replica_node(dir_b.path(), log_b);
+    let resp = b
+        .fetch("moving", Request::post("/put").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.json_body::<serde_json::Value>().unwrap()["n"], 4);
+    assert!(b.shutdown().await);
+    // Back on A, whose own file still says 3: the log's copy (4) wins.
+    let (log_a, _) = replica_pair();
+    let a = replica_node(dir_a.path(), log_a);
+    let resp = a
+        .fetch("moving", Request::get("/get").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.json_body::<serde_json::Value>().unwrap()["n"], 4);
+    assert!(a.shutdown().await);
 }
 
 fn upgrade(path: &str) -> Request {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::class_keys::{ClassKey, ClassKeys};
 use crate::durable_dir::create_dir_durable;
 use crate::error::StartError;
 
@@ -40,6 +41,8 @@ pub(crate) struct ClassRecord {
     pub(crate) name: String,
     pub(crate) dir: PathBuf,
     pub(crate) minter: IdMinter,
+    /// The secret `minter` uses.
+    pub(crate) secret: [u8; 32],
 }
 
 /// The catalog's file in the data directory.
@@ -121,10 +124,12 @@ impl Catalog {
     /// Applies the migrations of `migrations` not yet applied, in order, in one transaction,
     /// and commits it only if `check` accepts the classes that result; then removes the data of
     /// deleted classes. The already applied migrations must come first, in the order they were
-    /// applied. Returns the tags applied now.
+    /// applied. New classes get the key `keys` agrees to, and every class's key must be the
+    /// one `keys` agrees to. Returns the tags applied now.
     pub(crate) fn migrate(
         &mut self,
         migrations: &[Migration],
+        keys: &dyn ClassKeys,
         check: impl FnOnce(&[ClassRecord]) -> Result<()>,
     ) -> Result<Vec<String>> {
         let tx = self.conn.transaction()?;
@@ -153,10 +158,23 @@ impl Catalog {
         }
         let mut done = Vec::new();
         for (position, m) in migrations.iter().enumerate().skip(applied.len()) {
-            apply(&tx, position, m)?;
+            apply(&tx, position, m, keys)?;
             done.push(m.tag.clone());
         }
-        check(&class_records(&tx, &self.objects_dir)?)?;
+        let records = class_records(&tx, &self.objects_dir)?;
+        for record in &records {
+            let own = ClassKey {
+                uid: record.uid.clone(),
+                secret: record.secret,
+            };
+            if keys.agree(&record.name, own.clone())? != own {
+                return Err(StartError::DataDir(format!(
+                    "class {:?} has a different uid or secret here than the cluster records: this data directory was made outside the cluster (start it with an empty data directory)",
+                    record.name
+                )));
+            }
+        }
+        check(&records)?;
         tx.commit()?;
         if !done.is_empty() && !self.in_memory {
             // The catalog changes only here: fold the change into the main file, so that a
@@ -212,7 +230,12 @@ impl Catalog {
 }
 
 /// Applies one migration inside `tx`.
-fn apply(tx: &rusqlite::Transaction<'_>, position: usize, m: &Migration) -> Result<()> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    position: usize,
+    m: &Migration,
+    keys: &dyn ClassKeys,
+) -> Result<()> {
     let fail = |message: String| StartError::Migration {
         tag: m.tag.clone(),
         message,
@@ -249,11 +272,20 @@ fn apply(tx: &rusqlite::Transaction<'_>, position: usize, m: &Migration) -> Resu
                 "cannot create class {name:?}: it exists already"
             )));
         }
-        let uid = hex::encode(&IdMinter::random_secret()?[..16]);
-        let secret = IdMinter::random_secret()?;
+        let proposed = ClassKey {
+            uid: hex::encode(&IdMinter::random_secret()?[..16]),
+            secret: IdMinter::random_secret()?,
+        };
+        let key = keys.agree(name, proposed)?;
+        if key.uid.len() != 32 || !key.uid.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(fail(format!(
+                "the uid {:?} agreed for class {name:?} is not 32 hex digits",
+                key.uid
+            )));
+        }
         tx.execute(
             "INSERT INTO classes (uid, name, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![uid, name, secret.as_slice(), now_ms()],
+            params![key.uid, name, key.secret.as_slice(), now_ms()],
         )?;
     }
     tx.execute(
@@ -284,6 +316,7 @@ fn class_records(conn: &Connection, objects_dir: &Path) -> Result<Vec<ClassRecor
             uid,
             name,
             minter: IdMinter::new(secret),
+            secret,
         });
     }
     Ok(classes)
@@ -328,6 +361,7 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::LocalClassKeys;
 
     fn m(tag: &str) -> Migration {
         Migration {
@@ -345,7 +379,8 @@ mod tests {
             ..m("v1")
         };
         assert_eq!(
-            cat.migrate(std::slice::from_ref(&v1), |_| Ok(())).unwrap(),
+            cat.migrate(std::slice::from_ref(&v1), &LocalClassKeys, |_| Ok(()))
+                .unwrap(),
             vec!["v1"]
         );
         let a_dir = cat.classes().unwrap()[0].dir.clone();
@@ -357,7 +392,8 @@ mod tests {
         };
         // Applying again is a no-op for v1.
         assert_eq!(
-            cat.migrate(&[v1.clone(), v2.clone()], |_| Ok(())).unwrap(),
+            cat.migrate(&[v1.clone(), v2.clone()], &LocalClassKeys, |_| Ok(()))
+                .unwrap(),
             vec!["v2"]
         );
         let classes = cat.classes().unwrap();
@@ -365,7 +401,7 @@ mod tests {
         assert_eq!(classes[0].name, "A2");
         assert_eq!(classes[0].dir, a_dir, "a rename keeps the data directory");
         // Reordering applied migrations is refused.
-        assert!(cat.migrate(&[v2, v1], |_| Ok(())).is_err());
+        assert!(cat.migrate(&[v2, v1], &LocalClassKeys, |_| Ok(())).is_err());
     }
 
     #[test]
@@ -377,7 +413,7 @@ mod tests {
             deleted_classes: vec!["Nope".into()],
             ..m("v1")
         };
-        match cat.migrate(&[bad], |_| Ok(())) {
+        match cat.migrate(&[bad], &LocalClassKeys, |_| Ok(())) {
             Err(StartError::Migration { tag, message }) => {
                 assert_eq!(tag, "v1");
                 assert!(message.contains("Nope"), "{message}");
@@ -395,7 +431,8 @@ mod tests {
             new_classes: vec!["A".into()],
             ..m("v1")
         };
-        cat.migrate(std::slice::from_ref(&v1), |_| Ok(())).unwrap();
+        cat.migrate(std::slice::from_ref(&v1), &LocalClassKeys, |_| Ok(()))
+            .unwrap();
         let a_dir = cat.classes().unwrap()[0].dir.clone();
         fs::create_dir_all(a_dir.join("0")).unwrap();
         fs::write(a_dir.join("0").join("x.sqlite"), b"data").unwrap();
@@ -403,7 +440,7 @@ mod tests {
             deleted_classes: vec!["A".into()],
             ..m("v2")
         };
-        let refused = cat.migrate(&[v1.clone(), v2.clone()], |records| {
+        let refused = cat.migrate(&[v1.clone(), v2.clone()], &LocalClassKeys, |records| {
             assert!(records.is_empty(), "the check sees the classes after v2");
             Err(StartError::Config("a binding still names A".into()))
         });
@@ -411,7 +448,10 @@ mod tests {
         assert_eq!(cat.classes().unwrap().len(), 1, "v2 was not recorded");
         assert!(a_dir.join("0").join("x.sqlite").exists(), "no data deleted");
         // Accepted, the delete goes through and takes the class's data with it.
-        assert_eq!(cat.migrate(&[v1, v2], |_| Ok(())).unwrap(), vec!["v2"]);
+        assert_eq!(
+            cat.migrate(&[v1, v2], &LocalClassKeys, |_| Ok(())).unwrap(),
+            vec!["v2"]
+        );
         assert!(!a_dir.exists());
     }
 
@@ -423,7 +463,8 @@ mod tests {
             new_classes: vec!["A".into()],
             ..m("v1")
         };
-        cat.migrate(std::slice::from_ref(&v1), |_| Ok(())).unwrap();
+        cat.migrate(std::slice::from_ref(&v1), &LocalClassKeys, |_| Ok(()))
+            .unwrap();
         let a_dir = cat.classes().unwrap()[0].dir.clone();
         fs::create_dir_all(&a_dir).unwrap();
         fs::write(a_dir.join("x.sqlite"), b"data").unwrap();
@@ -449,10 +490,12 @@ mod tests {
         let mut cat = Catalog::open(dir.path()).unwrap();
         let stray = dir.path().join("objects").join("0123abcd");
         fs::create_dir_all(&stray).unwrap();
-        cat.migrate(&[m("v1")], |_| Ok(())).unwrap();
+        cat.migrate(&[m("v1")], &LocalClassKeys, |_| Ok(()))
+            .unwrap();
         drop(cat);
         let mut cat = Catalog::open(dir.path()).unwrap();
-        cat.migrate(&[m("v1")], |_| Ok(())).unwrap();
+        cat.migrate(&[m("v1")], &LocalClassKeys, |_| Ok(()))
+            .unwrap();
         assert!(stray.exists());
     }
 }

@@ -13,17 +13,9 @@
 
 use tokio::sync::oneshot;
 
+use super::PackedPages;
 use crate::error::Result;
 use crate::id::ObjectId;
-
-/// One page a commit wrote.
-#[derive(Debug, Clone, Copy)]
-pub struct PageWrite<'a> {
-    /// The page number, from 1.
-    pub pgno: u32,
-    /// The page's bytes (4 KiB).
-    pub page: &'a [u8],
-}
 
 /// A turn that committed locally.
 #[derive(Debug)]
@@ -40,20 +32,32 @@ pub struct CommitRecord<'a> {
     pub lsn: Option<u64>,
     /// The database's size in pages after the commit (with `pages`).
     pub db_pages: u32,
-    /// The pages the commit wrote, in order, when [`CommitLog::wants_pages`] (else empty).
-    pub pages: &'a [PageWrite<'a>],
+    /// The pages the commit wrote, packed as the node log stores them, when
+    /// [`CommitLog::wants_pages`] (else none).
+    pub pages: PackedPages<'a>,
+}
+
+/// What the commit log says when an object opens on this node.
+#[derive(Debug, Default)]
+pub struct Grant {
+    /// The epoch the activation's commits carry.
+    pub epoch: u64,
+    /// The object's database as the log holds it, when it must replace this node's copy (the
+    /// object last ran elsewhere): `Some(empty)` means it stores nothing. `None` keeps the
+    /// local database as it is.
+    pub image: Option<Vec<u8>>,
 }
 
 /// Receives every committed turn before its outputs are released.
 pub trait CommitLog: Send + Sync + 'static {
-    /// The object is opening on this node: returns the epoch its commits will carry. An error
-    /// keeps it from opening (another node owns it, say).
-    fn activate(&self, _class: &str, _object: &ObjectId) -> Result<u64> {
-        Ok(0)
+    /// The object is opening on this node: the epoch its commits will carry, and its state
+    /// when the log's copy must replace the local one. An error keeps it from opening (another
+    /// node owns it, say). Called on a blocking thread inside the runtime.
+    fn activate(&self, _class: &str, _object: &ObjectId) -> Result<Grant> {
+        Ok(Grant::default())
     }
 
-    /// Whether [`CommitLog::append`] needs the pages (gathering them costs an allocation per
-    /// commit, so logs that do not replicate say no).
+    /// Whether [`CommitLog::append`] needs the pages (logs that do not replicate say no).
     fn wants_pages(&self) -> bool {
         false
     }

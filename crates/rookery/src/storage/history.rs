@@ -360,17 +360,5 @@ fn apply_to_vec(image: &mut Vec<u8>, record: &Record<'_>) -> io::Result<()> {
         image.clear();
         return Ok(());
     }
-    let len = record.db_pages as usize * PAGE_BYTES;
-    if image.len() < len {
-        image.resize(len, 0);
-    }
-    for frame in record.frames() {
-        let frame = frame?;
-        let at = (frame.pgno.saturating_sub(1) as usize) * PAGE_BYTES;
-        if let Some(slot) = image.get_mut(at..at + PAGE_BYTES) {
-            slot.copy_from_slice(&frame.page);
-        }
-    }
-    image.truncate(len);
-    Ok(())
+    record.pages().apply(image, record.db_pages)
 }

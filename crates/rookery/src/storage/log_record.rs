@@ -25,15 +25,15 @@
 //! A record's LSN is the byte offset of its start in the log, counted from the first record ever
 //! written. A torn or unsynced tail fails its length or checksum and ends the log.
 
-use std::borrow::Cow;
 use std::io;
 use std::sync::Arc;
 
+pub(crate) use super::packed_pages::{
+    Frame, PAGE_BYTES, Packed, PackedPages, Page, pack, pack_image,
+};
 use crate::addr::AlarmKey;
 use crate::id::ID_BYTES;
 
-/// The page size of object databases; frames carry whole pages.
-pub(crate) const PAGE_BYTES: usize = 4096;
 /// Bytes before a record's body.
 pub(crate) const RECORD_HEADER: usize = 8;
 /// The largest body the log accepts (a turn that writes more pages is refused at commit).
@@ -66,60 +66,6 @@ impl Kind {
     }
 }
 
-/// One page a commit wrote.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Frame<'a> {
-    pub(crate) pgno: u32,
-    pub(crate) page: &'a [u8],
-}
-
-/// A commit's pages, packed for the log (done before the log's lock is taken: compressing
-/// is the costly part of appending).
-#[derive(Debug, Default)]
-pub(crate) struct Packed {
-    count: u32,
-    bytes: Vec<u8>,
-}
-
-impl Packed {
-    /// Bytes the packed pages take.
-    pub(crate) fn len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-/// The largest LZ4 block of one page (what `compress_into` needs room for).
-const MAX_BLOCK: usize = lz4_flex::block::get_maximum_output_size(PAGE_BYTES);
-
-/// Packs `frames`: each page compressed, or whole where compressing does not make it smaller.
-pub(crate) fn pack(frames: &[Frame<'_>]) -> Packed {
-    let mut bytes = Vec::with_capacity(frames.len() * 256);
-    // On the stack: packing runs once per commit, and the worst case is a constant.
-    let mut scratch = [0u8; MAX_BLOCK];
-    for frame in frames {
-        // Frames are whole pages (WAL frames, or a restored image cut into pages).
-        debug_assert_eq!(frame.page.len(), PAGE_BYTES);
-        bytes.extend_from_slice(&frame.pgno.to_le_bytes());
-        match lz4_flex::block::compress_into(frame.page, &mut scratch) {
-            Ok(n) if n < PAGE_BYTES && frame.page.len() == PAGE_BYTES => {
-                bytes.extend_from_slice(&(n as u16).to_le_bytes());
-                bytes.extend_from_slice(&scratch[..n]);
-            }
-            _ => {
-                let page = frame.page.get(..PAGE_BYTES).unwrap_or(frame.page);
-                bytes.extend_from_slice(&(PAGE_BYTES as u16).to_le_bytes());
-                bytes.extend_from_slice(page);
-                // A short page is stored padded: the record stays well formed.
-                bytes.resize(bytes.len() + PAGE_BYTES - page.len(), 0);
-            }
-        }
-    }
-    Packed {
-        count: u32::try_from(frames.len()).unwrap_or(u32::MAX),
-        bytes,
-    }
-}
-
 /// Appends a commit record for `key` to `out`, at log position `lsn`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_commit(
@@ -133,8 +79,8 @@ pub(crate) fn encode_commit(
 ) {
     let start = begin(out, lsn, PACKED_COMMIT, time_ms, key, seq);
     out.extend_from_slice(&db_pages.to_le_bytes());
-    out.extend_from_slice(&packed.count.to_le_bytes());
-    out.extend_from_slice(&packed.bytes);
+    out.extend_from_slice(&packed.count().to_le_bytes());
+    out.extend_from_slice(packed.bytes());
     finish(out, start);
 }
 
@@ -190,14 +136,6 @@ pub(crate) struct Record<'a> {
     packed: bool,
 }
 
-/// One page of a commit read back.
-#[derive(Debug)]
-pub(crate) struct Page<'a> {
-    pub(crate) pgno: u32,
-    /// The whole page: borrowed from the log where it was stored whole, else decompressed.
-    pub(crate) page: Cow<'a, [u8]>,
-}
-
 impl<'a> Record<'a> {
     /// Whether the object's whole state follows from this record alone: a removal (nothing),
     /// or a commit that wrote every page of the database (a new object's first commit, a
@@ -223,54 +161,21 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// Each frame's page number and stored bytes, in the order they were written (the bytes
-    /// are whole pages, or LZ4 blocks where shorter than a page).
-    fn stored(&self) -> impl Iterator<Item = (u32, &'a [u8])> + 'a {
-        let (bytes, packed) = (self.frames, self.packed);
-        let mut at = 0usize;
-        (0..self.frame_count).map_while(move |_| {
-            let pgno = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
-            at += 4;
-            let len = if packed {
-                let len = u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
-                at += 2;
-                usize::from(len)
-            } else {
-                PAGE_BYTES
-            };
-            let stored = bytes.get(at..at + len)?;
-            at += len;
-            Some((pgno, stored))
-        })
+    /// The pages of a commit, as stored.
+    pub(crate) fn pages(&self) -> PackedPages<'a> {
+        PackedPages::stored(self.frame_count, self.frames, self.packed)
     }
 
     /// The page numbers of a commit's frames, in the order they were written.
     pub(crate) fn pgnos(&self) -> impl Iterator<Item = u32> + 'a {
-        self.stored().map(|(pgno, _)| pgno)
+        self.pages().pgnos()
     }
 
     /// The pages of a commit, in the order they were written. A page that does not
     /// decompress to a whole page is an error (the record passed its checksum, so this is
     /// not a torn tail but a fault).
     pub(crate) fn frames(&self) -> impl Iterator<Item = io::Result<Page<'a>>> + 'a {
-        self.stored().map(|(pgno, stored)| {
-            if stored.len() == PAGE_BYTES {
-                return Ok(Page {
-                    pgno,
-                    page: Cow::Borrowed(stored),
-                });
-            }
-            let mut page = vec![0u8; PAGE_BYTES];
-            match lz4_flex::block::decompress_into(stored, &mut page) {
-                Ok(PAGE_BYTES) => Ok(Page {
-                    pgno,
-                    page: Cow::Owned(page),
-                }),
-                _ => Err(io::Error::other(format!(
-                    "page {pgno} of a log record does not decompress to a whole page"
-                ))),
-            }
-        })
+        self.pages().pages()
     }
 }
 

@@ -4,6 +4,7 @@
 mod alarm;
 mod alarm_index;
 mod catalog;
+mod class_keys;
 mod commit_log;
 mod database;
 mod dir_health;
@@ -16,6 +17,7 @@ mod log_record;
 mod mem_wal;
 mod node_log;
 mod object_sync;
+mod packed_pages;
 mod policy;
 mod recovery;
 mod restore;
@@ -26,12 +28,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use catalog::Migration;
-pub use commit_log::{CommitLog, CommitRecord, LocalCommitLog, PageWrite};
+pub use class_keys::{ClassKey, ClassKeys, LocalClassKeys};
+pub use commit_log::{CommitLog, CommitRecord, Grant, LocalCommitLog};
 pub use durability::{Durability, SyncHook};
 pub use history::HistoryOptions;
 pub use inspect::TableInfo;
 pub use kv::ListOptions;
 pub use object_sync::OutputGate;
+pub use packed_pages::{PAGE_BYTES, PackedPages, Page};
 pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
 pub(crate) use alarm_index::{AlarmIndex, AlarmListener, scan_objects};
@@ -190,7 +194,11 @@ impl Storage {
     pub(crate) fn open(addr: &ObjectAddr, ctx: Arc<StorageContext>) -> Result<Self> {
         let location = &addr.location();
         let alarm_key = addr.alarm_key();
-        let epoch = ctx.commit_log.activate(&addr.class.name, &addr.id)?;
+        let grant = ctx.commit_log.activate(&addr.class.name, &addr.id)?;
+        let epoch = grant.epoch;
+        if let (Location::File(path), Some(image)) = (location, &grant.image) {
+            restore::install(&ctx, &alarm_key, path, image)?;
+        }
         if let Location::File(path) = location
             && let Some(at) = restore::pending(path)?
         {
@@ -488,18 +496,6 @@ impl Storage {
                 )));
             }
         };
-        // Only a log that replicates gets the pages: gathering them allocates.
-        let pages: Vec<PageWrite<'_>> = match &logged {
-            Some(logged) if self.ctx.commit_log.wants_pages() => logged
-                .raw
-                .chunks_exact(FRAME_BYTES)
-                .map(|f| PageWrite {
-                    pgno: u32::from_be_bytes([f[0], f[1], f[2], f[3]]),
-                    page: &f[24..],
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
         let ack = self.ctx.commit_log.append(&CommitRecord {
             class: &self.class,
             object: &self.id,
@@ -507,7 +503,10 @@ impl Storage {
             epoch: self.epoch,
             lsn: logged.as_ref().map(|l| l.lsn),
             db_pages: logged.as_ref().map_or(0, |l| l.db_pages),
-            pages: &pages,
+            pages: match &logged {
+                Some(logged) if self.ctx.commit_log.wants_pages() => logged.packed.view(),
+                _ => PackedPages::new(0, &[]),
+            },
         });
         match ack {
             None => self.sync.mark(seq, false, true),
@@ -569,7 +568,11 @@ impl Storage {
             write_now,
         )?;
         db.frames_logged();
-        Ok(Some(Logged { lsn, db_pages, raw }))
+        Ok(Some(Logged {
+            lsn,
+            db_pages,
+            packed,
+        }))
     }
 
     /// Whether the node log holds, durably, every commit of this object.
@@ -769,8 +772,8 @@ pub(crate) fn wal_bytes() -> u64 {
 struct Logged {
     lsn: log_record::Lsn,
     db_pages: u32,
-    /// The WAL frames (24-byte header and page each).
-    raw: Vec<u8>,
+    /// The commit's pages, as the log took them.
+    packed: log_record::Packed,
 }
 
 /// A WAL longer than this many frames is folded into its file between turns.

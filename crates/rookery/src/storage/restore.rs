@@ -6,13 +6,17 @@
 //! stored nothing then): once that record is durable the file is rewritten, and a crash at any
 //! point either leaves the marker (the restore runs again, to the same state) or replays the
 //! record. The marker is removed, durably, before the object serves anything.
+//!
+//! [`install`] is the same replacement for a database that comes whole from elsewhere: in a
+//! cluster, the state the replicated commit log holds for an object that last ran on another
+//! node.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::history::format_bookmark;
-use super::log_record::{self, Frame, Lsn, PAGE_BYTES};
+use super::log_record::{self, Lsn};
 use super::{ObjectSync, StorageContext};
 use crate::addr::AlarmKey;
 use crate::durable_dir::{create_dir_durable, sync_dir, write_file_durable};
@@ -54,43 +58,65 @@ pub(crate) fn run(ctx: &StorageContext, key: &AlarmKey, db: &Path, at: Lsn) -> R
     // Every record before the bookmark must be in the files history reads.
     wait_synced(ctx, at)?;
     let image = history.image_at(log, key, at, db.exists())?;
-    let now = ctx.clock.now_ms();
-    let commit = if image.is_empty() {
-        let through = log.last_uncovered(key).unwrap_or(0);
-        log.append_cover(now, key, through, true);
-        None
-    } else {
-        let frames: Vec<Frame<'_>> = image
-            .chunks_exact(PAGE_BYTES)
-            .zip(1u32..)
-            .map(|(page, pgno)| Frame { pgno, page })
-            .collect();
-        let pages = u32::try_from(frames.len())
-            .map_err(|_| Error::msg("the restored database is too large"))?;
-        let unused = ObjectSync::new(db, false);
-        let packed = log_record::pack(&frames);
-        Some(log.append_commit(now, key, 0, pages, &packed, &unused, false)?)
-    };
-    // The log says what the file will hold before the file holds it.
-    wait_synced(ctx, log.next_lsn())?;
-    super::recovery::discard_wal(db)?;
-    match commit {
-        None => match fs::remove_file(db) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        },
-        Some(lsn) => {
-            write_file_durable(db, &image)?;
-            log.append_cover(now, key, lsn, false);
-        }
-    }
+    install(ctx, key, db, &image)?;
     fs::remove_file(marker(db))?;
     if let Some(dir) = db.parent() {
         sync_dir(dir)?;
     }
     tracing::info!(bookmark = %format_bookmark(at), bytes = image.len(), "restored the object to a bookmark");
     Ok(())
+}
+
+/// Replaces the database `db` of object `key` with `image` (empty: the object stores nothing),
+/// durably, before it opens: the image goes through the node log as one record holding every
+/// page (or a removal record), and only once that is durable is the file rewritten, so a crash
+/// at any point leaves either the old file or a record that recovery replays. Runs on a
+/// blocking thread.
+pub(crate) fn install(ctx: &StorageContext, key: &AlarmKey, db: &Path, image: &[u8]) -> Result<()> {
+    let Some(log) = &ctx.log else {
+        // No node log (tests that run without one): the file alone.
+        super::recovery::discard_wal(db)?;
+        if image.is_empty() {
+            return remove_if_there(db);
+        }
+        if let Some(dir) = db.parent() {
+            create_dir_durable(dir)?;
+        }
+        return Ok(write_file_durable(db, image)?);
+    };
+    let now = ctx.clock.now_ms();
+    let commit = if image.is_empty() {
+        let through = log.last_uncovered(key).unwrap_or(0);
+        log.append_cover(now, key, through, true);
+        None
+    } else {
+        let packed = log_record::pack_image(image);
+        let pages = packed.count();
+        let unused = ObjectSync::new(db, false);
+        Some(log.append_commit(now, key, 0, pages, &packed, &unused, false)?)
+    };
+    // The log says what the file will hold before the file holds it.
+    wait_synced(ctx, log.next_lsn())?;
+    super::recovery::discard_wal(db)?;
+    match commit {
+        None => remove_if_there(db)?,
+        Some(lsn) => {
+            if let Some(dir) = db.parent() {
+                create_dir_durable(dir)?;
+            }
+            write_file_durable(db, image)?;
+            log.append_cover(now, key, lsn, false);
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_there(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Blocks until the node log is durable up to `lsn`.
