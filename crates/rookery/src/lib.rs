@@ -92,8 +92,8 @@ pub use state::ObjectState;
 pub use storage::{
     ClassKey, ClassKeys, ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, Grant,
     HistoryOptions, ListOptions, LocalClassKeys, LocalCommitLog, Migration, OutputGate, PAGE_BYTES,
-    PackedPages, Page, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
-    TableInfo,
+    Packed, PackedPages, Page, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
+    TableInfo, pack_image,
 };
 pub use stream::{
     BodyStream, EVENT_STREAM, MAX_QUEUED_CHUNKS, MAX_QUEUED_STREAM_BYTES, SseEvent, StreamCut,

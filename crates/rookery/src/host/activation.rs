@@ -108,12 +108,19 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
         Ok(state) => state,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the object's storage");
-            fail(
-                &act,
-                mailbox,
-                None,
-                &format!("the object's storage cannot be opened: {e}"),
-            )
+            // Refusals that say why (another node owns the object; storage is down) are passed
+            // on as they are, so that callers get their status and can retry.
+            let kept = match &e {
+                Error::Fenced(why) => Some(Error::Fenced(why.clone())),
+                Error::StorageUnavailable(why) => Some(Error::StorageUnavailable(why.clone())),
+                _ => None,
+            };
+            let message = format!("the object's storage cannot be opened: {e}");
+            fail_with(&act, mailbox, None, &|| match &kept {
+                Some(Error::Fenced(why)) => Error::Fenced(why.clone()),
+                Some(Error::StorageUnavailable(why)) => Error::StorageUnavailable(why.clone()),
+                _ => Error::Other(message.clone()),
+            })
             .await;
             return;
         }
@@ -431,9 +438,19 @@ fn reset<I>(instance: &mut Option<I>, state: &ObjectState) {
 /// name paths), or that storage is unavailable when the data directory is gone.
 async fn fail(
     act: &Activation,
-    mut mailbox: mpsc::Receiver<Box<Event>>,
+    mailbox: mpsc::Receiver<Box<Event>>,
     first: Option<Event>,
     message: &str,
+) {
+    fail_with(act, mailbox, first, &|| Error::Other(message.to_string())).await;
+}
+
+/// [`fail`], with the error each event gets made by `make` (unless storage is down).
+async fn fail_with(
+    act: &Activation,
+    mut mailbox: mpsc::Receiver<Box<Event>>,
+    first: Option<Event>,
+    make: &(dyn Fn() -> Error + Sync),
 ) {
     act.host.forget(&act.addr.key(), act.generation);
     mailbox.close();
@@ -446,7 +463,7 @@ async fn fail(
         .map(|h| h.problem());
     let error = || match &unavailable {
         Some(problem) => Error::StorageUnavailable(problem.clone()),
-        None => Error::Other(message.to_string()),
+        None => make(),
     };
     if let Some(event) = first {
         reject(event, error());

@@ -35,7 +35,7 @@ pub use history::HistoryOptions;
 pub use inspect::TableInfo;
 pub use kv::ListOptions;
 pub use object_sync::OutputGate;
-pub use packed_pages::{PAGE_BYTES, PackedPages, Page};
+pub use packed_pages::{PAGE_BYTES, Packed, PackedPages, Page, pack_image};
 pub use sql::{ColumnIndex, FromSqlValue, Sql, SqlCursor, SqlRow, SqlValue};
 
 pub(crate) use alarm_index::{AlarmIndex, AlarmListener, scan_objects};

@@ -20,32 +20,37 @@ pub(crate) struct Frame<'a> {
     pub(crate) page: &'a [u8],
 }
 
-/// A commit's pages, packed (done before the log's lock is taken: compressing is the costly
-/// part of appending).
+/// Pages packed into bytes of their own (for the log, done before its lock is taken:
+/// compressing is the costly part of appending).
 #[derive(Debug, Default)]
-pub(crate) struct Packed {
+pub struct Packed {
     count: u32,
     pub(crate) bytes: Vec<u8>,
 }
 
 impl Packed {
     /// Bytes the packed pages take.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.bytes.len()
     }
 
+    /// Whether no page is packed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// How many pages.
-    pub(crate) fn count(&self) -> u32 {
+    pub fn count(&self) -> u32 {
         self.count
     }
 
     /// The packed bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
     /// A view to read the pages back.
-    pub(crate) fn view(&self) -> PackedPages<'_> {
+    pub fn view(&self) -> PackedPages<'_> {
         PackedPages::new(self.count, &self.bytes)
     }
 }
@@ -84,7 +89,7 @@ pub(crate) fn pack(frames: &[Frame<'_>]) -> Packed {
 
 /// Packs a whole database image (its length a multiple of [`PAGE_BYTES`]) as one commit of
 /// every page.
-pub(crate) fn pack_image(image: &[u8]) -> Packed {
+pub fn pack_image(image: &[u8]) -> Packed {
     let frames: Vec<Frame<'_>> = image
         .chunks_exact(PAGE_BYTES)
         .zip(1u32..)

@@ -84,6 +84,10 @@ pub(crate) fn install(ctx: &StorageContext, key: &AlarmKey, db: &Path, image: &[
         }
         return Ok(write_file_durable(db, image)?);
     };
+    if image.is_empty() && !db.exists() && log.last_uncovered(key).is_none() {
+        // Nothing here to replace (a new object): no record, no sync round.
+        return Ok(());
+    }
     let now = ctx.clock.now_ms();
     let commit = if image.is_empty() {
         let through = log.last_uncovered(key).unwrap_or(0);

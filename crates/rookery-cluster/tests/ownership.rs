@@ -1,0 +1,143 @@
+//! Ownership, handover and fencing between nodes sharing one PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, connect, fresh_database};
+use rookery::Error;
+
+const LEASE: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_has_one_owner_and_moves_with_its_state_when_the_owner_leaves() {
+    let url = fresh_database().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(&url, "a", dir_a.path(), LEASE).await.unwrap();
+    let b = Node::start(&url, "b", dir_b.path(), LEASE).await.unwrap();
+    for want in 1..=3 {
+        assert_eq!(a.bump("moving").await.unwrap(), want);
+    }
+    // B may not open what A owns: it is told who does, and nothing changes.
+    match b.bump("moving").await {
+        Err(Error::Fenced(why)) => assert!(why.contains("node a"), "{why}"),
+        other => panic!("expected a refusal naming node a, got {other:?}"),
+    }
+    let nodes = a.cluster.nodes().await.unwrap();
+    let owned: Vec<(&str, bool, i64)> = nodes
+        .iter()
+        .map(|n| (n.node_id.as_str(), n.live, n.objects))
+        .collect();
+    assert_eq!(owned, vec![("a", true, 1), ("b", true, 0)]);
+    // A leaves: B takes the object over at once, with the state A committed.
+    a.stop().await;
+    assert_eq!(b.bump("moving").await.unwrap(), 4);
+    // A again, on its old data directory (which says 3): the cluster's state wins.
+    let a = Node::start(&url, "a", dir_a.path(), LEASE).await.unwrap();
+    b.stop().await;
+    assert_eq!(a.read("moving").await.unwrap(), 4);
+    assert_eq!(a.bump("moving").await.unwrap(), 5);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_ran_out_can_never_commit_again_for_an_object_taken_over() {
+    let url = fresh_database().await;
+    let pg = connect(&url).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(&url, "a", dir_a.path(), LEASE).await.unwrap();
+    let b = Node::start(&url, "b", dir_b.path(), LEASE).await.unwrap();
+    assert_eq!(a.bump("fenced").await.unwrap(), 1);
+    assert_eq!(a.bump("fenced").await.unwrap(), 2);
+    // As if A had been paused past its lease: PostgreSQL's clock says it ran out.
+    pg.execute(
+        "UPDATE rookery_nodes SET lease_until = now() WHERE node_id = 'a'",
+        &[],
+    )
+    .await
+    .unwrap();
+    // B takes the object over (A's object is still live on A) and commits.
+    assert_eq!(b.bump("fenced").await.unwrap(), 3);
+    // A, waking up, still has the object live and tries to commit: refused, and the client is
+    // told; nothing is acknowledged.
+    match a.bump("fenced").await {
+        Err(Error::Fenced(_)) | Err(Error::StorageUnavailable(_)) => {}
+        other => panic!("a stale owner's commit must be refused, got {other:?}"),
+    }
+    // However often it tries, A cannot write: the object is B's.
+    for _ in 0..3 {
+        assert!(a.bump("fenced").await.is_err());
+    }
+    assert_eq!(b.read("fenced").await.unwrap(), 3);
+    assert_eq!(b.bump("fenced").await.unwrap(), 4);
+    let commits: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM rookery_commits WHERE class = 'TEST'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        commits, 4,
+        "exactly the four acknowledged increments are in the cluster"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_commits_are_folded_into_a_snapshot_and_the_state_survives_it() {
+    let url = fresh_database().await;
+    let pg = connect(&url).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(&url, "a", dir_a.path(), LEASE).await.unwrap();
+    for want in 1..=80 {
+        assert_eq!(a.bump("folded").await.unwrap(), want);
+    }
+    a.stop().await;
+    // Opening it elsewhere reads 80 commits, and folds them into a snapshot.
+    let b = Node::start(&url, "b", dir_b.path(), LEASE).await.unwrap();
+    assert_eq!(b.read("folded").await.unwrap(), 80);
+    let deadline = tokio::time::Instant::now() + rookery::testing::PATIENCE;
+    loop {
+        let row = pg
+            .query_one(
+                "SELECT (SELECT count(*) FROM rookery_commits),
+                        (SELECT count(*) FROM rookery_snapshots)",
+                &[],
+            )
+            .await
+            .unwrap();
+        if (row.get::<_, i64>(0), row.get::<_, i64>(1)) == (0, 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the commits were not folded into a snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.bump("folded").await.unwrap(), 81);
+    b.stop().await;
+    // From the snapshot and the one commit after it.
+    let a = Node::start(&url, "a", dir_a.path(), LEASE).await.unwrap();
+    assert_eq!(a.read("folded").await.unwrap(), 81);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_made_outside_the_cluster_is_refused() {
+    let url = fresh_database().await;
+    let (dir_a, dir_alone) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(&url, "a", dir_a.path(), LEASE).await.unwrap();
+    // A node that ran alone first: its class has a key of its own.
+    let alone =
+        rookery::testing::TestHarness::with_data_dir::<common::Counter>(dir_alone.path()).unwrap();
+    assert!(alone.shutdown().await);
+    match Node::start(&url, "c", dir_alone.path(), LEASE).await {
+        Err(e) => assert!(e.contains("outside the cluster"), "{e}"),
+        Ok(_) => panic!("a data directory with its own class keys joined the cluster"),
+    }
+    a.stop().await;
+}
