@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::ClusterError;
 use crate::image::{self, Position};
 use crate::membership::Membership;
+use crate::placement::KnownOwners;
 
 /// Commits waiting for the append task at most; beyond it, commits fail at once.
 const QUEUE: usize = 8192;
@@ -72,11 +73,16 @@ pub(crate) struct PgCommitLog {
     handle: tokio::runtime::Handle,
     queue: mpsc::Sender<Pending>,
     marks: Arc<DashMap<Key, Mark>>,
+    owners: Arc<KnownOwners>,
 }
 
 impl PgCommitLog {
     /// The log, with its append task spawned on the current runtime.
-    pub(crate) fn start(pool: Pool, membership: Arc<Membership>) -> Arc<Self> {
+    pub(crate) fn start(
+        pool: Pool,
+        membership: Arc<Membership>,
+        owners: Arc<KnownOwners>,
+    ) -> Arc<Self> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let marks = Arc::new(DashMap::new());
         tokio::spawn(append_task(
@@ -91,6 +97,7 @@ impl PgCommitLog {
             handle: tokio::runtime::Handle::current(),
             queue,
             marks,
+            owners,
         })
     }
 
@@ -98,7 +105,15 @@ impl PgCommitLog {
         let hex = object.to_hex();
         let key: Key = (Arc::from(class), hex.clone());
         let mut client = self.pool.get().await.map_err(ClusterError::from)?;
-        let epoch = claim(&client, &self.membership, class, &hex).await?;
+        let epoch = match claim(&client, &self.membership, class, &hex).await {
+            Ok(epoch) => epoch,
+            Err(Error::Elsewhere(address)) => {
+                self.owners.learn(object, address.clone());
+                return Err(Error::Elsewhere(address));
+            }
+            Err(e) => return Err(e),
+        };
+        self.owners.forget(object);
         let last = image::last_position(&client, class, &hex).await?;
         let current = self
             .marks
@@ -225,15 +240,13 @@ async fn claim(
         )
         .await
         .map_err(ClusterError::from)?;
-    Err(match owner {
-        Some(row) => Error::Fenced(format!(
-            "the object is owned by node {} ({})",
-            row.get::<_, String>(0),
-            row.get::<_, Option<String>>(1).unwrap_or_default()
-        )),
-        // Its lease ran out as we looked: the next try claims it.
-        None => Error::Fenced("the object changed owner; retry".into()),
-    })
+    Err(
+        match owner.and_then(|row| row.get::<_, Option<String>>(1)) {
+            Some(address) => Error::Elsewhere(address),
+            // Its owner's row went as we looked: the next try claims it.
+            None => Error::Fenced("the object changed owner; retry".into()),
+        },
+    )
 }
 
 /// Folds the commits of an object into a new snapshot.

@@ -29,12 +29,13 @@ mod config;
 mod error;
 mod image;
 mod membership;
+mod placement;
 mod schema;
 
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use rookery::{ClassKeys, CommitLog};
+use rookery::{ClassKeys, CommitLog, Placement};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
@@ -45,6 +46,7 @@ pub use schema::SCHEMA_VERSION;
 use class_keys::PgClassKeys;
 use commit_log::PgCommitLog;
 use membership::Membership;
+use placement::KnownOwners;
 
 /// Connections each node keeps to PostgreSQL at most.
 const POOL_SIZE: usize = 16;
@@ -55,6 +57,8 @@ pub struct Cluster {
     membership: Arc<Membership>,
     log: Arc<PgCommitLog>,
     keys: Arc<PgClassKeys>,
+    owners: Arc<KnownOwners>,
+    forward_token: String,
     heartbeat: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -103,14 +107,18 @@ impl Cluster {
             config.lease,
         ));
         membership.register(&client).await?;
+        let forward_token = hex::encode(schema::secret(&client, "forward").await?);
         drop(client);
         let heartbeat = tokio::spawn(renew(pool.clone(), membership.clone()));
-        let log = PgCommitLog::start(pool.clone(), membership.clone());
+        let owners = Arc::new(KnownOwners::new(config.lease));
+        let log = PgCommitLog::start(pool.clone(), membership.clone(), owners.clone());
         Ok(Self {
             pool,
             membership,
             log,
             keys,
+            owners,
+            forward_token,
             heartbeat: std::sync::Mutex::new(Some(heartbeat)),
         })
     }
@@ -123,6 +131,22 @@ impl Cluster {
     /// The class keys to give the runtime ([`rookery::RuntimeBuilder::class_keys`]).
     pub fn class_keys(&self) -> Arc<dyn ClassKeys> {
         self.keys.clone()
+    }
+
+    /// Where objects live as far as this node knows (give it to
+    /// [`rookery::RuntimeBuilder::placement`]).
+    pub fn placement(&self) -> Arc<dyn Placement> {
+        self.owners.clone()
+    }
+
+    /// The token nodes present to each other on forwarded requests (the same on every node).
+    pub fn forward_token(&self) -> &str {
+        &self.forward_token
+    }
+
+    /// The address other nodes reach this one at.
+    pub fn advertise(&self) -> &str {
+        &self.membership.advertise
     }
 
     /// This node's id.

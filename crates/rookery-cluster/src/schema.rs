@@ -9,6 +9,7 @@
 //! - `rookery_snapshots`: an object's whole database at a position; commits up to it are
 //!   folded in and removed.
 //! - `rookery_classes`: the key (uid and id secret) of each class, the same on every node.
+//! - `rookery_secrets`: what nodes prove to each other with (the token of forwarded requests).
 
 use tokio_postgres::Client;
 
@@ -54,6 +55,10 @@ CREATE TABLE IF NOT EXISTS rookery_snapshots (
     image      bytea NOT NULL,
     PRIMARY KEY (class, object)
 );
+CREATE TABLE IF NOT EXISTS rookery_secrets (
+    name  text PRIMARY KEY,
+    value bytea NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rookery_classes (
     name   text PRIMARY KEY,
     uid    text NOT NULL,
@@ -93,4 +98,24 @@ pub async fn migrate(client: &mut Client) -> Result<(), ClusterError> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The cluster's secret named `name`, drawn at random by the first node that asks.
+pub async fn secret(client: &Client, name: &str) -> Result<Vec<u8>, ClusterError> {
+    let mut fresh = [0u8; 32];
+    getrandom::fill(&mut fresh)
+        .map_err(|e| ClusterError::Config(format!("no randomness for a secret: {e}")))?;
+    client
+        .execute(
+            "INSERT INTO rookery_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &fresh.as_slice()],
+        )
+        .await?;
+    Ok(client
+        .query_one(
+            "SELECT value FROM rookery_secrets WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .get(0))
 }

@@ -74,6 +74,10 @@ pub enum Error {
     /// stale). The write is not acknowledged; a retry reaches the owner.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The object is owned by another node, reachable at this address; without a
+    /// [`Forwarder`](crate::Forwarder) (or for a WebSocket), the caller is told to retry.
+    #[error("the object is owned by the node at {0}")]
+    Elsewhere(String),
     /// The embedded database failed.
     #[error("storage error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -224,7 +228,9 @@ impl Error {
             | Error::ShuttingDown => Cow::Owned(self.to_string()),
             Error::InsufficientStorage(_) => Cow::Borrowed("insufficient storage"),
             Error::StorageUnavailable(_) => Cow::Borrowed("storage unavailable"),
-            Error::Fenced(_) => Cow::Borrowed("the object is owned by another node; retry"),
+            Error::Fenced(_) | Error::Elsewhere(_) => {
+                Cow::Borrowed("the object is owned by another node; retry")
+            }
             Error::Durability(_) => Cow::Borrowed("the write could not be made durable"),
             Error::Sqlite(_)
             | Error::Json(_)
@@ -248,6 +254,7 @@ impl Error {
             | Error::ShuttingDown
             | Error::StorageUnavailable(_)
             | Error::Fenced(_)
+            | Error::Elsewhere(_)
             | Error::WaitUntilLimit(_) => Some(1),
             _ => None,
         }
@@ -278,7 +285,9 @@ impl Error {
             Error::ObjectFailed { status, .. } => *status,
             Error::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Error::StorageUnavailable(_) | Error::Fenced(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::StorageUnavailable(_) | Error::Fenced(_) | Error::Elsewhere(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Durability(_)
             | Error::UnknownBucket(_)
             | Error::SqlRefused(_)

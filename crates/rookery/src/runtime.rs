@@ -19,7 +19,9 @@ use crate::durable_dir::create_dir_durable;
 use crate::env::Env;
 use crate::error::{Error, Result, StartError};
 use crate::host::activation::{ClassFactory, Factory};
-use crate::host::{Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement, Reach};
+use crate::host::{
+    Forwarder, Host, HostOptions, HostParts, HostedClass, LocalPlacement, Placement, Reach,
+};
 use crate::object::DurableObject;
 use crate::outbound::{NotConfigured, Outbound};
 use crate::storage::{
@@ -128,6 +130,7 @@ pub struct RuntimeBuilder {
     commit_log: Arc<dyn CommitLog>,
     class_keys: Arc<dyn ClassKeys>,
     placement: Arc<dyn Placement>,
+    forwarder: Option<Arc<dyn Forwarder>>,
     sync_hook: Option<SyncHook>,
     log_segment_bytes: u64,
     clock: Arc<dyn Clock>,
@@ -176,6 +179,13 @@ impl RuntimeBuilder {
     /// them on this node alone.
     pub fn class_keys(mut self, keys: Arc<dyn ClassKeys>) -> Self {
         self.class_keys = keys;
+        self
+    }
+
+    /// Sends requests for objects another node owns through `forwarder` (else they are
+    /// refused with [`Error::Elsewhere`](crate::Error::Elsewhere)).
+    pub fn forwarder(mut self, forwarder: Arc<dyn Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
         self
     }
 
@@ -387,6 +397,7 @@ impl RuntimeBuilder {
             storage: storage.clone(),
             options: options.host,
             placement: self.placement,
+            forwarder: self.forwarder,
             reach: self.reach,
         });
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -605,6 +616,7 @@ impl Runtime {
             commit_log: Arc::new(LocalCommitLog),
             class_keys: Arc::new(LocalClassKeys),
             placement: Arc::new(LocalPlacement),
+            forwarder: None,
             sync_hook: None,
             log_segment_bytes: crate::storage::SEGMENT_BYTES,
             clock: Arc::new(SystemClock),
@@ -619,6 +631,12 @@ impl Runtime {
     /// The namespace bound under `binding`.
     pub fn namespace(&self, binding: &str) -> Result<Namespace> {
         Namespace::bound(&self.inner.host, binding)
+    }
+
+    /// The namespace of the class named `class`, bound or not (what a node serving a
+    /// forwarded request needs: requests travel between nodes by class, not binding).
+    pub fn namespace_of_class(&self, class: &str) -> Result<Namespace> {
+        Namespace::of_class(&self.inner.host, class)
     }
 
     /// What a worker reaches: the namespaces bound in this runtime.

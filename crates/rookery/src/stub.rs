@@ -12,7 +12,7 @@ use crate::host::activation::REQUEST_ID_HEADER;
 use crate::host::alarm_event::AlarmReport;
 use crate::host::event::{Event, RunJob, TurnOutput};
 use crate::host::turn::{CallChain, TurnContext};
-use crate::host::{Host, turn};
+use crate::host::{Host, Location, turn};
 use crate::id::ObjectId;
 use crate::request::Request;
 use crate::response::Response;
@@ -50,6 +50,19 @@ impl Namespace {
     pub(crate) fn bound(host: &Host, binding: &str) -> Result<Self> {
         Ok(Self {
             class: host.binding(binding)?.clone(),
+            host: host.clone(),
+            stub: PhantomData,
+        })
+    }
+
+    /// The namespace of the hosted class named `class`, bound or not.
+    pub(crate) fn of_class(host: &Host, class: &str) -> Result<Self> {
+        let info = host
+            .hosted_classes()
+            .find(|c| &*c.name == class)
+            .ok_or_else(|| Error::UnknownBinding(class.to_string()))?;
+        Ok(Self {
+            class: info.clone(),
             host: host.clone(),
             stub: PhantomData,
         })
@@ -166,12 +179,41 @@ impl Stub {
     ///
     /// A request sent from a turn that serves a request with an id (`X-Request-Id`) carries
     /// that id too, unless it has one of its own: the callee's turn logs under the same id.
+    ///
+    /// In a cluster, a request for an object another node owns goes to that node (see
+    /// [`crate::Forwarder`]); a WebSocket upgrade is not forwarded and is refused with
+    /// [`Error::Elsewhere`].
     pub async fn fetch(&self, mut req: Request) -> Result<Response> {
         if !req.headers().contains_key(REQUEST_ID_HEADER)
             && let Some(Some(id)) = turn::with_current(|ctx| ctx.request_id().cloned())
         {
             req = req.with_header(http::HeaderName::from_static(REQUEST_ID_HEADER), id);
         }
+        let Some(forwarder) = self
+            .host
+            .forwarder()
+            .filter(|_| !req.is_websocket_upgrade())
+        else {
+            return self.fetch_here(req).await;
+        };
+        let forward = |address: String, req: Request| {
+            forwarder.fetch(&address, &self.addr.class.name, &self.addr.id, req)
+        };
+        if let Location::Remote(address) = self.host.locate(&self.addr) {
+            return forward(address, req).await;
+        }
+        // Cheap: the body is shared, not copied. Kept in case the object turns out to be owned
+        // elsewhere (known only once its activation asks the cluster).
+        let copy = req.clone();
+        match self.fetch_here(req).await {
+            Err(Error::Elsewhere(address)) => forward(address, copy).await,
+            answer => answer,
+        }
+    }
+
+    /// [`Stub::fetch`] on this node only: an object owned elsewhere is refused with
+    /// [`Error::Elsewhere`], never forwarded (what a node does with a request forwarded to it).
+    pub async fn fetch_here(&self, req: Request) -> Result<Response> {
         self.deliver(|chain, reply| Event::Fetch { req, chain, reply })
             .await
     }

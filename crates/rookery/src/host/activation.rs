@@ -112,12 +112,14 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             // on as they are, so that callers get their status and can retry.
             let kept = match &e {
                 Error::Fenced(why) => Some(Error::Fenced(why.clone())),
+                Error::Elsewhere(at) => Some(Error::Elsewhere(at.clone())),
                 Error::StorageUnavailable(why) => Some(Error::StorageUnavailable(why.clone())),
                 _ => None,
             };
             let message = format!("the object's storage cannot be opened: {e}");
             fail_with(&act, mailbox, None, &|| match &kept {
                 Some(Error::Fenced(why)) => Error::Fenced(why.clone()),
+                Some(Error::Elsewhere(at)) => Error::Elsewhere(at.clone()),
                 Some(Error::StorageUnavailable(why)) => Error::StorageUnavailable(why.clone()),
                 _ => Error::Other(message.clone()),
             })

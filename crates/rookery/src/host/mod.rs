@@ -28,7 +28,7 @@ use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc, watch};
 
 pub use class_stats::ClassStats;
-pub use placement::{LocalPlacement, Location, Placement};
+pub use placement::{Forwarded, Forwarder, LocalPlacement, Location, Placement};
 
 use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};
 use crate::clock::Clock;
@@ -112,6 +112,8 @@ pub(crate) struct HostParts {
     pub(crate) storage: Arc<StorageContext>,
     pub(crate) options: HostOptions,
     pub(crate) placement: Arc<dyn Placement>,
+    /// Where requests for objects owned elsewhere go (`None`: they are refused).
+    pub(crate) forwarder: Option<Arc<dyn Forwarder>>,
     /// What objects reach through `Env` besides namespaces.
     pub(crate) reach: Reach,
 }
@@ -220,6 +222,7 @@ pub(crate) struct HostInner {
     storage: Arc<StorageContext>,
     options: HostOptions,
     placement: Arc<dyn Placement>,
+    forwarder: Option<Arc<dyn Forwarder>>,
     reach: Reach,
     generations: AtomicU64,
     closing: AtomicBool,
@@ -280,6 +283,7 @@ impl Host {
             storage: parts.storage,
             options: parts.options,
             placement: parts.placement,
+            forwarder: parts.forwarder,
             reach: parts.reach,
             generations: AtomicU64::new(0),
             closing: AtomicBool::new(false),
@@ -296,6 +300,15 @@ impl Host {
     }
 
     /// How objects are run.
+    pub(crate) fn forwarder(&self) -> Option<&Arc<dyn Forwarder>> {
+        self.0.forwarder.as_ref()
+    }
+
+    /// Where the object at `addr` lives, as placement knows it.
+    pub(crate) fn locate(&self, addr: &ObjectAddr) -> Location {
+        self.0.placement.locate(&addr.class.name, &addr.id)
+    }
+
     pub(crate) fn options(&self) -> &HostOptions {
         &self.0.options
     }
@@ -388,10 +401,7 @@ impl Host {
         let host = &self.0;
         let key = addr.key();
         if let Location::Remote(node) = host.placement.locate(&addr.class.name, &addr.id) {
-            return Err(Error::msg(format!(
-                "object {} is owned by node {node}; this node does not forward yet",
-                addr.id
-            )));
+            return Err(Error::Elsewhere(node));
         }
         // A mailbox can be found closed only if its activation died unexpectedly; then the slot
         // is cleared and the event goes to a new activation.

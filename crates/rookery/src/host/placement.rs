@@ -1,9 +1,16 @@
 //! The placement seam: which node owns an object.
 //!
 //! A single node owns every object ([`LocalPlacement`]). In a cluster an implementation answers
-//! from leased ownership records, and the host forwards events for objects it does not own.
+//! from leased ownership records, and requests (`Stub::fetch`) for objects another node owns go
+//! to it through a [`Forwarder`].
 
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::Result;
 use crate::id::ObjectId;
+use crate::request::Request;
+use crate::response::Response;
 
 /// Where an object lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,4 +35,14 @@ impl Placement for LocalPlacement {
     fn locate(&self, _class: &str, _id: &ObjectId) -> Location {
         Location::Local
     }
+}
+
+/// A forwarded request's answer.
+pub type Forwarded = Pin<Box<dyn Future<Output = Result<Response>> + Send + 'static>>;
+
+/// Sends requests for objects this node does not own to the node that does.
+pub trait Forwarder: Send + Sync + 'static {
+    /// Sends `req` for object `id` of class `class` to the node at `address`, which serves it
+    /// without forwarding it again.
+    fn fetch(&self, address: &str, class: &str, id: &ObjectId, req: Request) -> Forwarded;
 }
