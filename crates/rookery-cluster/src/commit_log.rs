@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ClusterError;
 use crate::image::{self, Position};
-use crate::membership::Membership;
+use crate::membership::{Membership, SessionLease};
 use crate::placement::KnownOwners;
 
 /// Commits waiting for the append task at most; beyond it, commits fail at once.
@@ -105,6 +105,7 @@ impl PgCommitLog {
         let hex = object.to_hex();
         let key: Key = (Arc::from(class), hex.clone());
         let mut client = self.pool.get().await.map_err(ClusterError::from)?;
+        let generation = self.membership.generation();
         let epoch = match claim(&client, &self.membership, class, &hex).await {
             Ok(epoch) => epoch,
             Err(Error::Elsewhere(address)) => {
@@ -150,6 +151,10 @@ impl PgCommitLog {
         Ok(Grant {
             epoch: epoch as u64,
             image,
+            lease: Some(Arc::new(SessionLease {
+                membership: self.membership.clone(),
+                generation,
+            })),
         })
     }
 }

@@ -181,6 +181,16 @@ impl Cluster {
             .collect())
     }
 
+    /// Stops renewing the lease, as a node cut off from the database would: once it runs out,
+    /// this node's objects stop serving (each is reset before its next turn and cannot be
+    /// claimed again) and other nodes may take them over. For tests of failover.
+    pub async fn stop_renewing(&self) {
+        if let Some(task) = self.heartbeat_task() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Leaves the cluster: stops renewing and ends the lease at once, so that other nodes may
     /// take this node's objects without waiting for it to run out. Call after the runtime
     /// stopped (its last commits are in).

@@ -7,7 +7,8 @@
 //! statement checks the lease). It then registers again under a new session, so nothing it
 //! held before can ever be taken for current again.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -21,9 +22,13 @@ pub(crate) struct Membership {
     pub(crate) advertise: String,
     lease: Duration,
     session: RwLock<Arc<str>>,
-    /// Until when the lease holds, by this node's clock (counted from before the renewal was
-    /// sent, so never later than PostgreSQL's).
-    deadline: Mutex<Option<Instant>>,
+    /// Registrations so far: a hold taken under one ends with the next.
+    generation: AtomicU64,
+    /// Until when the lease holds, by this node's clock, in nanoseconds after `base` (0: not
+    /// held). Counted from before the renewal was sent, so never later than PostgreSQL's.
+    /// Atomic: every turn of every object looks at it.
+    deadline: AtomicU64,
+    base: Instant,
 }
 
 impl Membership {
@@ -34,8 +39,24 @@ impl Membership {
             advertise,
             lease,
             session: RwLock::new(Arc::from("")),
-            deadline: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            deadline: AtomicU64::new(0),
+            base: Instant::now(),
         }
+    }
+
+    /// The current registration's number.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn set_deadline(&self, at: Option<Instant>) {
+        let ns = at.map_or(0, |at| {
+            u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        self.deadline.store(ns, Ordering::Release);
     }
 
     /// The current session.
@@ -48,10 +69,8 @@ impl Membership {
 
     /// Whether the lease holds now, by this node's clock.
     pub(crate) fn holds(&self) -> bool {
-        self.deadline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|d| Instant::now() < d)
+        let deadline = self.deadline.load(Ordering::Acquire);
+        deadline != 0 && (self.base.elapsed().as_nanos() as u64) < deadline
     }
 
     /// How often the lease is renewed.
@@ -79,7 +98,8 @@ impl Membership {
             )
             .await?;
         *self.session.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(session.as_str());
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent + self.lease);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.set_deadline(Some(sent + self.lease));
         tracing::info!(node = %self.node_id, session = %session, "joined the cluster");
         Ok(())
     }
@@ -97,7 +117,7 @@ impl Membership {
             .await?
             == 1;
         if renewed {
-            *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent + self.lease);
+            self.set_deadline(Some(sent + self.lease));
         }
         Ok(renewed)
     }
@@ -106,7 +126,7 @@ impl Membership {
     /// stop, after the last commit).
     pub(crate) async fn release(&self, client: &Client) -> Result<(), ClusterError> {
         let session = self.session();
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.set_deadline(None);
         client
             .execute(
                 "UPDATE rookery_nodes SET lease_until = now() WHERE session = $1",
@@ -123,4 +143,18 @@ fn new_session() -> Result<String, ClusterError> {
     getrandom::fill(&mut bytes)
         .map_err(|e| ClusterError::Config(format!("no randomness for a session id: {e}")))?;
     Ok(hex::encode(bytes))
+}
+
+/// An activation's hold on its object: the registration it was claimed under, while the lease
+/// holds. A node that lost its lease (or joined again since) resets such objects before they
+/// serve anything more.
+pub(crate) struct SessionLease {
+    pub(crate) membership: Arc<Membership>,
+    pub(crate) generation: u64,
+}
+
+impl rookery::Lease for SessionLease {
+    fn holds(&self) -> bool {
+        self.membership.generation() == self.generation && self.membership.holds()
+    }
 }

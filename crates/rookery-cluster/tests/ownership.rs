@@ -141,3 +141,39 @@ async fn a_data_directory_made_outside_the_cluster_is_refused() {
     }
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_database_stops_serving_once_its_lease_runs_out() {
+    let url = fresh_database().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(&url, "a", dir_a.path(), LEASE).await.unwrap();
+    let b = Node::start(&url, "b", dir_b.path(), LEASE).await.unwrap();
+    assert_eq!(a.bump("cut").await.unwrap(), 1);
+    a.cluster.stop_renewing().await;
+    // Until the lease runs out B is refused; then it takes the object over.
+    let deadline = tokio::time::Instant::now() + rookery::testing::PATIENCE;
+    loop {
+        match b.bump("cut").await {
+            Ok(n) => {
+                assert_eq!(n, 2, "B continues from A's acknowledged state");
+                break;
+            }
+            Err(Error::Elsewhere(_)) => {}
+            Err(e) => panic!("unexpected refusal while A's lease runs out: {e}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "B never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!a.cluster.holds_lease());
+    // A still has the object in memory, with n = 1: it must not answer from it.
+    for _ in 0..3 {
+        match a.read("cut").await {
+            Ok(n) => panic!("a node without its lease answered a read ({n})"),
+            Err(Error::StorageUnavailable(_) | Error::Elsewhere(_) | Error::Fenced(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(b.read("cut").await.unwrap(), 2);
+    b.stop().await;
+    assert!(a.harness.shutdown().await);
+}

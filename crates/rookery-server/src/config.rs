@@ -53,6 +53,8 @@ pub struct Config {
     pub vars: BTreeMap<String, String>,
     /// `[outbound]`.
     pub outbound: OutboundConfig,
+    /// `[cluster]`, when this server is one node of a cluster.
+    pub cluster: Option<ClusterSection>,
     /// `[[r2_buckets]]`: blob stores, each in a local directory.
     pub buckets: Vec<BucketConfig>,
 }
@@ -126,6 +128,38 @@ fn bucket_name_problem(name: &str) -> Option<&'static str> {
 pub struct WorkerConfig {
     /// The worker's name, e.g. `Demo`.
     pub name: Spanned<String>,
+}
+
+/// `[cluster]`: this server as one node of a cluster over PostgreSQL (see
+/// docs/OPERATIONS.md, "Cluster mode").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The PostgreSQL database every node shares, `postgres://user@host:port/database`.
+    pub database_url: String,
+    /// This node's name: unique in the cluster, the same across its restarts.
+    pub node_id: String,
+    /// The address other nodes reach this one at, `http://host:port`.
+    pub advertise: String,
+    /// How long this node owns its objects without renewing, in milliseconds.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    rookery_cluster::DEFAULT_LEASE.as_millis() as u64
+}
+
+impl ClusterSection {
+    /// The settings `rookery_cluster` takes.
+    pub fn settings(&self) -> rookery_cluster::ClusterConfig {
+        rookery_cluster::ClusterConfig {
+            database_url: self.database_url.clone(),
+            node_id: self.node_id.clone(),
+            advertise: self.advertise.clone(),
+            lease: Duration::from_millis(self.lease_ms),
+        }
+    }
 }
 
 /// `[outbound]`: what objects' outbound HTTP (`env.http()`) may reach, and its limits.
@@ -514,6 +548,8 @@ struct RawConfig {
     #[serde(default)]
     outbound: OutboundConfig,
     #[serde(default)]
+    cluster: Option<ClusterSection>,
+    #[serde(default)]
     r2_buckets: Vec<BucketConfig>,
     /// Keys of `wrangler.toml` that Rookery does not use (name, main, compatibility_date, ...).
     #[serde(flatten)]
@@ -583,6 +619,7 @@ impl Config {
                 })
                 .collect(),
             outbound: raw.outbound,
+            cluster: raw.cluster,
             buckets: raw.r2_buckets,
         };
         config.check()?;

@@ -32,6 +32,8 @@ const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-re
 
 /// Where the runtime's counters are served (JSON), ahead of the configured routes.
 pub const STATS_PATH: &str = "/_rookery/stats";
+/// The cluster's nodes (`GET`), on a cluster node.
+pub const CLUSTER_PATH: &str = "/_rookery/cluster";
 
 /// The prefix of every path the runtime serves itself; configured routes never see these.
 const RUNTIME_PREFIX: &str = "/_rookery/";
@@ -80,6 +82,8 @@ pub(crate) struct Gateway {
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// The request metrics of the paths the server answers itself.
     pub(crate) own_metrics: OwnRoutes,
+    /// The cluster this server is a node of, if any.
+    pub(crate) cluster: Option<Arc<rookery_cluster::Cluster>>,
 }
 
 /// Makes request ids: a per-process random prefix and a counter.
@@ -186,6 +190,25 @@ impl Gateway {
                     .await;
             return (&self.own_metrics.admin, response);
         }
+        if let Some(cluster) = &self.cluster
+            && path.starts_with(crate::cluster::FORWARD_PREFIX)
+        {
+            let response = crate::cluster::serve_forwarded(
+                &self.runtime,
+                cluster.forward_token(),
+                self.max_body_bytes,
+                req,
+            )
+            .await;
+            return (&self.own_metrics.runtime, response);
+        }
+        if path == CLUSTER_PATH {
+            let response = match self.refuse_runtime_access(&req) {
+                Some(refused) => refused,
+                None => self.cluster_nodes().await,
+            };
+            return (&self.own_metrics.runtime, response);
+        }
         if path.starts_with(RUNTIME_PREFIX) || path == METRICS_PATH {
             return (&self.own_metrics.runtime, self.runtime_endpoint(&req));
         }
@@ -261,6 +284,8 @@ impl Gateway {
         }
         let reason = if *self.stopping.borrow() {
             Some("shutting down")
+        } else if self.cluster.as_ref().is_some_and(|c| !c.holds_lease()) {
+            Some("the cluster lease is not held")
         } else {
             match self.runtime.readiness() {
                 Ok(()) => None,
@@ -283,29 +308,36 @@ impl Gateway {
         }
     }
 
+    /// `GET /_rookery/cluster`: the cluster's nodes and how many objects each owns (behind
+    /// the runtime endpoints' access); 404 on a server that is not a node.
+    async fn cluster_nodes(&self) -> axum::response::Response {
+        let Some(cluster) = &self.cluster else {
+            return error_response(StatusCode::NOT_FOUND, "this server is not a cluster node");
+        };
+        match cluster.nodes().await {
+            Ok(nodes) => {
+                let nodes: Vec<serde_json::Value> = nodes
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({
+                            "nodeId": n.node_id,
+                            "advertise": n.advertise,
+                            "live": n.live,
+                            "objects": n.objects,
+                        })
+                    })
+                    .collect();
+                let body = serde_json::json!({ "self": cluster.node_id(), "nodes": nodes });
+                into_axum(Response::json_bytes(body.to_string()))
+            }
+            Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+
     /// The runtime's own endpoints, behind their own access setting.
     fn runtime_endpoint(&self, req: &axum::extract::Request) -> axum::response::Response {
-        // The admin token opens them too (the admin page shows a few figures).
-        let admin = self
-            .admin_token
-            .as_deref()
-            .is_some_and(|token| presents_token(req.headers(), token));
-        match &self.runtime_access {
-            _ if admin => {}
-            RuntimeAccess::Open => {}
-            RuntimeAccess::Token(token) => {
-                if !presents_token(req.headers(), token) {
-                    return unauthorized(
-                        "the runtime's endpoints need the stats token as a bearer token",
-                    );
-                }
-            }
-            RuntimeAccess::Closed => {
-                return unauthorized(
-                    "the runtime's endpoints are closed because [auth] has tokens; set \
-                     [server] stats_token and send it as a bearer token",
-                );
-            }
+        if let Some(refused) = self.refuse_runtime_access(req) {
+            return refused;
         }
         if req.uri().path() == STATS_PATH && req.method() == Method::GET {
             return self.stats();
@@ -320,6 +352,29 @@ impl Gateway {
             return self.metrics();
         }
         error_response(StatusCode::NOT_FOUND, "Not found")
+    }
+
+    /// The answer to a caller without access to the runtime's endpoints, if it has none.
+    fn refuse_runtime_access(
+        &self,
+        req: &axum::extract::Request,
+    ) -> Option<axum::response::Response> {
+        // The admin token opens them too (the admin page shows a few figures).
+        let admin = self
+            .admin_token
+            .as_deref()
+            .is_some_and(|token| presents_token(req.headers(), token));
+        match &self.runtime_access {
+            _ if admin => None,
+            RuntimeAccess::Open => None,
+            RuntimeAccess::Token(token) => (!presents_token(req.headers(), token)).then(|| {
+                unauthorized("the runtime's endpoints need the stats token as a bearer token")
+            }),
+            RuntimeAccess::Closed => Some(unauthorized(
+                "the runtime's endpoints are closed because [auth] has tokens; set \
+                 [server] stats_token and send it as a bearer token",
+            )),
+        }
     }
 
     /// The runtime's counters as JSON.

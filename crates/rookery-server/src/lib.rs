@@ -8,6 +8,7 @@ pub mod admin_client;
 mod admin_page;
 mod chat_page;
 mod client_ip;
+pub mod cluster;
 pub mod config;
 mod conn;
 mod gateway;
@@ -57,12 +58,28 @@ pub enum ServerError {
     /// Listening or serving failed.
     #[error("serving HTTP: {0}")]
     Io(#[from] std::io::Error),
+    /// The cluster could not be joined.
+    #[error("joining the cluster: {0}")]
+    Cluster(String),
 }
 
 /// A configured server, ready to serve.
 pub struct Server {
     runtime: Runtime,
     gateway: Arc<Gateway>,
+}
+
+/// Joins the cluster `config` names (`[cluster]`), if any: before [`Server::in_cluster`].
+pub async fn join_cluster(
+    config: &Config,
+) -> Result<Option<Arc<rookery_cluster::Cluster>>, ServerError> {
+    let Some(section) = &config.cluster else {
+        return Ok(None);
+    };
+    let cluster = rookery_cluster::Cluster::connect(section.settings())
+        .await
+        .map_err(|e| ServerError::Cluster(e.to_string()))?;
+    Ok(Some(Arc::new(cluster)))
 }
 
 /// Who may use `/_rookery/...`: the stats token's holders; without one, anyone only while no
@@ -81,6 +98,24 @@ impl Server {
     /// `classes` available to its bindings. Everything that can be checked is checked before
     /// the data directory is touched: a configuration that cannot serve applies no migration.
     pub fn new(config: &Config, classes: Classes) -> Result<Self, ServerError> {
+        Self::build(config, classes, None)
+    }
+
+    /// [`Server::new`] for one node of `cluster` (see [`join_cluster`]): objects are owned
+    /// through it, commits fenced by it, and requests for objects other nodes own forwarded.
+    pub fn in_cluster(
+        config: &Config,
+        classes: Classes,
+        cluster: Arc<rookery_cluster::Cluster>,
+    ) -> Result<Self, ServerError> {
+        Self::build(config, classes, Some(cluster))
+    }
+
+    fn build(
+        config: &Config,
+        classes: Classes,
+        cluster: Option<Arc<rookery_cluster::Cluster>>,
+    ) -> Result<Self, ServerError> {
         Routes::check(config)?;
         // Before the runtime and the routes exist: handles made before a recorder is installed
         // record nowhere (which is what `metrics = false` wants).
@@ -131,6 +166,15 @@ impl Server {
             .vars(secrets::load(config, std::env::vars_os())?)
             .outbound(Arc::new(outbound::HttpClient::new(outbound)?))
             .buckets(config.buckets(&config.server.data_dir));
+        if let Some(cluster) = &cluster {
+            let timeout =
+                Duration::from_millis(config.server.turn_timeout_ms) + Duration::from_secs(5);
+            builder = builder
+                .commit_log(cluster.commit_log())
+                .class_keys(cluster.class_keys())
+                .placement(cluster.placement())
+                .forwarder(cluster::forwarder(cluster.forward_token(), timeout)?);
+        }
         for b in &config.bindings {
             builder = builder.binding(b.name.get_ref(), b.class_name.get_ref());
         }
@@ -168,6 +212,7 @@ impl Server {
             env: runtime.env(),
             stopping: tokio::sync::watch::Sender::new(false),
             own_metrics: prometheus::OwnRoutes::new(),
+            cluster,
         });
         Ok(Self { runtime, gateway })
     }
@@ -222,6 +267,12 @@ impl Server {
         tracing::info!("no more requests; closing objects");
         if !self.runtime.shutdown().await {
             tracing::warn!("some objects did not close in time");
+        }
+        // After the last commit: the other nodes may take this node's objects at once.
+        if let Some(cluster) = &self.gateway.cluster
+            && let Err(e) = cluster.leave().await
+        {
+            tracing::warn!(error = %e, "leaving the cluster failed; its objects free up when the lease runs out");
         }
         Ok(())
     }

@@ -181,6 +181,16 @@ struct ServeArgs {
     /// configuration.
     #[arg(long)]
     admin_token: Option<String>,
+    /// Runs as a node of the cluster on this PostgreSQL database (`postgres://...`), overriding
+    /// `[cluster] database_url`; needs a node id and an advertised address.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// This node's id in the cluster, overriding `[cluster] node_id`.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// The address other nodes reach this one at, overriding `[cluster] advertise`.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
 }
 
 /// Threads of the blocking pool (opening, checkpointing and closing object databases).
@@ -337,6 +347,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         config.server.admin_token = Some(token);
     }
+    apply_cluster_flags(&mut config, args.cluster, args.node_id, args.advertise)?;
     if let Some(max) = args.max_connections {
         config.server.max_connections = usize::try_from(max)
             .unwrap_or(usize::MAX)
@@ -355,7 +366,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("listening on {}", config.server.listen))?;
-        let server = Server::new(&config, rookery_objects::builtin_classes())?;
+        let server = match rookery_server::join_cluster(&config).await? {
+            Some(cluster) => {
+                tracing::info!(node = %cluster.node_id(), advertise = %cluster.advertise(), "joined the cluster");
+                Server::in_cluster(&config, rookery_objects::builtin_classes(), cluster)?
+            }
+            None => Server::new(&config, rookery_objects::builtin_classes())?,
+        };
         let addr = listener.local_addr()?;
         tracing::info!(
             config = %config.source,
@@ -369,6 +386,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// `--cluster`, `--node-id` and `--advertise` over `[cluster]`: together they make a section
+/// where the configuration has none.
+fn apply_cluster_flags(
+    config: &mut Config,
+    url: Option<String>,
+    node_id: Option<String>,
+    advertise: Option<String>,
+) -> anyhow::Result<()> {
+    if url.is_none() && node_id.is_none() && advertise.is_none() {
+        return Ok(());
+    }
+    let section = match (config.cluster.take(), url) {
+        (Some(mut section), url) => {
+            if let Some(url) = url {
+                section.database_url = url;
+            }
+            section
+        }
+        (None, Some(url)) => rookery_server::config::ClusterSection {
+            database_url: url,
+            node_id: node_id.clone().context("--cluster needs --node-id")?,
+            advertise: advertise.clone().context("--cluster needs --advertise")?,
+            lease_ms: rookery_cluster::DEFAULT_LEASE.as_millis() as u64,
+        },
+        (None, None) => anyhow::bail!("--node-id and --advertise need --cluster (or [cluster])"),
+    };
+    config.cluster = Some(rookery_server::config::ClusterSection {
+        node_id: node_id.unwrap_or(section.node_id.clone()),
+        advertise: advertise.unwrap_or(section.advertise.clone()),
+        ..section
+    });
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -94,9 +94,9 @@ pub use socket::{
 pub use state::ObjectState;
 pub use storage::{
     ClassKey, ClassKeys, ColumnIndex, CommitLog, CommitRecord, Durability, FromSqlValue, Grant,
-    HistoryOptions, ListOptions, LocalClassKeys, LocalCommitLog, Migration, OutputGate, PAGE_BYTES,
-    Packed, PackedPages, Page, Sql, SqlCursor, SqlRow, SqlValue, Storage, StorageLimits, SyncHook,
-    TableInfo, pack_image,
+    HistoryOptions, Lease, ListOptions, LocalClassKeys, LocalCommitLog, Migration, OutputGate,
+    PAGE_BYTES, Packed, PackedPages, Page, Sql, SqlCursor, SqlRow, SqlValue, Storage,
+    StorageLimits, SyncHook, TableInfo, pack_image,
 };
 pub use stream::{
     BodyStream, EVENT_STREAM, MAX_QUEUED_CHUNKS, MAX_QUEUED_STREAM_BYTES, SseEvent, StreamCut,

@@ -401,7 +401,7 @@ impl CommitLog for FencingLog {
     fn activate(&self, _class: &str, _object: &ObjectId) -> Result<Grant> {
         Ok(Grant {
             epoch: self.owner.fetch_add(1, Ordering::SeqCst) + 1,
-            image: None,
+            ..Grant::default()
         })
     }
 
@@ -496,7 +496,11 @@ impl CommitLog for ReplicaLog {
             self.node,
             image.as_ref().map(Vec::len)
         );
-        Ok(Grant { epoch: 1, image })
+        Ok(Grant {
+            epoch: 1,
+            image,
+            ..Grant::default()
+        })
     }
 
     fn wants_pages(&self) -> bool {

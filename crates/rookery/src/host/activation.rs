@@ -107,23 +107,12 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
     let mut state = match act.open().await {
         Ok(state) => state,
         Err(e) => {
-            tracing::error!(error = %e, "cannot open the object's storage");
-            // Refusals that say why (another node owns the object; storage is down) are passed
-            // on as they are, so that callers get their status and can retry.
-            let kept = match &e {
-                Error::Fenced(why) => Some(Error::Fenced(why.clone())),
-                Error::Elsewhere(at) => Some(Error::Elsewhere(at.clone())),
-                Error::StorageUnavailable(why) => Some(Error::StorageUnavailable(why.clone())),
-                _ => None,
-            };
-            let message = format!("the object's storage cannot be opened: {e}");
-            fail_with(&act, mailbox, None, &|| match &kept {
-                Some(Error::Fenced(why)) => Error::Fenced(why.clone()),
-                Some(Error::Elsewhere(at)) => Error::Elsewhere(at.clone()),
-                Some(Error::StorageUnavailable(why)) => Error::StorageUnavailable(why.clone()),
-                _ => Error::Other(message.clone()),
-            })
-            .await;
+            if let Error::Elsewhere(at) = &e {
+                tracing::debug!(owner = %at, "the object is owned by another node");
+            } else {
+                tracing::error!(error = %e, "cannot open the object's storage");
+            }
+            fail_with(&act, mailbox, None, &open_error(&e, "opened")).await;
             return;
         }
     };
@@ -236,9 +225,8 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             state = match act.open().await {
                 Ok(fresh) => fresh,
                 Err(e) => {
-                    let message = format!("the object's storage cannot be reopened: {e}");
-                    tracing::error!("{message}");
-                    fail(&act, mailbox, Some(event), &message).await;
+                    tracing::error!(error = %e, "the object's storage cannot be reopened");
+                    fail_with(&act, mailbox, Some(event), &open_error(&e, "reopened")).await;
                     return;
                 }
             };
@@ -269,9 +257,8 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             state = match act.open().await {
                 Ok(fresh) => fresh,
                 Err(e) => {
-                    let message = format!("the object's storage cannot be reopened: {e}");
-                    tracing::error!("{message}");
-                    fail(&act, mailbox, None, &message).await;
+                    tracing::error!(error = %e, "the object's storage cannot be reopened");
+                    fail_with(&act, mailbox, None, &open_error(&e, "reopened")).await;
                     return;
                 }
             };
@@ -435,19 +422,29 @@ fn reset<I>(instance: &mut Option<I>, state: &ObjectState) {
     }
 }
 
-/// Ends an activation that cannot run: leaves the registry, then refuses `first` and every
-/// event still queued. The callers hear a storage failure (`message` is for the log; it may
-/// name paths), or that storage is unavailable when the data directory is gone.
-async fn fail(
-    act: &Activation,
-    mailbox: mpsc::Receiver<Box<Event>>,
-    first: Option<Event>,
-    message: &str,
-) {
-    fail_with(act, mailbox, first, &|| Error::Other(message.to_string())).await;
+/// What the events waiting for an object whose storage could not be `what` (opened,
+/// reopened) are told: refusals that say why (another node owns the object, storage is down)
+/// as they are, so that callers get their status and can retry or go elsewhere; anything
+/// else as an internal error.
+fn open_error(e: &Error, what: &'static str) -> impl Fn() -> Error + Sync + use<> {
+    let kept = match e {
+        Error::Fenced(why) => Ok(Error::Fenced(why.clone())),
+        Error::Elsewhere(at) => Ok(Error::Elsewhere(at.clone())),
+        Error::StorageUnavailable(why) => Ok(Error::StorageUnavailable(why.clone())),
+        other => Err(format!("the object's storage cannot be {what}: {other}")),
+    };
+    move || match &kept {
+        Ok(Error::Fenced(why)) => Error::Fenced(why.clone()),
+        Ok(Error::Elsewhere(at)) => Error::Elsewhere(at.clone()),
+        Ok(Error::StorageUnavailable(why)) => Error::StorageUnavailable(why.clone()),
+        Ok(_) => Error::Other(format!("the object's storage cannot be {what}")),
+        Err(message) => Error::Other(message.clone()),
+    }
 }
 
-/// [`fail`], with the error each event gets made by `make` (unless storage is down).
+/// Ends an activation that cannot run: leaves the registry, then refuses `first` and every
+/// event still queued with the error `make` makes (see [`open_error`]), or that storage is
+/// unavailable when the data directory is gone.
 async fn fail_with(
     act: &Activation,
     mut mailbox: mpsc::Receiver<Box<Event>>,

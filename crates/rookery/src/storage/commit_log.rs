@@ -11,6 +11,8 @@
 //!
 //! [`LocalCommitLog`] is the single-node case: the node log alone, epoch 0, nothing to add.
 
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
 
 use super::PackedPages;
@@ -38,7 +40,7 @@ pub struct CommitRecord<'a> {
 }
 
 /// What the commit log says when an object opens on this node.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Grant {
     /// The epoch the activation's commits carry.
     pub epoch: u64,
@@ -46,6 +48,27 @@ pub struct Grant {
     /// object last ran elsewhere): `Some(empty)` means it stores nothing. `None` keeps the
     /// local database as it is.
     pub image: Option<Vec<u8>>,
+    /// What the activation holds the object by, if it can end before the activation does (a
+    /// cluster node's lease): looked at before every turn, and once it no longer holds, the
+    /// object is reset before it serves anything more, and opens again (on this node if it
+    /// may, else the request goes where the object is).
+    pub lease: Option<Arc<dyn Lease>>,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("epoch", &self.epoch)
+            .field("image", &self.image.as_ref().map(Vec::len))
+            .field("lease", &self.lease.is_some())
+            .finish()
+    }
+}
+
+/// A hold on objects that can end (see [`Grant::lease`]). Called before every turn: cheap.
+pub trait Lease: Send + Sync + 'static {
+    /// Whether the hold still stands.
+    fn holds(&self) -> bool;
 }
 
 /// Receives every committed turn before its outputs are released.

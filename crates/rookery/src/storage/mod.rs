@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use catalog::Migration;
 pub use class_keys::{ClassKey, ClassKeys, LocalClassKeys};
-pub use commit_log::{CommitLog, CommitRecord, Grant, LocalCommitLog};
+pub use commit_log::{CommitLog, CommitRecord, Grant, Lease, LocalCommitLog};
 pub use durability::{Durability, SyncHook};
 pub use history::HistoryOptions;
 pub use inspect::TableInfo;
@@ -168,6 +168,8 @@ pub struct Storage {
     db_path: Option<PathBuf>,
     /// The epoch the commit log gave this activation.
     epoch: u64,
+    /// The commit log's hold on the object, if it can end.
+    lease: Option<Arc<dyn Lease>>,
     /// See [`Storage::take_index_update`].
     index_update: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -195,7 +197,7 @@ impl Storage {
         let location = &addr.location();
         let alarm_key = addr.alarm_key();
         let grant = ctx.commit_log.activate(&addr.class.name, &addr.id)?;
-        let epoch = grant.epoch;
+        let (epoch, lease) = (grant.epoch, grant.lease.clone());
         if let (Location::File(path), Some(image)) = (location, &grant.image) {
             restore::install(&ctx, &alarm_key, path, image)?;
         }
@@ -246,6 +248,7 @@ impl Storage {
             id: addr.id.clone(),
             alarm_key,
             epoch,
+            lease,
             db_path: match location {
                 Location::File(path) => Some(path.clone()),
                 Location::Memory => None,
@@ -710,9 +713,10 @@ impl Storage {
         self.lock().db.take_reopened()
     }
 
-    /// Whether making a commit durable failed; the object must then be reset.
+    /// Whether making a commit durable failed, or the commit log's hold on the object ended;
+    /// the object must then be reset.
     pub(crate) fn failed(&self) -> bool {
-        self.sync.failed()
+        self.sync.failed() || self.lease.as_ref().is_some_and(|l| !l.holds())
     }
 
     /// Closes the database; uncommitted writes are rolled back. Once the node log holds every

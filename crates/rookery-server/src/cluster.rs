@@ -1,0 +1,213 @@
+//! The server's side of cluster mode: requests travel to the node that owns their object.
+//!
+//! A node that receives a request for an object another node owns sends it on
+//! ([`NodeForwarder`], the runtime's [`Forwarder`]) as the object would have seen it: its
+//! method, the path and query after routing, the headers the gateway set (identity included:
+//! the first node checked the credentials) and the body. It goes to `/_rookery/forward` on the
+//! owner with the object's class and id in headers and the cluster's token, which only nodes
+//! know (it lives in PostgreSQL). The owner serves it here ([`serve_forwarded`]) without
+//! forwarding it again: if the object moved meanwhile, the caller hears 503 and retries.
+//!
+//! Not forwarded yet: WebSocket upgrades (refused with 503 by the non-owner; clients retry and
+//! may reach the owner through the load balancer) and streamed responses (the owner answers
+//! 502).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use rookery::{Error, Forwarded, Forwarder, ObjectId, Request, Response, Runtime};
+
+use crate::reply::{error_response, into_axum, same_secret};
+
+/// The path prefix forwarded requests arrive under.
+pub const FORWARD_PREFIX: &str = "/_rookery/forward";
+/// The class of the object a forwarded request is for.
+const CLASS: HeaderName = HeaderName::from_static("x-rookery-forward-class");
+/// Its id, in hex.
+const ID: HeaderName = HeaderName::from_static("x-rookery-forward-id");
+/// Its name, when it was addressed by name (objects see their names).
+const NAME: HeaderName = HeaderName::from_static("x-rookery-forward-name");
+/// The cluster's token.
+const TOKEN: HeaderName = HeaderName::from_static("x-rookery-cluster-token");
+
+/// Sends requests to the node that owns their object, over pooled HTTP connections.
+pub struct NodeForwarder {
+    client: reqwest::Client,
+    token: HeaderValue,
+}
+
+impl NodeForwarder {
+    /// A forwarder presenting `token`, giving up on a node after `timeout`.
+    pub fn new(token: &str, timeout: Duration) -> Result<Self, Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(64)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::internal("building the cluster's HTTP client", e))?;
+        let token = HeaderValue::from_str(token)
+            .map_err(|e| Error::internal("the cluster token is not a header value", e))?;
+        Ok(Self { client, token })
+    }
+}
+
+impl Forwarder for NodeForwarder {
+    fn fetch(&self, address: &str, class: &str, id: &ObjectId, req: Request) -> Forwarded {
+        let url = format!(
+            "{}{FORWARD_PREFIX}{}",
+            address.trim_end_matches('/'),
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        let mut headers = req.headers().clone();
+        strip_hop_by_hop(&mut headers);
+        headers.insert(TOKEN, self.token.clone());
+        let class = HeaderValue::from_str(class);
+        headers.insert(
+            ID,
+            HeaderValue::from_str(&id.to_hex()).unwrap_or(HeaderValue::from_static("")),
+        );
+        if let Some(name) = id
+            .name()
+            .and_then(|n| HeaderValue::from_str(&encode_name(n)).ok())
+        {
+            headers.insert(NAME, name);
+        }
+        let request = self
+            .client
+            .request(req.method().clone(), url)
+            .body(req.body().clone());
+        Box::pin(async move {
+            let Ok(class) = class else {
+                return Err(Error::msg("a class name that is not a header value"));
+            };
+            headers.insert(CLASS, class);
+            let answer = request.headers(headers).send().await.map_err(|e| {
+                Error::StorageUnavailable(format!("the owner node did not answer: {e}"))
+            })?;
+            let status = answer.status();
+            let mut headers = answer.headers().clone();
+            strip_hop_by_hop(&mut headers);
+            let body = answer.bytes().await.map_err(|e| {
+                Error::StorageUnavailable(format!("the owner node's answer broke off: {e}"))
+            })?;
+            let mut response = Response::new(status, body);
+            *response.headers_mut() = headers;
+            Ok(response)
+        })
+    }
+}
+
+/// Serves a request another node forwarded (see the module docs).
+pub(crate) async fn serve_forwarded(
+    runtime: &Runtime,
+    token: &str,
+    max_body_bytes: usize,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let presented = parts.headers.get(&TOKEN).map(HeaderValue::as_bytes);
+    if !presented.is_some_and(|p| same_secret(p, token.as_bytes())) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "only cluster nodes may forward requests",
+        );
+    }
+    let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(class), Some(id)) = (header(&CLASS), header(&ID)) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "a forwarded request without its object",
+        );
+    };
+    let namespace = match runtime.namespace_of_class(class) {
+        Ok(ns) => ns,
+        Err(e) => return error_response(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let id = match header(&NAME).and_then(decode_name) {
+        Some(name) => {
+            let named = namespace.id_from_name(&name);
+            if named.to_hex() != id {
+                return error_response(StatusCode::BAD_REQUEST, "the object's name and id differ");
+            }
+            named
+        }
+        None => match namespace.id_from_string(id) {
+            Ok(id) => id,
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.public_message()),
+        },
+    };
+    let Some(rest) = parts
+        .uri
+        .path_and_query()
+        .and_then(|p| p.as_str().strip_prefix(FORWARD_PREFIX))
+    else {
+        return error_response(StatusCode::BAD_REQUEST, "not a forwarded path");
+    };
+    let uri = match (if rest.is_empty() { "/" } else { rest }).parse() {
+        Ok(uri) => uri,
+        Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid forwarded path"),
+    };
+    let body = match Limited::new(body, max_body_bytes).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
+    };
+    let mut headers = parts.headers;
+    for name in [&CLASS, &ID, &NAME, &TOKEN] {
+        headers.remove(name);
+    }
+    let req = Request::from_parts(parts.method, uri, headers, body);
+    match namespace.get(id).fetch_here(req).await {
+        Ok(mut resp) => {
+            if resp.take_socket_link().is_some() || resp.take_stream_link().is_some() {
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "streamed answers are not forwarded between nodes",
+                );
+            }
+            into_axum(resp)
+        }
+        Err(e) => crate::reply::failure(&e, &HeaderValue::from_static("-")),
+    }
+}
+
+/// Headers that belong to one connection, not to the request.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        http::header::CONNECTION,
+        http::header::HOST,
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// An object's name as a header value (percent-encoded: names are any text).
+fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_name(text: &str) -> Option<String> {
+    rookery::percent_decode(text)
+}
+
+/// A shareable forwarder.
+pub(crate) fn forwarder(token: &str, timeout: Duration) -> Result<Arc<dyn Forwarder>, Error> {
+    Ok(Arc::new(NodeForwarder::new(token, timeout)?))
+}
