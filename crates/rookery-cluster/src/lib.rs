@@ -139,6 +139,18 @@ impl Cluster {
         self.owners.clone()
     }
 
+    /// The owner this node knew for object `id` did not answer: the next request tries to
+    /// take the object over (which works once that owner's lease ran out) or learns the
+    /// owner anew.
+    pub fn owner_unreachable(&self, id: &rookery::ObjectId) {
+        self.owners.forget(id);
+    }
+
+    /// How long this node's lease lasts without renewal.
+    pub fn lease(&self) -> std::time::Duration {
+        self.membership.lease()
+    }
+
     /// The token nodes present to each other on forwarded requests (the same on every node).
     pub fn forward_token(&self) -> &str {
         &self.forward_token

@@ -73,6 +73,11 @@ impl Membership {
         deadline != 0 && (self.base.elapsed().as_nanos() as u64) < deadline
     }
 
+    /// How long the lease lasts without renewal.
+    pub(crate) fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// How often the lease is renewed.
     pub(crate) fn renew_every(&self) -> Duration {
         self.lease / 4

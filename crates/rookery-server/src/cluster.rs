@@ -36,11 +36,16 @@ const TOKEN: HeaderName = HeaderName::from_static("x-rookery-cluster-token");
 pub struct NodeForwarder {
     client: reqwest::Client,
     token: HeaderValue,
+    cluster: Arc<rookery_cluster::Cluster>,
 }
 
 impl NodeForwarder {
-    /// A forwarder presenting `token`, giving up on a node after `timeout`.
-    pub fn new(token: &str, timeout: Duration) -> Result<Self, Error> {
+    /// A forwarder for `cluster`'s node. An owner that does not answer within one lease is
+    /// taken for gone (paused, cut off, dead): the caller hears 503 and its retry tries to
+    /// take the object over, which succeeds once the owner's lease ran out. (A turn longer
+    /// than the lease is answered 503 the same way, though it ran.)
+    pub fn new(cluster: Arc<rookery_cluster::Cluster>) -> Result<Self, Error> {
+        let timeout = cluster.lease();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(2))
@@ -48,9 +53,13 @@ impl NodeForwarder {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::internal("building the cluster's HTTP client", e))?;
-        let token = HeaderValue::from_str(token)
+        let token = HeaderValue::from_str(cluster.forward_token())
             .map_err(|e| Error::internal("the cluster token is not a header value", e))?;
-        Ok(Self { client, token })
+        Ok(Self {
+            client,
+            token,
+            cluster,
+        })
     }
 }
 
@@ -79,14 +88,20 @@ impl Forwarder for NodeForwarder {
             .client
             .request(req.method().clone(), url)
             .body(req.body().clone());
+        let (cluster, id, address) = (self.cluster.clone(), id.clone(), address.to_string());
         Box::pin(async move {
             let Ok(class) = class else {
                 return Err(Error::msg("a class name that is not a header value"));
             };
             headers.insert(CLASS, class);
-            let answer = request.headers(headers).send().await.map_err(|e| {
-                Error::StorageUnavailable(format!("the owner node did not answer: {e}"))
-            })?;
+            let answer = match request.headers(headers).send().await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::warn!(owner = %address, error = %e, "the owner node did not answer");
+                    cluster.owner_unreachable(&id);
+                    return Err(Error::Elsewhere(address));
+                }
+            };
             let status = answer.status();
             let mut headers = answer.headers().clone();
             strip_hop_by_hop(&mut headers);
@@ -207,7 +222,9 @@ fn decode_name(text: &str) -> Option<String> {
     rookery::percent_decode(text)
 }
 
-/// A shareable forwarder.
-pub(crate) fn forwarder(token: &str, timeout: Duration) -> Result<Arc<dyn Forwarder>, Error> {
-    Ok(Arc::new(NodeForwarder::new(token, timeout)?))
+/// A shareable forwarder for `cluster`'s node.
+pub(crate) fn forwarder(
+    cluster: Arc<rookery_cluster::Cluster>,
+) -> Result<Arc<dyn Forwarder>, Error> {
+    Ok(Arc::new(NodeForwarder::new(cluster)?))
 }

@@ -167,13 +167,11 @@ impl Server {
             .outbound(Arc::new(outbound::HttpClient::new(outbound)?))
             .buckets(config.buckets(&config.server.data_dir));
         if let Some(cluster) = &cluster {
-            let timeout =
-                Duration::from_millis(config.server.turn_timeout_ms) + Duration::from_secs(5);
             builder = builder
                 .commit_log(cluster.commit_log())
                 .class_keys(cluster.class_keys())
                 .placement(cluster.placement())
-                .forwarder(cluster::forwarder(cluster.forward_token(), timeout)?);
+                .forwarder(cluster::forwarder(cluster.clone())?);
         }
         for b in &config.bindings {
             builder = builder.binding(b.name.get_ref(), b.class_name.get_ref());

@@ -1,0 +1,294 @@
+//! Cluster mode across processes: three `rookery serve` nodes on loopback ports over one
+//! PostgreSQL (started by the test itself unless `ROOKERY_TEST_POSTGRES` names one).
+
+mod common;
+#[path = "../../rookery-cluster/tests/common/postgres.rs"]
+mod postgres;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{ChildServer, PATIENCE, client, eventually};
+use serde_json::Value;
+
+/// The demo app, with a lease short enough for failover tests.
+fn node_config(dir: &Path, url: &str) -> std::path::PathBuf {
+    let text = format!(
+        "{}\n[cluster]\ndatabase_url = \"{url}\"\nnode_id = \"set-by-flag\"\nadvertise = \"http://set-by-flag\"\nlease_ms = 2000\n",
+        include_str!("../../../examples/demo.toml")
+    );
+    let path = dir.join("rookery.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A free loopback port (bound and released; the node binds it again at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Node `id` of the cluster on `url`, with its own data directory under `root`.
+fn start_node(root: &Path, url: &str, id: &str, port: u16) -> ChildServer {
+    let data = root.join(id);
+    std::fs::create_dir_all(&data).unwrap();
+    let config = node_config(&data, url);
+    let advertise = format!("http://127.0.0.1:{port}");
+    ChildServer::start_at(
+        &data.join("data"),
+        &format!("127.0.0.1:{port}"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--node-id",
+            id,
+            "--advertise",
+            &advertise,
+        ],
+    )
+}
+
+/// Three nodes, `n0` to `n2`.
+async fn three_nodes(root: &Path) -> (String, Vec<ChildServer>) {
+    let url = postgres::fresh_database().await;
+    let nodes = (0..3)
+        .map(|i| start_node(root, &url, &format!("n{i}"), free_port()))
+        .collect();
+    (url, nodes)
+}
+
+/// `POST /counter/:name/increment` through `node`: the new value, or the status.
+async fn increment(http: &reqwest::Client, node: &ChildServer, name: &str) -> Result<i64, String> {
+    let resp = http
+        .post(node.url(&format!("/counter/{name}/increment")))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if status != 200 {
+        return Err(format!(
+            "{status}: {}",
+            resp.text().await.unwrap_or_default()
+        ));
+    }
+    let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+    body["value"]
+        .as_i64()
+        .ok_or_else(|| format!("no value in {body}"))
+}
+
+async fn read(http: &reqwest::Client, node: &ChildServer, name: &str) -> i64 {
+    let body: Value = http
+        .get(node.url(&format!("/counter/{name}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["value"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_the_demo_through_any_node_in_one_order() {
+    let root = tempfile::tempdir().unwrap();
+    let (_url, nodes) = three_nodes(root.path()).await;
+    let http = client();
+    // Each counter is touched first through a different node, then through all of them in
+    // turn: wherever it lives, every increment sees the one before it.
+    for round in 0..9 {
+        for k in 0..5 {
+            let node = &nodes[(round + k) % 3];
+            assert_eq!(
+                increment(&http, node, &format!("c{k}")).await.unwrap(),
+                round as i64 + 1,
+                "counter c{k}, round {round}, through {}",
+                node.addr
+            );
+        }
+    }
+    for node in &nodes {
+        for k in 0..5 {
+            assert_eq!(read(&http, node, &format!("c{k}")).await, 9);
+        }
+        let ready = http.get(node.url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    let cluster: Value = http
+        .get(nodes[0].url("/_rookery/cluster"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cluster["self"], "n0");
+    let listed = cluster["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{cluster}");
+    assert!(listed.iter().all(|n| n["live"] == true), "{cluster}");
+    let owned: i64 = listed.iter().map(|n| n["objects"].as_i64().unwrap()).sum();
+    assert!(owned >= 5, "every counter has an owner: {cluster}");
+    // Nothing but nodes may use the forwarding path.
+    let forged = http
+        .post(nodes[1].url("/_rookery/forward/increment"))
+        .header("x-rookery-forward-class", "Counter")
+        .header("x-rookery-cluster-token", "guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    for node in nodes {
+        node.terminate();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_under_load_loses_no_acknowledged_increment() {
+    let root = tempfile::tempdir().unwrap();
+    let (_url, mut nodes) = three_nodes(root.path()).await;
+    let http = client();
+    let names: Vec<String> = (0..4).map(|k| format!("busy{k}")).collect();
+    // n0 owns them all.
+    for name in &names {
+        assert_eq!(increment(&http, &nodes[0], name).await.unwrap(), 1);
+    }
+    let survivors = nodes.split_off(1);
+    let owner = nodes.pop().unwrap();
+    // Writers through n1 and n2 (forwarded to n0 while it lives).
+    let acked: HashMap<String, (i64, i64)> = names.iter().map(|n| (n.clone(), (1, 1))).collect();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(acked));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (http, name, acked, stop) = (http.clone(), name.clone(), acked.clone(), stop.clone());
+        let urls: Vec<String> = survivors
+            .iter()
+            .map(|n| n.url(&format!("/counter/{name}/increment")))
+            .collect();
+        writers.push(tokio::spawn(async move {
+            let mut turn = i;
+            let mut gap_started: Option<Instant> = None;
+            let mut longest_gap = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                turn += 1;
+                acked.lock().unwrap().get_mut(&name).unwrap().1 += 1;
+                let ok = match http.post(&urls[turn % urls.len()]).send().await {
+                    Ok(resp) if resp.status() == 200 => resp.json::<Value>().await.is_ok(),
+                    _ => false,
+                };
+                if ok {
+                    acked.lock().unwrap().get_mut(&name).unwrap().0 += 1;
+                    if let Some(started) = gap_started.take() {
+                        longest_gap = longest_gap.max(started.elapsed());
+                    }
+                } else {
+                    gap_started.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            longest_gap
+        }));
+    }
+    // Some acknowledged increments through the owner, then it dies.
+    eventually("the writers get through n0", || {
+        let acked = acked.clone();
+        async move { acked.lock().unwrap().values().all(|(ok, _)| *ok >= 20) }
+    })
+    .await;
+    owner.kill9();
+    let at_kill: HashMap<String, i64> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, (ok, _))| (n.clone(), *ok))
+        .collect();
+    // After the lease, n1 and n2 take the counters over and the writers go on.
+    eventually("the survivors take the counters over", || {
+        let (acked, at_kill) = (acked.clone(), at_kill.clone());
+        async move {
+            acked
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(n, (ok, _))| *ok >= at_kill[n] + 20)
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        let gap = writer.await.unwrap();
+        assert!(gap < PATIENCE, "a writer waited {gap:?}");
+    }
+    let acked = acked.lock().unwrap().clone();
+    for name in &names {
+        let (ok, tried) = acked[name];
+        let value = read(&http, &survivors[0], name).await;
+        // Every acknowledged increment is there; an unanswered one may be too (it committed
+        // and the answer was lost with the node), never more than were sent.
+        assert!(
+            value >= ok && value <= tried,
+            "{name}: value {value}, acknowledged {ok}, sent {tried}"
+        );
+        assert_eq!(read(&http, &survivors[1], name).await, value);
+    }
+    for node in survivors {
+        node.terminate();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_resumed_after_its_lease_never_writes_again() {
+    let root = tempfile::tempdir().unwrap();
+    let (_url, nodes) = three_nodes(root.path()).await;
+    let http = client();
+    for want in 1..=3 {
+        assert_eq!(increment(&http, &nodes[0], "paused").await.unwrap(), want);
+    }
+    let pid = i32::try_from(nodes[0].child.id()).unwrap();
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // n1 takes over once n0's lease runs out.
+    let mut value = 0;
+    let deadline = Instant::now() + PATIENCE;
+    while value == 0 {
+        match increment(&http, &nodes[1], "paused").await {
+            Ok(v) => value = v,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        assert!(Instant::now() < deadline, "n1 never took over");
+    }
+    assert_eq!(value, 4, "n1 continues from n0's acknowledged increments");
+    assert_eq!(increment(&http, &nodes[2], "paused").await.unwrap(), 5);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // n0 wakes with the object in memory at 3: it may refuse for a moment, but whatever it
+    // answers comes from the owner, and no write of its own gets through.
+    let mut expected = 5;
+    let deadline = Instant::now() + PATIENCE;
+    let mut through_n0 = 0;
+    while through_n0 < 3 {
+        match increment(&http, &nodes[0], "paused").await {
+            Ok(v) => {
+                expected += 1;
+                assert_eq!(v, expected, "n0 answered from stale state");
+                through_n0 += 1;
+            }
+            Err(e) => {
+                assert!(e.starts_with("503"), "n0 refused with {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert!(Instant::now() < deadline, "n0 never forwarded to the owner");
+    }
+    for node in &nodes {
+        assert_eq!(read(&http, node, "paused").await, expected);
+    }
+    for node in nodes {
+        node.terminate();
+    }
+}
