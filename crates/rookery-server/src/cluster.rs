@@ -8,18 +8,18 @@
 //! know (it lives in PostgreSQL). The owner serves it here ([`serve_forwarded`]) without
 //! forwarding it again: if the object moved meanwhile, the caller hears 503 and retries.
 //!
-//! Not forwarded yet: WebSocket upgrades (refused with 503 by the non-owner; clients retry and
-//! may reach the owner through the load balancer) and streamed responses (the owner answers
-//! 502).
+//! WebSockets go the same way, relayed by the node the client reached (`socket_proxy.rs`).
+//! Not forwarded yet: streamed responses (server-sent events; the owner answers 502).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use rookery::{Error, Forwarded, Forwarder, ObjectId, Request, Response, Runtime};
+use rookery::{Error, Forwarded, Forwarder, ObjectId, Request, Response};
 
-use crate::reply::{error_response, into_axum, same_secret};
+use crate::gateway::{Gateway, upgrade_of};
+use crate::reply::{error_response, failure, same_secret};
 
 /// The path prefix forwarded requests arrive under.
 pub const FORWARD_PREFIX: &str = "/_rookery/forward";
@@ -35,7 +35,6 @@ const TOKEN: HeaderName = HeaderName::from_static("x-rookery-cluster-token");
 /// Sends requests to the node that owns their object, over pooled HTTP connections.
 pub struct NodeForwarder {
     client: reqwest::Client,
-    token: HeaderValue,
     cluster: Arc<rookery_cluster::Cluster>,
 }
 
@@ -53,48 +52,21 @@ impl NodeForwarder {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::internal("building the cluster's HTTP client", e))?;
-        let token = HeaderValue::from_str(cluster.forward_token())
-            .map_err(|e| Error::internal("the cluster token is not a header value", e))?;
-        Ok(Self {
-            client,
-            token,
-            cluster,
-        })
+        Ok(Self { client, cluster })
     }
 }
 
 impl Forwarder for NodeForwarder {
     fn fetch(&self, address: &str, class: &str, id: &ObjectId, req: Request) -> Forwarded {
-        let url = format!(
-            "{}{FORWARD_PREFIX}{}",
-            address.trim_end_matches('/'),
-            req.uri().path_and_query().map_or("/", |p| p.as_str())
-        );
-        let mut headers = req.headers().clone();
-        strip_hop_by_hop(&mut headers);
-        headers.insert(TOKEN, self.token.clone());
-        let class = HeaderValue::from_str(class);
-        headers.insert(
-            ID,
-            HeaderValue::from_str(&id.to_hex()).unwrap_or(HeaderValue::from_static("")),
-        );
-        if let Some(name) = id
-            .name()
-            .and_then(|n| HeaderValue::from_str(&encode_name(n)).ok())
-        {
-            headers.insert(NAME, name);
-        }
+        let url = format!("{}{}", address.trim_end_matches('/'), forward_path(&req));
+        let headers = forward_headers(&self.cluster, class, id, &req);
         let request = self
             .client
             .request(req.method().clone(), url)
             .body(req.body().clone());
         let (cluster, id, address) = (self.cluster.clone(), id.clone(), address.to_string());
         Box::pin(async move {
-            let Ok(class) = class else {
-                return Err(Error::msg("a class name that is not a header value"));
-            };
-            headers.insert(CLASS, class);
-            let answer = match request.headers(headers).send().await {
+            let answer = match request.headers(headers?).send().await {
                 Ok(answer) => answer,
                 Err(e) => {
                     tracing::warn!(owner = %address, error = %e, "the owner node did not answer");
@@ -115,14 +87,45 @@ impl Forwarder for NodeForwarder {
     }
 }
 
-/// Serves a request another node forwarded (see the module docs).
+/// Where on the owner a request for `req` goes: the forwarding prefix, then the path and
+/// query the object sees.
+pub(crate) fn forward_path(req: &Request) -> String {
+    format!(
+        "{FORWARD_PREFIX}{}",
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    )
+}
+
+/// The headers a forwarded request carries: the request's own (less those of one
+/// connection), the object's class, id and name, and the cluster's token.
+pub(crate) fn forward_headers(
+    cluster: &rookery_cluster::Cluster,
+    class: &str,
+    id: &ObjectId,
+    req: &Request,
+) -> Result<HeaderMap, Error> {
+    let mut headers = req.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    let value = |text: &str| {
+        HeaderValue::from_str(text)
+            .map_err(|_| Error::msg(format!("{text:?} cannot travel in a header")))
+    };
+    headers.insert(TOKEN, value(cluster.forward_token())?);
+    headers.insert(CLASS, value(class)?);
+    headers.insert(ID, value(&id.to_hex())?);
+    if let Some(name) = id.name() {
+        headers.insert(NAME, value(&encode_name(name))?);
+    }
+    Ok(headers)
+}
+
+/// Serves a request another node forwarded (see the module docs), WebSocket upgrades too.
 pub(crate) async fn serve_forwarded(
-    runtime: &Runtime,
+    gateway: &Gateway,
     token: &str,
-    max_body_bytes: usize,
     req: axum::extract::Request,
 ) -> axum::response::Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let presented = parts.headers.get(&TOKEN).map(HeaderValue::as_bytes);
     if !presented.is_some_and(|p| same_secret(p, token.as_bytes())) {
         return error_response(
@@ -137,11 +140,11 @@ pub(crate) async fn serve_forwarded(
             "a forwarded request without its object",
         );
     };
-    let namespace = match runtime.namespace_of_class(class) {
+    let namespace = match gateway.runtime.namespace_of_class(class) {
         Ok(ns) => ns,
         Err(e) => return error_response(StatusCode::NOT_FOUND, &e.to_string()),
     };
-    let id = match header(&NAME).and_then(decode_name) {
+    let id = match header(&NAME).and_then(rookery::percent_decode) {
         Some(name) => {
             let named = namespace.id_from_name(&name);
             if named.to_hex() != id {
@@ -165,7 +168,11 @@ pub(crate) async fn serve_forwarded(
         Ok(uri) => uri,
         Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid forwarded path"),
     };
-    let body = match Limited::new(body, max_body_bytes).collect().await {
+    let upgrade = match upgrade_of(&mut parts).await {
+        Ok(upgrade) => upgrade,
+        Err(refused) => return refused,
+    };
+    let body = match Limited::new(body, gateway.max_body_bytes).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
     };
@@ -174,17 +181,20 @@ pub(crate) async fn serve_forwarded(
         headers.remove(name);
     }
     let req = Request::from_parts(parts.method, uri, headers, body);
+    let request_id = HeaderValue::from_static("-");
     match namespace.get(id).fetch_here(req).await {
         Ok(mut resp) => {
-            if resp.take_socket_link().is_some() || resp.take_stream_link().is_some() {
+            if resp.take_stream_link().is_some() {
                 return error_response(
                     StatusCode::BAD_GATEWAY,
                     "streamed answers are not forwarded between nodes",
                 );
             }
-            into_axum(resp)
+            gateway
+                .respond(resp, upgrade)
+                .unwrap_or_else(|e| failure(&e, &request_id))
         }
-        Err(e) => crate::reply::failure(&e, &HeaderValue::from_static("-")),
+        Err(e) => failure(&e, &request_id),
     }
 }
 
@@ -216,10 +226,6 @@ fn encode_name(name: &str) -> String {
         }
     }
     out
-}
-
-fn decode_name(text: &str) -> Option<String> {
-    rookery::percent_decode(text)
 }
 
 /// A shareable forwarder for `cluster`'s node.

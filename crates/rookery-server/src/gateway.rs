@@ -193,13 +193,8 @@ impl Gateway {
         if let Some(cluster) = &self.cluster
             && path.starts_with(crate::cluster::FORWARD_PREFIX)
         {
-            let response = crate::cluster::serve_forwarded(
-                &self.runtime,
-                cluster.forward_token(),
-                self.max_body_bytes,
-                req,
-            )
-            .await;
+            let response =
+                crate::cluster::serve_forwarded(self, cluster.forward_token(), req).await;
             return (&self.own_metrics.runtime, response);
         }
         if path == CLUSTER_PATH {
@@ -498,8 +493,31 @@ impl Gateway {
             Ok(admitted) => admitted,
             Err(answer) => return Ok(answer),
         };
-        let resp = stub.fetch(req).await?;
-        self.respond(resp, choose_protocol(upgrade, verified))
+        let upgrade = choose_protocol(upgrade, verified);
+        // A socket to an object another node owns is relayed through this node.
+        let copy = match (&self.cluster, &upgrade) {
+            (Some(_), Some(_)) => Some(req.clone()),
+            _ => None,
+        };
+        match stub.fetch(req).await {
+            Err(Error::Elsewhere(owner)) => match (&self.cluster, upgrade, copy) {
+                (Some(cluster), Some(upgrade), Some(req)) => {
+                    crate::socket_proxy::proxy(
+                        cluster,
+                        owner,
+                        stub.class_name(),
+                        stub.id(),
+                        req,
+                        upgrade,
+                        self.max_message_bytes,
+                    )
+                    .await
+                }
+                _ => Err(Error::Elsewhere(owner)),
+            },
+            Err(e) => Err(e),
+            Ok(resp) => self.respond(resp, upgrade),
+        }
     }
 
     /// Hands a request to the worker, with the client's path and query.
@@ -579,7 +597,7 @@ impl Gateway {
 
     /// The HTTP answer to `resp`: as it is, or, when it hands over a WebSocket the object
     /// accepted, the end of the handshake of `upgrade`.
-    fn respond(
+    pub(crate) fn respond(
         &self,
         mut resp: Response,
         upgrade: Option<WebSocketUpgrade>,
@@ -611,7 +629,7 @@ enum Tokens {
 
 /// The upgrade a WebSocket request asks for, taken from it to finish the handshake later;
 /// `Err` holds the answer to a malformed upgrade request.
-async fn upgrade_of(
+pub(crate) async fn upgrade_of(
     parts: &mut http::request::Parts,
 ) -> Result<Option<WebSocketUpgrade>, axum::response::Response> {
     if !is_websocket_upgrade(&parts.headers) {

@@ -23,6 +23,7 @@ mod route_pattern;
 mod routes;
 pub mod secrets;
 mod socket_io;
+mod socket_proxy;
 mod static_asset;
 mod stream_io;
 

@@ -292,3 +292,127 @@ async fn a_paused_owner_resumed_after_its_lease_never_writes_again() {
         node.terminate();
     }
 }
+
+/// A WebSocket to `path` on `node`; `Err` holds the refusal (e.g. 503 while an object moves).
+async fn socket(node: &ChildServer, path: &str) -> Result<common::ws::Ws, String> {
+    let url = format!("ws://{}{}", node.addr, path);
+    match tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+/// The next frame of `kind` on `ws`, skipping others.
+async fn next_of(ws: &mut common::ws::Ws, kind: &str) -> Value {
+    loop {
+        let frame = common::ws::next_json(ws).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+async fn say(ws: &mut common::ws::Ws, frame: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        frame.to_string(),
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_client_reached_through_another_node_reconnects_after_the_owner_dies_and_replays()
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let root = tempfile::tempdir().unwrap();
+    let (_url, mut nodes) = three_nodes(root.path()).await;
+    let path = |user: &str| {
+        format!("/channel/room/websocket?user={user}&name={user}&permissions=read,write")
+    };
+    // Ann talks to n0, which takes the channel.
+    let mut ann = socket(&nodes[0], &path("ann")).await.unwrap();
+    next_of(&mut ann, "initial_state").await;
+    say(
+        &mut ann,
+        serde_json::json!({"type": "message", "content": "before"}),
+    )
+    .await;
+    let before = next_of(&mut ann, "message").await;
+    let before_id = before["message"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{before}"))
+        .to_string();
+    // Bob reaches the channel through n1, which relays his socket to n0.
+    let mut bob = socket(&nodes[1], &path("bob")).await.unwrap();
+    let initial = next_of(&mut bob, "initial_state").await;
+    assert_eq!(initial["messages"][0]["content"], "before", "{initial}");
+    say(
+        &mut ann,
+        serde_json::json!({"type": "message", "content": "second"}),
+    )
+    .await;
+    assert_eq!(
+        next_of(&mut bob, "message").await["message"]["content"],
+        "second"
+    );
+    // The owner dies: Bob is told to reconnect (1012), not left hanging.
+    let owner = nodes.remove(0);
+    owner.kill9();
+    let closed = loop {
+        match tokio::time::timeout(PATIENCE, bob.next())
+            .await
+            .expect("a close in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(1012));
+    // He reconnects through the same node (refused while the lease runs out), and the channel,
+    // now on a surviving node, still has everything; a sync after the first message replays
+    // the second.
+    let deadline = Instant::now() + PATIENCE;
+    let mut bob = loop {
+        match socket(&nodes[0], &path("bob")).await {
+            Ok(ws) => break ws,
+            Err(e) => assert!(e.contains("503"), "refused with {e}"),
+        }
+        assert!(Instant::now() < deadline, "Bob never got back in");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let initial = next_of(&mut bob, "initial_state").await;
+    let contents: Vec<&str> = initial["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, vec!["before", "second"], "{initial}");
+    say(
+        &mut bob,
+        serde_json::json!({"type": "sync", "afterMessageId": before_id}),
+    )
+    .await;
+    // Replayed as `message` frames, then the `sync` that closes the replay.
+    let mut replayed = Vec::new();
+    let sync = loop {
+        let frame = common::ws::next_json(&mut bob).await;
+        match frame["type"].as_str() {
+            Some("message") => replayed.push(frame["message"]["content"].clone()),
+            Some("sync") => break frame,
+            _ => {}
+        }
+    };
+    if let Some(messages) = sync["messages"].as_array() {
+        replayed.extend(messages.iter().map(|m| m["content"].clone()));
+    }
+    assert_eq!(replayed, vec![serde_json::json!("second")], "{sync}");
+    for node in nodes {
+        node.terminate();
+    }
+}

@@ -165,6 +165,11 @@ impl Stub {
         &self.addr.id
     }
 
+    /// The name of the object's class.
+    pub fn class_name(&self) -> &str {
+        &self.addr.class.name
+    }
+
     /// The address of the object this stub calls.
     pub(crate) fn addr(&self) -> &ObjectAddr {
         &self.addr

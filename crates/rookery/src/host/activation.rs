@@ -214,11 +214,20 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
         if state.storage().failed() {
             // A commit could not be made durable: start over from what the disk has. The old
             // database goes first: it holds the file's exclusive lock.
-            tracing::warn!("resetting the object after a failed commit");
             instance = None;
-            state
-                .sockets()
-                .close_all(close_code::INTERNAL, "the object was reset", true);
+            if state.storage().lease_lost() {
+                // In a cluster: the object may live on another node now; its clients reconnect
+                // (1012, service restart) and reach it wherever it is.
+                tracing::info!("resetting the object: this node's hold on it ended");
+                state
+                    .sockets()
+                    .close_all(close_code::SERVICE_RESTART, "the object moved", true);
+            } else {
+                tracing::warn!("resetting the object after a failed commit");
+                state
+                    .sockets()
+                    .close_all(close_code::INTERNAL, "the object was reset", true);
+            }
             // Work that holds the old state would keep its database open.
             state.drain_background(options.wait_until_timeout).await;
             close(state);

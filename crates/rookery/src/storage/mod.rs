@@ -713,6 +713,11 @@ impl Storage {
         self.lock().db.take_reopened()
     }
 
+    /// Whether the commit log's hold on the object ended (another node may own it now).
+    pub(crate) fn lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| !l.holds())
+    }
+
     /// Whether making a commit durable failed, or the commit log's hold on the object ended;
     /// the object must then be reset.
     pub(crate) fn failed(&self) -> bool {
