@@ -63,6 +63,8 @@ struct Pending {
     db_pages: i32,
     count: i32,
     pages: Vec<u8>,
+    /// The commit's change to the alarm (see [`CommitRecord::alarm`]).
+    alarm: Option<Option<i64>>,
     ack: oneshot::Sender<rookery::Result<()>>,
 }
 
@@ -190,6 +192,7 @@ impl CommitLog for PgCommitLog {
             db_pages,
             count,
             pages: record.pages.bytes().to_vec(),
+            alarm: record.alarm,
             ack,
         };
         if let Err(refused) = self.queue.try_send(pending) {
@@ -347,12 +350,25 @@ async fn append_batch(
     let db_pages: Vec<i32> = batch.iter().map(|p| p.db_pages).collect();
     let counts: Vec<i32> = batch.iter().map(|p| p.count).collect();
     let pages: Vec<&[u8]> = batch.iter().map(|p| p.pages.as_slice()).collect();
+    // Alarm changes: 0 none, 1 set, 2 deleted; only an object's last change in the batch
+    // counts (one statement may not change a row twice).
+    let mut alarm_ops = vec![0i32; batch.len()];
+    let mut alarm_ms = vec![0i64; batch.len()];
+    let mut changed: HashSet<&Key> = HashSet::new();
+    for (i, p) in batch.iter().enumerate().rev() {
+        if let Some(change) = p.alarm
+            && changed.insert(&p.key)
+        {
+            alarm_ops[i] = if change.is_some() { 1 } else { 2 };
+            alarm_ms[i] = change.unwrap_or(0);
+        }
+    }
     let statement = client
         .prepare_cached(
             "WITH batch AS (
                  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[],
-                                      $5::int4[], $6::int4[], $7::bytea[])
-                     AS b(class, object, epoch, seq, db_pages, page_count, pages)
+                                      $5::int4[], $6::int4[], $7::bytea[], $9::int4[], $10::int8[])
+                     AS b(class, object, epoch, seq, db_pages, page_count, pages, alarm_op, alarm_ms)
              ), owned AS (
                  SELECT o.class, o.object, o.epoch FROM rookery_objects o
                  WHERE (o.class, o.object) IN (SELECT class, object FROM batch)
@@ -360,13 +376,28 @@ async fn append_batch(
                    AND EXISTS (SELECT 1 FROM rookery_nodes n
                                WHERE n.session = $8 AND n.lease_until > now())
                  FOR SHARE OF o
+             ), inserted AS (
+                 INSERT INTO rookery_commits
+                     (class, object, epoch, seq, db_pages, page_count, pages)
+                 SELECT b.class, b.object, b.epoch, b.seq, b.db_pages, b.page_count, b.pages
+                 FROM batch b JOIN owned o
+                     ON o.class = b.class AND o.object = b.object AND o.epoch = b.epoch
+                 ON CONFLICT DO NOTHING
+                 RETURNING class, object, epoch, seq
+             ), changes AS (
+                 SELECT b.class, b.object, b.alarm_op, b.alarm_ms FROM batch b JOIN inserted i
+                     ON i.class = b.class AND i.object = b.object
+                    AND i.epoch = b.epoch AND i.seq = b.seq
+                 WHERE b.alarm_op <> 0
+             ), alarms_set AS (
+                 INSERT INTO rookery_alarms AS a (class, object, due_ms)
+                 SELECT class, object, alarm_ms FROM changes WHERE alarm_op = 1
+                 ON CONFLICT (class, object) DO UPDATE SET due_ms = EXCLUDED.due_ms
+             ), alarms_deleted AS (
+                 DELETE FROM rookery_alarms a USING changes c
+                 WHERE c.alarm_op = 2 AND a.class = c.class AND a.object = c.object
              )
-             INSERT INTO rookery_commits (class, object, epoch, seq, db_pages, page_count, pages)
-             SELECT b.class, b.object, b.epoch, b.seq, b.db_pages, b.page_count, b.pages
-             FROM batch b JOIN owned o
-                 ON o.class = b.class AND o.object = b.object AND o.epoch = b.epoch
-             ON CONFLICT DO NOTHING
-             RETURNING class, object, epoch, seq",
+             SELECT class, object, epoch, seq FROM inserted",
         )
         .await?;
     let rows = client
@@ -374,6 +405,7 @@ async fn append_batch(
             &statement,
             &[
                 &classes, &objects, &epochs, &seqs, &db_pages, &counts, &pages, &&*session,
+                &alarm_ops, &alarm_ms,
             ],
         )
         .await?;

@@ -23,6 +23,7 @@
 //! See `commit_log.rs` for ownership and fencing, `membership.rs` for leases, `image.rs` for
 //! how an object's database is rebuilt, and `schema.rs` for the tables.
 
+mod alarms;
 mod class_keys;
 mod commit_log;
 mod config;
@@ -39,6 +40,7 @@ use rookery::{ClassKeys, CommitLog, Placement};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
+pub use alarms::OWN_SLACK_MS;
 pub use config::{ClusterConfig, DEFAULT_LEASE};
 pub use error::ClusterError;
 pub use schema::SCHEMA_VERSION;
@@ -60,6 +62,7 @@ pub struct Cluster {
     owners: Arc<KnownOwners>,
     forward_token: String,
     heartbeat: std::sync::Mutex<Option<JoinHandle<()>>>,
+    alarm_sweep: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A node as the cluster lists it.
@@ -120,6 +123,7 @@ impl Cluster {
             owners,
             forward_token,
             heartbeat: std::sync::Mutex::new(Some(heartbeat)),
+            alarm_sweep: std::sync::Mutex::new(None),
         })
     }
 
@@ -193,6 +197,38 @@ impl Cluster {
             .collect())
     }
 
+    /// Starts waking, on this node, objects whose alarms are due while their node is gone
+    /// (see `alarms.rs`). Stop it with [`Cluster::stop_alarm_sweep`] before the runtime shuts
+    /// down: it holds the runtime.
+    pub fn start_alarm_sweep(&self, runtime: rookery::Runtime) {
+        let task = tokio::spawn(alarms::sweep(
+            self.pool.clone(),
+            self.membership.clone(),
+            runtime,
+        ));
+        if let Some(old) = self
+            .alarm_sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops the alarm sweep and lets go of its runtime.
+    pub async fn stop_alarm_sweep(&self) {
+        let task = self
+            .alarm_sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Stops renewing the lease, as a node cut off from the database would: once it runs out,
     /// this node's objects stop serving (each is reset before its next turn and cannot be
     /// claimed again) and other nodes may take them over. For tests of failover.
@@ -232,6 +268,14 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(task) = self.heartbeat_task() {
+            task.abort();
+        }
+        if let Some(task) = self
+            .alarm_sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             task.abort();
         }
     }

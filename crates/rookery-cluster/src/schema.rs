@@ -8,6 +8,8 @@
 //!   by object, epoch and sequence.
 //! - `rookery_snapshots`: an object's whole database at a position; commits up to it are
 //!   folded in and removed.
+//! - `rookery_alarms`: each object's alarm time, written with the commit that set it, so that
+//!   an alarm due on a node that died wakes its object on another (`alarms.rs`).
 //! - `rookery_classes`: the key (uid and id secret) of each class, the same on every node.
 //! - `rookery_secrets`: what nodes prove to each other with (the token of forwarded requests).
 
@@ -55,6 +57,13 @@ CREATE TABLE IF NOT EXISTS rookery_snapshots (
     image      bytea NOT NULL,
     PRIMARY KEY (class, object)
 );
+CREATE TABLE IF NOT EXISTS rookery_alarms (
+    class  text NOT NULL,
+    object text NOT NULL,
+    due_ms bigint NOT NULL,
+    PRIMARY KEY (class, object)
+);
+CREATE INDEX IF NOT EXISTS rookery_alarms_by_due ON rookery_alarms (due_ms);
 CREATE TABLE IF NOT EXISTS rookery_secrets (
     name  text PRIMARY KEY,
     value bytea NOT NULL

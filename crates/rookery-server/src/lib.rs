@@ -245,6 +245,9 @@ impl Server {
         // not keep the process from stopping.
         let grace = self.runtime.options().host.turn_timeout + Duration::from_secs(5);
         let trimming = memory_trim::spawn(self.runtime.clone());
+        if let Some(cluster) = &self.gateway.cluster {
+            cluster.start_alarm_sweep(self.runtime.clone());
+        }
         let gateway = self.gateway.clone();
         let shutdown = async move {
             shutdown.await;
@@ -263,6 +266,9 @@ impl Server {
         // Its clone of the runtime must be gone before the runtime closes (the data
         // directory's lock goes with the last one); the join error is the abort itself.
         let _ = trimming.await;
+        if let Some(cluster) = &self.gateway.cluster {
+            cluster.stop_alarm_sweep().await;
+        }
         tracing::info!("no more requests; closing objects");
         if !self.runtime.shutdown().await {
             tracing::warn!("some objects did not close in time");

@@ -13,11 +13,15 @@ use std::time::{Duration, Instant};
 use common::{ChildServer, PATIENCE, client, eventually};
 use serde_json::Value;
 
-/// The demo app, with a lease short enough for failover tests.
-fn node_config(dir: &Path, url: &str) -> std::path::PathBuf {
+/// The demo app.
+const DEMO: &str = include_str!("../../../examples/demo.toml");
+/// The key-value store, whose keys expire by alarm.
+const KV: &str = include_str!("../../../examples/kv.toml");
+
+/// `app` with a lease short enough for failover tests.
+fn node_config(dir: &Path, url: &str, app: &str) -> std::path::PathBuf {
     let text = format!(
-        "{}\n[cluster]\ndatabase_url = \"{url}\"\nnode_id = \"set-by-flag\"\nadvertise = \"http://set-by-flag\"\nlease_ms = 2000\n",
-        include_str!("../../../examples/demo.toml")
+        "{app}\n[cluster]\ndatabase_url = \"{url}\"\nnode_id = \"set-by-flag\"\nadvertise = \"http://set-by-flag\"\nlease_ms = 2000\n"
     );
     let path = dir.join("rookery.toml");
     std::fs::write(&path, text).unwrap();
@@ -33,11 +37,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Node `id` of the cluster on `url`, with its own data directory under `root`.
-fn start_node(root: &Path, url: &str, id: &str, port: u16) -> ChildServer {
+/// Node `id` of the cluster on `url` running `app`, with its own data directory under `root`.
+fn start_node(root: &Path, url: &str, app: &str, id: &str, port: u16) -> ChildServer {
     let data = root.join(id);
     std::fs::create_dir_all(&data).unwrap();
-    let config = node_config(&data, url);
+    let config = node_config(&data, url, app);
     let advertise = format!("http://127.0.0.1:{port}");
     ChildServer::start_at(
         &data.join("data"),
@@ -53,11 +57,16 @@ fn start_node(root: &Path, url: &str, id: &str, port: u16) -> ChildServer {
     )
 }
 
-/// Three nodes, `n0` to `n2`.
+/// Three nodes of the demo app, `n0` to `n2`.
 async fn three_nodes(root: &Path) -> (String, Vec<ChildServer>) {
+    three_nodes_of(root, DEMO).await
+}
+
+/// Three nodes of `app`.
+async fn three_nodes_of(root: &Path, app: &str) -> (String, Vec<ChildServer>) {
     let url = postgres::fresh_database().await;
     let nodes = (0..3)
-        .map(|i| start_node(root, &url, &format!("n{i}"), free_port()))
+        .map(|i| start_node(root, &url, app, &format!("n{i}"), free_port()))
         .collect();
     (url, nodes)
 }
@@ -415,4 +424,56 @@ async fn a_channel_client_reached_through_another_node_reconnects_after_the_owne
     for node in nodes {
         node.terminate();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_due_on_a_killed_node_fires_on_another() {
+    let root = tempfile::tempdir().unwrap();
+    let (url, mut nodes) = three_nodes_of(root.path(), KV).await;
+    let pg = postgres::connect(&url).await;
+    let http = client();
+    // A key that expires in 3 s, on n0; its object's alarm is in the cluster's table.
+    let put = http
+        .put(nodes[0].url("/kv/shelf/milk?ttl_ms=3000"))
+        .json(&serde_json::json!("fresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        put.status(),
+        200,
+        "{}",
+        put.text().await.unwrap_or_default()
+    );
+    assert_eq!(alarm_rows(&pg).await, 1);
+    nodes.remove(0).kill9();
+    // Nobody asks for the object: another node's sweep wakes it when the alarm is due (and
+    // n0's lease is over), its handler deletes the key and the alarm with it.
+    let deadline = Instant::now() + PATIENCE;
+    while alarm_rows(&pg).await != 0 {
+        assert!(Instant::now() < deadline, "the alarm never fired elsewhere");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let owner: String = pg
+        .query_one("SELECT node_id FROM rookery_objects", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(owner == "n1" || owner == "n2", "owned by {owner}");
+    let gone = http
+        .get(nodes[0].url("/kv/shelf/milk"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    for node in nodes {
+        node.terminate();
+    }
+}
+
+async fn alarm_rows(pg: &tokio_postgres::Client) -> i64 {
+    pg.query_one("SELECT count(*) FROM rookery_alarms", &[])
+        .await
+        .unwrap()
+        .get(0)
 }

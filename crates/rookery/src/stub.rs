@@ -9,7 +9,7 @@ use crate::addr::{ClassInfo, ObjectAddr};
 use crate::call::{Call, CallResult, MethodResult};
 use crate::error::{Error, Result};
 use crate::host::activation::REQUEST_ID_HEADER;
-use crate::host::alarm_event::AlarmReport;
+use crate::host::alarm_event::{AlarmOutcome, AlarmReport};
 use crate::host::event::{Event, RunJob, TurnOutput};
 use crate::host::turn::{CallChain, TurnContext};
 use crate::host::{Host, Location, turn};
@@ -310,6 +310,13 @@ impl Stub {
             .downcast::<T>()
             .map(|v| *v)
             .map_err(|_| Error::msg("a job's result has the wrong type"))
+    }
+
+    /// Wakes the object for its alarm: the handler runs if the alarm is due, and this node's
+    /// alarm index learns what the object's record says either way (what a cluster node does
+    /// for an alarm whose owner is gone).
+    pub async fn fire_alarm(&self) -> Result<AlarmOutcome> {
+        Ok(self.alarm(false).await?.outcome)
     }
 
     /// Delivers the object's alarm event now; with `force`, a set alarm fires whatever its time.

@@ -14,7 +14,7 @@ use super::lateness::Lateness;
 use crate::addr::{AlarmKey, ObjectAddr};
 use crate::host::alarm_event::{AlarmOutcome, AlarmReport};
 use crate::host::event::Event;
-use crate::host::{Host, WeakHost};
+use crate::host::{Host, Location, WeakHost};
 use crate::id::ObjectId;
 use crate::storage::{AlarmIndex, AlarmListener};
 
@@ -251,16 +251,35 @@ async fn deliver(sched: &Scheduler, host: &Host, key: &AlarmKey) {
         force: false,
         reply,
     };
-    match host.dispatch(&addr, event) {
+    let delivered = match host.dispatch(&addr, event) {
         Ok(()) => match done.await {
-            Ok(report) => sched.record(report),
+            Ok(report) => {
+                sched.record(report);
+                return;
+            }
             // The object could not handle it (e.g. its storage cannot be opened): the entry
             // stays due; wait before the next attempt rather than spin.
-            Err(_) => tokio::time::sleep(FAILED_RETRY_AFTER).await,
+            Err(_) => false,
         },
         Err(e) => {
             tracing::debug!(object = %addr.describe(), error = %e, "alarm not delivered; will retry");
-            tokio::time::sleep(REDELIVER_AFTER).await;
+            true
         }
+    };
+    // In a cluster: the object lives on another node now, whose index has its alarm (or whose
+    // sweep of the cluster's alarms finds it). This node's entry goes.
+    if let Location::Remote(owner) = host.locate(&addr) {
+        tracing::debug!(object = %addr.describe(), owner = %owner, "the alarm's object moved; dropping the entry here");
+        let version = host.storage().alarms.next_version();
+        if let Err(e) = host.storage().alarms.set_exact(key, None, version) {
+            tracing::warn!(error = %e, "dropping an alarm entry");
+        }
+        return;
     }
+    tokio::time::sleep(if delivered {
+        REDELIVER_AFTER
+    } else {
+        FAILED_RETRY_AFTER
+    })
+    .await;
 }

@@ -37,6 +37,9 @@ pub struct CommitRecord<'a> {
     /// The pages the commit wrote, packed as the node log stores them, when
     /// [`CommitLog::wants_pages`] (else none).
     pub pages: PackedPages<'a>,
+    /// The commit's change to the object's alarm: `Some(Some(ms))` set for that time (ms since
+    /// the epoch), `Some(None)` deleted, `None` left alone.
+    pub alarm: Option<Option<i64>>,
 }
 
 /// What the commit log says when an object opens on this node.

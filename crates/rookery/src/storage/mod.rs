@@ -233,7 +233,7 @@ impl Storage {
             db.checkpoint()?;
         }
         let sync = ObjectSync::new(db.path().unwrap_or(Path::new("")), false);
-        Ok(Self {
+        let storage = Self {
             sync,
             db: Mutex::new(Turn {
                 db,
@@ -254,7 +254,12 @@ impl Storage {
                 Location::Memory => None,
             },
             index_update: Mutex::new(None),
-        })
+        };
+        if grant.image.is_some() {
+            // The database came from elsewhere with its alarm: this node's index learns it.
+            storage.reindex_alarm(storage.get_alarm()?);
+        }
+        Ok(storage)
     }
 
     fn lock(&self) -> MutexGuard<'_, Turn> {
@@ -510,6 +515,7 @@ impl Storage {
                 Some(logged) if self.ctx.commit_log.wants_pages() => logged.packed.view(),
                 _ => PackedPages::new(0, &[]),
             },
+            alarm: change.map(AlarmChange::at),
         });
         match ack {
             None => self.sync.mark(seq, false, true),
