@@ -239,6 +239,28 @@ impl Cluster {
         }
     }
 
+    /// Up to `limit` objects node `node_id`'s current session owns, as `(class, id)` in hex,
+    /// ordered by class and id, after `after` (for paging).
+    pub async fn owned_by(
+        &self,
+        node_id: &str,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, ClusterError> {
+        let client = self.pool.get().await?;
+        let (after_class, after_object) = after.unwrap_or(("", ""));
+        let rows = client
+            .query(
+                "SELECT o.class, o.object FROM rookery_objects o
+                 JOIN rookery_nodes n ON n.session = o.session
+                 WHERE n.node_id = $1 AND (o.class, o.object) > ($2, $3)
+                 ORDER BY o.class, o.object LIMIT $4",
+                &[&node_id, &after_class, &after_object, &limit.clamp(1, 1000)],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Leaves the cluster: stops renewing and ends the lease at once, so that other nodes may
     /// take this node's objects without waiting for it to run out. Call after the runtime
     /// stopped (its last commits are in).

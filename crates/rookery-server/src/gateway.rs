@@ -34,6 +34,17 @@ const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-re
 pub const STATS_PATH: &str = "/_rookery/stats";
 /// The cluster's nodes (`GET`), on a cluster node.
 pub const CLUSTER_PATH: &str = "/_rookery/cluster";
+/// `<node>/objects` under it: the objects a node owns.
+const CLUSTER_NODES_PREFIX: &str = "/_rookery/cluster/nodes/";
+
+/// The percent-decoded value of `name` in query string `query`.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| rookery::percent_decode(value))
+}
 
 /// The prefix of every path the runtime serves itself; configured routes never see these.
 const RUNTIME_PREFIX: &str = "/_rookery/";
@@ -197,10 +208,16 @@ impl Gateway {
                 crate::cluster::serve_forwarded(self, cluster.forward_token(), req).await;
             return (&self.own_metrics.runtime, response);
         }
-        if path == CLUSTER_PATH {
+        if path == CLUSTER_PATH || path.starts_with(CLUSTER_NODES_PREFIX) {
             let response = match self.refuse_runtime_access(&req) {
                 Some(refused) => refused,
-                None => self.cluster_nodes().await,
+                None => match path.strip_prefix(CLUSTER_NODES_PREFIX) {
+                    Some(node) => {
+                        let after = req.uri().query().and_then(|q| query_value(q, "after"));
+                        self.cluster_objects(node, after.as_deref()).await
+                    }
+                    None => self.cluster_nodes().await,
+                },
             };
             return (&self.own_metrics.runtime, response);
         }
@@ -323,6 +340,30 @@ impl Gateway {
                     })
                     .collect();
                 let body = serde_json::json!({ "self": cluster.node_id(), "nodes": nodes });
+                into_axum(Response::json_bytes(body.to_string()))
+            }
+            Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+
+    /// `GET /_rookery/cluster/nodes/<node>/objects[?after=<class>/<id>]`: a page of 1 000 of the
+    /// objects `node` owns, as `class/id`, and where the next page starts.
+    async fn cluster_objects(&self, rest: &str, after: Option<&str>) -> axum::response::Response {
+        let Some(cluster) = &self.cluster else {
+            return error_response(StatusCode::NOT_FOUND, "this server is not a cluster node");
+        };
+        let Some(node) = rest.strip_suffix("/objects") else {
+            return error_response(StatusCode::NOT_FOUND, "Not found");
+        };
+        let after = after.and_then(|a| a.split_once('/'));
+        match cluster.owned_by(node, after, 1000).await {
+            Ok(objects) => {
+                let next = (objects.len() == 1000)
+                    .then(|| objects.last().map(|(c, o)| format!("{c}/{o}")))
+                    .flatten();
+                let objects: Vec<String> =
+                    objects.iter().map(|(c, o)| format!("{c}/{o}")).collect();
+                let body = serde_json::json!({ "node": node, "objects": objects, "next": next });
                 into_axum(Response::json_bytes(body.to_string()))
             }
             Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),

@@ -142,6 +142,34 @@ async fn three_nodes_serve_the_demo_through_any_node_in_one_order() {
     assert!(listed.iter().all(|n| n["live"] == true), "{cluster}");
     let owned: i64 = listed.iter().map(|n| n["objects"].as_i64().unwrap()).sum();
     assert!(owned >= 5, "every counter has an owner: {cluster}");
+    // Which ones: each node's page lists what it owns, and together they are every counter.
+    let mut all = Vec::new();
+    for n in listed {
+        let page: Value = http
+            .get(nodes[1].url(&format!(
+                "/_rookery/cluster/nodes/{}/objects",
+                n["nodeId"].as_str().unwrap()
+            )))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let objects = page["objects"].as_array().unwrap();
+        assert_eq!(
+            objects.len() as i64,
+            n["objects"].as_i64().unwrap(),
+            "{page}"
+        );
+        all.extend(
+            objects
+                .iter()
+                .filter(|o| o.as_str().unwrap().starts_with("Counter/"))
+                .cloned(),
+        );
+    }
+    assert_eq!(all.len(), 5, "{all:?}");
     // Nothing but nodes may use the forwarding path.
     let forged = http
         .post(nodes[1].url("/_rookery/forward/increment"))
