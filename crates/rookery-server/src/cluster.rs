@@ -16,13 +16,22 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use rookery::{Error, Forwarded, Forwarder, ObjectId, Request, Response};
+use rookery::{
+    Call, Error, Forwarded, ForwardedCall, Forwarder, ObjectId, Reply, Request, Response,
+};
 
 use crate::gateway::{Gateway, upgrade_of};
 use crate::reply::{error_response, failure, same_secret};
 
 /// The path prefix forwarded requests arrive under.
 pub const FORWARD_PREFIX: &str = "/_rookery/forward";
+/// The path forwarded typed calls arrive at.
+pub const FORWARD_CALL_PATH: &str = "/_rookery/call";
+/// A forwarded call's service and method.
+const SERVICE: HeaderName = HeaderName::from_static("x-rookery-call-service");
+const METHOD: HeaderName = HeaderName::from_static("x-rookery-call-method");
+/// Whether a forwarded call's method raised its own error (`1`) or returned (`0`).
+const RAISED: HeaderName = HeaderName::from_static("x-rookery-call-raised");
 /// The class of the object a forwarded request is for.
 const CLASS: HeaderName = HeaderName::from_static("x-rookery-forward-class");
 /// Its id, in hex.
@@ -85,6 +94,51 @@ impl Forwarder for NodeForwarder {
             Ok(response)
         })
     }
+
+    fn call(&self, address: &str, class: &str, id: &ObjectId, call: Call) -> ForwardedCall {
+        let url = format!("{}{FORWARD_CALL_PATH}", address.trim_end_matches('/'));
+        let empty = Request::from_parts(
+            http::Method::POST,
+            http::Uri::from_static("/"),
+            HeaderMap::new(),
+            bytes::Bytes::new(),
+        );
+        let headers = forward_headers(&self.cluster, class, id, &empty).and_then(|mut h| {
+            let value = |text: &str| {
+                HeaderValue::from_str(text)
+                    .map_err(|_| Error::msg(format!("{text:?} cannot travel in a header")))
+            };
+            h.insert(SERVICE, value(call.service())?);
+            h.insert(METHOD, value(call.method())?);
+            Ok(h)
+        });
+        let request = self.client.post(url).body(call.encoded_args().to_vec());
+        let (cluster, id, address) = (self.cluster.clone(), id.clone(), address.to_string());
+        Box::pin(async move {
+            let answer = match request.headers(headers?).send().await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::warn!(owner = %address, error = %e, "the owner node did not answer");
+                    cluster.owner_unreachable(&id);
+                    return Err(Error::Elsewhere(address));
+                }
+            };
+            let status = answer.status();
+            let raised = answer.headers().get(&RAISED).is_some_and(|v| v == "1");
+            let body = answer.bytes().await.map_err(|e| {
+                Error::StorageUnavailable(format!("the owner node's answer broke off: {e}"))
+            })?;
+            match status {
+                StatusCode::OK => Ok(Reply::from_parts(raised, body.to_vec())),
+                // The owner could not serve it (the object moved again, storage down): retry.
+                StatusCode::SERVICE_UNAVAILABLE => Err(Error::Elsewhere(address)),
+                status => Err(Error::ObjectFailed {
+                    status,
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                }),
+            }
+        })
+    }
 }
 
 /// Where on the owner a request for `req` goes: the forwarding prefix, then the path and
@@ -144,18 +198,9 @@ pub(crate) async fn serve_forwarded(
         Ok(ns) => ns,
         Err(e) => return error_response(StatusCode::NOT_FOUND, &e.to_string()),
     };
-    let id = match header(&NAME).and_then(rookery::percent_decode) {
-        Some(name) => {
-            let named = namespace.id_from_name(&name);
-            if named.to_hex() != id {
-                return error_response(StatusCode::BAD_REQUEST, "the object's name and id differ");
-            }
-            named
-        }
-        None => match namespace.id_from_string(id) {
-            Ok(id) => id,
-            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.public_message()),
-        },
+    let id = match object_id(&namespace, id, header(&NAME)) {
+        Ok(id) => id,
+        Err(refused) => return refused,
     };
     let Some(rest) = parts
         .uri
@@ -195,6 +240,86 @@ pub(crate) async fn serve_forwarded(
                 .unwrap_or_else(|e| failure(&e, &request_id))
         }
         Err(e) => failure(&e, &request_id),
+    }
+}
+
+/// Serves a typed call another node forwarded.
+pub(crate) async fn serve_forwarded_call(
+    gateway: &Gateway,
+    token: &str,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let presented = parts.headers.get(&TOKEN).map(HeaderValue::as_bytes);
+    if !presented.is_some_and(|p| same_secret(p, token.as_bytes())) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "only cluster nodes may forward calls",
+        );
+    }
+    let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(class), Some(id), Some(service), Some(method)) = (
+        header(&CLASS),
+        header(&ID),
+        header(&SERVICE),
+        header(&METHOD),
+    ) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "a forwarded call without its object or method",
+        );
+    };
+    let namespace = match gateway.runtime.namespace_of_class(class) {
+        Ok(ns) => ns,
+        Err(e) => return error_response(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let id = match object_id(&namespace, id, header(&NAME)) {
+        Ok(id) => id,
+        Err(refused) => return refused,
+    };
+    let (service, method) = (service.to_string(), method.to_string());
+    let args = match Limited::new(body, gateway.max_body_bytes).collect().await {
+        Ok(body) => body.to_bytes().to_vec(),
+        Err(_) => {
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "the arguments are too large");
+        }
+    };
+    let call = Call::from_parts(service, method, args);
+    match namespace.get(id).call_here(call).await {
+        Ok(reply) => {
+            let mut response =
+                axum::response::Response::new(axum::body::Body::from(reply.bytes().to_vec()));
+            response.headers_mut().insert(
+                RAISED,
+                HeaderValue::from_static(if reply.raised() { "1" } else { "0" }),
+            );
+            response
+        }
+        Err(e) => failure(&e, &HeaderValue::from_static("-")),
+    }
+}
+
+/// The id a forwarded request or call names (by name when it has one: objects see names).
+#[allow(clippy::result_large_err)]
+fn object_id(
+    namespace: &rookery::Namespace,
+    id: &str,
+    name: Option<&str>,
+) -> Result<ObjectId, axum::response::Response> {
+    match name.and_then(rookery::percent_decode) {
+        Some(name) => {
+            let named = namespace.id_from_name(&name);
+            if named.to_hex() != id {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "the object's name and id differ",
+                ));
+            }
+            Ok(named)
+        }
+        None => namespace
+            .id_from_string(id)
+            .map_err(|e| error_response(StatusCode::BAD_REQUEST, &e.public_message())),
     }
 }
 

@@ -202,6 +202,13 @@ impl Gateway {
             return (&self.own_metrics.admin, response);
         }
         if let Some(cluster) = &self.cluster
+            && path == crate::cluster::FORWARD_CALL_PATH
+        {
+            let response =
+                crate::cluster::serve_forwarded_call(self, cluster.forward_token(), req).await;
+            return (&self.own_metrics.runtime, response);
+        }
+        if let Some(cluster) = &self.cluster
             && path.starts_with(crate::cluster::FORWARD_PREFIX)
         {
             let response =

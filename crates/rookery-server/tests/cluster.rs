@@ -170,6 +170,17 @@ async fn three_nodes_serve_the_demo_through_any_node_in_one_order() {
         );
     }
     assert_eq!(all.len(), 5, "{all:?}");
+    // The demo worker asks the client's rate limiter with a typed call: one limiter, wherever
+    // the request lands, so the budget goes down by one per request across the nodes.
+    for (i, node) in nodes.iter().enumerate() {
+        let resp = http.get(node.url("/api/ping")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "through {}", node.addr);
+        let remaining = resp.headers()["x-ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(remaining, (99 - i).to_string(), "through {}", node.addr);
+    }
     // Nothing but nodes may use the forwarding path.
     let forged = http
         .post(nodes[1].url("/_rookery/forward/increment"))

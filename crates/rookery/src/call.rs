@@ -41,6 +41,21 @@ impl Call {
         })
     }
 
+    /// A call made of its parts as they travel between nodes: service, method and the encoded
+    /// arguments ([`Call::encoded_args`]).
+    pub fn from_parts(service: String, method: String, args: Vec<u8>) -> Self {
+        Self {
+            service: Cow::Owned(service),
+            method: Cow::Owned(method),
+            args,
+        }
+    }
+
+    /// The arguments as encoded (what travels to another node).
+    pub fn encoded_args(&self) -> &[u8] {
+        &self.args
+    }
+
     /// The service (trait) whose method is called.
     pub fn service(&self) -> &str {
         &self.service
@@ -118,8 +133,18 @@ impl Reply {
         Ok(Self { raised, bytes })
     }
 
+    /// A reply made of its parts as they travel between nodes.
+    pub fn from_parts(raised: bool, bytes: Vec<u8>) -> Self {
+        Self { raised, bytes }
+    }
+
+    /// The encoded answer (what travels back from another node).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Whether the method returned its own error (so its turn must not commit).
-    pub(crate) fn raised(&self) -> bool {
+    pub fn raised(&self) -> bool {
         self.raised
     }
 

@@ -78,8 +78,8 @@ pub use env::{Env, Http};
 pub use error::{Error, OutboundErrorKind, Result, StartError};
 pub use host::alarm_event::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
 pub use host::{
-    ClassStats, Forwarded, Forwarder, HostOptions, LIVE_OBJECT_BYTES, LocalPlacement, Location,
-    Placement,
+    ClassStats, Forwarded, ForwardedCall, Forwarder, HostOptions, LIVE_OBJECT_BYTES,
+    LocalPlacement, Location, Placement,
 };
 pub use id::{IdMinter, ObjectId};
 pub use object::DurableObject;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::addr::{ClassInfo, ObjectAddr};
-use crate::call::{Call, CallResult, MethodResult};
+use crate::call::{Call, CallResult, MethodResult, Reply};
 use crate::error::{Error, Result};
 use crate::host::activation::REQUEST_ID_HEADER;
 use crate::host::alarm_event::{AlarmOutcome, AlarmReport};
@@ -227,11 +227,31 @@ impl Stub {
     /// atomic, and answered once its writes are durable; refused like [`Stub::fetch`] when it
     /// would close a cycle or a deadlock. Typed stubs (see [`crate::service`]) call this; `R`
     /// is the method's return type.
+    ///
+    /// In a cluster, a call to an object another node owns goes to that node, like
+    /// [`Stub::fetch`].
     pub async fn call<R: MethodResult>(&self, call: Call) -> CallResult<R> {
-        let reply = self
-            .deliver(|chain, reply| Event::Call { call, chain, reply })
-            .await?;
-        reply.decode::<R>()
+        let Some(forwarder) = self.host.forwarder() else {
+            return self.call_here(call).await?.decode::<R>();
+        };
+        let forward = |address: String, call: Call| {
+            forwarder.call(&address, &self.addr.class.name, &self.addr.id, call)
+        };
+        if let Location::Remote(address) = self.host.locate(&self.addr) {
+            return forward(address, call).await?.decode::<R>();
+        }
+        let copy = call.clone();
+        match self.call_here(call).await {
+            Err(Error::Elsewhere(address)) => forward(address, copy).await?.decode::<R>(),
+            answer => answer?.decode::<R>(),
+        }
+    }
+
+    /// [`Stub::call`] on this node only: the encoded reply, or [`Error::Elsewhere`] for an
+    /// object another node owns (what a node does with a call forwarded to it).
+    pub async fn call_here(&self, call: Call) -> Result<Reply> {
+        self.deliver(|chain, reply| Event::Call { call, chain, reply })
+            .await
     }
 
     /// Delivers the event that `event` makes (with the call chain and the reply channel) and

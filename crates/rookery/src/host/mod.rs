@@ -28,7 +28,7 @@ use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc, watch};
 
 pub use class_stats::ClassStats;
-pub use placement::{Forwarded, Forwarder, LocalPlacement, Location, Placement};
+pub use placement::{Forwarded, ForwardedCall, Forwarder, LocalPlacement, Location, Placement};
 
 use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};
 use crate::clock::Clock;

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::call::{Call, Reply};
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::request::Request;
@@ -40,9 +41,19 @@ impl Placement for LocalPlacement {
 /// A forwarded request's answer.
 pub type Forwarded = Pin<Box<dyn Future<Output = Result<Response>> + Send + 'static>>;
 
+/// A forwarded typed call's answer.
+pub type ForwardedCall = Pin<Box<dyn Future<Output = Result<Reply>> + Send + 'static>>;
+
 /// Sends requests for objects this node does not own to the node that does.
 pub trait Forwarder: Send + Sync + 'static {
     /// Sends `req` for object `id` of class `class` to the node at `address`, which serves it
     /// without forwarding it again.
     fn fetch(&self, address: &str, class: &str, id: &ObjectId, req: Request) -> Forwarded;
+
+    /// Sends typed call `call` the same way; by default it is refused with
+    /// [`Error::Elsewhere`](crate::Error::Elsewhere).
+    fn call(&self, address: &str, _class: &str, _id: &ObjectId, _call: Call) -> ForwardedCall {
+        let address = address.to_string();
+        Box::pin(async move { Err(crate::error::Error::Elsewhere(address)) })
+    }
 }
