@@ -34,7 +34,7 @@ wait_ready() {
 }
 pg_counts() {
   psql -At "$1" -c "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
-                           (SELECT coalesce(n_tup_ins, 0) FROM pg_stat_user_tables WHERE relname = 'rookery_commits')"
+                           coalesce((SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'rookery_commits'), 0)"
 }
 run() {
   local n=$1 label=$2
@@ -63,8 +63,10 @@ run() {
   done
   for pid in "${outs[@]}"; do wait "$pid"; done
   local t1; t1=$(date +%s.%N)
-  local after; after=$(pg_counts "$dburl")
+  # Stopped first: a backend hands PostgreSQL its statistics when its connection ends.
   for pid in "${started[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
+  sleep 1
+  local after; after=$(pg_counts "$dburl")
   python3 - "$label" "$n" "$t0" "$t1" "$before" "$after" "$root"/"$label"-out-*.json <<'PY'
 import json, sys
 label, n, t0, t1, before, after, *files = sys.argv[1:]
