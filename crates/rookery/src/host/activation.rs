@@ -107,11 +107,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
     let mut state = match act.open().await {
         Ok(state) => state,
         Err(e) => {
-            if let Error::Elsewhere(at) = &e {
-                tracing::debug!(owner = %at, "the object is owned by another node");
-            } else {
-                tracing::error!(error = %e, "cannot open the object's storage");
-            }
+            log_open_error(&e, "opened");
             fail_with(&act, mailbox, None, &open_error(&e, "opened")).await;
             return;
         }
@@ -234,7 +230,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             state = match act.open().await {
                 Ok(fresh) => fresh,
                 Err(e) => {
-                    tracing::error!(error = %e, "the object's storage cannot be reopened");
+                    log_open_error(&e, "reopened");
                     fail_with(&act, mailbox, Some(event), &open_error(&e, "reopened")).await;
                     return;
                 }
@@ -266,7 +262,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             state = match act.open().await {
                 Ok(fresh) => fresh,
                 Err(e) => {
-                    tracing::error!(error = %e, "the object's storage cannot be reopened");
+                    log_open_error(&e, "reopened");
                     fail_with(&act, mailbox, None, &open_error(&e, "reopened")).await;
                     return;
                 }
@@ -428,6 +424,18 @@ fn reset<I>(instance: &mut Option<I>, state: &ObjectState) {
         state
             .sockets()
             .close_all(close_code::INTERNAL, "the object failed", true);
+    }
+}
+
+/// Logs why the object's storage could not be `what` (opened, reopened): another node owning
+/// it is how a cluster works, not a failure.
+fn log_open_error(e: &Error, what: &str) {
+    match e {
+        Error::Elsewhere(owner) => tracing::debug!(%owner, "the object is owned by another node"),
+        Error::Fenced(_) | Error::StorageUnavailable(_) => {
+            tracing::warn!(error = %e, "the object's storage cannot be {what}")
+        }
+        _ => tracing::error!(error = %e, "the object's storage cannot be {what}"),
     }
 }
 
