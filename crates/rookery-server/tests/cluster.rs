@@ -181,6 +181,36 @@ async fn three_nodes_serve_the_demo_through_any_node_in_one_order() {
             .to_string();
         assert_eq!(remaining, (99 - i).to_string(), "through {}", node.addr);
     }
+    // The chat room: Ann on n0, Bob on n2 (his socket relayed to wherever the room lives), the
+    // history read through n1.
+    let mut ann = socket(&nodes[0], "/room/lobby/websocket?name=Ann")
+        .await
+        .unwrap();
+    next_of(&mut ann, "join").await;
+    let mut bob = socket(&nodes[2], "/room/lobby/websocket?name=Bob")
+        .await
+        .unwrap();
+    next_of(&mut bob, "join").await;
+    say(
+        &mut ann,
+        serde_json::json!({"type": "message", "text": "hello"}),
+    )
+    .await;
+    let heard = next_of(&mut bob, "message").await;
+    assert_eq!(
+        (&heard["name"], &heard["text"]),
+        (&serde_json::json!("Ann"), &serde_json::json!("hello"))
+    );
+    let history: Value = http
+        .get(nodes[1].url("/room/lobby/history"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history[0]["text"], "hello", "{history}");
+    drop((ann, bob));
     // Nothing but nodes may use the forwarding path.
     let forged = http
         .post(nodes[1].url("/_rookery/forward/increment"))
