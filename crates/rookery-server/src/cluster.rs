@@ -5,8 +5,8 @@
 //! method, the path and query after routing, the headers the gateway set (identity included:
 //! the first node checked the credentials) and the body. It goes to `/_rookery/forward` on the
 //! owner with the object's class and id in headers and the cluster's token, which only nodes
-//! know (it lives in PostgreSQL). The owner serves it here ([`serve_forwarded`]) without
-//! forwarding it again: if the object moved meanwhile, the caller hears 503 and retries.
+//! know (it lives in PostgreSQL). The owner serves it (`forwarded.rs`) without forwarding it
+//! again: if the object moved meanwhile, the caller hears 503 and retries.
 //!
 //! WebSockets go the same way, relayed by the node the client reached (`socket_proxy.rs`).
 //! Not forwarded yet: streamed responses (server-sent events; the owner answers 502).
@@ -15,31 +15,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use rookery::{
     Call, Error, Forwarded, ForwardedCall, Forwarder, ObjectId, Reply, Request, Response,
 };
-
-use crate::gateway::{Gateway, upgrade_of};
-use crate::reply::{error_response, failure, same_secret};
 
 /// The path prefix forwarded requests arrive under.
 pub const FORWARD_PREFIX: &str = "/_rookery/forward";
 /// The path forwarded typed calls arrive at.
 pub const FORWARD_CALL_PATH: &str = "/_rookery/call";
 /// A forwarded call's service and method.
-const SERVICE: HeaderName = HeaderName::from_static("x-rookery-call-service");
-const METHOD: HeaderName = HeaderName::from_static("x-rookery-call-method");
+pub(crate) const SERVICE: HeaderName = HeaderName::from_static("x-rookery-call-service");
+pub(crate) const METHOD: HeaderName = HeaderName::from_static("x-rookery-call-method");
 /// Whether a forwarded call's method raised its own error (`1`) or returned (`0`).
-const RAISED: HeaderName = HeaderName::from_static("x-rookery-call-raised");
+pub(crate) const RAISED: HeaderName = HeaderName::from_static("x-rookery-call-raised");
 /// The class of the object a forwarded request is for.
-const CLASS: HeaderName = HeaderName::from_static("x-rookery-forward-class");
+pub(crate) const CLASS: HeaderName = HeaderName::from_static("x-rookery-forward-class");
 /// Its id, in hex.
-const ID: HeaderName = HeaderName::from_static("x-rookery-forward-id");
+pub(crate) const ID: HeaderName = HeaderName::from_static("x-rookery-forward-id");
 /// Its name, when it was addressed by name (objects see their names).
-const NAME: HeaderName = HeaderName::from_static("x-rookery-forward-name");
+pub(crate) const NAME: HeaderName = HeaderName::from_static("x-rookery-forward-name");
 /// The cluster's token.
-const TOKEN: HeaderName = HeaderName::from_static("x-rookery-cluster-token");
+pub(crate) const TOKEN: HeaderName = HeaderName::from_static("x-rookery-cluster-token");
 
 /// Sends requests to the node that owns their object, over pooled HTTP connections.
 pub struct NodeForwarder {
@@ -171,156 +167,6 @@ pub(crate) fn forward_headers(
         headers.insert(NAME, value(&encode_name(name))?);
     }
     Ok(headers)
-}
-
-/// Serves a request another node forwarded (see the module docs), WebSocket upgrades too.
-pub(crate) async fn serve_forwarded(
-    gateway: &Gateway,
-    token: &str,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    let (mut parts, body) = req.into_parts();
-    let presented = parts.headers.get(&TOKEN).map(HeaderValue::as_bytes);
-    if !presented.is_some_and(|p| same_secret(p, token.as_bytes())) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "only cluster nodes may forward requests",
-        );
-    }
-    let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(class), Some(id)) = (header(&CLASS), header(&ID)) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "a forwarded request without its object",
-        );
-    };
-    let namespace = match gateway.runtime.namespace_of_class(class) {
-        Ok(ns) => ns,
-        Err(e) => return error_response(StatusCode::NOT_FOUND, &e.to_string()),
-    };
-    let id = match object_id(&namespace, id, header(&NAME)) {
-        Ok(id) => id,
-        Err(refused) => return refused,
-    };
-    let Some(rest) = parts
-        .uri
-        .path_and_query()
-        .and_then(|p| p.as_str().strip_prefix(FORWARD_PREFIX))
-    else {
-        return error_response(StatusCode::BAD_REQUEST, "not a forwarded path");
-    };
-    let uri = match (if rest.is_empty() { "/" } else { rest }).parse() {
-        Ok(uri) => uri,
-        Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid forwarded path"),
-    };
-    let upgrade = match upgrade_of(&mut parts).await {
-        Ok(upgrade) => upgrade,
-        Err(refused) => return refused,
-    };
-    let body = match Limited::new(body, gateway.max_body_bytes).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
-    };
-    let mut headers = parts.headers;
-    for name in [&CLASS, &ID, &NAME, &TOKEN] {
-        headers.remove(name);
-    }
-    let req = Request::from_parts(parts.method, uri, headers, body);
-    let request_id = HeaderValue::from_static("-");
-    match namespace.get(id).fetch_here(req).await {
-        Ok(mut resp) => {
-            if resp.take_stream_link().is_some() {
-                return error_response(
-                    StatusCode::BAD_GATEWAY,
-                    "streamed answers are not forwarded between nodes",
-                );
-            }
-            gateway
-                .respond(resp, upgrade)
-                .unwrap_or_else(|e| failure(&e, &request_id))
-        }
-        Err(e) => failure(&e, &request_id),
-    }
-}
-
-/// Serves a typed call another node forwarded.
-pub(crate) async fn serve_forwarded_call(
-    gateway: &Gateway,
-    token: &str,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    let (parts, body) = req.into_parts();
-    let presented = parts.headers.get(&TOKEN).map(HeaderValue::as_bytes);
-    if !presented.is_some_and(|p| same_secret(p, token.as_bytes())) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "only cluster nodes may forward calls",
-        );
-    }
-    let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(class), Some(id), Some(service), Some(method)) = (
-        header(&CLASS),
-        header(&ID),
-        header(&SERVICE),
-        header(&METHOD),
-    ) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "a forwarded call without its object or method",
-        );
-    };
-    let namespace = match gateway.runtime.namespace_of_class(class) {
-        Ok(ns) => ns,
-        Err(e) => return error_response(StatusCode::NOT_FOUND, &e.to_string()),
-    };
-    let id = match object_id(&namespace, id, header(&NAME)) {
-        Ok(id) => id,
-        Err(refused) => return refused,
-    };
-    let (service, method) = (service.to_string(), method.to_string());
-    let args = match Limited::new(body, gateway.max_body_bytes).collect().await {
-        Ok(body) => body.to_bytes().to_vec(),
-        Err(_) => {
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "the arguments are too large");
-        }
-    };
-    let call = Call::from_parts(service, method, args);
-    match namespace.get(id).call_here(call).await {
-        Ok(reply) => {
-            let mut response =
-                axum::response::Response::new(axum::body::Body::from(reply.bytes().to_vec()));
-            response.headers_mut().insert(
-                RAISED,
-                HeaderValue::from_static(if reply.raised() { "1" } else { "0" }),
-            );
-            response
-        }
-        Err(e) => failure(&e, &HeaderValue::from_static("-")),
-    }
-}
-
-/// The id a forwarded request or call names (by name when it has one: objects see names).
-#[allow(clippy::result_large_err)]
-fn object_id(
-    namespace: &rookery::Namespace,
-    id: &str,
-    name: Option<&str>,
-) -> Result<ObjectId, axum::response::Response> {
-    match name.and_then(rookery::percent_decode) {
-        Some(name) => {
-            let named = namespace.id_from_name(&name);
-            if named.to_hex() != id {
-                return Err(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "the object's name and id differ",
-                ));
-            }
-            Ok(named)
-        }
-        None => namespace
-            .id_from_string(id)
-            .map_err(|e| error_response(StatusCode::BAD_REQUEST, &e.public_message())),
-    }
 }
 
 /// Headers that belong to one connection, not to the request.

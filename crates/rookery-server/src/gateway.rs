@@ -204,15 +204,15 @@ impl Gateway {
         if let Some(cluster) = &self.cluster
             && path == crate::cluster::FORWARD_CALL_PATH
         {
-            let response =
-                crate::cluster::serve_forwarded_call(self, cluster.forward_token(), req).await;
+            let response = self
+                .serve_forwarded_call(cluster.forward_token(), req)
+                .await;
             return (&self.own_metrics.runtime, response);
         }
         if let Some(cluster) = &self.cluster
             && path.starts_with(crate::cluster::FORWARD_PREFIX)
         {
-            let response =
-                crate::cluster::serve_forwarded(self, cluster.forward_token(), req).await;
+            let response = self.serve_forwarded(cluster.forward_token(), req).await;
             return (&self.own_metrics.runtime, response);
         }
         if path == CLUSTER_PATH || path.starts_with(CLUSTER_NODES_PREFIX) {

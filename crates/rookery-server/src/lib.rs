@@ -11,6 +11,7 @@ mod client_ip;
 pub mod cluster;
 pub mod config;
 mod conn;
+mod forwarded;
 mod gateway;
 pub mod identity;
 pub mod jwt;
