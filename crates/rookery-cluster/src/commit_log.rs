@@ -8,8 +8,7 @@
 //! this process saw every commit of the object acknowledged and the cluster's last commit is
 //! the last one it saw. Otherwise the database is rebuilt from the snapshot and the commits.
 //!
-//! **Commits** queue to one of a few lanes (by object, so each object's commits stay in
-//! order), and each lane appends its batch in one statement, the lanes side by side. The statement
+//! **Commits** queue to one task, which appends each batch in one statement. The statement
 //! inserts only the commits whose epoch is their object's current one, while this node's
 //! session is the owner and its lease holds, and it locks those owner rows until it commits.
 //! A takeover (which updates the row) therefore waits for an append in flight to finish, or
@@ -29,11 +28,13 @@ use crate::image::{self, Position};
 use crate::membership::{Membership, SessionLease};
 use crate::placement::KnownOwners;
 
-/// Commits waiting for one append lane at most; beyond it, commits fail at once.
-const QUEUE: usize = 4096;
-/// Append statements a node has in flight at most: one per lane. An object's commits always
-/// take the same lane, so they reach PostgreSQL in order.
-const LANES: usize = 4;
+/// Commits waiting for the append task at most; beyond it, commits fail at once.
+///
+/// One append statement in flight per node, not several: with four lanes (by object) the
+/// batches shrank, PostgreSQL committed more, smaller transactions at the same rate its disk
+/// syncs allow, and counter-many on one node fell from 6-7k to 3.1k req/s on this machine
+/// (docs/BENCHMARKS.md, "Issue 17").
+const QUEUE: usize = 8192;
 /// Commits one statement carries at most.
 const MAX_BATCH: usize = 512;
 /// Commit rows after a snapshot that make an activation fold them into a new one.
@@ -77,7 +78,7 @@ pub(crate) struct PgCommitLog {
     pool: Pool,
     membership: Arc<Membership>,
     handle: tokio::runtime::Handle,
-    lanes: Vec<mpsc::Sender<Pending>>,
+    queue: mpsc::Sender<Pending>,
     marks: Arc<DashMap<Key, Mark>>,
     owners: Arc<KnownOwners>,
 }
@@ -89,24 +90,19 @@ impl PgCommitLog {
         membership: Arc<Membership>,
         owners: Arc<KnownOwners>,
     ) -> Arc<Self> {
+        let (queue, rx) = mpsc::channel(QUEUE);
         let marks = Arc::new(DashMap::new());
-        let lanes = (0..LANES)
-            .map(|_| {
-                let (lane, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(append_task(
-                    pool.clone(),
-                    membership.clone(),
-                    marks.clone(),
-                    rx,
-                ));
-                lane
-            })
-            .collect();
+        tokio::spawn(append_task(
+            pool.clone(),
+            membership.clone(),
+            marks.clone(),
+            rx,
+        ));
         Arc::new(Self {
             pool,
             membership,
             handle: tokio::runtime::Handle::current(),
-            lanes,
+            queue,
             marks,
             owners,
         })
@@ -204,9 +200,7 @@ impl CommitLog for PgCommitLog {
             alarm: record.alarm,
             ack,
         };
-        // Ids are uniformly random bytes: the first picks the lane.
-        let lane = &self.lanes[usize::from(record.object.as_bytes()[0]) % LANES];
-        if let Err(refused) = lane.try_send(pending) {
+        if let Err(refused) = self.queue.try_send(pending) {
             let pending = match refused {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
             };
