@@ -169,7 +169,16 @@ impl PgCommitLog {
 impl CommitLog for PgCommitLog {
     fn activate(&self, class: &str, object: &ObjectId) -> rookery::Result<Grant> {
         // Activations run on the runtime's blocking pool, where blocking on it is allowed.
-        self.handle.block_on(self.claim_and_load(class, object))
+        let lease = self.membership.lease();
+        self.handle.block_on(async {
+            tokio::time::timeout(lease, self.claim_and_load(class, object))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::StorageUnavailable(
+                        "the cluster database did not answer the activation in time".into(),
+                    ))
+                })
+        })
     }
 
     fn wants_pages(&self) -> bool {
@@ -307,7 +316,16 @@ async fn append_task(
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let outcome = append_batch(&pool, &membership, &batch).await;
+        // An append that takes longer than a lease is given up (it may still commit: its
+        // callers hear an error, never a success, and the object starts over).
+        let outcome =
+            tokio::time::timeout(membership.lease(), append_batch(&pool, &membership, &batch))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ClusterError::Pool(
+                        "the cluster database did not answer the append in time".into(),
+                    ))
+                });
         for p in batch.drain(..) {
             let result = match &outcome {
                 Ok(accepted) if accepted.contains(&(p.key.clone(), p.epoch, p.seq)) => {

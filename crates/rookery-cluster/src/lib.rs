@@ -83,10 +83,13 @@ impl Cluster {
     /// session, and starts renewing its lease.
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
         config.validate()?;
-        let pg: tokio_postgres::Config = config
+        let mut pg: tokio_postgres::Config = config
             .database_url
             .parse()
             .map_err(|e| ClusterError::Config(format!("database_url: {e}")))?;
+        // Nothing waits on PostgreSQL longer than a lease: past it this node's objects are
+        // not its own anyway, and callers should hear an error, not hang.
+        pg.connect_timeout(config.lease);
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -96,6 +99,10 @@ impl Cluster {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(config.lease))
+            .create_timeout(Some(config.lease))
+            .recycle_timeout(Some(config.lease))
             .build()
             .map_err(|e| ClusterError::Pool(e.to_string()))?;
         {
@@ -317,7 +324,15 @@ async fn renew(pool: Pool, membership: Arc<Membership>) {
                 continue;
             }
         };
-        match membership.renew(&client).await {
+        // A renewal that hangs must not hold up the next: the lease runs out on its own.
+        let renewed = tokio::time::timeout(membership.renew_every(), membership.renew(&client))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClusterError::Pool(
+                    "the cluster database did not answer in time".into(),
+                ))
+            });
+        match renewed {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(node = %membership.node_id, "the cluster lease ran out; joining again under a new session");
