@@ -27,6 +27,7 @@ use crate::error::ClusterError;
 use crate::image::{self, Position};
 use crate::membership::{Membership, SessionLease};
 use crate::placement::KnownOwners;
+use crate::shard::{Shard, shard_of};
 
 /// Commits waiting for the append task at most; beyond it, commits fail at once.
 ///
@@ -75,45 +76,61 @@ struct Pending {
 
 /// The cluster's commit log (see the module docs).
 pub(crate) struct PgCommitLog {
-    pool: Pool,
-    membership: Arc<Membership>,
+    /// One per database of the cluster, in the order of its shards.
+    shards: Vec<ShardLog>,
     handle: tokio::runtime::Handle,
-    queue: mpsc::Sender<Pending>,
     marks: Arc<DashMap<Key, Mark>>,
     owners: Arc<KnownOwners>,
 }
 
+/// The commit log's part in one database: where its objects are claimed and their commits go.
+struct ShardLog {
+    pool: Pool,
+    membership: Arc<Membership>,
+    queue: mpsc::Sender<Pending>,
+}
+
 impl PgCommitLog {
-    /// The log, with its append task spawned on the current runtime.
-    pub(crate) fn start(
-        pool: Pool,
-        membership: Arc<Membership>,
-        owners: Arc<KnownOwners>,
-    ) -> Arc<Self> {
-        let (queue, rx) = mpsc::channel(QUEUE);
+    /// The log over `shards`, with an append task per shard spawned on the current runtime.
+    pub(crate) fn start(shards: &[Shard], owners: Arc<KnownOwners>) -> Arc<Self> {
         let marks = Arc::new(DashMap::new());
-        tokio::spawn(append_task(
-            pool.clone(),
-            membership.clone(),
-            marks.clone(),
-            rx,
-        ));
+        let shards = shards
+            .iter()
+            .map(|shard| {
+                let (queue, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(append_task(
+                    shard.pool.clone(),
+                    shard.membership.clone(),
+                    marks.clone(),
+                    rx,
+                ));
+                ShardLog {
+                    pool: shard.pool.clone(),
+                    membership: shard.membership.clone(),
+                    queue,
+                }
+            })
+            .collect();
         Arc::new(Self {
-            pool,
-            membership,
+            shards,
             handle: tokio::runtime::Handle::current(),
-            queue,
             marks,
             owners,
         })
     }
 
+    /// The shard that holds `object`.
+    fn shard(&self, object: &ObjectId) -> &ShardLog {
+        &self.shards[shard_of(object, self.shards.len())]
+    }
+
     async fn claim_and_load(&self, class: &str, object: &ObjectId) -> Result<Grant, Error> {
+        let shard = self.shard(object);
         let hex = object.to_hex();
         let key: Key = (Arc::from(class), hex.clone());
-        let mut client = self.pool.get().await.map_err(ClusterError::from)?;
-        let generation = self.membership.generation();
-        let epoch = match claim(&client, &self.membership, class, &hex).await {
+        let mut client = shard.pool.get().await.map_err(ClusterError::from)?;
+        let generation = shard.membership.generation();
+        let epoch = match claim(&client, &shard.membership, class, &hex).await {
             Ok(epoch) => epoch,
             Err(Error::Elsewhere(address)) => {
                 self.owners.learn(object, address.clone());
@@ -136,7 +153,7 @@ impl PgCommitLog {
                     bytes: image.bytes.clone(),
                     ..image
                 };
-                let (pool, class, hex) = (self.pool.clone(), class.to_string(), hex.clone());
+                let (pool, class, hex) = (shard.pool.clone(), class.to_string(), hex.clone());
                 tokio::spawn(async move {
                     if let Err(e) = compact_with(&pool, &class, &hex, Some(folded)).await {
                         tracing::warn!(class, object = %hex, error = %e, "compacting an object's commits failed");
@@ -159,7 +176,7 @@ impl PgCommitLog {
             epoch: epoch as u64,
             image,
             lease: Some(Arc::new(SessionLease {
-                membership: self.membership.clone(),
+                membership: shard.membership.clone(),
                 generation,
             })),
         })
@@ -169,7 +186,7 @@ impl PgCommitLog {
 impl CommitLog for PgCommitLog {
     fn activate(&self, class: &str, object: &ObjectId) -> rookery::Result<Grant> {
         // Activations run on the runtime's blocking pool, where blocking on it is allowed.
-        let lease = self.membership.lease();
+        let lease = self.shard(object).membership.lease();
         self.handle.block_on(async {
             tokio::time::timeout(lease, self.claim_and_load(class, object))
                 .await
@@ -209,7 +226,7 @@ impl CommitLog for PgCommitLog {
             alarm: record.alarm,
             ack,
         };
-        if let Err(refused) = self.queue.try_send(pending) {
+        if let Err(refused) = self.shard(record.object).queue.try_send(pending) {
             let pending = match refused {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
             };

@@ -19,6 +19,10 @@ pub struct ClusterConfig {
     /// How long this node owns its objects without renewing; after it, any node may take them
     /// over. Renewed every quarter of it, in one statement for all of them.
     pub lease: Duration,
+    /// More databases to spread objects over, by a stable hash of the object id (with
+    /// `database_url` the first of them). Fixed when the cluster is made: changing the list
+    /// moves objects to databases that do not hold their state.
+    pub shards: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -48,9 +52,24 @@ impl ClusterConfig {
                 self.lease
             )));
         }
-        self.database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| ClusterError::Config(format!("database_url: {e}")))?;
+        let urls = self.databases();
+        for (i, url) in urls.iter().enumerate() {
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| ClusterError::Config(format!("database {}: {e}", i + 1)))?;
+            if urls[..i].contains(url) {
+                return Err(ClusterError::Config(format!(
+                    "database {} is listed twice ({url:?})",
+                    i + 1
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Every database of the cluster: `database_url`, then `shards`.
+    pub fn databases(&self) -> Vec<&str> {
+        std::iter::once(self.database_url.as_str())
+            .chain(self.shards.iter().map(String::as_str))
+            .collect()
     }
 }

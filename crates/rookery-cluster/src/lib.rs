@@ -12,6 +12,7 @@
 //!     node_id: "a".into(),
 //!     advertise: "http://127.0.0.1:8787".into(),
 //!     lease: DEFAULT_LEASE,
+//!     shards: Vec::new(),
 //! })
 //! .await?;
 //! let runtime = rookery::Runtime::builder("/var/lib/rookery")
@@ -32,13 +33,13 @@ mod image;
 mod membership;
 mod placement;
 mod schema;
+mod shard;
 
 use std::sync::Arc;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use rookery::{ClassKeys, CommitLog, Placement};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 pub use alarms::OWN_SLACK_MS;
 pub use config::{ClusterConfig, DEFAULT_LEASE};
@@ -49,20 +50,20 @@ use class_keys::PgClassKeys;
 use commit_log::PgCommitLog;
 use membership::Membership;
 use placement::KnownOwners;
-
-/// Connections each node keeps to PostgreSQL at most.
-const POOL_SIZE: usize = 16;
+use shard::Shard;
 
 /// A node's membership of a cluster.
 pub struct Cluster {
-    pool: Pool,
-    membership: Arc<Membership>,
+    /// The cluster's databases; the first is the home (see `shard.rs`).
+    shards: Vec<Shard>,
     log: Arc<PgCommitLog>,
     keys: Arc<PgClassKeys>,
     owners: Arc<KnownOwners>,
     forward_token: String,
-    heartbeat: std::sync::Mutex<Option<JoinHandle<()>>>,
-    alarm_sweep: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Lease renewals, one task per shard.
+    heartbeats: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Alarm sweeps, one task per shard.
+    alarm_sweeps: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A node as the cluster lists it.
@@ -83,55 +84,34 @@ impl Cluster {
     /// session, and starts renewing its lease.
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
         config.validate()?;
-        let mut pg: tokio_postgres::Config = config
-            .database_url
-            .parse()
-            .map_err(|e| ClusterError::Config(format!("database_url: {e}")))?;
-        // Nothing waits on PostgreSQL longer than a lease: past it this node's objects are
-        // not its own anyway, and callers should hear an error, not hang.
-        pg.connect_timeout(config.lease);
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(config.lease))
-            .create_timeout(Some(config.lease))
-            .recycle_timeout(Some(config.lease))
-            .build()
-            .map_err(|e| ClusterError::Pool(e.to_string()))?;
-        {
-            let mut client = pool.get().await?;
-            schema::migrate(&mut client).await?;
+        let mut shards = Vec::new();
+        for url in config.databases() {
+            shards.push(Shard::open(url, &config).await?);
         }
-        let client = pool.get().await?;
-        let keys = Arc::new(PgClassKeys::load(&client, &config.database_url).await?);
-        let membership = Arc::new(Membership::new(
-            config.node_id.clone(),
-            config.advertise.clone(),
-            config.lease,
-        ));
-        membership.register(&client).await?;
-        let forward_token = hex::encode(schema::secret(&client, "forward").await?);
-        drop(client);
-        let heartbeat = tokio::spawn(renew(pool.clone(), membership.clone()));
+        let home = shards[0].pool.get().await?;
+        let keys = Arc::new(PgClassKeys::load(&home, &config.database_url).await?);
+        let forward_token = hex::encode(schema::secret(&home, "forward").await?);
+        drop(home);
+        let heartbeats = shards
+            .iter()
+            .map(|shard| tokio::spawn(renew(shard.pool.clone(), shard.membership.clone())))
+            .collect();
         let owners = Arc::new(KnownOwners::new(config.lease));
-        let log = PgCommitLog::start(pool.clone(), membership.clone(), owners.clone());
+        let log = PgCommitLog::start(&shards, owners.clone());
         Ok(Self {
-            pool,
-            membership,
+            shards,
             log,
             keys,
             owners,
             forward_token,
-            heartbeat: std::sync::Mutex::new(Some(heartbeat)),
-            alarm_sweep: std::sync::Mutex::new(None),
+            heartbeats: std::sync::Mutex::new(heartbeats),
+            alarm_sweeps: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The home database's side of this node.
+    fn home(&self) -> &Shard {
+        &self.shards[0]
     }
 
     /// The commit log to give the runtime ([`rookery::RuntimeBuilder::commit_log`]).
@@ -159,7 +139,7 @@ impl Cluster {
 
     /// How long this node's lease lasts without renewal.
     pub fn lease(&self) -> std::time::Duration {
-        self.membership.lease()
+        self.home().membership.lease()
     }
 
     /// The token nodes present to each other on forwarded requests (the same on every node).
@@ -169,37 +149,54 @@ impl Cluster {
 
     /// The address other nodes reach this one at.
     pub fn advertise(&self) -> &str {
-        &self.membership.advertise
+        &self.home().membership.advertise
     }
 
     /// This node's id.
     pub fn node_id(&self) -> &str {
-        &self.membership.node_id
+        &self.home().membership.node_id
     }
 
-    /// Whether this node's lease holds now (it may serve its objects).
+    /// Whether this node's leases hold now, in every database (it may serve its objects).
     pub fn holds_lease(&self) -> bool {
-        self.membership.holds()
+        self.shards.iter().all(|shard| shard.membership.holds())
     }
 
-    /// Every node the cluster knows, with the objects each owns.
+    /// Every node the cluster knows, with the objects each owns (in all its databases).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
-        let client = self.pool.get().await?;
+        let mut owned: std::collections::HashMap<String, i64> = Default::default();
+        for shard in &self.shards {
+            let client = shard.pool.get().await?;
+            for row in client
+                .query(
+                    "SELECT n.node_id, (SELECT count(*) FROM rookery_objects o
+                                        WHERE o.session = n.session)
+                     FROM rookery_nodes n",
+                    &[],
+                )
+                .await?
+            {
+                *owned.entry(row.get(0)).or_default() += row.get::<_, i64>(1);
+            }
+        }
+        let client = self.home().pool.get().await?;
         let rows = client
             .query(
-                "SELECT n.node_id, n.advertise, n.lease_until > now(),
-                        (SELECT count(*) FROM rookery_objects o WHERE o.session = n.session)
-                 FROM rookery_nodes n ORDER BY n.node_id",
+                "SELECT node_id, advertise, lease_until > now() FROM rookery_nodes
+                 ORDER BY node_id",
                 &[],
             )
             .await?;
         Ok(rows
             .iter()
-            .map(|row| NodeInfo {
-                node_id: row.get(0),
-                advertise: row.get(1),
-                live: row.get(2),
-                objects: row.get(3),
+            .map(|row| {
+                let node_id: String = row.get(0);
+                NodeInfo {
+                    objects: owned.get(&node_id).copied().unwrap_or(0),
+                    node_id,
+                    advertise: row.get(1),
+                    live: row.get(2),
+                }
             })
             .collect())
     }
@@ -208,45 +205,38 @@ impl Cluster {
     /// (see `alarms.rs`). Stop it with [`Cluster::stop_alarm_sweep`] before the runtime shuts
     /// down: it holds the runtime.
     pub fn start_alarm_sweep(&self, runtime: rookery::Runtime) {
-        let task = tokio::spawn(alarms::sweep(
-            self.pool.clone(),
-            self.membership.clone(),
-            runtime,
-        ));
-        if let Some(old) = self
-            .alarm_sweep
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(task)
-        {
-            old.abort();
+        let tasks: Vec<JoinHandle<()>> = self
+            .shards
+            .iter()
+            .map(|shard| {
+                tokio::spawn(alarms::sweep(
+                    shard.pool.clone(),
+                    shard.membership.clone(),
+                    runtime.clone(),
+                ))
+            })
+            .collect();
+        let old = std::mem::replace(&mut *lock(&self.alarm_sweeps), tasks);
+        for task in old {
+            task.abort();
         }
     }
 
     /// Stops the alarm sweep and lets go of its runtime.
     pub async fn stop_alarm_sweep(&self) {
-        let task = self
-            .alarm_sweep
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
+        let tasks = std::mem::take(&mut *lock(&self.alarm_sweeps));
+        stop(tasks).await;
     }
 
     /// Stops renewing the lease, as a node cut off from the database would: once it runs out,
     /// this node's objects stop serving (each is reset before its next turn and cannot be
     /// claimed again) and other nodes may take them over. For tests of failover.
     pub async fn stop_renewing(&self) {
-        if let Some(task) = self.heartbeat_task() {
-            task.abort();
-            let _ = task.await;
-        }
+        let tasks = std::mem::take(&mut *lock(&self.heartbeats));
+        stop(tasks).await;
     }
 
-    /// Up to `limit` objects node `node_id`'s current session owns, as `(class, id)` in hex,
+    /// Up to `limit` objects node `node_id`'s current sessions own, as `(class, id)` in hex,
     /// ordered by class and id, after `after` (for paging).
     pub async fn owned_by(
         &self,
@@ -254,59 +244,62 @@ impl Cluster {
         after: Option<(&str, &str)>,
         limit: i64,
     ) -> Result<Vec<(String, String)>, ClusterError> {
-        let client = self.pool.get().await?;
         let (after_class, after_object) = after.unwrap_or(("", ""));
-        let rows = client
-            .query(
-                "SELECT o.class, o.object FROM rookery_objects o
-                 JOIN rookery_nodes n ON n.session = o.session
-                 WHERE n.node_id = $1 AND (o.class, o.object) > ($2, $3)
-                 ORDER BY o.class, o.object LIMIT $4",
-                &[&node_id, &after_class, &after_object, &limit.clamp(1, 1000)],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let limit = limit.clamp(1, 1000);
+        let mut objects = Vec::new();
+        for shard in &self.shards {
+            let client = shard.pool.get().await?;
+            let rows = client
+                .query(
+                    "SELECT o.class, o.object FROM rookery_objects o
+                     JOIN rookery_nodes n ON n.session = o.session
+                     WHERE n.node_id = $1 AND (o.class, o.object) > ($2, $3)
+                     ORDER BY o.class, o.object LIMIT $4",
+                    &[&node_id, &after_class, &after_object, &limit],
+                )
+                .await?;
+            objects.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+        }
+        objects.sort();
+        objects.truncate(limit as usize);
+        Ok(objects)
     }
 
     /// Leaves the cluster: stops renewing and ends the lease at once, so that other nodes may
     /// take this node's objects without waiting for it to run out. Call after the runtime
     /// stopped (its last commits are in).
     pub async fn leave(&self) -> Result<(), ClusterError> {
-        let heartbeat = self.heartbeat_task();
-        if let Some(task) = heartbeat {
-            task.abort();
-            // Awaited: a renewal still in flight must not land after the release.
-            let _ = task.await;
+        // Awaited: a renewal still in flight must not land after the release.
+        self.stop_renewing().await;
+        for shard in &self.shards {
+            let client = shard.pool.get().await?;
+            shard.membership.release(&client).await?;
         }
-        let client = self.pool.get().await?;
-        self.membership.release(&client).await?;
-        tracing::info!(node = %self.membership.node_id, "left the cluster");
+        tracing::info!(node = %self.node_id(), "left the cluster");
         Ok(())
-    }
-}
-
-impl Cluster {
-    fn heartbeat_task(&self) -> Option<JoinHandle<()>> {
-        self.heartbeat
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(task) = self.heartbeat_task() {
+        for task in lock(&self.heartbeats).drain(..) {
             task.abort();
         }
-        if let Some(task) = self
-            .alarm_sweep
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        for task in lock(&self.alarm_sweeps).drain(..) {
             task.abort();
         }
+    }
+}
+
+fn lock<T>(tasks: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    tasks.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Aborts `tasks` and waits until each has ended.
+async fn stop(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        task.abort();
+        let _ = task.await;
     }
 }
 

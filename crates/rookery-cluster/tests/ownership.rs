@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, connect, fresh_database};
+use common::{Node, config, connect, fresh_database};
 use rookery::Error;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -176,4 +176,45 @@ async fn a_node_cut_off_from_the_database_stops_serving_once_its_lease_runs_out(
     assert_eq!(b.read("cut").await.unwrap(), 2);
     b.stop().await;
     assert!(a.harness.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_spread_over_shards_by_id_and_move_with_their_state() {
+    let (home, other) = (fresh_database().await, fresh_database().await);
+    let sharded = |id: &str| {
+        let mut c = config(&home, id, LEASE);
+        c.shards = vec![other.clone()];
+        c
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start_with(sharded("a"), dir_a.path()).await.unwrap();
+    let b = Node::start_with(sharded("b"), dir_b.path()).await.unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        for _ in 0..=i {
+            a.bump(name).await.unwrap();
+        }
+    }
+    // Each database holds some of the objects, all of them together, none twice.
+    let (pg_home, pg_other) = (connect(&home).await, connect(&other).await);
+    let (in_home, in_other) = (objects_in(&pg_home).await, objects_in(&pg_other).await);
+    assert_eq!(in_home + in_other, 20);
+    assert!(in_home > 0 && in_other > 0, "{in_home} and {in_other}");
+    // A node lists what it owns across both.
+    let listed = a.cluster.nodes().await.unwrap();
+    assert_eq!(listed[0].objects, 20, "{listed:?}");
+    assert_eq!(a.cluster.owned_by("a", None, 100).await.unwrap().len(), 20);
+    // Handed over from both databases when A leaves.
+    a.stop().await;
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(b.read(name).await.unwrap(), i as i64 + 1, "{name}");
+    }
+    b.stop().await;
+}
+
+async fn objects_in(pg: &tokio_postgres::Client) -> i64 {
+    pg.query_one("SELECT count(*) FROM rookery_objects", &[])
+        .await
+        .unwrap()
+        .get(0)
 }

@@ -144,6 +144,10 @@ pub struct ClusterSection {
     /// How long this node owns its objects without renewing, in milliseconds.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// More PostgreSQL databases to spread objects over by a stable hash of their ids (with
+    /// `database_url` the first); the same list, in the same order, on every node, for good.
+    #[serde(default)]
+    pub shards: Vec<String>,
 }
 
 fn default_lease_ms() -> u64 {
@@ -158,6 +162,7 @@ impl ClusterSection {
             node_id: self.node_id.clone(),
             advertise: self.advertise.clone(),
             lease: Duration::from_millis(self.lease_ms),
+            shards: self.shards.clone(),
         }
     }
 }

@@ -411,6 +411,7 @@ fn apply_cluster_flags(
             node_id: node_id.clone().context("--cluster needs --node-id")?,
             advertise: advertise.clone().context("--cluster needs --advertise")?,
             lease_ms: rookery_cluster::DEFAULT_LEASE.as_millis() as u64,
+            shards: Vec::new(),
         },
         (None, None) => anyhow::bail!("--node-id and --advertise need --cluster (or [cluster])"),
     };

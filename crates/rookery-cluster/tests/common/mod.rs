@@ -23,6 +23,7 @@ pub fn config(url: &str, id: &str, lease: Duration) -> ClusterConfig {
         node_id: id.to_string(),
         advertise: format!("http://{id}.test:8787"),
         lease,
+        shards: Vec::new(),
     }
 }
 
@@ -35,9 +36,12 @@ pub struct Node {
 impl Node {
     /// Joins `url` as `id` with data directory `dir`.
     pub async fn start(url: &str, id: &str, dir: &Path, lease: Duration) -> Result<Node, String> {
-        let cluster = Cluster::connect(config(url, id, lease))
-            .await
-            .map_err(|e| e.to_string())?;
+        Self::start_with(config(url, id, lease), dir).await
+    }
+
+    /// Joins with `config` and data directory `dir`.
+    pub async fn start_with(config: ClusterConfig, dir: &Path) -> Result<Node, String> {
+        let cluster = Cluster::connect(config).await.map_err(|e| e.to_string())?;
         let harness = TestHarness::from_builder::<Counter>(
             Runtime::builder(dir)
                 .commit_log(cluster.commit_log())
