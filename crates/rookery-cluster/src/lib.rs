@@ -64,6 +64,9 @@ pub struct Cluster {
     heartbeats: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Alarm sweeps, one task per shard.
     alarm_sweeps: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The runtime over this cluster, while attached: its sockets are closed when a lease is
+    /// lost.
+    runtime: Arc<std::sync::Mutex<Option<rookery::Runtime>>>,
 }
 
 /// A node as the cluster lists it.
@@ -92,9 +95,16 @@ impl Cluster {
         let keys = Arc::new(PgClassKeys::load(&home, &config.database_url).await?);
         let forward_token = hex::encode(schema::secret(&home, "forward").await?);
         drop(home);
+        let runtime = Arc::new(std::sync::Mutex::new(None));
         let heartbeats = shards
             .iter()
-            .map(|shard| tokio::spawn(renew(shard.pool.clone(), shard.membership.clone())))
+            .map(|shard| {
+                tokio::spawn(renew(
+                    shard.pool.clone(),
+                    shard.membership.clone(),
+                    runtime.clone(),
+                ))
+            })
             .collect();
         let owners = Arc::new(KnownOwners::new(config.lease));
         let log = PgCommitLog::start(&shards, owners.clone());
@@ -106,6 +116,7 @@ impl Cluster {
             forward_token,
             heartbeats: std::sync::Mutex::new(heartbeats),
             alarm_sweeps: std::sync::Mutex::new(Vec::new()),
+            runtime,
         })
     }
 
@@ -201,10 +212,12 @@ impl Cluster {
             .collect())
     }
 
-    /// Starts waking, on this node, objects whose alarms are due while their node is gone
-    /// (see `alarms.rs`). Stop it with [`Cluster::stop_alarm_sweep`] before the runtime shuts
-    /// down: it holds the runtime.
-    pub fn start_alarm_sweep(&self, runtime: rookery::Runtime) {
+    /// Connects the cluster to the runtime over it: starts waking, on this node, objects whose
+    /// alarms are due while their node is gone (see `alarms.rs`), and closes the runtime's
+    /// WebSockets with 1012 when a lease turns out lost. Undo it with [`Cluster::detach`]
+    /// before the runtime shuts down: it holds the runtime.
+    pub fn attach(&self, runtime: rookery::Runtime) {
+        *lock(&self.runtime) = Some(runtime.clone());
         let tasks: Vec<JoinHandle<()>> = self
             .shards
             .iter()
@@ -222,10 +235,11 @@ impl Cluster {
         }
     }
 
-    /// Stops the alarm sweep and lets go of its runtime.
-    pub async fn stop_alarm_sweep(&self) {
+    /// Stops the alarm sweep and lets go of the runtime.
+    pub async fn detach(&self) {
         let tasks = std::mem::take(&mut *lock(&self.alarm_sweeps));
         stop(tasks).await;
+        lock(&self.runtime).take();
     }
 
     /// Stops renewing the lease, as a node cut off from the database would: once it runs out,
@@ -303,8 +317,14 @@ async fn stop(tasks: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Renews the lease every quarter of it; registers anew when it ran out.
-async fn renew(pool: Pool, membership: Arc<Membership>) {
+/// Renews the lease every quarter of it; registers anew when it ran out, after closing the
+/// attached runtime's sockets (their objects may live elsewhere now: 1012 makes their
+/// clients reconnect to whoever owns them).
+async fn renew(
+    pool: Pool,
+    membership: Arc<Membership>,
+    runtime: Arc<std::sync::Mutex<Option<rookery::Runtime>>>,
+) {
     let mut tick = tokio::time::interval(membership.renew_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -329,6 +349,12 @@ async fn renew(pool: Pool, membership: Arc<Membership>) {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(node = %membership.node_id, "the cluster lease ran out; joining again under a new session");
+                if let Some(runtime) = lock(&runtime).as_ref() {
+                    runtime.close_all_sockets(
+                        rookery::close_code::SERVICE_RESTART,
+                        "this node lost its objects; reconnect",
+                    );
+                }
                 if let Err(e) = membership.register(&client).await {
                     tracing::warn!(error = %e, "joining the cluster again failed");
                 }

@@ -247,7 +247,7 @@ impl Server {
         let grace = self.runtime.options().host.turn_timeout + Duration::from_secs(5);
         let trimming = memory_trim::spawn(self.runtime.clone());
         if let Some(cluster) = &self.gateway.cluster {
-            cluster.start_alarm_sweep(self.runtime.clone());
+            cluster.attach(self.runtime.clone());
         }
         let gateway = self.gateway.clone();
         let shutdown = async move {
@@ -268,7 +268,7 @@ impl Server {
         // directory's lock goes with the last one); the join error is the abort itself.
         let _ = trimming.await;
         if let Some(cluster) = &self.gateway.cluster {
-            cluster.stop_alarm_sweep().await;
+            cluster.detach().await;
         }
         tracing::info!("no more requests; closing objects");
         if !self.runtime.shutdown().await {

@@ -327,6 +327,14 @@ async fn a_paused_owner_resumed_after_its_lease_never_writes_again() {
     for want in 1..=3 {
         assert_eq!(increment(&http, &nodes[0], "paused").await.unwrap(), want);
     }
+    // A quiet socket on n0: it sends nothing, so only n0 itself can tell it to go.
+    let mut watcher = socket(
+        &nodes[0],
+        "/channel/quiet/websocket?user=wat&name=wat&permissions=read",
+    )
+    .await
+    .unwrap();
+    next_of(&mut watcher, "initial_state").await;
     let pid = i32::try_from(nodes[0].child.id()).unwrap();
     // SAFETY: signalling our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
@@ -366,6 +374,20 @@ async fn a_paused_owner_resumed_after_its_lease_never_writes_again() {
     for node in &nodes {
         assert_eq!(read(&http, node, "paused").await, expected);
     }
+    // Waking up without its lease, n0 closed its sockets with 1012: their objects may live
+    // elsewhere now, and the clients reconnect to whoever owns them.
+    let closed = loop {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(PATIENCE, watcher.next())
+            .await
+            .expect("a close in time")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(1012));
     for node in nodes {
         node.terminate();
     }
@@ -407,7 +429,9 @@ async fn a_channel_client_reached_through_another_node_reconnects_after_the_owne
     use tokio_tungstenite::tungstenite::Message;
 
     let root = tempfile::tempdir().unwrap();
-    let (_url, mut nodes) = three_nodes(root.path()).await;
+    // Objects with only hibernatable sockets leave memory after 300 ms.
+    let app = DEMO.replacen("[server]\n", "[server]\nhibernation_idle_ms = 300\n", 1);
+    let (_url, mut nodes) = three_nodes_of(root.path(), &app).await;
     let path = |user: &str| {
         format!("/channel/room/websocket?user={user}&name={user}&permissions=read,write")
     };
@@ -428,6 +452,17 @@ async fn a_channel_client_reached_through_another_node_reconnects_after_the_owne
     let mut bob = socket(&nodes[1], &path("bob")).await.unwrap();
     let initial = next_of(&mut bob, "initial_state").await;
     assert_eq!(initial["messages"][0]["content"], "before", "{initial}");
+    // Hibernation works as on one node: the channel leaves n0's memory with both sockets
+    // open (one of them relayed through n1), and a message wakes it and reaches both.
+    let http = client();
+    eventually("the channel hibernates on its owner", || {
+        let (http, url) = (http.clone(), nodes[0].url("/_rookery/stats"));
+        async move {
+            let stats: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            stats["runtime"]["live_objects"] == 0
+        }
+    })
+    .await;
     say(
         &mut ann,
         serde_json::json!({"type": "message", "content": "second"}),

@@ -639,6 +639,12 @@ impl Runtime {
         Namespace::of_class(&self.inner.host, class)
     }
 
+    /// Closes every WebSocket of every object on this node with `code`: what a cluster node
+    /// does when it lost its objects (1012: the clients reconnect and reach the new owner).
+    pub fn close_all_sockets(&self, code: u16, reason: &str) {
+        self.inner.host.close_all_sockets(code, reason);
+    }
+
     /// What a worker reaches: the namespaces bound in this runtime.
     pub fn env(&self) -> Env {
         Env::new(self.inner.host.clone())

@@ -515,6 +515,13 @@ impl Host {
     }
 
     /// The number of open WebSockets of the object at `addr`.
+    /// Closes every WebSocket of every object with `code` (hibernated ones too).
+    pub(crate) fn close_all_sockets(&self, code: u16, reason: &str) {
+        for sockets in self.0.sockets.iter() {
+            sockets.close_all(code, reason, false);
+        }
+    }
+
     pub(crate) fn socket_count(&self, addr: &ObjectAddr) -> usize {
         self.0.sockets.get(&addr.key()).map_or(0, |s| s.len())
     }
