@@ -8,15 +8,16 @@
 //! know (it lives in PostgreSQL). The owner serves it (`forwarded.rs`) without forwarding it
 //! again: if the object moved meanwhile, the caller hears 503 and retries.
 //!
-//! WebSockets go the same way, relayed by the node the client reached (`socket_proxy.rs`).
-//! Not forwarded yet: streamed responses (server-sent events; the owner answers 502).
+//! WebSockets go the same way, relayed by the node the client reached (`socket_proxy.rs`), and
+//! so do streamed answers (server-sent events), chunk by chunk.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rookery::{
-    Call, Error, Forwarded, ForwardedCall, Forwarder, ObjectId, Reply, Request, Response,
+    BodyStream, Call, Error, Forwarded, ForwardedCall, Forwarder, ObjectId, Reply, Request,
+    Response,
 };
 
 /// The path prefix forwarded requests arrive under.
@@ -44,15 +45,14 @@ pub struct NodeForwarder {
 }
 
 impl NodeForwarder {
-    /// A forwarder for `cluster`'s node. An owner that does not answer within one lease is
-    /// taken for gone (paused, cut off, dead): the caller hears 503 and its retry tries to
-    /// take the object over, which succeeds once the owner's lease ran out. (A turn longer
-    /// than the lease is answered 503 the same way, though it ran.)
+    /// A forwarder for `cluster`'s node. An owner that does not begin its answer within one
+    /// lease is taken for gone (paused, cut off, dead): the caller hears 503 and its retry
+    /// tries to take the object over, which succeeds once the owner's lease ran out. (A turn
+    /// longer than the lease is answered 503 the same way, though it ran.) A streamed answer
+    /// may then go on for as long as the owner writes it.
     pub fn new(cluster: Arc<rookery_cluster::Cluster>) -> Result<Self, Error> {
-        let timeout = cluster.lease();
         let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(cluster.lease().min(Duration::from_secs(2)))
             .pool_max_idle_per_host(64)
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -71,17 +71,19 @@ impl Forwarder for NodeForwarder {
             .body(req.body().clone());
         let (cluster, id, address) = (self.cluster.clone(), id.clone(), address.to_string());
         Box::pin(async move {
-            let answer = match request.headers(headers?).send().await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    tracing::warn!(owner = %address, error = %e, "the owner node did not answer");
-                    cluster.owner_unreachable(&id);
-                    return Err(Error::Elsewhere(address));
-                }
+            let sent = tokio::time::timeout(cluster.lease(), request.headers(headers?).send());
+            let answer = match sent.await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => return Err(gone(&cluster, &id, address, &e.to_string())),
+                Err(_) => return Err(gone(&cluster, &id, address, "no answer within the lease")),
             };
             let status = answer.status();
             let mut headers = answer.headers().clone();
             strip_hop_by_hop(&mut headers);
+            // The owner sends a length with every whole answer; one without is a stream.
+            if !answer.headers().contains_key(http::header::CONTENT_LENGTH) {
+                return relay_stream(answer, status, headers);
+            }
             let body = answer.bytes().await.map_err(|e| {
                 Error::StorageUnavailable(format!("the owner node's answer broke off: {e}"))
             })?;
@@ -111,13 +113,11 @@ impl Forwarder for NodeForwarder {
         let request = self.client.post(url).body(call.encoded_args().to_vec());
         let (cluster, id, address) = (self.cluster.clone(), id.clone(), address.to_string());
         Box::pin(async move {
-            let answer = match request.headers(headers?).send().await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    tracing::warn!(owner = %address, error = %e, "the owner node did not answer");
-                    cluster.owner_unreachable(&id);
-                    return Err(Error::Elsewhere(address));
-                }
+            let sent = tokio::time::timeout(cluster.lease(), request.headers(headers?).send());
+            let answer = match sent.await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => return Err(gone(&cluster, &id, address, &e.to_string())),
+                Err(_) => return Err(gone(&cluster, &id, address, "no answer within the lease")),
             };
             let status = answer.status();
             let raised = answer.headers().get(&RAISED).is_some_and(|v| v == "1");
@@ -135,6 +135,43 @@ impl Forwarder for NodeForwarder {
             }
         })
     }
+}
+
+/// The owner at `address` did not answer: forgotten, so that the retry tries to take the
+/// object over.
+fn gone(cluster: &rookery_cluster::Cluster, id: &ObjectId, address: String, why: &str) -> Error {
+    tracing::warn!(owner = %address, error = why, "the owner node did not answer");
+    cluster.owner_unreachable(id);
+    Error::Elsewhere(address)
+}
+
+/// A streamed answer of the owner (server-sent events, say), relayed chunk by chunk as it
+/// arrives, for as long as the client reads it.
+fn relay_stream(
+    mut answer: reqwest::Response,
+    status: StatusCode,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let stream = BodyStream::new(&content_type)?;
+    let mut response = Response::stream(&stream).with_status(status);
+    response.headers_mut().extend(headers);
+    tokio::spawn(async move {
+        // Ends when the owner ends the body, the connection breaks, or the client left (seen
+        // at the next chunk; the owner's keep-alives bring one).
+        while stream.is_open() {
+            match answer.chunk().await {
+                Ok(Some(chunk)) => stream.send(chunk),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        stream.close();
+    });
+    Ok(response)
 }
 
 /// Where on the owner a request for `req` goes: the forwarding prefix, then the path and

@@ -50,16 +50,10 @@ impl Gateway {
         let req = Request::from_parts(parts.method, uri, headers, body);
         let request_id = HeaderValue::from_static("-");
         match stub.fetch_here(req).await {
-            Ok(mut resp) => {
-                if resp.take_stream_link().is_some() {
-                    return error_response(
-                        StatusCode::BAD_GATEWAY,
-                        "streamed answers are not forwarded between nodes",
-                    );
-                }
-                self.respond(resp, upgrade)
-                    .unwrap_or_else(|e| failure(&e, &request_id))
-            }
+            // A streamed answer goes out as it is written (the forwarding node relays it).
+            Ok(resp) => self
+                .respond(resp, upgrade)
+                .unwrap_or_else(|e| failure(&e, &request_id)),
             Err(e) => failure(&e, &request_id),
         }
     }

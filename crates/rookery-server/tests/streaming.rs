@@ -2,6 +2,8 @@
 //! that goes away frees its stream, and shutdown ends open streams instead of waiting on them.
 
 mod common;
+#[path = "../../rookery-cluster/tests/common/postgres.rs"]
+mod postgres;
 
 use common::{PATIENCE, TestServer, client};
 use rookery::Classes;
@@ -158,4 +160,44 @@ async fn events_published_over_several_turns_arrive_and_a_gone_client_frees_its_
     }
     server.stop().await;
     assert_eq!(ann.next().await, None, "shutdown ends the stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_an_object_on_another_node_is_relayed_as_it_is_written() {
+    let url = postgres::fresh_database().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = |dir: &std::path::Path, id: &'static str| {
+        let url = url.clone();
+        let dir = dir.to_path_buf();
+        async move {
+            let mut config = Config::parse("streams.toml", CONFIG).unwrap();
+            config.server.data_dir = dir;
+            TestServer::start_clustered(&config, Classes::new().with::<Feed>("Feed"), &url, id)
+                .await
+        }
+    };
+    let a = node(dir_a.path(), "a").await;
+    let b = node(dir_b.path(), "b").await;
+    // Ann subscribes on A, which takes the feed; Bob on B, whose node relays A's stream.
+    let mut ann = Events::open(&a, "wire").await;
+    let mut bob = Events::open(&b, "wire").await;
+    for events in [&mut ann, &mut bob] {
+        assert_eq!(
+            events.next().await.as_deref(),
+            Some("event: hello\ndata: welcome")
+        );
+    }
+    // Events published later, through either node, reach both, one at a time.
+    for (i, (via, text)) in [(&b, "one"), (&a, "two"), (&b, "three")]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(publish(via, "wire", text).await, 2);
+        let expected = format!("id: {}\ndata: {text}", i + 1);
+        assert_eq!(ann.next().await, Some(expected.clone()));
+        assert_eq!(bob.next().await, Some(expected));
+    }
+    drop((ann, bob));
+    b.stop().await;
+    a.stop().await;
 }

@@ -47,8 +47,35 @@ impl TestServer {
     /// Starts `config` with `classes`.
     pub async fn start_with(config: &Config, classes: Classes) -> Self {
         let server = Server::new(config, classes).expect("server starts");
-        let runtime = server.runtime().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(server, listener)
+    }
+
+    /// Starts `config` with `classes` as node `node_id` of the cluster on `database_url`.
+    pub async fn start_clustered(
+        config: &Config,
+        classes: Classes,
+        database_url: &str,
+        node_id: &str,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cluster = rookery_cluster::Cluster::connect(rookery_cluster::ClusterConfig {
+            database_url: database_url.to_string(),
+            node_id: node_id.to_string(),
+            advertise: format!("http://{addr}"),
+            lease: Duration::from_secs(2),
+            shards: Vec::new(),
+        })
+        .await
+        .expect("joins the cluster");
+        let server = Server::in_cluster(config, classes, std::sync::Arc::new(cluster))
+            .expect("server starts");
+        Self::serve(server, listener)
+    }
+
+    fn serve(server: Server, listener: tokio::net::TcpListener) -> Self {
+        let runtime = server.runtime().clone();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
