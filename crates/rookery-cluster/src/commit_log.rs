@@ -42,6 +42,9 @@ const MAX_BATCH: usize = 512;
 const COMPACT_AFTER: usize = 64;
 /// Commits of one object appended by this node between background compactions.
 const COMPACT_EVERY: u32 = 1000;
+/// Objects this node keeps a [`Mark`] for at most. Past it the marks are dropped: objects
+/// activated later rebuild their databases from the cluster once (safe, only slower).
+const MAX_MARKS: usize = 1_000_000;
 
 /// An object, as the cluster's tables name it.
 type Key = (Arc<str>, String);
@@ -162,6 +165,10 @@ impl PgCommitLog {
             }
             Some(image.bytes)
         };
+        if self.marks.len() >= MAX_MARKS {
+            // Only marks without appends in flight go: those still count for their objects.
+            self.marks.retain(|_, mark| mark.pending > 0);
+        }
         self.marks.insert(
             key,
             Mark {
