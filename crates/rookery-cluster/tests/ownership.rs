@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, config, connect, fresh_database};
+use common::{Node, admin_url, config, connect, fresh_database};
 use rookery::Error;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -217,4 +217,57 @@ async fn objects_in(pg: &tokio_postgres::Client) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_is_met_with_errors_not_waits_and_the_node_comes_back() {
+    let url = fresh_database().await;
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let admin = connect(admin_url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&url, "a", dir.path(), LEASE).await.unwrap();
+    assert_eq!(a.bump("gone").await.unwrap(), 1);
+    // The database stops taking connections, and the node's are cut.
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await
+        .unwrap();
+    // Writes fail (within about a lease), they do not hang; nothing is acknowledged.
+    let tried = tokio::time::timeout(rookery::testing::PATIENCE, a.bump("gone"))
+        .await
+        .expect("an answer, not a wait");
+    assert!(
+        tried.is_err(),
+        "a write was acknowledged without the database: {tried:?}"
+    );
+    let deadline = tokio::time::Instant::now() + rookery::testing::PATIENCE;
+    while a.cluster.holds_lease() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease outlived the database"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Back: the node joins again by itself and the object goes on from what was acknowledged.
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + rookery::testing::PATIENCE;
+    let value = loop {
+        if let Ok(value) = a.bump("gone").await {
+            break value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(value, 2);
+    assert!(a.cluster.holds_lease());
+    a.stop().await;
 }

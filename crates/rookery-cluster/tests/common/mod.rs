@@ -5,7 +5,7 @@
 
 #[path = "postgres.rs"]
 mod postgres;
-pub use postgres::{connect, fresh_database};
+pub use postgres::{admin_url, connect, fresh_database};
 
 use std::path::Path;
 use std::time::Duration;

@@ -53,6 +53,11 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The test server's own `postgres` database, for changes to the server itself.
+pub fn admin_url() -> &'static str {
+    server_url()
+}
+
 /// A fresh, empty database on the test server; its URL.
 pub async fn fresh_database() -> String {
     let url = server_url().to_string();
