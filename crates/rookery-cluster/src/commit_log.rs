@@ -46,8 +46,9 @@ const COMPACT_EVERY: u32 = 1000;
 /// activated later rebuild their databases from the cluster once (safe, only slower).
 const MAX_MARKS: usize = 1_000_000;
 
-/// An object, as the cluster's tables name it.
-type Key = (Arc<str>, String);
+/// An object, by its id's bytes: ids carry their class's key, so they do not collide across
+/// classes, and looking one up allocates nothing.
+type Key = [u8; 32];
 
 /// What this process knows of an object's commits in the cluster.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +67,8 @@ struct Mark {
 
 /// A commit on its way to PostgreSQL.
 struct Pending {
-    key: Key,
+    class: Arc<str>,
+    object: ObjectId,
     epoch: i64,
     seq: i64,
     db_pages: i32,
@@ -130,7 +132,7 @@ impl PgCommitLog {
     async fn claim_and_load(&self, class: &str, object: &ObjectId) -> Result<Grant, Error> {
         let shard = self.shard(object);
         let hex = object.to_hex();
-        let key: Key = (Arc::from(class), hex.clone());
+        let key: Key = *object.as_bytes();
         let mut client = shard.pool.get().await.map_err(ClusterError::from)?;
         let generation = shard.membership.generation();
         let epoch = match claim(&client, &shard.membership, class, &hex).await {
@@ -211,7 +213,7 @@ impl CommitLog for PgCommitLog {
 
     fn append(&self, record: &CommitRecord<'_>) -> Option<oneshot::Receiver<rookery::Result<()>>> {
         let (ack, rx) = oneshot::channel();
-        let key: Key = (Arc::from(record.class), record.object.to_hex());
+        let key: Key = *record.object.as_bytes();
         let (Ok(seq), Ok(db_pages), Ok(count)) = (
             i64::try_from(record.seq),
             i32::try_from(record.db_pages),
@@ -224,7 +226,8 @@ impl CommitLog for PgCommitLog {
             mark.pending += 1;
         }
         let pending = Pending {
-            key,
+            class: record.class.clone(),
+            object: record.object.clone(),
             epoch: record.epoch as i64,
             seq,
             db_pages,
@@ -237,7 +240,7 @@ impl CommitLog for PgCommitLog {
             let pending = match refused {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
             };
-            settle(&self.marks, &pending.key, None);
+            settle(&self.marks, pending.object.as_bytes(), None);
             let _ = pending.ack.send(Err(Error::StorageUnavailable(
                 "the cluster's commit queue is full".into(),
             )));
@@ -350,12 +353,13 @@ async fn append_task(
                         "the cluster database did not answer the append in time".into(),
                     ))
                 });
-        for p in batch.drain(..) {
+        for (i, p) in batch.drain(..).enumerate() {
+            let key = p.object.as_bytes();
             let result = match &outcome {
-                Ok(accepted) if accepted.contains(&(p.key.clone(), p.epoch, p.seq)) => {
-                    if settle(&marks, &p.key, Some((p.epoch, p.seq))) {
+                Ok(accepted) if accepted.get(i).copied().unwrap_or(false) => {
+                    if settle(&marks, key, Some((p.epoch, p.seq))) {
                         let (pool, class, object) =
-                            (pool.clone(), p.key.0.clone(), p.key.1.clone());
+                            (pool.clone(), p.class.clone(), p.object.to_hex());
                         tokio::spawn(async move {
                             if let Err(e) = compact_with(&pool, &class, &object, None).await {
                                 tracing::warn!(class = %class, object, error = %e, "compacting an object's commits failed");
@@ -365,13 +369,13 @@ async fn append_task(
                     Ok(())
                 }
                 Ok(_) => {
-                    settle(&marks, &p.key, None);
+                    settle(&marks, key, None);
                     Err(Error::Fenced(
                         "another node owns the object now, or this node's lease ran out".into(),
                     ))
                 }
                 Err(e) => {
-                    settle(&marks, &p.key, None);
+                    settle(&marks, key, None);
                     Err(Error::StorageUnavailable(format!(
                         "the cluster database did not take the commit: {e}"
                     )))
@@ -382,16 +386,17 @@ async fn append_task(
     }
 }
 
-/// Appends `batch` in one statement; returns the commits it accepted.
+/// Appends `batch` in one statement; returns, for each commit in order, whether it was
+/// accepted.
 async fn append_batch(
     pool: &Pool,
     membership: &Membership,
     batch: &[Pending],
-) -> Result<HashSet<(Key, i64, i64)>, ClusterError> {
+) -> Result<Vec<bool>, ClusterError> {
     let client = pool.get().await?;
     let session = membership.session();
-    let classes: Vec<&str> = batch.iter().map(|p| &*p.key.0).collect();
-    let objects: Vec<&str> = batch.iter().map(|p| p.key.1.as_str()).collect();
+    let classes: Vec<&str> = batch.iter().map(|p| &*p.class).collect();
+    let objects: Vec<String> = batch.iter().map(|p| p.object.to_hex()).collect();
     let epochs: Vec<i64> = batch.iter().map(|p| p.epoch).collect();
     let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
     let db_pages: Vec<i32> = batch.iter().map(|p| p.db_pages).collect();
@@ -404,7 +409,7 @@ async fn append_batch(
     let mut changed: HashSet<&Key> = HashSet::new();
     for (i, p) in batch.iter().enumerate().rev() {
         if let Some(change) = p.alarm
-            && changed.insert(&p.key)
+            && changed.insert(p.object.as_bytes())
         {
             alarm_ops[i] = if change.is_some() { 1 } else { 2 };
             alarm_ms[i] = change.unwrap_or(0);
@@ -415,7 +420,8 @@ async fn append_batch(
             "WITH batch AS (
                  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[],
                                       $5::int4[], $6::int4[], $7::bytea[], $9::int4[], $10::int8[])
-                     AS b(class, object, epoch, seq, db_pages, page_count, pages, alarm_op, alarm_ms)
+                     WITH ORDINALITY
+                     AS b(class, object, epoch, seq, db_pages, page_count, pages, alarm_op, alarm_ms, i)
              ), owned AS (
                  SELECT o.class, o.object, o.epoch FROM rookery_objects o
                  WHERE (o.class, o.object) IN (SELECT class, object FROM batch)
@@ -444,7 +450,9 @@ async fn append_batch(
                  DELETE FROM rookery_alarms a USING changes c
                  WHERE c.alarm_op = 2 AND a.class = c.class AND a.object = c.object
              )
-             SELECT class, object, epoch, seq FROM inserted",
+             SELECT b.i FROM batch b JOIN inserted n
+                 ON n.class = b.class AND n.object = b.object
+                AND n.epoch = b.epoch AND n.seq = b.seq",
         )
         .await?;
     let rows = client
@@ -456,15 +464,14 @@ async fn append_batch(
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let class: String = row.get(0);
-            (
-                (Arc::from(class.as_str()), row.get(1)),
-                row.get(2),
-                row.get(3),
-            )
-        })
-        .collect())
+    let mut accepted = vec![false; batch.len()];
+    for row in rows {
+        // Ordinalities count from 1.
+        let at = usize::try_from(row.get::<_, i64>(0) - 1)
+            .map_err(|_| ClusterError::Data("an append answer out of its batch".into()))?;
+        if let Some(slot) = accepted.get_mut(at) {
+            *slot = true;
+        }
+    }
+    Ok(accepted)
 }

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use rookery::{Location, ObjectId, Placement};
 
+/// Owners remembered at most; past it, entries whose time is up go, and if that is not
+/// enough, all of them (forgetting only costs the next request a claim that is refused).
+const MAX_KNOWN: usize = 1_000_000;
+
 /// Remote owners this node knows of, by object id (ids carry their class's key, so they do not
 /// collide across classes).
 #[derive(Debug)]
@@ -30,6 +34,13 @@ impl KnownOwners {
 
     /// The object `id` is owned by the node at `address`.
     pub(crate) fn learn(&self, id: &ObjectId, address: String) {
+        if self.owners.len() >= MAX_KNOWN {
+            let now = Instant::now();
+            self.owners.retain(|_, (_, until)| *until > now);
+            if self.owners.len() >= MAX_KNOWN {
+                self.owners.clear();
+            }
+        }
         self.owners
             .insert(*id.as_bytes(), (address, Instant::now() + self.ttl));
     }

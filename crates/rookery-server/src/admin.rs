@@ -224,7 +224,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 /// The percent-decoded value of query parameter `name`.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(&value.replace('+', " ")))?

@@ -15,10 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use rookery::{
-    BodyStream, Call, Error, Forwarded, ForwardedCall, Forwarder, ObjectId, Reply, Request,
-    Response,
-};
+use rookery::{BodyStream, Call, Error, Forwarded, Forwarder, ObjectId, Reply, Request, Response};
 
 /// The path prefix forwarded requests arrive under.
 pub const FORWARD_PREFIX: &str = "/_rookery/forward";
@@ -64,19 +61,14 @@ impl NodeForwarder {
 impl Forwarder for NodeForwarder {
     fn fetch(&self, address: &str, class: &str, id: &ObjectId, req: Request) -> Forwarded {
         let url = format!("{}{}", address.trim_end_matches('/'), forward_path(&req));
-        let headers = forward_headers(&self.cluster, class, id, &req);
+        let headers = forward_headers(&self.cluster, class, id, req.headers());
         let request = self
             .client
             .request(req.method().clone(), url)
             .body(req.body().clone());
         let (cluster, id, address) = (self.cluster.clone(), id.clone(), address.to_string());
         Box::pin(async move {
-            let sent = tokio::time::timeout(cluster.lease(), request.headers(headers?).send());
-            let answer = match sent.await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => return Err(gone(&cluster, &id, address, &e.to_string())),
-                Err(_) => return Err(gone(&cluster, &id, address, "no answer within the lease")),
-            };
+            let answer = send(&cluster, &id, address, request.headers(headers?)).await?;
             let status = answer.status();
             let mut headers = answer.headers().clone();
             strip_hop_by_hop(&mut headers);
@@ -84,46 +76,27 @@ impl Forwarder for NodeForwarder {
             if !answer.headers().contains_key(http::header::CONTENT_LENGTH) {
                 return relay_stream(answer, status, headers);
             }
-            let body = answer.bytes().await.map_err(|e| {
-                Error::StorageUnavailable(format!("the owner node's answer broke off: {e}"))
-            })?;
-            let mut response = Response::new(status, body);
+            let mut response = Response::new(status, body_of(answer).await?);
             *response.headers_mut() = headers;
             Ok(response)
         })
     }
 
-    fn call(&self, address: &str, class: &str, id: &ObjectId, call: Call) -> ForwardedCall {
+    fn call(&self, address: &str, class: &str, id: &ObjectId, call: Call) -> Forwarded<Reply> {
         let url = format!("{}{FORWARD_CALL_PATH}", address.trim_end_matches('/'));
-        let empty = Request::from_parts(
-            http::Method::POST,
-            http::Uri::from_static("/"),
-            HeaderMap::new(),
-            bytes::Bytes::new(),
-        );
-        let headers = forward_headers(&self.cluster, class, id, &empty).and_then(|mut h| {
-            let value = |text: &str| {
-                HeaderValue::from_str(text)
-                    .map_err(|_| Error::msg(format!("{text:?} cannot travel in a header")))
-            };
-            h.insert(SERVICE, value(call.service())?);
-            h.insert(METHOD, value(call.method())?);
-            Ok(h)
-        });
-        let request = self.client.post(url).body(call.encoded_args().to_vec());
+        let headers =
+            forward_headers(&self.cluster, class, id, &HeaderMap::new()).and_then(|mut h| {
+                h.insert(SERVICE, header_value(call.service())?);
+                h.insert(METHOD, header_value(call.method())?);
+                Ok(h)
+            });
+        let request = self.client.post(url).body(call.into_encoded_args());
         let (cluster, id, address) = (self.cluster.clone(), id.clone(), address.to_string());
         Box::pin(async move {
-            let sent = tokio::time::timeout(cluster.lease(), request.headers(headers?).send());
-            let answer = match sent.await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => return Err(gone(&cluster, &id, address, &e.to_string())),
-                Err(_) => return Err(gone(&cluster, &id, address, "no answer within the lease")),
-            };
+            let answer = send(&cluster, &id, address.clone(), request.headers(headers?)).await?;
             let status = answer.status();
             let raised = answer.headers().get(&RAISED).is_some_and(|v| v == "1");
-            let body = answer.bytes().await.map_err(|e| {
-                Error::StorageUnavailable(format!("the owner node's answer broke off: {e}"))
-            })?;
+            let body = body_of(answer).await?;
             match status {
                 StatusCode::OK => Ok(Reply::from_parts(raised, body.to_vec())),
                 // The owner could not serve it (the object moved again, storage down): retry.
@@ -137,9 +110,37 @@ impl Forwarder for NodeForwarder {
     }
 }
 
+/// Sends a forwarded request to the owner at `address` and waits for its answer to begin, at
+/// most a lease: one that does not is taken for gone ([`gone`]).
+async fn send(
+    cluster: &rookery_cluster::Cluster,
+    id: &ObjectId,
+    address: String,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, Error> {
+    match tokio::time::timeout(cluster.lease(), request.send()).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(gone(cluster, id, address, &e.to_string())),
+        Err(_) => Err(gone(cluster, id, address, "no answer within the lease")),
+    }
+}
+
+/// The whole body of the owner's answer.
+async fn body_of(answer: reqwest::Response) -> Result<bytes::Bytes, Error> {
+    answer
+        .bytes()
+        .await
+        .map_err(|e| Error::StorageUnavailable(format!("the owner node's answer broke off: {e}")))
+}
+
 /// The owner at `address` did not answer: forgotten, so that the retry tries to take the
 /// object over.
-fn gone(cluster: &rookery_cluster::Cluster, id: &ObjectId, address: String, why: &str) -> Error {
+pub(crate) fn gone(
+    cluster: &rookery_cluster::Cluster,
+    id: &ObjectId,
+    address: String,
+    why: &str,
+) -> Error {
     tracing::warn!(owner = %address, error = why, "the owner node did not answer");
     cluster.owner_unreachable(id);
     Error::Elsewhere(address)
@@ -183,27 +184,29 @@ pub(crate) fn forward_path(req: &Request) -> String {
     )
 }
 
-/// The headers a forwarded request carries: the request's own (less those of one
-/// connection), the object's class, id and name, and the cluster's token.
+/// The headers a forwarded request carries: its own (less those of one connection), the
+/// object's class, id and name, and the cluster's token.
 pub(crate) fn forward_headers(
     cluster: &rookery_cluster::Cluster,
     class: &str,
     id: &ObjectId,
-    req: &Request,
+    own: &HeaderMap,
 ) -> Result<HeaderMap, Error> {
-    let mut headers = req.headers().clone();
+    let mut headers = own.clone();
     strip_hop_by_hop(&mut headers);
-    let value = |text: &str| {
-        HeaderValue::from_str(text)
-            .map_err(|_| Error::msg(format!("{text:?} cannot travel in a header")))
-    };
-    headers.insert(TOKEN, value(cluster.forward_token())?);
-    headers.insert(CLASS, value(class)?);
-    headers.insert(ID, value(&id.to_hex())?);
+    headers.insert(TOKEN, header_value(cluster.forward_token())?);
+    headers.insert(CLASS, header_value(class)?);
+    headers.insert(ID, header_value(&id.to_hex())?);
     if let Some(name) = id.name() {
-        headers.insert(NAME, value(&encode_name(name))?);
+        headers.insert(NAME, header_value(&rookery::percent_encode(name))?);
     }
     Ok(headers)
+}
+
+/// `text` as a header value, or why it cannot be one.
+fn header_value(text: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(text)
+        .map_err(|_| Error::msg(format!("{text:?} cannot travel in a header")))
 }
 
 /// Headers that belong to one connection, not to the request.
@@ -221,19 +224,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-}
-
-/// An object's name as a header value (percent-encoded: names are any text).
-fn encode_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A shareable forwarder for `cluster`'s node.

@@ -37,15 +37,6 @@ pub const CLUSTER_PATH: &str = "/_rookery/cluster";
 /// `<node>/objects` under it: the objects a node owns.
 const CLUSTER_NODES_PREFIX: &str = "/_rookery/cluster/nodes/";
 
-/// The percent-decoded value of `name` in query string `query`.
-fn query_value(query: &str, name: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == name)
-        .and_then(|(_, value)| rookery::percent_decode(value))
-}
-
 /// The prefix of every path the runtime serves itself; configured routes never see these.
 const RUNTIME_PREFIX: &str = "/_rookery/";
 
@@ -220,7 +211,7 @@ impl Gateway {
                 Some(refused) => refused,
                 None => match path.strip_prefix(CLUSTER_NODES_PREFIX) {
                     Some(node) => {
-                        let after = req.uri().query().and_then(|q| query_value(q, "after"));
+                        let after = crate::admin::query_param(req.uri().query(), "after");
                         self.cluster_objects(node, after.as_deref()).await
                     }
                     None => self.cluster_nodes().await,

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame as RemoteCloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message as RemoteMessage};
 
-use crate::cluster::{forward_headers, forward_path};
+use crate::cluster::{forward_headers, forward_path, gone};
 
 type Remote =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -44,7 +44,7 @@ pub(crate) async fn proxy(
     let mut request = url
         .into_client_request()
         .map_err(|e| Error::msg(format!("the owner's address {owner:?} is unusable: {e}")))?;
-    let mut headers = forward_headers(cluster, class, id, &req)?;
+    let mut headers = forward_headers(cluster, class, id, req.headers())?;
     // The handshake's own headers are the WebSocket client's to set.
     for name in [
         "sec-websocket-key",
@@ -64,16 +64,8 @@ pub(crate) async fn proxy(
             tracing::debug!(owner = %owner, status = %refused.status(), "the owner refused the socket");
             return Err(Error::Elsewhere(owner));
         }
-        Ok(Err(e)) => {
-            tracing::warn!(owner = %owner, error = %e, "the owner node did not take the socket");
-            cluster.owner_unreachable(id);
-            return Err(Error::Elsewhere(owner));
-        }
-        Err(_elapsed) => {
-            tracing::warn!(owner = %owner, "the owner node did not answer the socket in time");
-            cluster.owner_unreachable(id);
-            return Err(Error::Elsewhere(owner));
-        }
+        Ok(Err(e)) => return Err(gone(cluster, id, owner, &e.to_string())),
+        Err(_elapsed) => return Err(gone(cluster, id, owner, "no answer within the lease")),
     };
     Ok(upgrade
         .max_message_size(max_message)

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ChildServer, PATIENCE, client, eventually};
+use common::{ChildServer, PATIENCE, client, eventually, get_json};
 use serde_json::Value;
 
 /// The demo app.
@@ -91,16 +91,10 @@ async fn increment(http: &reqwest::Client, node: &ChildServer, name: &str) -> Re
         .ok_or_else(|| format!("no value in {body}"))
 }
 
-async fn read(http: &reqwest::Client, node: &ChildServer, name: &str) -> i64 {
-    let body: Value = http
-        .get(node.url(&format!("/counter/{name}")))
-        .send()
-        .await
+async fn read(node: &ChildServer, name: &str) -> i64 {
+    get_json(node.url(&format!("/counter/{name}"))).await["value"]
+        .as_i64()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["value"].as_i64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,19 +117,12 @@ async fn three_nodes_serve_the_demo_through_any_node_in_one_order() {
     }
     for node in &nodes {
         for k in 0..5 {
-            assert_eq!(read(&http, node, &format!("c{k}")).await, 9);
+            assert_eq!(read(node, &format!("c{k}")).await, 9);
         }
         let ready = http.get(node.url("/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 200);
     }
-    let cluster: Value = http
-        .get(nodes[0].url("/_rookery/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cluster = get_json(nodes[0].url("/_rookery/cluster")).await;
     assert_eq!(cluster["self"], "n0");
     let listed = cluster["nodes"].as_array().unwrap();
     assert_eq!(listed.len(), 3, "{cluster}");
@@ -145,17 +132,11 @@ async fn three_nodes_serve_the_demo_through_any_node_in_one_order() {
     // Which ones: each node's page lists what it owns, and together they are every counter.
     let mut all = Vec::new();
     for n in listed {
-        let page: Value = http
-            .get(nodes[1].url(&format!(
-                "/_rookery/cluster/nodes/{}/objects",
-                n["nodeId"].as_str().unwrap()
-            )))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_json(nodes[1].url(&format!(
+            "/_rookery/cluster/nodes/{}/objects",
+            n["nodeId"].as_str().unwrap()
+        )))
+        .await;
         let objects = page["objects"].as_array().unwrap();
         assert_eq!(
             objects.len() as i64,
@@ -201,14 +182,7 @@ async fn three_nodes_serve_the_demo_through_any_node_in_one_order() {
         (&heard["name"], &heard["text"]),
         (&serde_json::json!("Ann"), &serde_json::json!("hello"))
     );
-    let history: Value = http
-        .get(nodes[1].url("/room/lobby/history"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = get_json(nodes[1].url("/room/lobby/history")).await;
     assert_eq!(history[0]["text"], "hello", "{history}");
     drop((ann, bob));
     // Nothing but nodes may use the forwarding path.
@@ -305,14 +279,14 @@ async fn killing_the_owner_under_load_loses_no_acknowledged_increment() {
     let acked = acked.lock().unwrap().clone();
     for name in &names {
         let (ok, tried) = acked[name];
-        let value = read(&http, &survivors[0], name).await;
+        let value = read(&survivors[0], name).await;
         // Every acknowledged increment is there; an unanswered one may be too (it committed
         // and the answer was lost with the node), never more than were sent.
         assert!(
             value >= ok && value <= tried,
             "{name}: value {value}, acknowledged {ok}, sent {tried}"
         );
-        assert_eq!(read(&http, &survivors[1], name).await, value);
+        assert_eq!(read(&survivors[1], name).await, value);
     }
     for node in survivors {
         node.terminate();
@@ -372,7 +346,7 @@ async fn a_paused_owner_resumed_after_its_lease_never_writes_again() {
         assert!(Instant::now() < deadline, "n0 never forwarded to the owner");
     }
     for node in &nodes {
-        assert_eq!(read(&http, node, "paused").await, expected);
+        assert_eq!(read(node, "paused").await, expected);
     }
     // Waking up without its lease, n0 closed its sockets with 1012: their objects may live
     // elsewhere now, and the clients reconnect to whoever owns them.
@@ -454,13 +428,9 @@ async fn a_channel_client_reached_through_another_node_reconnects_after_the_owne
     assert_eq!(initial["messages"][0]["content"], "before", "{initial}");
     // Hibernation works as on one node: the channel leaves n0's memory with both sockets
     // open (one of them relayed through n1), and a message wakes it and reaches both.
-    let http = client();
     eventually("the channel hibernates on its owner", || {
-        let (http, url) = (http.clone(), nodes[0].url("/_rookery/stats"));
-        async move {
-            let stats: Value = http.get(url).send().await.unwrap().json().await.unwrap();
-            stats["runtime"]["live_objects"] == 0
-        }
+        let url = nodes[0].url("/_rookery/stats");
+        async move { get_json(url).await["runtime"]["live_objects"] == 0 }
     })
     .await;
     say(

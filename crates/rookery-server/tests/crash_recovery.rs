@@ -7,19 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::crash::{integrity_check_all, xorshift};
-use common::{ChildServer, client, wait_until};
+use common::{ChildServer, client, get_json, wait_until};
 use serde_json::Value;
 
 async fn value(server: &ChildServer, name: impl std::fmt::Display) -> i64 {
-    let r: Value = client()
-        .get(server.url(&format!("/counter/{name}")))
-        .send()
-        .await
+    get_json(server.url(&format!("/counter/{name}"))).await["value"]
+        .as_i64()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["value"].as_i64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ impl Call {
     }
 
     /// A call made of its parts as they travel between nodes: service, method and the encoded
-    /// arguments ([`Call::encoded_args`]).
+    /// arguments ([`Call::into_encoded_args`]).
     pub fn from_parts(service: String, method: String, args: Vec<u8>) -> Self {
         Self {
             service: Cow::Owned(service),
@@ -51,9 +51,9 @@ impl Call {
         }
     }
 
-    /// The arguments as encoded (what travels to another node).
-    pub fn encoded_args(&self) -> &[u8] {
-        &self.args
+    /// The arguments as encoded (what travels to another node), taking the call apart.
+    pub fn into_encoded_args(self) -> Vec<u8> {
+        self.args
     }
 
     /// The service (trait) whose method is called.

@@ -78,13 +78,13 @@ pub use env::{Env, Http};
 pub use error::{Error, OutboundErrorKind, Result, StartError};
 pub use host::alarm_event::{AlarmInfo, AlarmOutcome, MAX_RETRIES, backoff_ms};
 pub use host::{
-    ClassStats, Forwarded, ForwardedCall, Forwarder, HostOptions, LIVE_OBJECT_BYTES,
-    LocalPlacement, Location, Placement,
+    ClassStats, Forwarded, Forwarder, HostOptions, LIVE_OBJECT_BYTES, LocalPlacement, Location,
+    Placement,
 };
 pub use id::{IdMinter, ObjectId};
 pub use object::DurableObject;
 pub use outbound::Outbound;
-pub use request::{Request, percent_decode};
+pub use request::{Request, percent_decode, percent_encode};
 pub use response::Response;
 pub use runtime::{Classes, NotReady, Runtime, RuntimeBuilder, RuntimeOptions, RuntimeStats};
 pub use socket::{

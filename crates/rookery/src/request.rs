@@ -191,9 +191,30 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Encodes `s` for a URL path segment or query value: every byte but ASCII letters, digits and
+/// `-._~` as `%XX` (what [`percent_decode`] takes back).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_encoding_escapes_all_but_unreserved_and_decodes_back() {
+        let text = "room 1/ä-._~%+";
+        assert_eq!(percent_encode(text), "room%201%2F%C3%A4-._~%25%2B");
+        assert_eq!(percent_decode(&percent_encode(text)).as_deref(), Some(text));
+    }
 
     #[test]
     fn query_parameters_parse_or_fail_clearly() {

@@ -1,5 +1,6 @@
 //! Namespaces and stubs: how the gateway, workers and objects address and call objects.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use crate::host::activation::REQUEST_ID_HEADER;
 use crate::host::alarm_event::{AlarmOutcome, AlarmReport};
 use crate::host::event::{Event, RunJob, TurnOutput};
 use crate::host::turn::{CallChain, TurnContext};
-use crate::host::{Host, Location, turn};
+use crate::host::{Forwarded, Host, Location, turn};
 use crate::id::ObjectId;
 use crate::request::Request;
 use crate::response::Response;
@@ -201,19 +202,12 @@ impl Stub {
         else {
             return self.fetch_here(req).await;
         };
-        let forward = |address: String, req: Request| {
-            forwarder.fetch(&address, &self.addr.class.name, &self.addr.id, req)
-        };
-        if let Location::Remote(address) = self.host.locate(&self.addr) {
-            return forward(address, req).await;
-        }
-        // Cheap: the body is shared, not copied. Kept in case the object turns out to be owned
-        // elsewhere (known only once its activation asks the cluster).
-        let copy = req.clone();
-        match self.fetch_here(req).await {
-            Err(Error::Elsewhere(address)) => forward(address, copy).await,
-            answer => answer,
-        }
+        self.here_or_at_owner(
+            req,
+            |req| self.fetch_here(req),
+            |address, req| forwarder.fetch(&address, &self.addr.class.name, &self.addr.id, req),
+        )
+        .await
     }
 
     /// [`Stub::fetch`] on this node only: an object owned elsewhere is refused with
@@ -234,16 +228,39 @@ impl Stub {
         let Some(forwarder) = self.host.forwarder() else {
             return self.call_here(call).await?.decode::<R>();
         };
-        let forward = |address: String, call: Call| {
-            forwarder.call(&address, &self.addr.class.name, &self.addr.id, call)
-        };
-        if let Location::Remote(address) = self.host.locate(&self.addr) {
-            return forward(address, call).await?.decode::<R>();
+        self.here_or_at_owner(
+            call,
+            |call| self.call_here(call),
+            |address, call| forwarder.call(&address, &self.addr.class.name, &self.addr.id, call),
+        )
+        .await?
+        .decode::<R>()
+    }
+
+    /// Serves `message` here (`here`), or at the owner (`owner`, with its address) when
+    /// placement knows the object lives elsewhere or its activation here finds out (this node
+    /// cannot know sooner: ownership is learnt when the object activates). An object live here
+    /// is served here without keeping a copy: the rare request that meets it just as its lease
+    /// ends is refused with [`Error::Elsewhere`] (503, retry) instead of forwarded.
+    async fn here_or_at_owner<M: Clone, T, Here>(
+        &self,
+        message: M,
+        here: impl FnOnce(M) -> Here,
+        owner: impl FnOnce(String, M) -> Forwarded<T>,
+    ) -> Result<T>
+    where
+        Here: Future<Output = Result<T>>,
+    {
+        if self.host.is_live(&self.addr.key()) {
+            return here(message).await;
         }
-        let copy = call.clone();
-        match self.call_here(call).await {
-            Err(Error::Elsewhere(address)) => forward(address, copy).await?.decode::<R>(),
-            answer => answer?.decode::<R>(),
+        if let Location::Remote(address) = self.host.locate(&self.addr) {
+            return owner(address, message).await;
+        }
+        let copy = message.clone();
+        match here(message).await {
+            Err(Error::Elsewhere(address)) => owner(address, copy).await,
+            answer => answer,
         }
     }
 

@@ -203,6 +203,18 @@ impl ChildServer {
     }
 }
 
+/// `GET url`, answered with JSON (panics otherwise).
+pub async fn get_json(url: String) -> Value {
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
 pub fn client() -> reqwest::Client {
     // reqwest has rustls without a provider here (the server's outbound client brings ring).
     rookery_server::outbound::install_crypto_provider();

@@ -251,19 +251,20 @@ async fn deliver(sched: &Scheduler, host: &Host, key: &AlarmKey) {
         force: false,
         reply,
     };
-    let delivered = match host.dispatch(&addr, event) {
+    // Not handled: how long until the entry, still due, is tried again.
+    let retry_after = match host.dispatch(&addr, event) {
         Ok(()) => match done.await {
             Ok(report) => {
                 sched.record(report);
                 return;
             }
-            // The object could not handle it (e.g. its storage cannot be opened): the entry
-            // stays due; wait before the next attempt rather than spin.
-            Err(_) => false,
+            // The object could not handle it (e.g. its storage cannot be opened): wait before
+            // the next attempt rather than spin.
+            Err(_) => FAILED_RETRY_AFTER,
         },
         Err(e) => {
             tracing::debug!(object = %addr.describe(), error = %e, "alarm not delivered; will retry");
-            true
+            REDELIVER_AFTER
         }
     };
     // In a cluster: the object lives on another node now, whose index has its alarm (or whose
@@ -276,10 +277,5 @@ async fn deliver(sched: &Scheduler, host: &Host, key: &AlarmKey) {
         }
         return;
     }
-    tokio::time::sleep(if delivered {
-        REDELIVER_AFTER
-    } else {
-        FAILED_RETRY_AFTER
-    })
-    .await;
+    tokio::time::sleep(retry_after).await;
 }

@@ -444,18 +444,22 @@ fn log_open_error(e: &Error, what: &str) {
 /// as they are, so that callers get their status and can retry or go elsewhere; anything
 /// else as an internal error.
 fn open_error(e: &Error, what: &'static str) -> impl Fn() -> Error + Sync + use<> {
-    let kept = match e {
-        Error::Fenced(why) => Ok(Error::Fenced(why.clone())),
-        Error::Elsewhere(at) => Ok(Error::Elsewhere(at.clone())),
-        Error::StorageUnavailable(why) => Ok(Error::StorageUnavailable(why.clone())),
-        other => Err(format!("the object's storage cannot be {what}: {other}")),
-    };
-    move || match &kept {
-        Ok(Error::Fenced(why)) => Error::Fenced(why.clone()),
-        Ok(Error::Elsewhere(at)) => Error::Elsewhere(at.clone()),
-        Ok(Error::StorageUnavailable(why)) => Error::StorageUnavailable(why.clone()),
-        Ok(_) => Error::Other(format!("the object's storage cannot be {what}")),
-        Err(message) => Error::Other(message.clone()),
+    let message = format!("the object's storage cannot be {what}: {e}");
+    let kept = refusal(e);
+    move || {
+        kept.as_ref()
+            .and_then(refusal)
+            .unwrap_or_else(|| Error::Other(message.clone()))
+    }
+}
+
+/// A copy of `e` if it is a refusal that says why (errors are not `Clone`).
+fn refusal(e: &Error) -> Option<Error> {
+    match e {
+        Error::Fenced(why) => Some(Error::Fenced(why.clone())),
+        Error::Elsewhere(at) => Some(Error::Elsewhere(at.clone())),
+        Error::StorageUnavailable(why) => Some(Error::StorageUnavailable(why.clone())),
+        _ => None,
     }
 }
 

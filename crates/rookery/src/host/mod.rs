@@ -28,7 +28,7 @@ use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc, watch};
 
 pub use class_stats::ClassStats;
-pub use placement::{Forwarded, ForwardedCall, Forwarder, LocalPlacement, Location, Placement};
+pub use placement::{Forwarded, Forwarder, LocalPlacement, Location, Placement};
 
 use crate::addr::{ClassInfo, ObjectAddr, ObjectKey};
 use crate::clock::Clock;
@@ -299,7 +299,7 @@ impl Host {
         WeakHost(Arc::downgrade(&self.0))
     }
 
-    /// How objects are run.
+    /// Where requests for objects owned elsewhere go, if anywhere.
     pub(crate) fn forwarder(&self) -> Option<&Arc<dyn Forwarder>> {
         self.0.forwarder.as_ref()
     }
@@ -309,6 +309,7 @@ impl Host {
         self.0.placement.locate(&addr.class.name, &addr.id)
     }
 
+    /// How objects are run.
     pub(crate) fn options(&self) -> &HostOptions {
         &self.0.options
     }
@@ -400,7 +401,7 @@ impl Host {
     pub(crate) fn dispatch(&self, addr: &ObjectAddr, mut event: Event) -> Result<()> {
         let host = &self.0;
         let key = addr.key();
-        if let Location::Remote(node) = host.placement.locate(&addr.class.name, &addr.id) {
+        if let Location::Remote(node) = self.locate(addr) {
             return Err(Error::Elsewhere(node));
         }
         // A mailbox can be found closed only if its activation died unexpectedly; then the slot
@@ -514,7 +515,6 @@ impl Host {
             .clone()
     }
 
-    /// The number of open WebSockets of the object at `addr`.
     /// Closes every WebSocket of every object with `code` (hibernated ones too).
     pub(crate) fn close_all_sockets(&self, code: u16, reason: &str) {
         for sockets in self.0.sockets.iter() {
@@ -522,6 +522,7 @@ impl Host {
         }
     }
 
+    /// The number of open WebSockets of the object at `addr`.
     pub(crate) fn socket_count(&self, addr: &ObjectAddr) -> usize {
         self.0.sockets.get(&addr.key()).map_or(0, |s| s.len())
     }

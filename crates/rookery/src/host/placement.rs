@@ -38,11 +38,8 @@ impl Placement for LocalPlacement {
     }
 }
 
-/// A forwarded request's answer.
-pub type Forwarded = Pin<Box<dyn Future<Output = Result<Response>> + Send + 'static>>;
-
-/// A forwarded typed call's answer.
-pub type ForwardedCall = Pin<Box<dyn Future<Output = Result<Reply>> + Send + 'static>>;
+/// The answer of a forwarded request (`T` = [`Response`]) or typed call (`T` = [`Reply`]).
+pub type Forwarded<T = Response> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
 
 /// Sends requests for objects this node does not own to the node that does.
 pub trait Forwarder: Send + Sync + 'static {
@@ -52,7 +49,7 @@ pub trait Forwarder: Send + Sync + 'static {
 
     /// Sends typed call `call` the same way; by default it is refused with
     /// [`Error::Elsewhere`](crate::Error::Elsewhere).
-    fn call(&self, address: &str, _class: &str, _id: &ObjectId, _call: Call) -> ForwardedCall {
+    fn call(&self, address: &str, _class: &str, _id: &ObjectId, _call: Call) -> Forwarded<Reply> {
         let address = address.to_string();
         Box::pin(async move { Err(crate::error::Error::Elsewhere(address)) })
     }

@@ -23,7 +23,7 @@ use crate::id::ObjectId;
 #[derive(Debug)]
 pub struct CommitRecord<'a> {
     /// Class of the object.
-    pub class: &'a str,
+    pub class: &'a Arc<str>,
     /// The object.
     pub object: &'a ObjectId,
     /// The turn's commit sequence number within this activation.

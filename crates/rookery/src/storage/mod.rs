@@ -727,7 +727,7 @@ impl Storage {
     /// Whether making a commit durable failed, or the commit log's hold on the object ended;
     /// the object must then be reset.
     pub(crate) fn failed(&self) -> bool {
-        self.sync.failed() || self.lease.as_ref().is_some_and(|l| !l.holds())
+        self.sync.failed() || self.lease_lost()
     }
 
     /// Closes the database; uncommitted writes are rolled back. Once the node log holds every
