@@ -196,6 +196,11 @@ pub(crate) fn render(runtime: &rookery::Runtime, connections: &ConnectionStats) 
         stats.websockets as f64,
     );
     set_counter(
+        "rookery_files_closed_total",
+        "Database files closed to make room (reopened at their objects' next requests).",
+        stats.files_closed,
+    );
+    set_counter(
         "rookery_commits_total",
         "Turns that committed writes.",
         stats.commits,

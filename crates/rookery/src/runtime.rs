@@ -584,6 +584,10 @@ pub struct RuntimeStats {
     pub live_bytes: u64,
     /// Activations started so far.
     pub activations: u64,
+    /// Database files closed to make room so far (each is reopened at its object's next
+    /// request: steady growth means the byte cap or the open-file limit is below the objects
+    /// in use).
+    pub files_closed: u64,
     /// Turns that committed writes so far.
     pub commits: u64,
     /// Rounds of the group-commit syncer so far.
@@ -680,6 +684,7 @@ impl Runtime {
             wal_bytes: crate::storage::wal_bytes(),
             live_bytes: self.inner.host.live_bytes(),
             activations: self.inner.host.activations(),
+            files_closed: self.inner.host.files_closed(),
             commits: self.inner.storage.commits.load(Ordering::Relaxed),
             sync_rounds,
             file_syncs,

@@ -1,4 +1,4 @@
-//! Pressure eviction: beyond `max_live_objects`, the least recently used idle objects leave
+//! Pressure eviction: beyond `max_live_objects`, idle objects drawn from the colder half leave
 //! memory, and never the object an event is on its way to.
 
 use rookery::prelude::*;
@@ -31,7 +31,7 @@ async fn visit(h: &TestHarness, object: usize) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pressure_evicts_the_least_recently_used_objects() {
+async fn pressure_evicts_from_the_colder_half() {
     const MAX: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let mut options = RuntimeOptions::default();
@@ -41,8 +41,7 @@ async fn pressure_evicts_the_least_recently_used_objects() {
     for object in 0..MAX {
         assert_eq!(visit(&h, object).await, 1);
     }
-    // Used again in an order unrelated to the first: the first three of it are now the
-    // least recently used.
+    // Used again in an order unrelated to the first: the first half of it is now the colder.
     let order: Vec<usize> = (0..MAX).map(|i| (i * 7 + 3) % MAX).collect();
     for &object in &order {
         assert_eq!(visit(&h, object).await, 2);
@@ -58,20 +57,25 @@ async fn pressure_evicts_the_least_recently_used_objects() {
         rt.stats().live_objects == MAX - 2
     })
     .await;
-    for &object in &order[3..] {
+    // The three were drawn from the colder half: the warmer half all stayed.
+    for &object in &order[MAX / 2..] {
         assert_eq!(
             visit(&h, object).await,
             3,
             "object {object} was used recently"
         );
     }
-    for &object in &order[..3] {
-        assert_eq!(
-            visit(&h, object).await,
-            1,
-            "object {object} was the coldest"
-        );
+    assert_eq!(visit(&h, order[0]).await, 1, "the coldest is always asked");
+    let mut evicted = 1;
+    for &object in &order[1..MAX / 2] {
+        match visit(&h, object).await {
+            1 => evicted += 1,
+            3 => {}
+            seen => panic!("object {object} saw {seen} requests"),
+        }
     }
+    // At least the three; each of them coming back makes room again, from the colder half.
+    assert!(evicted >= 3, "{evicted} of the colder half made room");
     assert!(h.shutdown().await);
 }
 

@@ -1,6 +1,7 @@
-//! The cap in bytes on live objects (`max_live_bytes`): beyond it, the least recently used idle
-//! objects close their files (freeing their SQLite connections), and when closing is not
-//! enough, leave memory (freeing their WALs, which are in memory). Alone in its test binary: SQLite counts its memory per process.
+//! The cap in bytes on live objects (`max_live_bytes`): beyond it, colder idle objects first
+//! shrink (fold their WALs, which are in memory, and free their page caches) with their files
+//! open, then close their files (freeing their SQLite connections), and when closing is not
+//! enough, leave memory. Alone in its test binary: SQLite counts its memory per process.
 
 use rookery::prelude::*;
 use rookery::testing::{TestHarness, wait_until};
@@ -105,6 +106,7 @@ async fn live_objects_stay_under_the_byte_cap_closing_files_first_then_leaving()
         "closed files left their WALs in memory: {stats:?}"
     );
     assert!(stats.open_databases < OBJECTS, "{stats:?}");
+    assert!(stats.files_closed > 0, "{stats:?}");
     for object in 0..OBJECTS {
         assert_eq!(tally(&h, object, true).await, (2, 2), "object {object}");
     }
@@ -121,6 +123,7 @@ async fn live_objects_stay_under_the_byte_cap_closing_files_first_then_leaving()
         assert_eq!(tally(&h, object, true).await, (1, 1));
     }
     assert_eq!(rt.stats().open_databases, OBJECTS, "{:?}", rt.stats());
+    assert_eq!(rt.stats().files_closed, 0, "{:?}", rt.stats());
     // About 4 KiB of WAL per increment: 30 more each is several times the room left.
     for round in 2..32 {
         for object in 0..OBJECTS {
@@ -144,13 +147,18 @@ async fn live_objects_stay_under_the_byte_cap_closing_files_first_then_leaving()
     let stats = rt.stats();
     assert_eq!(
         stats.live_objects, OBJECTS,
-        "closing files was enough: {stats:?}"
+        "nothing left memory: {stats:?}"
     );
-    // Files were closed, their WALs folded in (they may be open again since: each object
-    // went on writing); thirty increments each would otherwise be in memory still.
+    // The WALs were folded into the files while the files stayed open (shrinking frees the
+    // room without a reopen); thirty increments each would otherwise be in memory still.
     assert!(
         stats.wal_bytes < OBJECTS as u64 * 30 * 4096,
         "no WAL was folded: {stats:?}"
+    );
+    assert_eq!(
+        (stats.files_closed, stats.open_databases),
+        (0, OBJECTS),
+        "shrinking was enough, no file was closed: {stats:?}"
     );
     for object in 0..OBJECTS {
         assert_eq!(tally(&h, object, false).await.0, 31, "object {object}");

@@ -161,7 +161,7 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             Ok(Some(event)) => *event,
             // The host dropped the mailbox: shutting down, the queue is worked off.
             Ok(None) => break,
-            // The host picked this object, one of the least recently used, to make room. One
+            // The host picked this object, one of the colder ones, to make room. One
             // with streams or wait_until work only closes its files.
             Err(Wake::Pressure) => {
                 let ask = act.usage.take_ask();
@@ -176,9 +176,16 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
                         break;
                     }
                 }
+                if ask == Ask::Shrink {
+                    state.storage().shrink();
+                    act.usage.set_spare(false);
+                    act.host.pressure_answered();
+                    continue;
+                }
                 if ask != Ask::Nothing {
                     if state.storage().close_files() {
                         tracing::debug!("closed its files to make room");
+                        act.host.file_closed();
                         act.usage.set_files_open(false);
                     }
                     // Answered once the files are closed: the count of open ones is right.
@@ -242,6 +249,8 @@ pub(crate) async fn run<I: Instance>(act: Activation, mut mailbox: mpsc::Receive
             .instrument(span)
             .await;
         turn_seconds.record(started.elapsed().as_secs_f64());
+        // The turn may have grown the WAL or filled the page cache.
+        act.usage.set_spare(true);
         if state.take_abort() {
             tracing::info!("restarting the object: it aborted");
             instance = None;

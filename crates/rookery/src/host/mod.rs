@@ -59,16 +59,17 @@ pub struct HostOptions {
     pub max_sockets_per_object: usize,
     /// Largest WebSocket message in bytes; a bigger one closes the socket with 1009.
     pub max_message_bytes: usize,
-    /// Most objects in memory at once; beyond it, the least recently used idle objects are
-    /// evicted early. 0: 100 000.
+    /// Most objects in memory at once; beyond it, colder idle objects are evicted early.
+    /// 0: 100 000.
     pub max_live_objects: usize,
     /// Most live objects with their database files open (one descriptor each); beyond it,
-    /// the least recently used idle objects close their files (they stay in memory and reopen
-    /// them at their next event). 0: derived from the process's open-file limit.
+    /// colder idle objects close their files (they stay in memory and reopen them at their
+    /// next event). 0: derived from the process's open-file limit.
     pub max_open_databases: usize,
     /// Most memory live objects may hold, in bytes: what SQLite counts of its own memory plus
-    /// [`LIVE_OBJECT_BYTES`] per live object. Beyond it the least recently used idle objects
-    /// close their files (which frees their SQLite connections), then leave memory. 0: 1 GiB.
+    /// [`LIVE_OBJECT_BYTES`] per live object. Beyond it colder idle objects fold their WALs and
+    /// free their page caches with their files open, then close their files (which frees their
+    /// SQLite connections), then leave memory. 0: 1 GiB.
     pub max_live_bytes: u64,
     /// Most `wait_until` work one object may have registered or running.
     pub max_wait_until: usize,
@@ -145,6 +146,9 @@ pub(crate) struct Usage {
     evictable: AtomicBool,
     /// Its database files are open (set by the activation's task).
     files_open: AtomicBool,
+    /// It may hold memory it could give back with its files open (a WAL, a page cache):
+    /// set by every turn, cleared when it shrank.
+    spare: AtomicBool,
     /// What the host asks of it: an `Ask` as a number.
     ask: AtomicU8,
     /// Wakes the activation to look at `ask`.
@@ -163,6 +167,9 @@ pub(crate) enum Ask {
     CloseFiles = 1,
     /// Leave memory: too many objects are live.
     Leave = 2,
+    /// Give back memory but keep the files open (fold the WAL, free the page cache): live
+    /// objects hold too many bytes, and this costs no reopening.
+    Shrink = 3,
 }
 
 impl Usage {
@@ -174,6 +181,11 @@ impl Usage {
     /// Records whether the activation's files are open.
     pub(crate) fn set_files_open(&self, open: bool) {
         self.files_open.store(open, Ordering::Relaxed);
+    }
+
+    /// Records whether the activation may hold memory a shrink would give back.
+    pub(crate) fn set_spare(&self, spare: bool) {
+        self.spare.store(spare, Ordering::Relaxed);
     }
 
     /// Waits until the host asks something of the activation.
@@ -191,6 +203,7 @@ impl Usage {
         match self.ask.swap(Ask::Nothing as u8, Ordering::AcqRel) {
             1 => Ask::CloseFiles,
             2 => Ask::Leave,
+            3 => Ask::Shrink,
             _ => Ask::Nothing,
         }
     }
@@ -229,6 +242,8 @@ pub(crate) struct HostInner {
     /// Number of activations whose task has not finished.
     live: watch::Sender<usize>,
     activations: AtomicU64,
+    /// Database files closed to make room (each reopened at its object's next turn).
+    files_closed: AtomicU64,
     /// Most live objects before idle ones are asked to leave.
     max_live: usize,
     /// Most open database files before idle objects are asked to close theirs.
@@ -289,6 +304,7 @@ impl Host {
             closing: AtomicBool::new(false),
             live: watch::Sender::new(0),
             activations: AtomicU64::new(0),
+            files_closed: AtomicU64::new(0),
             retiring: DashMap::new(),
             waits: Arc::default(),
         }))
@@ -395,6 +411,16 @@ impl Host {
     /// Activations started since the host began.
     pub(crate) fn activations(&self) -> u64 {
         self.0.activations.load(Ordering::Relaxed)
+    }
+
+    /// Database files closed to make room since the host began.
+    pub(crate) fn files_closed(&self) -> u64 {
+        self.0.files_closed.load(Ordering::Relaxed)
+    }
+
+    /// Counts a database file closed to make room.
+    pub(crate) fn file_closed(&self) {
+        self.0.files_closed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Delivers `event` to the object at `addr`, activating it if needed.
@@ -541,9 +567,9 @@ impl Host {
     /// database files are open (they are asked to close their files) or live objects hold more
     /// than `max_live_bytes` (they are asked to close their files, which frees their SQLite
     /// connections, and once no idle one has a file open, to leave): down to a tenth below the
-    /// limit, so that the next activations do not ask again at once. The ones asked are the
-    /// least recently used of those waiting for events with an empty mailbox, never `fresh`
-    /// (the object an event is on its way to).
+    /// limit, so that the next activations do not ask again at once. The ones asked are drawn
+    /// from the colder half of those waiting for events with an empty mailbox (see
+    /// `choose_cold`), never `fresh` (the object an event is on its way to).
     pub(crate) fn relieve_pressure(&self, fresh: Option<&ObjectKey>) {
         let host = &self.0;
         let live = *host.live.borrow();
@@ -562,13 +588,20 @@ impl Host {
             if bytes <= host.max_bytes {
                 return;
             }
-            let over = bytes - host.max_bytes / 10 * 9;
+            let over = bytes - host.max_bytes / 100 * BYTES_KEPT_PERCENT;
             // Closing files frees a connection's worth of SQLite memory each; leaving frees
             // an object's share of all of it.
             let per_open = sqlite / open.max(1) as u64;
             let per_live = bytes / live.max(1) as u64;
             let close = usize::try_from(over.div_ceil(per_open.max(1))).unwrap_or(usize::MAX);
             let leave = usize::try_from(over.div_ceil(per_live.max(1))).unwrap_or(usize::MAX);
+            // First what costs no reopening: a shrink frees about a WAL's and a page cache's
+            // worth (the WALs' average, and a few pages).
+            let per_shrink = storage::wal_bytes() / open.max(1) as u64 + SHRINK_CACHE_BYTES;
+            let shrink = usize::try_from(over.div_ceil(per_shrink)).unwrap_or(usize::MAX);
+            if open > 0 && self.pick(fresh, Ask::Shrink, shrink.min(open), live) {
+                return;
+            }
             if open > 0 && self.pick(fresh, Ask::CloseFiles, close.min(open), live) {
                 return;
             }
@@ -577,7 +610,7 @@ impl Host {
         self.pick(fresh, ask, excess, limit);
     }
 
-    /// Asks `excess` of the least recently used idle activations (not `fresh`) for `ask`,
+    /// Asks `excess` of the colder idle activations (not `fresh`) for `ask`,
     /// unless a round is under way; `limit` sizes the patience with a round that does not
     /// end. Returns whether it found any to ask (or a round is under way).
     fn pick(&self, fresh: Option<&ObjectKey>, ask: Ask, excess: usize, limit: usize) -> bool {
@@ -596,14 +629,16 @@ impl Host {
                 Some(e.key()) != fresh
                     && e.usage.evictable.load(Ordering::Relaxed)
                     && (ask == Ask::Leave || e.usage.files_open.load(Ordering::Relaxed))
+                    && (ask != Ask::Shrink || e.usage.spare.load(Ordering::Relaxed))
                     && e.mailbox.capacity() == e.mailbox.max_capacity()
             })
             .map(|e| (e.usage.last.load(Ordering::Relaxed), e.usage.clone()))
             .collect();
-        if idle.len() > excess {
-            idle.select_nth_unstable_by_key(excess, |(last, _)| *last);
-            idle.truncate(excess);
+        // Too few to shrink for the room needed: closing files will free it.
+        if ask == Ask::Shrink && idle.len() < excess {
+            return false;
         }
+        choose_cold(&mut idle, excess, uses);
         if idle.is_empty() {
             return false;
         }
@@ -611,6 +646,11 @@ impl Host {
         round.start = uses;
         round.live = *host.live.borrow();
         round.open = host.storage.open_files.load(Ordering::Relaxed);
+        round.bytes = if ask == Ask::Shrink {
+            self.live_bytes()
+        } else {
+            0
+        };
         drop(round);
         for (_, usage) in idle {
             usage.ask.store(ask as u8, Ordering::Release);
@@ -645,7 +685,8 @@ impl Host {
         // enough, and with no new event nothing else would look. One that freed nothing (its
         // picks were busy) waits for the next activation, or it would ask them again and again.
         let freed = *self.0.live.borrow() < round.live
-            || self.0.storage.open_files.load(Ordering::Relaxed) < round.open;
+            || self.0.storage.open_files.load(Ordering::Relaxed) < round.open
+            || (round.pending == 0 && self.live_bytes() < round.bytes);
         let again = round.pending == 0 && freed;
         drop(round);
         if again {
@@ -726,6 +767,55 @@ fn live_bytes(live: usize, sqlite: u64) -> u64 {
     sqlite.saturating_add((live as u64).saturating_mul(LIVE_OBJECT_BYTES))
 }
 
+/// Keeps `excess` of `idle` (last use, activation): the coldest, and the rest chosen at random
+/// among the colder half (never fewer than `excess` of the coldest), with `seed` varying the
+/// draw.
+///
+/// Why not simply the least recently used: a load that goes round more objects than fit, in
+/// a cycle, asks next for exactly the objects that have waited longest, so strict LRU makes
+/// every request reopen a file. Drawn from the colder half, the objects asked are spread over
+/// half a cycle and most requests find theirs open, while the warmer half (what a skewed load
+/// keeps using) is never asked.
+fn choose_cold<T>(idle: &mut Vec<(u64, T)>, excess: usize, seed: u64) {
+    if idle.len() <= excess {
+        return;
+    }
+    let cold = (idle.len() / 2).max(excess);
+    if cold < idle.len() {
+        idle.select_nth_unstable_by_key(cold, |(last, _)| *last);
+        idle.truncate(cold);
+    }
+    // The coldest of all is always asked (what has waited longest is asked first); the rest
+    // by a partial Fisher-Yates shuffle, a uniform draw from the rest of the colder half.
+    if let Some(coldest) = (0..idle.len()).min_by_key(|&i| idle[i].0) {
+        idle.swap(0, coldest);
+    }
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for i in 1..excess {
+        let remaining = (cold - i) as u64;
+        let j = i + usize::try_from(splitmix64(&mut state) % remaining).unwrap_or(0);
+        idle.swap(i, j);
+    }
+    idle.truncate(excess);
+}
+
+/// The next number of a SplitMix64 sequence (fast, and plenty for spreading a draw).
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What a shrink is counted to free besides a WAL: a few pages of cache and the statements.
+const SHRINK_CACHE_BYTES: u64 = 16 * 1024;
+
+/// Over the byte cap, files are closed down to this share of it (percent). Closer to the cap
+/// than the other limits' tenth: a file closed is a file reopened at its next request, and
+/// each round is cheap (it frees bytes, not activations).
+const BYTES_KEPT_PERCENT: u64 = 97;
+
 /// Turns between two looks at the byte cap from `Host::turn_ended`.
 const TURNS_PER_BYTE_CHECK: u64 = 32;
 
@@ -738,6 +828,8 @@ struct Round {
     start: u64,
     /// Live objects when the round began.
     live: usize,
+    /// What live objects held when a shrink round began (shrinking frees bytes only).
+    bytes: u64,
     /// Open databases when the round began.
     open: usize,
 }
@@ -768,5 +860,49 @@ impl SocketEvents for HostInner {
         event: SocketEvent,
     ) -> Result<()> {
         Host(self).dispatch(addr, Event::Socket { socket, event })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose_cold;
+
+    /// Candidates whose last use is their index.
+    fn candidates(n: u64) -> Vec<(u64, u64)> {
+        (0..n).map(|i| (i, i)).collect()
+    }
+
+    #[test]
+    fn a_draw_comes_from_the_colder_half_and_is_spread_over_it() {
+        let mut chosen = std::collections::HashSet::new();
+        for seed in 0..200 {
+            let mut idle = candidates(1000);
+            idle.reverse();
+            choose_cold(&mut idle, 10, seed);
+            assert_eq!(idle.len(), 10);
+            let distinct: std::collections::HashSet<_> = idle.iter().map(|(_, i)| *i).collect();
+            assert_eq!(distinct.len(), 10, "no candidate chosen twice");
+            assert!(idle.iter().all(|(last, _)| *last < 500), "{idle:?}");
+            assert!(
+                idle.iter().any(|(last, _)| *last == 0),
+                "the coldest is asked"
+            );
+            chosen.extend(distinct);
+        }
+        // Strict LRU would have chosen 0..10 every time.
+        assert!(chosen.len() > 400, "only {} distinct chosen", chosen.len());
+    }
+
+    #[test]
+    fn asked_for_more_than_half_it_takes_the_coldest() {
+        let mut idle = candidates(100);
+        idle.reverse();
+        choose_cold(&mut idle, 70, 7);
+        let mut lasts: Vec<u64> = idle.iter().map(|(last, _)| *last).collect();
+        lasts.sort_unstable();
+        assert_eq!(lasts, (0..70).collect::<Vec<_>>());
+        let mut few = candidates(3);
+        choose_cold(&mut few, 5, 1);
+        assert_eq!(few.len(), 3);
     }
 }

@@ -176,6 +176,23 @@ impl Database {
         Ok(true)
     }
 
+    /// Gives back the memory the connection holds beyond its own: the page cache's unused
+    /// pages and the cached statements (both made again as used). The files stay open.
+    pub(crate) fn release_memory(&mut self) {
+        if self.in_txn {
+            return;
+        }
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        conn.flush_prepared_statement_cache();
+        // SAFETY: the handle is this open connection's, used on this thread only; SQLite
+        // frees only the cache pages no statement holds (none do between turns).
+        unsafe {
+            rusqlite::ffi::sqlite3_db_release_memory(conn.handle());
+        }
+    }
+
     /// Reopens files closed by `close_files`. SQLite reads the WAL back (the exclusive lock
     /// keeps its index in memory) and finds exactly the frames it held: only whole commits,
     /// all of them in the node log, so the frame counts stay right.

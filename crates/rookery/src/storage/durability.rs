@@ -4,7 +4,8 @@
 //! pages to the node log; the object goes on with its next turn at once. The [`Syncer`] thread
 //! writes what was appended and `fdatasync`s the log once per round, for every object that
 //! committed in it, then raises each of those objects' durable sequence numbers. It also syncs
-//! the files that ask for it (checkpointed objects, the alarm index).
+//! the files that ask for it (the alarm index); checkpointed objects are synced by a thread of
+//! their own (`checkpoint_sync.rs`).
 //!
 //! Durability rests on `fdatasync` of the files themselves, never on `syncfs`: `syncfs` reports
 //! no error for a file whose write-back failed, and file systems that cannot see it (FUSE, which
@@ -15,12 +16,12 @@
 //! With [`Durability::Relaxed`] a commit counts as durable once its record is written to the
 //! log (the page cache), which survives a crash of the process; the log is synced on a timer.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::checkpoint_sync::CheckpointSyncer;
 use super::dir_health::DirHealth;
 use super::log_record::Lsn;
 use super::node_log::NodeLog;
@@ -43,10 +44,13 @@ pub enum Durability {
 pub type SyncHook = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 /// The group-sync thread shared by every object of a runtime: it writes and syncs the node
-/// log, and syncs the other files that ask for it (the alarm index, checkpointed objects).
+/// log, and syncs the other files that ask for it (the alarm index); checkpointed objects are
+/// synced by a thread of their own.
 pub(crate) struct Syncer {
     queue: mpsc::Sender<Job>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Syncs checkpointed database files (there are none without a node log).
+    checkpoints: Option<CheckpointSyncer>,
     counters: Arc<Counters>,
     /// Whether a `Job::Log` is on its way: one wake-up serves any number of appends.
     log_signalled: Arc<AtomicBool>,
@@ -54,9 +58,10 @@ pub(crate) struct Syncer {
 
 /// What the syncer has done so far.
 #[derive(Default)]
-struct Counters {
+pub(super) struct Counters {
     rounds: AtomicU64,
-    syncs: AtomicU64,
+    /// Sync calls, by both threads.
+    pub(super) syncs: AtomicU64,
 }
 
 /// A message to the syncer thread.
@@ -65,13 +70,6 @@ enum Job {
     Sync(Arc<ObjectSync>),
     /// The node log has appends to write.
     Log,
-    /// An object's database file received a checkpoint of its commits up to `through`: sync
-    /// it, then record that in the log.
-    Checkpointed {
-        file: std::fs::File,
-        key: crate::addr::AlarmKey,
-        through: Lsn,
-    },
     /// Finish the queued work and exit.
     Stop,
 }
@@ -92,6 +90,14 @@ impl Syncer {
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         let log_signalled = Arc::new(AtomicBool::new(false));
+        let checkpoints = match &log {
+            Some(log) => Some(CheckpointSyncer::start(
+                health.clone(),
+                log.clone(),
+                counters.clone(),
+            )?),
+            None => None,
+        };
         let mut worker = Worker {
             rx,
             counters: counters.clone(),
@@ -108,6 +114,7 @@ impl Syncer {
         Ok(Self {
             queue: tx,
             thread: Mutex::new(Some(thread)),
+            checkpoints,
             counters,
             log_signalled,
         })
@@ -140,7 +147,9 @@ impl Syncer {
         key: crate::addr::AlarmKey,
         through: Lsn,
     ) {
-        let _ = self.queue.send(Job::Checkpointed { file, key, through });
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.checkpointed(file, key, through);
+        }
     }
 
     /// Number of sync rounds and of sync calls (file, directory or file system) so far.
@@ -160,8 +169,12 @@ impl Syncer {
             .is_some_and(|t| !t.is_finished())
     }
 
-    /// Stops the thread after it has worked off its queue.
+    /// Stops the threads after they have worked off their queues.
     pub(crate) fn stop(&self) {
+        // Checkpoints first: their records then go out with the log's last round.
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.stop();
+        }
         // The thread may already be gone; then there is nothing to stop.
         let _ = self.queue.send(Job::Stop);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -187,21 +200,10 @@ struct Worker {
 /// How often the data directory is checked fully while no round runs.
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
 
-/// Checkpointed files synced in one round at most, while more wait: many objects closing at
-/// once under memory pressure each queue one, and a round that synced them all would hold
-/// every commit of the node back for as long.
-const CHECKPOINT_SYNCS_PER_ROUND: usize = 8;
-/// Checkpointed files waiting beyond which a round syncs them down to it (each holds a
-/// descriptor while it waits).
-const CHECKPOINTS_WAITING_MAX: usize = 4096;
-
 /// Files to sync in one round, outside the log.
 #[derive(Default)]
 struct Batch {
     objects: Vec<Arc<ObjectSync>>,
-    /// Checkpointed files to sync, oldest first; a round takes a few (see
-    /// `CHECKPOINT_SYNCS_PER_ROUND`) and leaves the rest for the next.
-    checkpoints: VecDeque<(std::fs::File, crate::addr::AlarmKey, Lsn)>,
     log: bool,
 }
 
@@ -225,12 +227,6 @@ impl Worker {
                 let _ = health.check_full();
                 checked = Instant::now();
             }
-            // Checkpointed files still waiting: look for jobs without waiting, then go on.
-            let wait = if batch.checkpoints.is_empty() {
-                wait
-            } else {
-                Duration::ZERO
-            };
             let first = match self.rx.recv_timeout(wait) {
                 Ok(first) => Some(first),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -243,9 +239,6 @@ impl Worker {
                         self.log_signalled.store(false, Ordering::SeqCst);
                         batch.log = true;
                     }
-                    Job::Checkpointed { file, key, through } => {
-                        batch.checkpoints.push_back((file, key, through));
-                    }
                     Job::Stop => stop = true,
                 }
             }
@@ -256,13 +249,12 @@ impl Worker {
             if stop || timer_due {
                 batch.log = self.log.is_some();
             }
-            if batch.log || !batch.objects.is_empty() || !batch.checkpoints.is_empty() {
+            if batch.log || !batch.objects.is_empty() {
                 if batch.log {
                     log_synced = Instant::now();
                 }
                 let started = Instant::now();
-                // At a stop every waiting checkpointed file is synced.
-                self.round(&mut batch, stop);
+                self.round(&mut batch);
                 self.round_seconds.record(started.elapsed().as_secs_f64());
                 rounds_since_cleanup += 1;
                 if rounds_since_cleanup >= 64 {
@@ -275,9 +267,8 @@ impl Worker {
         }
     }
 
-    /// One round: the log written and synced, then the other files (with at most a few
-    /// checkpointed ones, unless `all_checkpoints`), then the gates opened.
-    fn round(&self, batch: &mut Batch, all_checkpoints: bool) {
+    /// One round: the log written and synced, then the other files, then the gates opened.
+    fn round(&self, batch: &mut Batch) {
         self.counters.rounds.fetch_add(1, Ordering::Relaxed);
         // Read each object's sequence before syncing: whatever it committed up to then is in
         // its file and covered by this round. A commit after that re-queues it.
@@ -341,32 +332,6 @@ impl Worker {
                     tracing::error!(wal = %object.wal_path.display(), error = %e, "sync failed");
                     object.fail();
                 }
-            }
-        }
-        let take = if all_checkpoints {
-            batch.checkpoints.len()
-        } else {
-            CHECKPOINT_SYNCS_PER_ROUND.max(
-                batch
-                    .checkpoints
-                    .len()
-                    .saturating_sub(CHECKPOINTS_WAITING_MAX),
-            )
-        }
-        .min(batch.checkpoints.len());
-        for (file, key, through) in batch.checkpoints.drain(..take) {
-            if outcome.is_err() {
-                continue;
-            }
-            self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-            match file.sync_data() {
-                // The record may wait for the next round: the file itself is durable now.
-                Ok(()) => {
-                    if let Some(log) = &self.log {
-                        log.append_cover(crate::clock::system_now_ms(), &key, through, false);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "syncing a checkpointed object failed"),
             }
         }
     }

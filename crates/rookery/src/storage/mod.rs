@@ -4,6 +4,7 @@
 mod alarm;
 mod alarm_index;
 mod catalog;
+mod checkpoint_sync;
 mod class_keys;
 mod commit_log;
 mod database;
@@ -707,6 +708,13 @@ impl Storage {
                 false
             }
         }
+    }
+
+    /// Gives back memory without closing the files: the WAL folded into the file (once the
+    /// log holds it durably) and the page cache and cached statements freed.
+    pub(crate) fn shrink(&self) {
+        self.checkpoint_from(1);
+        self.lock().db.release_memory();
     }
 
     /// Whether the object's files are open (it holds descriptors).
