@@ -242,6 +242,8 @@ pub(crate) struct HostInner {
     /// Number of activations whose task has not finished.
     live: watch::Sender<usize>,
     activations: AtomicU64,
+    /// A look at the limits is scheduled after a round that freed nothing.
+    look_scheduled: AtomicBool,
     /// Database files closed to make room (each reopened at its object's next turn).
     files_closed: AtomicU64,
     /// Most live objects before idle ones are asked to leave.
@@ -304,6 +306,7 @@ impl Host {
             closing: AtomicBool::new(false),
             live: watch::Sender::new(0),
             activations: AtomicU64::new(0),
+            look_scheduled: AtomicBool::new(false),
             files_closed: AtomicU64::new(0),
             retiring: DashMap::new(),
             waits: Arc::default(),
@@ -688,10 +691,36 @@ impl Host {
             || self.0.storage.open_files.load(Ordering::Relaxed) < round.open
             || (round.pending == 0 && self.live_bytes() < round.bytes);
         let again = round.pending == 0 && freed;
+        let later = round.pending == 0 && !freed;
         drop(round);
         if again {
             self.relieve_pressure(None);
+        } else if later {
+            self.look_later();
         }
+    }
+
+    /// Looks at the limits again in a while: after a round that freed nothing (its picks had
+    /// commits on their way, or were busy), no new event may come to look, and the live
+    /// objects would stay over a limit for good.
+    fn look_later(&self) {
+        if self.0.look_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.0.look_scheduled.store(false, Ordering::Release);
+            return;
+        };
+        let host = self.downgrade();
+        runtime.spawn(async move {
+            tokio::time::sleep(LOOK_AGAIN_AFTER).await;
+            if let Some(host) = host.upgrade() {
+                host.0.look_scheduled.store(false, Ordering::Release);
+                if !host.0.closing.load(Ordering::Acquire) {
+                    host.relieve_pressure(None);
+                }
+            }
+        });
     }
 
     /// Removes an idle activation's slot, if its mailbox is still empty.
@@ -815,6 +844,9 @@ const SHRINK_CACHE_BYTES: u64 = 16 * 1024;
 /// than the other limits' tenth: a file closed is a file reopened at its next request, and
 /// each round is cheap (it frees bytes, not activations).
 const BYTES_KEPT_PERCENT: u64 = 97;
+
+/// How long after a round that freed nothing the limits are looked at again.
+const LOOK_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Turns between two looks at the byte cap from `Host::turn_ended`.
 const TURNS_PER_BYTE_CHECK: u64 = 32;
