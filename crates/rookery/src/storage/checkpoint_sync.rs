@@ -6,12 +6,11 @@
 //! their own: many objects closing their files at once under memory pressure queue one each,
 //! and on the log's thread they held every commit of the node back while they ran.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use super::dir_health::DirHealth;
-use super::durability::Counters;
 use super::log_record::Lsn;
 use super::node_log::NodeLog;
 use crate::addr::AlarmKey;
@@ -36,16 +35,17 @@ pub(super) struct CheckpointSyncer {
 }
 
 impl CheckpointSyncer {
-    /// Starts the thread; `health` is checked before each batch, `log` receives the records.
+    /// Starts the thread; `health` is checked before each batch, `log` receives the records,
+    /// `syncs` counts the file syncs.
     pub(super) fn start(
         health: Option<Arc<DirHealth>>,
         log: Arc<NodeLog>,
-        counters: Arc<Counters>,
+        syncs: Arc<AtomicU64>,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("rookery-checkpoint".into())
-            .spawn(move || run(&rx, health.as_deref(), &log, &counters))?;
+            .spawn(move || run(&rx, health.as_deref(), &log, &syncs))?;
         Ok(Self {
             queue: tx,
             thread: Mutex::new(Some(thread)),
@@ -77,9 +77,9 @@ impl CheckpointSyncer {
 fn sync_and_record(
     (file, key, through): (std::fs::File, AlarmKey, Lsn),
     log: &NodeLog,
-    counters: &Counters,
+    syncs: &AtomicU64,
 ) {
-    counters.syncs.fetch_add(1, Ordering::Relaxed);
+    syncs.fetch_add(1, Ordering::Relaxed);
     match file.sync_data() {
         // The record goes out with the log's next round: the file is durable now.
         Ok(()) => log.append_cover(crate::clock::system_now_ms(), &key, through, false),
@@ -87,7 +87,7 @@ fn sync_and_record(
     }
 }
 
-fn run(rx: &mpsc::Receiver<Job>, health: Option<&DirHealth>, log: &NodeLog, counters: &Counters) {
+fn run(rx: &mpsc::Receiver<Job>, health: Option<&DirHealth>, log: &NodeLog, syncs: &AtomicU64) {
     let mut batch = Vec::new();
     let mut stop = false;
     while !stop {
@@ -106,7 +106,7 @@ fn run(rx: &mpsc::Receiver<Job>, health: Option<&DirHealth>, log: &NodeLog, coun
             continue;
         }
         for job in batch.drain(..) {
-            sync_and_record(job, log, counters);
+            sync_and_record(job, log, syncs);
         }
     }
 }

@@ -58,10 +58,10 @@ pub(crate) struct Syncer {
 
 /// What the syncer has done so far.
 #[derive(Default)]
-pub(super) struct Counters {
+struct Counters {
     rounds: AtomicU64,
     /// Sync calls, by both threads.
-    pub(super) syncs: AtomicU64,
+    syncs: Arc<AtomicU64>,
 }
 
 /// A message to the syncer thread.
@@ -94,7 +94,7 @@ impl Syncer {
             Some(log) => Some(CheckpointSyncer::start(
                 health.clone(),
                 log.clone(),
-                counters.clone(),
+                counters.syncs.clone(),
             )?),
             None => None,
         };
