@@ -568,11 +568,13 @@ impl Host {
 
     /// Makes room if too many objects are live (they are asked to leave memory), too many
     /// database files are open (they are asked to close their files) or live objects hold more
-    /// than `max_live_bytes` (they are asked to close their files, which frees their SQLite
-    /// connections, and once no idle one has a file open, to leave): down to a tenth below the
-    /// limit, so that the next activations do not ask again at once. The ones asked are drawn
-    /// from the colder half of those waiting for events with an empty mailbox (see
-    /// `choose_cold`), never `fresh` (the object an event is on its way to).
+    /// than `max_live_bytes` (they are asked to shrink, keeping their files open; when too few
+    /// can, to close their files, which frees their SQLite connections; and once no idle one
+    /// has a file open, to leave): down to a tenth below the object and file limits and to
+    /// `BYTES_KEPT_PERCENT` of the byte cap, so that the next activations do not ask again at
+    /// once. The ones asked are the coldest and others drawn from the colder half of those
+    /// waiting for events with an empty mailbox (see `choose_cold`), never `fresh` (the object
+    /// an event is on its way to).
     pub(crate) fn relieve_pressure(&self, fresh: Option<&ObjectKey>) {
         let host = &self.0;
         let live = *host.live.borrow();
@@ -649,11 +651,7 @@ impl Host {
         round.start = uses;
         round.live = *host.live.borrow();
         round.open = host.storage.open_files.load(Ordering::Relaxed);
-        round.bytes = if ask == Ask::Shrink {
-            self.live_bytes()
-        } else {
-            0
-        };
+        round.bytes = self.live_bytes();
         drop(round);
         for (_, usage) in idle {
             usage.ask.store(ask as u8, Ordering::Release);
@@ -684,18 +682,20 @@ impl Host {
             return;
         }
         round.pending -= 1;
-        // A round that freed something looks again at once: closing files may not have been
-        // enough, and with no new event nothing else would look. One that freed nothing (its
-        // picks were busy) waits for the next activation, or it would ask them again and again.
+        if round.pending > 0 {
+            return;
+        }
+        // The round is over. One that freed something looks again at once: it may not have
+        // been enough, and with no new event nothing else would look. One that freed nothing
+        // (its picks were busy, or had commits on their way) looks again in a while: at once
+        // it would ask them again and again.
         let freed = *self.0.live.borrow() < round.live
             || self.0.storage.open_files.load(Ordering::Relaxed) < round.open
-            || (round.pending == 0 && self.live_bytes() < round.bytes);
-        let again = round.pending == 0 && freed;
-        let later = round.pending == 0 && !freed;
+            || self.live_bytes() < round.bytes;
         drop(round);
-        if again {
+        if freed {
             self.relieve_pressure(None);
-        } else if later {
+        } else {
             self.look_later();
         }
     }
@@ -860,7 +860,7 @@ struct Round {
     start: u64,
     /// Live objects when the round began.
     live: usize,
-    /// What live objects held when a shrink round began (shrinking frees bytes only).
+    /// What live objects held when the round began (a shrink frees bytes only).
     bytes: u64,
     /// Open databases when the round began.
     open: usize,

@@ -6,7 +6,7 @@
 //! their own: many objects closing their files at once under memory pressure queue one each,
 //! and on the log's thread they held every commit of the node back while they ran.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -32,7 +32,17 @@ enum Job {
 pub(super) struct CheckpointSyncer {
     queue: mpsc::Sender<Job>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Files queued and not yet synced (each holds a descriptor).
+    waiting: Arc<AtomicUsize>,
+    /// What a caller that finds the queue full needs to sync its file itself.
+    health: Option<Arc<DirHealth>>,
+    log: Arc<NodeLog>,
+    syncs: Arc<AtomicU64>,
 }
+
+/// Files waiting for their sync at most; beyond it the caller syncs its own (each waiting
+/// file holds a descriptor, and a slow disk must not let them run into the open-file limit).
+const WAITING_MAX: usize = 1024;
 
 impl CheckpointSyncer {
     /// Starts the thread; `health` is checked before each batch, `log` receives the records,
@@ -43,22 +53,43 @@ impl CheckpointSyncer {
         syncs: Arc<AtomicU64>,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("rookery-checkpoint".into())
-            .spawn(move || run(&rx, health.as_deref(), &log, &syncs))?;
+            .spawn({
+                let (health, log, syncs, waiting) =
+                    (health.clone(), log.clone(), syncs.clone(), waiting.clone());
+                move || run(&rx, health.as_deref(), &log, &syncs, &waiting)
+            })?;
         Ok(Self {
             queue: tx,
             thread: Mutex::new(Some(thread)),
+            waiting,
+            health,
+            log,
+            syncs,
         })
     }
 
-    /// Queues `file` (an object's database, checkpointed through `through`) for its sync.
-    ///
-    /// The queue is unbounded but each job holds a descriptor of a file that was just closed
-    /// by its object, so the number waiting is bounded by the open-file limit.
+    /// Queues `file` (an object's database, checkpointed through `through`) for its sync;
+    /// with `WAITING_MAX` files already waiting, syncs it here instead (the caller waits, as
+    /// it would have for the old in-round sync).
     pub(super) fn checkpointed(&self, file: std::fs::File, key: AlarmKey, through: Lsn) {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= WAITING_MAX {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if !refused(self.health.as_deref(), &self.log) {
+                sync_and_record((file, key, through), &self.log, &self.syncs);
+            }
+            return;
+        }
         // A thread that is gone leaves the records in the log: safe, only longer.
-        let _ = self.queue.send(Job::Checkpointed { file, key, through });
+        if self
+            .queue
+            .send(Job::Checkpointed { file, key, through })
+            .is_err()
+        {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Syncs everything queued, then stops the thread.
@@ -87,7 +118,19 @@ fn sync_and_record(
     }
 }
 
-fn run(rx: &mpsc::Receiver<Job>, health: Option<&DirHealth>, log: &NodeLog, syncs: &AtomicU64) {
+/// Whether no record may be made now: a directory that is gone, or a log that failed, makes
+/// none true; the commits stay in the log, which recovery replays.
+fn refused(health: Option<&DirHealth>, log: &NodeLog) -> bool {
+    health.is_some_and(|h| h.check_quick().is_err()) || log.failed()
+}
+
+fn run(
+    rx: &mpsc::Receiver<Job>,
+    health: Option<&DirHealth>,
+    log: &NodeLog,
+    syncs: &AtomicU64,
+    waiting: &AtomicUsize,
+) {
     let mut batch = Vec::new();
     let mut stop = false;
     while !stop {
@@ -98,15 +141,12 @@ fn run(rx: &mpsc::Receiver<Job>, health: Option<&DirHealth>, log: &NodeLog, sync
                 Job::Stop => stop = true,
             }
         }
-        // A directory that is gone, or a log that failed, makes no record true: the commits
-        // stay in the log, which recovery replays.
-        let refused = health.is_some_and(|h| h.check_quick().is_err()) || log.failed();
-        if refused {
-            batch.clear();
-            continue;
-        }
+        let refused = refused(health, log);
         for job in batch.drain(..) {
-            sync_and_record(job, log, syncs);
+            if !refused {
+                sync_and_record(job, log, syncs);
+            }
+            waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
